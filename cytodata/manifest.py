@@ -1,0 +1,311 @@
+"""Build a manifest from a recipe: sources -> vocabulary -> metadata QC -> weak labels ->
+stratified sampling -> splits, with every dropped input row in the ledger.
+
+Output folder: ``manifest.parquet``, ``ledger.parquet``, ``provenance.json``. Outputs are
+written to temporary names and renamed, so an interrupted build leaves no half-written file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from . import __version__, schema
+from .curate.ledger import Ledger
+from .errors import RecipeError, SchemaError
+from .recipe import Recipe, load_recipe, parse_overrides
+
+
+@dataclass
+class BuildResult:
+    """What ``build`` produced: the manifest, the ledger and per-stage counts."""
+
+    manifest: pd.DataFrame
+    ledger: pd.DataFrame
+    counts: dict[str, int]
+    out: Path | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """Human-readable summary: rows in, kept, dropped by reason, labels by category."""
+        lines = [f"rows in: {self.counts['inputs']}  kept: {len(self.manifest)}  "
+                 f"dropped: {len(self.ledger)}"]
+        if len(self.ledger):
+            by = self.ledger.groupby(["stage", "reason"]).size()
+            lines += [f"  dropped at {stage:>10}: {reason:<20} {n}" for (stage, reason), n in by.items()]
+        if self.manifest["label"].notna().any():
+            cats = self.manifest.groupby("category")["label"].agg(["nunique", "size"])
+            lines.append("labels by category:")
+            lines += [f"  {c:<14} {r['nunique']:>5} labels {r['size']:>8} images" for c, r in cats.iterrows()]
+        if self.manifest["split"].notna().any():
+            lines.append("split: " + ", ".join(
+                f"{k}={v}" for k, v in self.manifest["split"].value_counts().sort_index().items()))
+        if self.out is not None:
+            lines.append(f"written to {self.out}")
+        return "\n".join(lines)
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _source_files(params: Mapping[str, Any]) -> dict[str, str]:
+    """sha256 of metadata files a source reads: file params, and tables directly inside dir params."""
+    out: dict[str, str] = {}
+    suffixes = (".csv", ".csv.gz", ".tsv", ".parquet", ".json", ".xml")
+    for value in params.values():
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for v in values:
+            if not isinstance(v, (str, os.PathLike)) or "://" in str(v):
+                continue
+            p = Path(v)
+            if p.is_file():
+                out[str(p)] = _sha256_file(p)
+            elif p.is_dir():
+                for f in sorted(p.iterdir()):
+                    if f.is_file() and f.name.endswith(suffixes):
+                        out[str(f)] = _sha256_file(f)
+    return out
+
+
+def _drop(table: pd.DataFrame, mask: pd.Series | np.ndarray, ledger: Ledger, *, stage: str,
+          reason: str, detail=None) -> pd.DataFrame:
+    mask = np.asarray(mask, dtype=bool)
+    if mask.any():
+        det = None if detail is None else (detail[mask] if not isinstance(detail, str) else detail)
+        ledger.drop(table[mask], stage=stage, reason=reason, detail=det)
+    return table[~mask]
+
+
+def read_sources(recipe: Recipe, ledger: Ledger, *, progress: bool = True) -> tuple[pd.DataFrame, int]:
+    """Read every source of the recipe; returns the harmonized table and the number of inputs."""
+    from . import sources
+    from .vocab import load_synonyms
+
+    synonyms = load_synonyms(recipe.synonyms or None)
+    frames, n_inputs = [], 0
+    specs = recipe.sources
+    try:
+        from tqdm.auto import tqdm
+        it = tqdm(specs, desc="sources", unit="source", disable=not progress)
+    except ImportError:  # pragma: no cover
+        it = specs
+    for i, spec in enumerate(it):
+        if spec.adapter not in sources.available():
+            raise RecipeError(
+                f"sources[{i}]: unknown adapter {spec.adapter!r}; available: {sources.available()}")
+        params = dict(spec.params)
+        if spec.source:
+            params["source"] = spec.source
+        before = len(ledger)
+        table = sources.read(spec.adapter, ledger=ledger, synonyms=synonyms, **params)
+        n_inputs += len(table) + (len(ledger) - before)
+        frames.append(table)
+    table = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0].reset_index(drop=True)
+    return table, n_inputs
+
+
+def metadata_qc(table: pd.DataFrame, cfg, ledger: Ledger) -> pd.DataFrame:
+    """Drop rows with duplicate keys across sources, empty required columns, missing files."""
+    dup = table["key"].duplicated(keep="first")
+    table = _drop(table, dup, ledger, stage="metadata", reason="duplicate id",
+                  detail="key already used by an earlier row")
+    for col in cfg.require:
+        if col not in table.columns:
+            raise RecipeError(f"metadata_qc.require: unknown column {col!r}; "
+                              f"valid: {list(schema.COLUMNS)}")
+        bad = table[col].isna()
+        if table[col].dtype == "string":
+            bad |= table[col].fillna("").str.strip() == ""
+        table = _drop(table, bad, ledger, stage="metadata", reason="bad metadata",
+                      detail=f"column {col!r} is empty")
+    no_channels = table["channel_paths"].map(len) == 0
+    table = _drop(table, no_channels, ledger, stage="metadata", reason="bad metadata",
+                  detail="no channel files")
+    if cfg.check_files and len(table):
+        paths = table["channel_paths"]
+        unique = pd.unique(np.concatenate([np.asarray(p, dtype=object) for p in paths]))
+        local = [p for p in unique if "://" not in p]
+        exists = {p: os.path.exists(p) for p in local}
+        missing_first = paths.map(
+            lambda ps: next((p for p in ps if "://" not in p and not exists[p]), None))
+        table = _drop(table, missing_first.notna(), ledger, stage="metadata",
+                      reason="missing file", detail=missing_first.astype("string"))
+    return table
+
+
+def label_rows(table: pd.DataFrame, cfg, seed: int, ledger: Ledger) -> pd.DataFrame:
+    """Assign weak labels; unlabeled rows go to the ledger with the algorithm's reason."""
+    from .curate import assign_weak_labels
+
+    labelled = assign_weak_labels(
+        table, columns=tuple(cfg.columns), min_count=cfg.min_count, presample=cfg.presample,
+        presample_by=tuple(cfg.presample_by), cap=cfg.cap, sample_by=tuple(cfg.sample_by),
+        seed=seed, method=cfg.method)
+    table = table.copy()
+    table["label"] = labelled["label"].astype("string")
+    table["category"] = labelled["category"].astype("string")
+    if not cfg.drop_unlabeled:
+        return table
+    status = labelled["label_status"] if "label_status" in labelled else pd.Series(
+        np.where(labelled["label"].isna(), "not sampled", "assigned"), index=table.index)
+    for reason in pd.unique(status[table["label"].isna()]):
+        table = _drop(table, (table["label"].isna() & (status == reason)).reindex(table.index),
+                      ledger, stage="weak_labels", reason=str(reason))
+    return table
+
+
+def sample_rows(table: pd.DataFrame, cfg, seed: int, ledger: Ledger) -> pd.DataFrame:
+    """Stratified downsampling; rows not drawn go to the ledger as 'not sampled'."""
+    from .curate import stratified_sample
+
+    for col in cfg.by:
+        if col not in table.columns:
+            raise RecipeError(f"sample.by: unknown column {col!r}; valid: {list(table.columns)}")
+    picked = stratified_sample(table, cfg.n, by=list(cfg.by), seed=seed, method=cfg.method)
+    keep = table.index.isin(picked)
+    return _drop(table, ~keep, ledger, stage="sample", reason="not sampled",
+                 detail=f"stratified to n={cfg.n} by {list(cfg.by)}")
+
+
+def build(recipe: "str | Path | Mapping[str, Any] | Recipe", out: "str | Path | None" = None, *,
+          params: Mapping[str, Any] | None = None, progress: bool = True) -> BuildResult:
+    """Build a manifest from ``recipe`` and write it to ``out`` (when given).
+
+    Returns a :class:`BuildResult`. Raises :class:`LedgerError` if any input row would be lost.
+    """
+    recipe = load_recipe(recipe, overrides=params)
+    t0 = time.time()
+    ledger = Ledger()
+    counts: dict[str, int] = {}
+    table, n_inputs = read_sources(recipe, ledger, progress=progress)
+    counts["inputs"] = n_inputs
+    counts["read"] = len(table)
+    table = metadata_qc(table, recipe.metadata_qc, ledger)
+    counts["metadata_qc"] = len(table)
+    if recipe.weak_labels is not None:
+        table = label_rows(table, recipe.weak_labels, recipe.seed, ledger)
+        counts["weak_labels"] = len(table)
+    if recipe.sample is not None:
+        table = sample_rows(table, recipe.sample, recipe.seed, ledger)
+        counts["sample"] = len(table)
+    if recipe.split is not None and len(table):
+        from .curate import assign_splits
+
+        s = recipe.split
+        stratify = s.stratify if (s.stratify and table[s.stratify].notna().any()) else None
+        table = table.copy()
+        table["split"] = assign_splits(table, group=s.group, fractions=dict(s.fractions),
+                                       stratify=stratify, seed=recipe.seed).astype("string")
+    table = schema.validate(schema.conform(table.reset_index(drop=True)), where="manifest")
+    ledger.check(n_inputs, len(table), where=f"manifest build ({recipe.name})")
+    counts["kept"] = len(table)
+    counts["dropped"] = len(ledger)
+    result = BuildResult(manifest=table, ledger=ledger.to_frame(), counts=counts)
+    result.provenance = {
+        "recipe_name": recipe.name,
+        "recipe": recipe.raw,
+        "recipe_sha256": recipe.sha256(),
+        "cytodata_version": __version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "pandas": pd.__version__,
+        "source_files": {str(i): _source_files(s.params) for i, s in enumerate(recipe.sources)},
+        "counts": counts,
+        "ledger_by_reason": {f"{k[0]}/{k[1]}": int(v) for k, v in
+                             result.ledger.groupby(["stage", "reason"]).size().items()},
+        "seconds": round(time.time() - t0, 3),
+    }
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        schema.write_manifest(table, out / "manifest.parquet")
+        ledger.write(out / "ledger.parquet")
+        tmp = out / "provenance.json.tmp"
+        tmp.write_text(json.dumps(result.provenance, indent=2, default=str))
+        os.replace(tmp, out / "provenance.json")
+        result.out = out
+    return result
+
+
+def describe(out: "str | Path") -> str:
+    """A readable description of a manifest folder (counts, labels, splits, ledger, recipe)."""
+    out = Path(out)
+    table = schema.read_manifest(out)
+    lines = [f"manifest {out}: {len(table)} rows, {table['source'].nunique()} sources"]
+    for col in ("source", "split", "category", "batch", "control_type"):
+        if table[col].notna().any():
+            vc = table[col].value_counts(dropna=False).head(12)
+            lines.append(f"{col}: " + ", ".join(f"{k}={v}" for k, v in vc.items()))
+    if table["label"].notna().any():
+        lines.append(f"labels: {table['label'].nunique()} (top: " + ", ".join(
+            f"{k}={v}" for k, v in table["label"].value_counts().head(8).items()) + ")")
+    if table["plate"].notna().any():
+        lines.append(f"plates: {table['plate'].nunique()}")
+    nch = table["channels"].map(len)
+    lines.append("channels per image: " + ", ".join(f"{k}={v}" for k, v in nch.value_counts().items()))
+    led = out / "ledger.parquet"
+    if led.exists():
+        ledger = pd.read_parquet(led)
+        lines.append(f"ledger: {len(ledger)} dropped rows")
+        for (stage, reason), n in ledger.groupby(["stage", "reason"]).size().items():
+            lines.append(f"  {stage}/{reason}: {n}")
+    prov = out / "provenance.json"
+    if prov.exists():
+        p = json.loads(prov.read_text())
+        lines.append(f"recipe {p.get('recipe_name')} sha256 {p.get('recipe_sha256', '')[:12]}, "
+                     f"cytodata {p.get('cytodata_version')}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- CLI
+def _cmd_build(args) -> int:
+    result = build(args.recipe, args.out, params=parse_overrides(args.set),
+                   progress=not args.quiet)
+    print(result.summary())
+    if args.jump_names:
+        schema.to_jump_names(result.manifest).to_parquet(Path(args.out) / "manifest_jump.parquet")
+    return 0
+
+
+def _cmd_describe(args) -> int:
+    print(describe(args.out))
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add ``cytodata manifest build|describe``."""
+    p = subparsers.add_parser("manifest", help="build or describe a manifest from a recipe",
+                              description="Build a harmonized, labelled, split manifest from a "
+                              "YAML recipe (see manifests/), or describe one.")
+    sub = p.add_subparsers(dest="manifest_command", metavar="ACTION")
+    b = sub.add_parser("build", help="build RECIPE into OUT",
+                       description="Read the recipe's sources, harmonize, weak-label, sample and "
+                       "split. Writes OUT/manifest.parquet, OUT/ledger.parquet (every dropped row "
+                       "and why) and OUT/provenance.json.")
+    b.add_argument("recipe", help="recipe YAML, e.g. manifests/bbbc021.yaml")
+    b.add_argument("-o", "--out", required=True, help="output folder")
+    b.add_argument("--set", action="append", metavar="NAME=VALUE",
+                   help="override a recipe parameter, e.g. --set data=/data/bbbc021 (repeatable)")
+    b.add_argument("--jump-names", action="store_true",
+                   help="also write manifest_jump.parquet with JUMP-style Metadata_* columns")
+    b.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    b.set_defaults(func=_cmd_build)
+    d = sub.add_parser("describe", help="summarize a manifest folder")
+    d.add_argument("out", help="manifest folder (holding manifest.parquet)")
+    d.set_defaults(func=_cmd_describe)
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
