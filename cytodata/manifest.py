@@ -177,7 +177,8 @@ def sample_rows(table: pd.DataFrame, cfg, seed: int, ledger: Ledger) -> pd.DataF
         if col not in table.columns:
             raise RecipeError(f"sample.by: unknown column {col!r}; valid: {list(table.columns)}")
     picked = stratified_sample(table, cfg.n, by=list(cfg.by), seed=seed, method=cfg.method)
-    keep = table.index.isin(picked)
+    keep = np.zeros(len(table), dtype=bool)
+    keep[picked] = True  # stratified_sample returns positional indices
     return _drop(table, ~keep, ledger, stage="sample", reason="not sampled",
                  detail=f"stratified to n={cfg.n} by {list(cfg.by)}")
 
