@@ -1,0 +1,110 @@
+"""Sharding throughput vs a plain baseline, and scaling from 1 to 2 dask workers.
+
+Baseline: read the same source TIFFs with tifffile and append the raw arrays (npy) to one tar,
+in one process: the least any sharder must do. cytodata: ``shards.write`` (blosc-zstd, index,
+checksums, statistics, ledger) on a LocalCluster of 1 and 2 workers (cluster start-up and worker imports excluded).
+Run: ``python benchmarks/sharding.py [--images 32] [--size 540]``. Targets: cytodata/baseline
+>= 0.7 at 1 worker; 2 workers >= 1.6x one worker (needs 2 idle cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import tifffile
+
+from cytodata.schema import conform, make_key
+from cytodata.shards import write
+
+
+def make_sources(folder: Path, n: int, size: int, channels: int = 5) -> pd.DataFrame:
+    """``n`` images x ``channels`` LZW TIFFs of cell-like pixels; returns the harmonized table."""
+    import importlib.util
+
+    # benchmarks/codecs.py by path: "import codecs" would give the standard library module
+    spec = importlib.util.spec_from_file_location("bench_codecs", Path(__file__).with_name("codecs.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cell_like = mod.cell_like
+
+    base = cell_like(channels, size)
+    rows = []
+    for i in range(n):
+        paths = []
+        for c in range(channels):
+            p = folder / f"img{i:03d}_c{c}.tif"
+            tifffile.imwrite(p, np.roll(base[c], 7 * i, axis=1), compression="lzw")
+            paths.append(str(p))
+        rows.append(dict(source="bench", image_id=f"im{i:03d}", plate=f"p{i % 4}", well=f"A{i:02d}", site=1,
+                         channels=[f"c{c}" for c in range(channels)], channel_paths=paths))
+    t = pd.DataFrame(rows)
+    t["key"] = [make_key(s, i) for s, i in zip(t["source"], t["image_id"])]
+    return conform(t)
+
+
+def baseline(table: pd.DataFrame, out: Path) -> float:
+    t = time.perf_counter()
+    with tarfile.open(out, "w") as tar:
+        for key, paths in zip(table["key"], table["channel_paths"]):
+            arr = np.stack([tifffile.imread(p) for p in paths])
+            buf = io.BytesIO()
+            np.save(buf, arr)
+            info = tarfile.TarInfo(f"{key}.npy")
+            info.size = buf.tell()
+            buf.seek(0)
+            tar.addfile(info, buf)
+    return time.perf_counter() - t
+
+
+def timed_write(table, out, workers: int, per_shard: int) -> float:
+    from dask.distributed import LocalCluster
+
+    from dask.distributed import Client
+
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cl:
+        with Client(cl) as client:  # warm-up: imports in the workers are a one-time cost
+            client.run(lambda: __import__("cytodata.shards.webdataset") and __import__("tifffile"))
+        t = time.perf_counter()
+        write(table, out, samples_per_shard=per_shard, scheduler=cl.scheduler_address, progress=False)
+        return time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--images", type=int, default=32)
+    ap.add_argument("--size", type=int, default=540)
+    ap.add_argument("--per-shard", type=int, default=4)
+    args = ap.parse_args()
+    import os
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "src").mkdir()
+        table = make_sources(tmp / "src", args.images, args.size)
+        mb = args.images * 5 * args.size * args.size * 2 / 1e6
+        tifffile.imread(table["channel_paths"][0][0])  # warm imports/page cache
+        base = baseline(table, tmp / "baseline.tar")
+        sync_t = time.perf_counter()
+        write(table, tmp / "sync", samples_per_shard=args.per_shard, scheduler="synchronous", progress=False)
+        sync = time.perf_counter() - sync_t
+        one = timed_write(table, tmp / "w1", 1, args.per_shard)
+        two = timed_write(table, tmp / "w2", 2, args.per_shard)
+    print(f"{args.images} images x 5 x {args.size}^2 uint16 = {mb:.0f} MB of pixels; "
+          f"{os.cpu_count()} cores (shared with other jobs: timings are noisy)")
+    print(f"baseline (tifffile -> one tar, npy)      {base:6.2f} s  {mb / base:7.1f} MB/s")
+    print(f"cytodata synchronous (1 process)         {sync:6.2f} s  {mb / sync:7.1f} MB/s  "
+          f"ratio vs baseline {base / sync:.2f} (target >= 0.7)")
+    print(f"cytodata dask 1 worker                   {one:6.2f} s  {mb / one:7.1f} MB/s  ratio {base / one:.2f}")
+    print(f"cytodata dask 2 workers                  {two:6.2f} s  {mb / two:7.1f} MB/s  "
+          f"speed-up vs 1 worker {one / two:.2f}x (target >= 1.6x)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,252 @@
+"""``write(manifest, out, format=...)``: plan, resume check, parallel shard tasks, index files.
+
+Side effects live here (folders, clusters); the per-shard work is in ``webdataset.py`` /
+``zarr.py`` and the planning in ``_plan.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+
+from .. import __version__
+from .._registry import Registry
+from ..curate.ledger import LEDGER_COLUMNS, Ledger
+from ..errors import ShardError
+from . import _plan
+from ._run import run_tasks
+from ._samples import INDEX_COLUMNS, CHANNEL_MODES, Dropped, Moments, digest, load_samples, records
+from .codecs import CODECS
+
+#: output formats: ``fn(recs, out, options) -> summary``
+FORMATS: Registry[Callable[..., dict]] = Registry("shard format")
+
+PLAN_FILE = "plan.json"
+
+
+def load_table(manifest) -> tuple[pd.DataFrame, str | None]:
+    """A manifest folder/file (validated) or a harmonized DataFrame; plus the file's sha256."""
+    from ..schema import conform, read_manifest, validate
+
+    if isinstance(manifest, pd.DataFrame):
+        return validate(conform(manifest), where="manifest DataFrame"), None
+    from .webdataset import file_sha256
+
+    p = Path(manifest)
+    table = read_manifest(p)
+    f = p / "manifest.parquet" if p.is_dir() else p
+    return table, file_sha256(f)
+
+
+def write(manifest, out, *, format: str = "webdataset", codec: str = "blosc-zstd",  # noqa: A002
+          shard_size: str | int = "256MB", samples_per_shard: int | None = None,
+          channel_mode: str = "own", qc=None, scheduler: str | None = None,
+          n_workers: int | None = None, progress: bool = True, overwrite: bool = False,
+          gray: str | None = "auto", **options: Any) -> dict:
+    """Write the images of a manifest as shards; return a summary dict (see FORMAT.md).
+
+    ``manifest``: a manifest folder/``manifest.parquet`` or a harmonized DataFrame.
+    ``format``: ``webdataset`` (tar shards), ``zarr`` (one (N, C, H, W) array) or ``ome-zarr``.
+    ``shard_size``: target tar size (e.g. ``"256MB"``; 100MB-1GB streams well from object
+    stores); ``samples_per_shard`` overrides it. ``channel_mode``: ``own`` (each image's
+    channels), ``merged`` (one gray channel after per-channel percentile scaling) or
+    ``split`` (one sample per channel). ``qc``: rules passed to ``cytodata.curate.qc.check``.
+    ``scheduler``: None (dask LocalCluster of ``n_workers``), ``"synchronous"`` or a dask
+    scheduler address. Unreadable images go to ``OUT/ledger.parquet``; they never crash the run.
+    """
+    CODECS.get(codec)
+    CHANNEL_MODES.get(channel_mode)
+    writer = FORMATS.get(format)
+    table, manifest_sha = load_table(manifest)
+    recs = records(table)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    opts = dict(codec=codec, shard_size=_plan.parse_size(shard_size), samples_per_shard=samples_per_shard,
+                channel_mode=channel_mode, qc=qc, scheduler=scheduler, n_workers=n_workers,
+                progress=progress, overwrite=overwrite, gray=gray, **options)
+    manifest_info = {"sha256": manifest_sha, "content_sha256": digest(recs), "n_rows": len(recs)}
+    started = time.perf_counter()
+    summary = writer(recs, out, manifest_info, opts)
+    seconds = time.perf_counter() - started
+    summary["seconds"] = round(seconds, 3)
+    summary["mb_per_s"] = round(summary.get("pixel_bytes", 0) / 1e6 / max(seconds, 1e-9), 2)
+    return summary
+
+
+# --- identity / resume ---------------------------------------------------------------------
+def identity(fmt: str, manifest_info: dict, opts: dict) -> str:
+    """What makes two shard sets "the same": manifest content + every option that changes bytes."""
+    keys = ("codec", "channel_mode", "shard_size", "samples_per_shard", "qc", "gray", "tile",
+            "pyramid_levels")
+    return digest({"format": fmt, "manifest": manifest_info["content_sha256"],
+                   "options": {k: repr(opts.get(k)) for k in keys}})
+
+
+def claim_folder(out: Path, ident: str, overwrite: bool, patterns: tuple[str, ...]) -> dict | None:
+    """Check ``out`` against a previous plan; return that plan when resuming the same set.
+
+    A folder holding another shard set raises :class:`ShardError` (or is cleared with
+    ``overwrite=True``); files we did not write are left alone.
+    """
+    plan_path = out / PLAN_FILE
+    ours = [p for pat in patterns for p in out.glob(pat)]
+    if plan_path.exists():
+        plan = json.loads(plan_path.read_text())
+        if plan.get("identity") == ident:
+            return plan
+    elif not ours:
+        return None
+    if not overwrite:
+        raise ShardError(
+            f"{out} already holds a different shard set (other manifest, codec or options"
+            f"{'' if plan_path.exists() else '; no plan.json'}); choose another output folder "
+            "or pass overwrite=True (CLI: --overwrite) to replace it"
+        )
+    for p in ours + [plan_path]:
+        if p.is_dir():
+            import shutil
+
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+    return None
+
+
+def save_json(path: Path, obj) -> None:
+    """Write JSON atomically (temp file + rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=False))
+    os.replace(tmp, path)
+
+
+def probe_row_bytes(recs: list[dict], codec: str, channel_mode: str, gray, limit: int = 16) -> int:
+    """Encoded bytes of the first readable row (key order): sizes the shards up front."""
+    enc = CODECS.get(codec)
+    for rec in recs[:limit]:
+        try:
+            samples = load_samples(rec, channel_mode, None, gray)
+        except Dropped:
+            continue
+        return sum(len(enc.encode(s.image)) + 1536 for s in samples)  # + tar headers, json
+    return 1
+
+
+# --- webdataset -----------------------------------------------------------------------------
+_WDS_PATTERNS = ("shard-*.tar", "shard-*.tar.done.json", "shard-*.tmp-*", "index.parquet",
+                 "shards.json", "ledger.parquet")
+
+
+@FORMATS.register("webdataset")
+def write_webdataset(recs: list[dict], out: Path, manifest_info: dict, opts: dict) -> dict:
+    """Plan shards, skip verified ones, write the rest in parallel, then the index files."""
+    from .webdataset import FORMAT, VERSION, file_sha256, write_shard
+
+    ident = identity("webdataset", manifest_info, opts)
+    plan = claim_folder(out, ident, opts["overwrite"], _WDS_PATTERNS)
+    if plan is None:
+        per = opts["samples_per_shard"] or _plan.samples_per_shard(
+            opts["shard_size"], probe_row_bytes(recs, opts["codec"], opts["channel_mode"], opts["gray"]))
+        plan = {"format": FORMAT, "identity": ident, "samples_per_shard": int(per),
+                "n_rows": len(recs), "manifest": manifest_info}
+        save_json(out / PLAN_FILE, plan)
+    groups = _plan.assign(len(recs), plan["samples_per_shard"])
+    for stale in out.glob("shard-*.tmp-*"):
+        stale.unlink()
+    done: dict[int, dict] = {}
+    todo: list[tuple] = []
+    for i, rows in enumerate(groups):
+        name = _plan.shard_name(i)
+        side = out / f"{name}.done.json"
+        if (out / name).exists() and side.exists():
+            stats = json.loads(side.read_text())
+            if stats.get("sha256") == file_sha256(out / name):
+                done[i] = stats
+                continue
+        for p in (out / name, side):
+            if p.exists():
+                p.unlink()
+        todo.append((str(out), name, [recs[r] for r in rows], opts["codec"], opts["channel_mode"],
+                     opts["qc"], opts["gray"]))
+    results = run_tasks(write_shard, todo, scheduler=opts["scheduler"], n_workers=opts["n_workers"],
+                        progress=opts["progress"], desc="shards")
+    for args, stats in zip(todo, results):
+        done[int(args[1][6:12])] = stats
+    stats_list = [done[i] for i in sorted(done)]
+    summary = finalize_webdataset(out, stats_list, plan, manifest_info, opts, FORMAT, VERSION,
+                                  resumed=len(groups) - len(todo))
+    summary["pixel_bytes"] = sum(r["pixel_bytes"] for r in results)  # this run's work, for MB/s
+    return summary
+
+
+def _index_frame(rows: list[dict], extra_int: tuple[str, ...]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows)
+    for col in extra_int:
+        frame[col] = pd.to_numeric(frame[col]).astype("int64") if len(frame) else pd.Series(dtype="int64")
+    for col in INDEX_COLUMNS + ("key",):
+        if col not in frame:
+            frame[col] = pd.NA
+        frame[col] = frame[col].astype("Int64" if col == "site" else "string")
+    return frame
+
+
+def finalize_webdataset(out: Path, stats_list: list[dict], plan: dict, manifest_info: dict, opts: dict,
+                        fmt: str, version: int, resumed: int = 0) -> dict:
+    """Combine per-shard stats into index.parquet, ledger.parquet and shards.json."""
+    rows = [dict(r, shard_index=int(s["name"][6:12])) for s in stats_list for r in s["index"]]
+    index = _index_frame(rows, ("shard_index", "offset", "size", "meta_offset", "meta_size",
+                                "n_channels", "height", "width"))
+    if len(index):
+        index["shard"] = index["shard"].astype("string")
+        lead = ["shard", "shard_index", "key", "offset", "size", "meta_offset", "meta_size",
+                "n_channels", "height", "width"]
+        index = index[lead + [c for c in INDEX_COLUMNS]]
+    dup = index["key"].duplicated() if len(index) else pd.Series([], dtype=bool)
+    if dup.any():
+        raise ShardError(f"{out}: duplicate sample keys {list(index.loc[dup, 'key'][:5])}; "
+                         "make manifest keys unique (schema.validate) and rewrite")
+    ledger = Ledger()
+    ledger.extend(pd.DataFrame([l for s in stats_list for l in s["ledger"]], columns=list(LEDGER_COLUMNS)))
+    rows_written = sum(s["rows_written"] for s in stats_list)
+    ledger.check(manifest_info["n_rows"], rows_written, where=f"shard {out}")
+    moments, labels = Moments(), Counter()
+    for s in stats_list:
+        moments.merge(Moments(s["moments"]))
+        labels.update(s["label_counts"])
+    shapes = {(int(c), int(h), int(w)) for c, h, w in
+              index[["n_channels", "height", "width"]].itertuples(index=False)} if len(index) else set()
+    channel_sets = []
+    for s in stats_list:
+        for cs in s["channel_sets"]:
+            if cs not in channel_sets:
+                channel_sets.append(cs)
+    dtypes = sorted({d for s in stats_list for d in s["dtypes"]})
+    by_reason = ledger.to_frame()["reason"].value_counts().to_dict()
+    meta = {
+        "format": fmt, "version": version, "codec": opts["codec"], "ext": CODECS.get(opts["codec"]).ext,
+        "dtype": dtypes[0] if len(dtypes) == 1 else None, "dtypes": dtypes,
+        "channels": channel_sets[0] if len(channel_sets) == 1 else None,
+        "channel_mode": opts["channel_mode"],
+        "shape": list(next(iter(shapes))) if len(shapes) == 1 else None,
+        "n_samples": int(len(index)),
+        "samples_per_shard": plan["samples_per_shard"],
+        "shards": [{k: s[k] for k in ("name", "sha256", "samples", "bytes")} for s in stats_list],
+        "label_counts": dict(sorted(labels.items())),
+        "normalization": moments.summary(),
+        "manifest": dict(manifest_info, identity=plan["identity"]),
+        "ledger": {"rows": len(ledger), "by_reason": {str(k): int(v) for k, v in by_reason.items()}},
+        "cytodata_version": __version__,
+    }
+    index.to_parquet(out / "index.parquet.tmp", index=False)
+    os.replace(out / "index.parquet.tmp", out / "index.parquet")
+    ledger.write(out / "ledger.parquet")
+    save_json(out / "shards.json", meta)
+    return {"format": fmt, "out": str(out), "rows_in": manifest_info["n_rows"], "rows_written": rows_written,
+            "samples": int(len(index)), "dropped": meta["ledger"]["by_reason"], "shards": len(stats_list),
+            "shards_resumed": resumed, "bytes": sum(s["bytes"] for s in stats_list),
+            "pixel_bytes": sum(s["pixel_bytes"] for s in stats_list)}

@@ -1,0 +1,146 @@
+"""Lossless image codecs for shard payloads, by name (registry ``CODECS``).
+
+Every codec turns a C-contiguous ``(C, H, W)`` uint8/uint16 array into bytes and back
+bit-exactly. Raw codecs (blosc, zstd) need ``shape``/``dtype`` to decode (the ``KEY.json``
+member carries them); container formats (npy, png, tiff) carry their own and are checked
+against them. ``decode(..., out=buf)`` writes into a preallocated array where the library
+can (blosc, zstd, tiff), which saves one copy per sample in the loaders.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from .._registry import Registry
+from ..errors import ShardError
+
+
+@dataclass(frozen=True)
+class Codec:
+    """A named lossless codec; ``ext`` is the tar member extension (no dot)."""
+
+    name: str
+    ext: str
+    encode: Callable[[np.ndarray], bytes]
+    _decode: Callable[[bytes, tuple[int, ...], np.dtype, "np.ndarray | None"], np.ndarray]
+
+    def decode(self, data: bytes, shape, dtype, out: np.ndarray | None = None) -> np.ndarray:
+        """Bytes -> array of ``shape``/``dtype`` (into ``out`` when given and possible)."""
+        shape, dtype = tuple(int(s) for s in shape), np.dtype(dtype)
+        if out is not None and (out.shape != shape or out.dtype != dtype or not out.flags.c_contiguous):
+            raise ValueError(f"out buffer {out.shape} {out.dtype} does not match {shape} {dtype}")
+        arr = self._decode(bytes(data) if isinstance(data, memoryview) else data, shape, dtype, out)
+        if arr.shape != shape or arr.dtype != dtype:
+            raise ShardError(
+                f"{self.name} payload decoded to {arr.shape} {arr.dtype}, metadata says {shape} {dtype}; "
+                "the shard is corrupt or was written by another tool: rewrite it with `cytodata shard`"
+            )
+        if out is not None and arr is not out:
+            out[...] = arr
+            return out
+        return arr
+
+
+CODECS: Registry[Codec] = Registry("codec")
+
+
+def _register(codec: Codec) -> Codec:
+    return CODECS.register(codec.name)(codec)
+
+
+def _contig(arr: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(arr)
+
+
+# --- blosc-zstd: fastest decode, bitshuffle suits 16-bit sensors with few significant bits ---
+def _blosc():
+    from numcodecs import Blosc
+
+    return Blosc(cname="zstd", clevel=3, shuffle=Blosc.BITSHUFFLE)
+
+
+def _raw_decode(make) -> Callable:
+    def dec(data, shape, dtype, out):
+        target = out if out is not None else np.empty(shape, dtype)
+        make().decode(data, out=target)
+        return target
+    return dec
+
+
+_register(Codec("blosc-zstd", "blosc", lambda a: bytes(_blosc().encode(_contig(a))), _raw_decode(_blosc)))
+
+
+# --- zstd level 1: no shuffle, cheap to write ---
+def _zstd():
+    from numcodecs import Zstd
+
+    return Zstd(level=1)
+
+
+_register(Codec("zstd", "zst", lambda a: bytes(_zstd().encode(_contig(a))), _raw_decode(_zstd)))
+
+
+# --- npy: uncompressed, readable by anything with numpy ---
+def _npy_encode(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, _contig(arr), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _npy_decode(data, shape, dtype, out):
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+_register(Codec("npy", "npy", _npy_encode, _npy_decode))
+
+
+# --- png16: channels stacked vertically into one (C*H, W) grayscale PNG ---
+def _png_encode(arr: np.ndarray) -> bytes:
+    import imagecodecs
+
+    c, h, w = arr.shape
+    return bytes(imagecodecs.png_encode(_contig(arr).reshape(c * h, w), level=6))
+
+
+def _png_decode(data, shape, dtype, out):
+    import imagecodecs
+
+    flat = imagecodecs.png_decode(data)
+    return flat.reshape(shape) if flat.size == int(np.prod(shape)) else flat
+
+
+_register(Codec("png16", "png", _png_encode, _png_decode))
+
+
+# --- tiff: one page per channel, deflate ---
+def _tiff_encode(arr: np.ndarray) -> bytes:
+    import tifffile
+
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, _contig(arr), compression="zlib", photometric="minisblack", metadata=None)
+    return buf.getvalue()
+
+
+def _tiff_decode(data, shape, dtype, out):
+    import tifffile
+
+    arr = tifffile.imread(io.BytesIO(data), out=out)
+    if arr.ndim == 2 and len(shape) == 3 and shape[0] == 1:
+        arr = arr[None]
+    return arr
+
+
+_register(Codec("tiff", "tiff", _tiff_encode, _tiff_decode))
+
+#: extension -> codec (what a reader sees in a raw webdataset sample)
+def codec_for_ext(ext: str) -> Codec:
+    """The codec whose member extension is ``ext`` (raises ShardError listing them)."""
+    for name in CODECS:
+        if CODECS.get(name).ext == ext:
+            return CODECS.get(name)
+    valid = sorted(CODECS.get(n).ext for n in CODECS)
+    raise ShardError(f"no codec writes members with extension {ext!r}; known: {valid}")

@@ -1,0 +1,148 @@
+"""WebDataset shard writer: one task writes one ``shard-XXXXXX.tar`` atomically.
+
+A task writes ``NAME.tmp-<uuid>`` while hashing the bytes it writes, renames it to ``NAME``,
+then writes the ``NAME.done.json`` sidecar (sha256 + everything the index needs). A killed job
+therefore leaves, per shard, a complete tar with its sidecar, a tar without one (redone), or a
+temp file (deleted on re-run). See FORMAT.md for the layout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from ._samples import INDEX_COLUMNS, Dropped, Moments, Sample, load_samples
+from .codecs import CODECS, codec_for_ext
+
+FORMAT = "cytodata-webdataset"
+VERSION = 1
+
+
+class _HashingWriter:
+    """A write-only file wrapper that hashes and counts what passes through."""
+
+    def __init__(self, fh):
+        self._fh, self._sha, self.n = fh, hashlib.sha256(), 0
+
+    def write(self, data) -> int:
+        self._sha.update(data)
+        self.n += len(data)
+        return self._fh.write(data)
+
+    def tell(self) -> int:
+        return self.n
+
+    def hexdigest(self) -> str:
+        return self._sha.hexdigest()
+
+
+def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> int:
+    """Append a regular-file member with fixed owner/mtime; return the offset of its data."""
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), 0, 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    tar.addfile(info, io.BytesIO(data))
+    padded = -(-len(data) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+    return tar.offset - padded
+
+
+def sample_meta(sample: Sample, rec: dict, codec: str, channel_mode: str) -> dict:
+    """The ``KEY.json`` member: shape, dtype, codec, channels + the manifest columns."""
+    meta = {"key": sample.key, "shape": list(sample.image.shape), "dtype": str(sample.image.dtype),
+            "codec": codec, "channels": sample.channels, "channel_mode": channel_mode}
+    meta.update({k: v for k, v in rec.items() if k not in ("key", "channels")})
+    return meta
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file, read in 1 MiB blocks."""
+    sha = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+def write_shard(out: str, name: str, recs: list[dict], codec: str, channel_mode: str,
+                qc=None, gray="auto") -> dict:
+    """Write one shard from manifest records; return its stats (also saved as the sidecar)."""
+    enc = CODECS.get(codec)
+    final = Path(out) / name
+    tmp = final.with_name(f"{name}.tmp-{uuid.uuid4().hex}")
+    index, ledger, labels, moments, pixel_bytes, rows_written = [], [], Counter(), Moments(), 0, 0
+    dtypes: set[str] = set()
+    channel_sets: list[list[str]] = []
+    with open(tmp, "wb") as raw:
+        sink = _HashingWriter(raw)
+        with tarfile.open(fileobj=sink, mode="w", format=tarfile.GNU_FORMAT) as tar:
+            for rec in recs:
+                try:
+                    samples = load_samples(rec, channel_mode, qc, gray)
+                except Dropped as drop:
+                    ledger.append({"source": rec["source"], "input_id": rec["image_id"],
+                                   "stage": "shard", "reason": drop.reason, "detail": drop.detail})
+                    continue
+                rows_written += 1
+                for s in samples:
+                    payload = enc.encode(s.image)
+                    meta = json.dumps(sample_meta(s, rec, codec, channel_mode), sort_keys=True).encode()
+                    off = _add_member(tar, f"{s.key}.{enc.ext}", payload)
+                    meta_off = _add_member(tar, f"{s.key}.json", meta)
+                    c, h, w = s.image.shape
+                    row = {"shard": name, "key": s.key, "offset": off, "size": len(payload),
+                           "meta_offset": meta_off, "meta_size": len(meta),
+                           "n_channels": c, "height": h, "width": w}
+                    row.update({col: rec.get(col) for col in INDEX_COLUMNS})
+                    index.append(row)
+                    pixel_bytes += s.image.nbytes
+                    dtypes.add(str(s.image.dtype))
+                    if s.channels not in channel_sets:
+                        channel_sets.append(s.channels)
+                    moments.add({"plate": rec.get("plate"), "batch": rec.get("batch"), "all": "all"},
+                                s.image, s.channels)
+                    if rec.get("label") is not None:
+                        labels[rec["label"]] += 1
+        raw.flush()
+        os.fsync(raw.fileno())
+    os.replace(tmp, final)
+    stats = {"name": name, "sha256": sink.hexdigest(), "samples": len(index), "bytes": sink.n,
+             "rows_in": len(recs), "rows_written": rows_written, "pixel_bytes": pixel_bytes,
+             "dtypes": sorted(dtypes), "channel_sets": channel_sets,
+             "index": index, "ledger": ledger, "label_counts": dict(labels), "moments": moments.data}
+    side = final.with_name(name + ".done.json")
+    side_tmp = side.with_name(side.name + f".tmp-{uuid.uuid4().hex}")
+    side_tmp.write_text(json.dumps(stats))
+    os.replace(side_tmp, side)
+    return stats
+
+
+def decode(sample: dict, out: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+    """A raw webdataset sample (``{"__key__", "json": bytes, "<ext>": bytes}``) -> (image, meta).
+
+    The image is ``(C, H, W)`` at the stored dtype; ``meta`` is the parsed ``KEY.json``.
+    """
+    from ..errors import ShardError
+
+    key = sample.get("__key__", "?")
+    if "json" not in sample:
+        raise ShardError(f"sample {key!r} has no .json member; members: {sorted(sample)}; "
+                         "is this a cytodata shard?")
+    raw_meta = sample["json"]
+    meta = raw_meta if isinstance(raw_meta, dict) else json.loads(bytes(raw_meta).decode("utf-8"))
+    codec = CODECS.get(meta["codec"]) if meta.get("codec") in CODECS else None
+    if codec is None or codec.ext not in sample:
+        exts = [k for k in sample if not k.startswith("__") and k != "json"]
+        if len(exts) != 1:
+            raise ShardError(f"sample {key!r}: expected one payload member, found {exts}")
+        codec = codec_for_ext(exts[0])
+    image = codec.decode(sample[codec.ext], meta["shape"], meta["dtype"], out=out)
+    return image, meta

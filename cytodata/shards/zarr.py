@@ -1,0 +1,172 @@
+"""Zarr v3 training array ``(N, C, H, W)``: chunks ``(1, C, tile, tile)`` inside per-image shards.
+
+Random crops read a few small chunks; one shard object per image keeps the file count low.
+Rows are planned from image headers up front so that dask tasks write disjoint row ranges
+(no two tasks touch one chunk). Layout: FORMAT.md section 2.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ImageReadError
+from ._run import run_tasks
+from ._samples import INDEX_COLUMNS, Dropped, Moments, load_samples
+from ._writer import FORMATS, claim_folder, identity, save_json
+
+FORMAT = "cytodata-zarr"
+VERSION = 1
+ARRAY = "images.zarr"
+DEFAULT_CHUNK = 256
+
+
+def _plan_rows(recs, channel_mode, tile):
+    """Header-only pass: per record its output rows, or a ledger entry. Returns (plan, ledger, shape)."""
+    from ..images.io import image_shape
+
+    heads, ledger = [], []
+    for i, rec in enumerate(recs):
+        try:
+            c, h, w = image_shape(rec["channel_paths"])
+        except ImageReadError as exc:
+            ledger.append((i, exc.reason, str(exc)))
+            continue
+        per = {"own": (c, 1), "merged": (1, 1), "split": (1, c)}[channel_mode]
+        th, tw = (tile, tile) if tile else (h, w)
+        tiles = [(y, x) for y in range(0, h - th + 1, th) for x in range(0, w - tw + 1, tw)] if tile else [(0, 0)]
+        heads.append((i, (per[0], th, tw), per[1], tiles, (c, h, w)))
+    # the array takes the most common row shape (ties: first in key order)
+    counts = Counter(shape for _, shape, _, tiles, _ in heads if tiles)
+    ref = max(counts, key=lambda s: (counts[s], -[h[1] for h in heads].index(s))) if counts else None
+    plan = []
+    for i, shape, n_sub, tiles, full in heads:
+        if shape != ref or not tiles:
+            ledger.append((i, "shape mismatch", f"{recs[i]['key']}: image {full} gives rows {shape}, "
+                           f"the array holds {ref}; pass tile= to cut images to one size"))
+            continue
+        plan.append((i, n_sub, tiles))
+    return plan, ledger, ref
+
+
+def _write_rows(path: str, start: int, items: list, channel_mode: str, qc, gray) -> dict:
+    """Task: read records and write their rows from ``start`` on; return index/ledger/stats."""
+    import zarr
+
+    arr = zarr.open_array(path, mode="r+")
+    row, index, ledger, labels, moments, written, pixel_bytes = start, [], [], Counter(), Moments(), 0, 0
+    for rec, n_sub, tiles in items:
+        n_rows = n_sub * len(tiles)
+        try:
+            samples = load_samples(rec, channel_mode, qc, gray)
+            if samples[0].image.dtype != arr.dtype:
+                raise Dropped("dtype mismatch", f"{rec['key']}: {samples[0].image.dtype}, array is {arr.dtype}")
+        except Dropped as drop:
+            ledger.append({"source": rec["source"], "input_id": rec["image_id"], "stage": "shard",
+                           "reason": drop.reason, "detail": drop.detail})
+            row += n_rows
+            continue
+        written += 1
+        th, tw = arr.shape[2:]
+        for s in samples:
+            for y, x in tiles:
+                pix = s.image[:, y:y + th, x:x + tw]
+                arr[row] = pix
+                entry = {"row": row, "key": s.key if len(tiles) == 1 and not y and not x and th == s.image.shape[1]
+                         else f"{s.key}-t{y}-{x}", "n_channels": pix.shape[0], "height": th, "width": tw,
+                         "x_min": x, "x_max": x + tw, "y_min": y, "y_max": y + th}
+                entry.update({c: rec.get(c) for c in INDEX_COLUMNS})
+                index.append(entry)
+                moments.add({"plate": rec.get("plate"), "batch": rec.get("batch"), "all": "all"}, pix, s.channels)
+                pixel_bytes += pix.nbytes
+                if rec.get("label") is not None:
+                    labels[rec["label"]] += 1
+                row += 1
+    return {"index": index, "ledger": ledger, "label_counts": dict(labels), "moments": moments.data,
+            "rows_written": written, "pixel_bytes": pixel_bytes}
+
+
+@FORMATS.register("zarr")
+def write_zarr(recs: list[dict], out: Path, manifest_info: dict, opts: dict) -> dict:
+    """Plan rows, create the array, write row ranges in parallel, then index/ledger/shards.json."""
+    import zarr
+    from zarr.codecs import ZstdCodec
+
+    import pandas as pd
+
+    from ..curate.ledger import LEDGER_COLUMNS, Ledger
+    from .. import __version__
+
+    ident = identity("zarr", manifest_info, opts)
+    # resume is not incremental for zarr: a same-identity re-run rewrites the array
+    claim_folder(out, ident, opts["overwrite"], (ARRAY, "index.parquet", "shards.json", "ledger.parquet"))
+    save_json(out / "plan.json", {"format": FORMAT, "identity": ident, "n_rows": len(recs)})
+    tile, mode = opts.get("tile"), opts["channel_mode"]
+    plan, early, shape = _plan_rows(recs, mode, tile)
+    dtype = np.uint16 if mode == "merged" else None
+    for i, _, _ in plan:
+        if dtype is not None:
+            break
+        try:
+            dtype = load_samples(recs[i], mode, None, opts["gray"])[0].image.dtype
+        except Dropped:
+            continue
+    n = sum(k * len(t) for _, k, t in plan)
+    c, h, w = shape or (1, 1, 1)
+    chunk = min(tile or opts.get("chunk", DEFAULT_CHUNK), h, w)
+    # zarr needs shards divisible by chunks; the array edge may cut the last shard short
+    shard_shape = (1, c, -(-h // chunk) * chunk, -(-w // chunk) * chunk)
+    arr = zarr.create_array(store=str(out / ARRAY), shape=(n, c, h, w), dtype=dtype or np.uint16,
+                            chunks=(1, c, chunk, chunk), shards=shard_shape,
+                            compressors=ZstdCodec(level=3), fill_value=0, overwrite=True)
+    per_task = max(1, len(plan) // (4 * (opts["n_workers"] or 2)) or 1)
+    tasks, start = [], 0
+    for g in range(0, len(plan), per_task):
+        items = [(recs[i], k, t) for i, k, t in plan[g:g + per_task]]
+        tasks.append((str(out / ARRAY), start, items, mode, opts["qc"], opts["gray"]))
+        start += sum(k * len(t) for _, k, t in items)
+    results = run_tasks(_write_rows, tasks, scheduler=opts["scheduler"], n_workers=opts["n_workers"],
+                        progress=opts["progress"], desc="zarr")
+    ledger = Ledger()
+    ledger.extend(pd.DataFrame([{"source": recs[i]["source"], "input_id": recs[i]["image_id"], "stage": "shard",
+                                 "reason": r, "detail": d} for i, r, d in early], columns=list(LEDGER_COLUMNS)))
+    ledger.extend(pd.DataFrame([x for r in results for x in r["ledger"]], columns=list(LEDGER_COLUMNS)))
+    written = sum(r["rows_written"] for r in results)
+    ledger.check(len(recs), written, where=f"zarr {out}")
+    moments, labels = Moments(), Counter()
+    for r in results:
+        moments.merge(Moments(r["moments"]))
+        labels.update(r["label_counts"])
+    index = pd.DataFrame([x for r in results for x in r["index"]])
+    for col in ("row", "n_channels", "height", "width", "x_min", "x_max", "y_min", "y_max"):
+        index[col] = pd.to_numeric(index[col]).astype("int64") if len(index) else pd.Series(dtype="int64")
+    for col in INDEX_COLUMNS + ("key",):
+        if col not in index:
+            index[col] = pd.NA
+        index[col] = index[col].astype("Int64" if col == "site" else "string")
+    index.to_parquet(out / "index.parquet", index=False)
+    ledger.write(out / "ledger.parquet")
+    by_reason = {str(k): int(v) for k, v in ledger.to_frame()["reason"].value_counts().items()}
+    names = next((r["index"][0] for r in results if r["index"]), None)
+    save_json(out / "shards.json", {
+        "format": FORMAT, "version": VERSION, "array": ARRAY, "codec": "zstd", "dtype": str(arr.dtype),
+        "channels": None if names is None else _channels(recs, names, mode),
+        "channel_mode": mode, "shape": [c, h, w], "chunks": [1, c, chunk, chunk], "shard_shape": list(shard_shape),
+        "n_samples": int(len(index)), "n_rows": int(n), "label_counts": dict(sorted(labels.items())),
+        "normalization": moments.summary(), "manifest": dict(manifest_info, identity=ident),
+        "ledger": {"rows": len(ledger), "by_reason": by_reason}, "cytodata_version": __version__})
+    return {"format": FORMAT, "out": str(out), "rows_in": len(recs), "rows_written": written,
+            "samples": int(len(index)), "dropped": by_reason, "shards": 1, "shards_resumed": 0,
+            "bytes": sum(p.stat().st_size for p in (out / ARRAY).rglob("*") if p.is_file()),
+            "pixel_bytes": sum(r["pixel_bytes"] for r in results)}
+
+
+def _channels(recs, first_row: dict, mode: str):
+    if mode == "merged":
+        return ["merged"]
+    if mode == "split":
+        return None
+    sets = {tuple(r["channels"]) for r in recs}
+    return list(next(iter(sets))) if len(sets) == 1 else None

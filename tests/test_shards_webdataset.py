@@ -1,0 +1,250 @@
+"""WebDataset shards: real pixels round trip bit-exact through plain webdataset, index byte
+ranges, checksums, ledger of broken files, dask LocalCluster, kill-and-resume, folder identity."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+import webdataset as wds
+from PIL import Image
+
+from cytodata.errors import ShardError
+from cytodata.images import read_image
+from cytodata.schema import conform, make_key
+from cytodata.shards import CODECS, decode, write
+from cytodata.shards.webdataset import file_sha256
+
+IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "images"
+PHENIX = sorted(str(p) for p in (IMAGES / "pe2loaddata_BR00121482").glob("*.tiff"))
+RXRX = sorted(str(p) for p in (IMAGES / "rxrx1_HEPG2-01_Plate1").glob("*.png"))
+
+
+def make_manifest(rows: list[dict]) -> pd.DataFrame:
+    """A harmonized table from short row dicts (key from source + image_id)."""
+    t = pd.DataFrame(rows)
+    t["key"] = [make_key(s, i) for s, i in zip(t["source"], t["image_id"])]
+    return conform(t)
+
+
+def real_rows() -> list[dict]:
+    return [
+        dict(source="jump", image_id="BR00121482_A01_1", plate="BR00121482", well="A01", site=1,
+             batch="b1", label="dmso", split="train", control_type="negcon",
+             channels=["Mito", "AGP", "RNA", "ER", "DNA", "BF"], channel_paths=PHENIX),
+        dict(source="rxrx1", image_id="HEPG2-01_1_B02_1", plate="HEPG2-01_1", well="B02", site=1,
+             batch="HEPG2-01", label="negcon", split="val", control_type="negcon",
+             channels=[f"w{i}" for i in range(1, 7)], channel_paths=RXRX),
+    ]
+
+
+def synthetic_rows(folder: Path, n: int, size: int = 24) -> list[dict]:
+    """``n`` two-channel uint16 TIFF images on plates p0/p1."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        paths = []
+        for c in range(2):
+            p = folder / f"img{i}_c{c}.tif"
+            tifffile.imwrite(p, rng.integers(0, 65535, (size, size), dtype=np.uint16))
+            paths.append(str(p))
+        rows.append(dict(source="syn", image_id=f"im{i:03d}", plate=f"p{i % 2}", well=f"A{i:02d}", site=1,
+                         label=f"l{i % 3}", channels=["DNA", "RNA"], channel_paths=paths))
+    return rows
+
+
+def read_all(out: Path) -> dict:
+    tars = sorted(str(p) for p in out.glob("shard-*.tar"))
+    return {s["__key__"]: decode(s) for s in wds.WebDataset(tars, shardshuffle=False)}
+
+
+@pytest.mark.parametrize("codec", CODECS.names())
+def test_real_pixels_round_trip_every_codec(tmp_path, codec):
+    out = tmp_path / codec
+    summary = write(make_manifest(real_rows()), out, codec=codec, samples_per_shard=1,
+                    scheduler="synchronous", progress=False)
+    assert summary["samples"] == 2 and summary["shards"] == 2
+    got = read_all(out)
+    img, meta = got["jump__BR00121482_A01_1"]
+    assert img.dtype == np.uint16 and img.shape == (6, 1080, 1080)
+    np.testing.assert_array_equal(img, read_image(PHENIX))
+    assert meta["plate"] == "BR00121482" and meta["channels"][4] == "DNA" and meta["codec"] == codec
+    img8, meta8 = got["rxrx1__HEPG2-01_1_B02_1"]
+    assert img8.dtype == np.uint8 and meta8["shape"] == [6, 512, 512]
+    np.testing.assert_array_equal(img8, read_image(RXRX))
+
+
+def test_index_offsets_checksums_and_stats(tmp_path):
+    rows = synthetic_rows(tmp_path, 7)
+    out = tmp_path / "out"
+    write(make_manifest(rows), out, samples_per_shard=3, scheduler="synchronous", progress=False)
+    index = pd.read_parquet(out / "index.parquet")
+    meta = json.loads((out / "shards.json").read_text())
+    assert meta["format"] == "cytodata-webdataset" and meta["n_samples"] == 7 == len(index)
+    assert [s["samples"] for s in meta["shards"]] == [3, 3, 1]
+    for s in meta["shards"]:
+        assert file_sha256(out / s["name"]) == s["sha256"]
+        assert (out / s["name"]).stat().st_size == s["bytes"]
+    codec = CODECS.get(meta["codec"])
+    pixels = {}
+    for r in index.itertuples():
+        with open(out / r.shard, "rb") as fh:
+            fh.seek(r.offset)
+            payload = fh.read(r.size)
+            fh.seek(r.meta_offset)
+            m = json.loads(fh.read(r.meta_size))
+        img = codec.decode(payload, m["shape"], m["dtype"])
+        pixels[r.key] = img
+        i = int(r.key.split("im")[-1])
+        np.testing.assert_array_equal(img[1], tifffile.imread(rows[i]["channel_paths"][1]))
+    # normalization statistics equal a direct float64 computation per plate
+    for plate in ("p0", "p1"):
+        stack = np.stack([pixels[k] for k in index.loc[index["plate"] == plate, "key"]]).astype(np.float64)
+        stats = meta["normalization"]["plate"][plate]
+        np.testing.assert_allclose(stats["mean"], stack.mean(axis=(0, 2, 3)), rtol=1e-12)
+        np.testing.assert_allclose(stats["std"], stack.std(axis=(0, 2, 3)), rtol=1e-10)
+    assert meta["label_counts"] == {"l0": 3, "l1": 2, "l2": 2}
+    assert meta["channels"] == ["DNA", "RNA"] and meta["shape"] == [2, 24, 24]
+
+
+def test_bad_rows_go_to_ledger(tmp_path):
+    rows = synthetic_rows(tmp_path, 3)
+    good = rows[0]["channel_paths"][0]
+    data = Path(good).read_bytes()
+    bad = {}
+    (tmp_path / "trunc.tif").write_bytes(data[: len(data) // 2])
+    bad["truncated"] = [str(tmp_path / "trunc.tif")]
+    (tmp_path / "text.png").write_text("not a png")
+    bad["unreadable"] = [str(tmp_path / "text.png")]
+    (tmp_path / "zero.tif").write_bytes(b"")
+    bad["zero"] = [str(tmp_path / "zero.tif")]
+    bad["missing file"] = [good, str(tmp_path / "gone.tif")]
+    tifffile.imwrite(tmp_path / "small.tif", np.zeros((10, 10), np.uint16))
+    bad["shape mismatch"] = [good, str(tmp_path / "small.tif")]
+    Image.fromarray(np.zeros((24, 24), np.uint8)).save(tmp_path / "eight.png")
+    bad["dtype mismatch"] = [good, str(tmp_path / "eight.png")]
+    for name, paths in bad.items():
+        rows.append(dict(source="bad", image_id=name.replace(" ", "_"), channels=[f"c{i}" for i in range(len(paths))],
+                         channel_paths=paths))
+    out = tmp_path / "out"
+    summary = write(make_manifest(rows), out, samples_per_shard=4, scheduler="synchronous", progress=False)
+    ledger = pd.read_parquet(out / "ledger.parquet")
+    assert dict(zip(ledger["input_id"], ledger["reason"])) == {
+        "truncated": "truncated", "unreadable": "unreadable", "zero": "truncated",
+        "missing_file": "missing file", "shape_mismatch": "shape mismatch", "dtype_mismatch": "dtype mismatch"}
+    assert (ledger["stage"] == "shard").all()
+    assert summary["rows_in"] == 9 == summary["rows_written"] + len(ledger)
+    assert set(read_all(out)) == {f"syn__im{i:03d}" for i in range(3)}
+
+
+def test_split_and_merged_channel_modes(tmp_path):
+    rows = synthetic_rows(tmp_path, 2)
+    write(make_manifest(rows), tmp_path / "split", channel_mode="split", scheduler="synchronous", progress=False)
+    got = read_all(tmp_path / "split")
+    assert sorted(got) == ["syn__im000-cDNA", "syn__im000-cRNA", "syn__im001-cDNA", "syn__im001-cRNA"]
+    np.testing.assert_array_equal(got["syn__im001-cRNA"][0][0], tifffile.imread(rows[1]["channel_paths"][1]))
+    write(make_manifest(rows), tmp_path / "merged", channel_mode="merged", scheduler="synchronous", progress=False)
+    img, meta = read_all(tmp_path / "merged")["syn__im000"]
+    assert img.shape == (1, 24, 24) and img.dtype == np.uint16 and meta["channels"] == ["merged"]
+    assert img.max() > 60000 and img.min() < 5000
+
+
+def test_dask_local_cluster_two_workers_matches_synchronous(tmp_path):
+    rows = synthetic_rows(tmp_path, 6)
+    a = write(make_manifest(rows), tmp_path / "a", samples_per_shard=2, n_workers=2, progress=False)
+    write(make_manifest(rows), tmp_path / "b", samples_per_shard=2, scheduler="synchronous", progress=False)
+    assert a["shards"] == 3 and a["samples"] == 6
+    for name in ("shard-000000.tar", "shard-000001.tar", "shard-000002.tar"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_other_shard_set_in_folder_raises(tmp_path):
+    rows = synthetic_rows(tmp_path, 3)
+    out = tmp_path / "out"
+    write(make_manifest(rows), out, scheduler="synchronous", progress=False)
+    again = write(make_manifest(rows), out, scheduler="synchronous", progress=False)
+    assert again["shards_resumed"] == again["shards"] == 1
+    with pytest.raises(ShardError, match="another output folder"):
+        write(make_manifest(rows), out, codec="zstd", scheduler="synchronous", progress=False)
+    with pytest.raises(ShardError):
+        write(make_manifest(rows[:2]), out, scheduler="synchronous", progress=False)
+    done = write(make_manifest(rows[:2]), out, scheduler="synchronous", progress=False, overwrite=True)
+    assert done["samples"] == 2 and len(read_all(out)) == 2
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import sys
+    from cytodata.shards import write
+    write(sys.argv[1], sys.argv[2],
+          samples_per_shard=1, scheduler="synchronous", progress=False)
+""")
+
+
+def test_kill_and_resume(tmp_path):
+    rows = synthetic_rows(tmp_path, 40, size=256)
+    table = make_manifest(rows)
+    manifest = tmp_path / "m.parquet"
+    table.to_parquet(manifest)
+    out = tmp_path / "out"
+    script = tmp_path / "run.py"
+    script.write_text(KILL_SCRIPT)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    proc = subprocess.Popen([sys.executable, str(script), str(manifest), str(out)], env=env)
+    deadline = time.time() + 60
+    while time.time() < deadline and len(list(out.glob("*.done.json"))) < 2:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    n_done = len(list(out.glob("*.done.json")))
+    assert 1 <= n_done < 40, f"kill came too late/early: {n_done} shards done"
+    assert not (out / "shards.json").exists()
+    summary = write(table, out, samples_per_shard=1,
+                    scheduler="synchronous", progress=False)
+    assert summary["shards_resumed"] >= 1 and summary["samples"] == 40
+    assert not list(out.glob("*.tmp-*"))
+    meta = json.loads((out / "shards.json").read_text())
+    for s in meta["shards"]:
+        assert file_sha256(out / s["name"]) == s["sha256"]
+    keys = [s["__key__"] for s in wds.WebDataset(sorted(str(p) for p in out.glob("shard-*.tar")), shardshuffle=False)]
+    assert len(keys) == len(set(keys)) == 40
+
+
+def test_cli_shard_prints_summary(tmp_path, capsys):
+    from cytodata.cli import main
+    from cytodata.schema import write_manifest
+
+    rows = synthetic_rows(tmp_path, 3)
+    rows.append(dict(source="bad", image_id="gone", channels=["a"], channel_paths=[str(tmp_path / "gone.tif")]))
+    (tmp_path / "m").mkdir()
+    write_manifest(make_manifest(rows), tmp_path / "m" / "manifest.parquet")
+    code = main(["shard", str(tmp_path / "m"), "-o", str(tmp_path / "o"), "--codec", "zstd",
+                 "--scheduler", "synchronous", "--no-progress"])
+    text = capsys.readouterr().out
+    assert code == 0 and "wrote 3 samples from 3/4 manifest rows" in text and "missing file=1" in text
+    meta = json.loads((tmp_path / "o" / "shards.json").read_text())
+    assert meta["codec"] == "zstd" and meta["manifest"]["sha256"] == file_sha256(tmp_path / "m" / "manifest.parquet")
+    assert main(["shard", str(tmp_path / "m"), "-o", str(tmp_path / "o"), "--scheduler", "synchronous",
+                 "--no-progress"]) == 2
+
+
+def test_image_qc_rejects_go_to_ledger(tmp_path):
+    rows = synthetic_rows(tmp_path, 2)
+    for c in range(2):
+        tifffile.imwrite(tmp_path / f"flat{c}.tif", np.full((24, 24), 500, np.uint16))
+    rows.append(dict(source="syn", image_id="flat", channels=["DNA", "RNA"],
+                     channel_paths=[str(tmp_path / f"flat{c}.tif") for c in range(2)]))
+    out = tmp_path / "out"
+    summary = write(make_manifest(rows), out, qc={}, scheduler="synchronous", progress=False)
+    ledger = pd.read_parquet(out / "ledger.parquet")
+    assert list(ledger["input_id"]) == ["flat"] and ledger["reason"][0] == "uniform"
+    assert summary["samples"] == 2
