@@ -1,0 +1,25 @@
+"""Loaders: shard sets -> PyTorch (streaming, Zarr crops), samplers, seeded tensor transforms.
+
+``StreamingDataset`` streams WebDataset shard sets (local or object store) with exact,
+resumable partitioning over ranks and workers; ``ZarrDataset`` serves random crops from the
+Zarr training array; ``samplers`` build class-balanced / mixed / paired / grouped epoch orders;
+``transforms`` are dict-in, dict-out and seeded per (seed, epoch, sample).
+"""
+
+from __future__ import annotations
+
+from .partition import epoch_order, interleave
+from .samplers import (ClassBalanced, GroupedBatches, ShardShuffle, SourceMix, WeakLabelPairs,
+                       grouped_batches)
+from .stream import StreamingDataset
+
+__all__ = ["StreamingDataset", "ZarrDataset", "epoch_order", "interleave", "ShardShuffle",
+           "ClassBalanced", "SourceMix", "WeakLabelPairs", "GroupedBatches", "grouped_batches"]
+
+
+def __getattr__(name: str):
+    if name == "ZarrDataset":  # zarr import deferred
+        from .zarr import ZarrDataset
+
+        return ZarrDataset
+    raise AttributeError(name)

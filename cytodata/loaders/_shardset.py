@@ -1,0 +1,168 @@
+"""Open a WebDataset shard set (local folder or fsspec URL), check it, and read payload byte ranges.
+
+Everything a reader needs comes from ``shards.json`` and ``index.parquet`` (FORMAT.md
+section 1); payloads are read as ``tar[offset:offset + size]`` (one ranged read per sample,
+batched with ``fs.cat_ranges`` on object stores so requests run concurrently). Open local
+files are cached per process and dropped on pickling, so the object is spawn-safe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..errors import ShardError
+from ..shards.codecs import CODECS, Codec
+
+FORMAT = "cytodata-webdataset"
+
+
+def open_fs(source: str | os.PathLike, storage_options: dict | None = None):
+    """``(filesystem, root path)`` for a folder or URL (``s3://bucket/set``, ``file://...``)."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(str(source), **(storage_options or {}))
+    return fs, root.rstrip("/")
+
+
+def is_local(fs) -> bool:
+    from fsspec.implementations.local import LocalFileSystem
+
+    return isinstance(fs, LocalFileSystem)
+
+
+class ShardSet:
+    """A checked shard set: ``meta`` (shards.json), ``index`` (DataFrame), ``codec``, ``fingerprint``.
+
+    Raises :class:`ShardError` when a file is missing, a shard's size differs from shards.json,
+    or the index disagrees with the shard list (sample counts, byte ranges past a shard's end).
+    """
+
+    def __init__(self, source: str | os.PathLike, storage_options: dict | None = None):
+        self.source = str(source)
+        self.storage_options = dict(storage_options or {})
+        self._fs, self.root = open_fs(source, storage_options)
+        self._pid = os.getpid()
+        self.local = is_local(self._fs)
+        self.meta = self._read_json("shards.json")
+        if self.meta.get("format") != FORMAT:
+            raise ShardError(f"{self.source}/shards.json has format {self.meta.get('format')!r}, expected "
+                             f"{FORMAT!r}; for a Zarr set use cytodata.loaders.ZarrDataset")
+        self.index = self._read_index()
+        self.codec_name = str(self.meta["codec"])
+        CODECS.get(self.codec_name)  # unknown codec -> error listing the known ones
+        self._check_shards()
+        self.fingerprint = fingerprint(self.meta)
+        self._files: dict[str, Any] = {}
+
+    @property
+    def fs(self):
+        """The filesystem of this process: async ones (s3fs) are not fork-safe, so re-open after fork."""
+        if self._fs is None or self._pid != os.getpid():
+            self._fs, _ = open_fs(self.source, self.storage_options)
+            self._pid = os.getpid()
+        return self._fs
+
+    # --- reading metadata ---
+    def path(self, name: str) -> str:
+        return f"{self.root}/{name}"
+
+    def _read_json(self, name: str) -> dict:
+        try:
+            return json.loads(self.fs.cat_file(self.path(name)))
+        except FileNotFoundError:
+            raise ShardError(f"{self.source} has no {name}: not a cytodata shard set "
+                             "(write one with `cytodata shard`)") from None
+        except json.JSONDecodeError as exc:
+            raise ShardError(f"{self.source}/{name} is not valid JSON ({exc}); rewrite the shard set") from None
+
+    def _read_index(self) -> pd.DataFrame:
+        try:
+            data = self.fs.cat_file(self.path("index.parquet"))
+        except FileNotFoundError:
+            raise ShardError(f"{self.source} has no index.parquet; rewrite it with `cytodata shard`") from None
+        index = pd.read_parquet(io.BytesIO(data))
+        need = {"shard", "key", "offset", "size", "meta_offset", "meta_size"}
+        missing = sorted(need - set(index.columns))
+        if missing:
+            raise ShardError(f"{self.source}/index.parquet lacks columns {missing}; rewrite the shard set")
+        return index.reset_index(drop=True)
+
+    def _check_shards(self) -> None:
+        shards = self.meta.get("shards", [])
+        listing = {os.path.basename(str(e["name"]).rstrip("/")): int(e.get("size") or 0)
+                   for e in self.fs.ls(self.root, detail=True)}
+        missing = [s["name"] for s in shards if s["name"] not in listing]
+        if missing:
+            raise ShardError(f"{self.source}: shards {missing[:5]} listed in shards.json are missing "
+                             f"({len(missing)} of {len(shards)}); copy them back or rewrite the shard set")
+        wrong = [(s["name"], listing[s["name"]], s["bytes"]) for s in shards if listing[s["name"]] != s["bytes"]]
+        if wrong:
+            raise ShardError(f"{self.source}: shard sizes differ from shards.json (name, on disk, expected): "
+                             f"{wrong[:5]}; the copy is incomplete or the shards were rewritten")
+        if len(self.index) != sum(s["samples"] for s in shards):
+            raise ShardError(f"{self.source}: index.parquet has {len(self.index)} rows but shards.json lists "
+                             f"{sum(s['samples'] for s in shards)} samples; the index is stale, rewrite the set")
+        names = self.index["shard"].astype(str)
+        counts = names.value_counts().to_dict()
+        bad = [(s["name"], counts.get(s["name"], 0), s["samples"]) for s in shards
+               if counts.get(s["name"], 0) != s["samples"]]
+        unknown = sorted(set(counts) - {s["name"] for s in shards})
+        if bad or unknown:
+            raise ShardError(f"{self.source}: index.parquet disagrees with shards.json (shard, index rows, "
+                             f"listed samples): {bad[:5]} unknown shards {unknown[:5]}; rewrite the shard set")
+        size = names.map({s["name"]: s["bytes"] for s in shards}).to_numpy(dtype=np.int64)
+        end = np.maximum(self.index["offset"] + self.index["size"],
+                         self.index["meta_offset"] + self.index["meta_size"]).to_numpy(dtype=np.int64)
+        past = np.flatnonzero(end > size)
+        if len(past):
+            rows = self.index.iloc[past[:5]]
+            raise ShardError(f"{self.source}: index byte ranges run past the shard end for keys "
+                             f"{list(rows['key'])} in {list(rows['shard'])}; the index does not match the shards")
+
+    @property
+    def codec(self) -> Codec:
+        """Looked up by name (codec objects hold lambdas; the set must pickle for spawn workers)."""
+        return CODECS.get(self.codec_name)
+
+    # --- reading payloads ---
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_files"] = {}
+        state["_fs"] = None  # re-opened in the worker
+        return state
+
+    def close(self) -> None:
+        for fh in self._files.values():
+            os.close(fh)
+        self._files.clear()
+
+    def read(self, rows: np.ndarray, with_meta: bool = False) -> list[bytes]:
+        """Payload bytes of index ``rows`` (and the JSON member right after when ``with_meta``)."""
+        idx = self.index
+        shard = idx["shard"].to_numpy(dtype=object)[rows]
+        start = idx["offset"].to_numpy(dtype=np.int64)[rows]
+        end = (idx["meta_offset"] + idx["meta_size"] if with_meta else idx["offset"] + idx["size"]
+               ).to_numpy(dtype=np.int64)[rows]
+        if self.local:
+            return [self._pread(name, int(s), int(e)) for name, s, e in zip(shard, start, end)]
+        paths = [self.path(name) for name in shard]
+        return list(self.fs.cat_ranges(paths, start.tolist(), end.tolist(), on_error="return"))
+
+    def _pread(self, name: str, start: int, end: int) -> bytes:
+        fd = self._files.get(name)
+        if fd is None:
+            fd = self._files[name] = os.open(self.path(name), os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        return os.pread(fd, end - start, start)
+
+
+def fingerprint(meta: dict) -> str:
+    """Identity of a shard set's content: codec + every shard's name, sha256 and sample count."""
+    parts = [meta.get("codec"), [(s["name"], s.get("sha256"), s["samples"]) for s in meta.get("shards", [])]]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,102 @@
+"""``ZarrDataset``: map-style random crops from the Zarr ``(N, C, H, W)`` training array.
+
+A crop reads only ``arr[row, :, y:y+h, x:x+w]``, i.e. the few ``(1, C, tile, tile)`` chunks it
+touches (FORMAT.md section 2). Rows come from ``index.parquet``'s ``row`` column (rows that
+failed to write stay zero in the array and are not indexed). The crop window is a pure
+function of ``(seed, epoch, index)``, so any sampler/worker layout sees the same crops.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from ..errors import ShardError
+from .partition import rng_for, seed_for
+from .stream import META_COLUMNS, _label_ids, _plain
+
+FORMAT = "cytodata-zarr"
+
+
+class ZarrDataset(Dataset):
+    """Samples ``{"__key__", "__seed__", "image", "label", "meta"}`` of a Zarr shard set folder.
+
+    ``crop``: side (px) of a random square window (None: the whole image). ``split``: keep one
+    split. ``transform``: a dict -> dict callable (see ``transforms.py``). ``as_int32``: return
+    int32 instead of torch.uint16. Call ``set_epoch`` each epoch to draw new crop windows.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, crop: int | None = None,
+                 transform: Callable[[dict], dict] | None = None, seed: int = 0, split: str | None = None,
+                 columns: tuple[str, ...] | None = None, as_int32: bool = False):
+        self.path = Path(path)
+        meta_path = self.path / "shards.json"
+        if not meta_path.exists():
+            raise ShardError(f"{self.path} has no shards.json; write a Zarr set with `cytodata shard --format zarr`")
+        self.meta = json.loads(meta_path.read_text())
+        if self.meta.get("format") != FORMAT:
+            raise ShardError(f"{meta_path} has format {self.meta.get('format')!r}, expected {FORMAT!r}; "
+                             "for tar shards use StreamingDataset")
+        index = pd.read_parquet(self.path / "index.parquet")
+        if split is not None:
+            index = index[(index["split"] == split).fillna(False)]
+        self.index = index.reset_index(drop=True)
+        self.rows = self.index["row"].to_numpy(dtype=np.int64)
+        self.crop, self.transform, self.seed, self.epoch = crop, transform, int(seed), 0
+        self.as_int32 = as_int32
+        self.columns = tuple(c for c in (columns or META_COLUMNS) if c in self.index.columns)
+        self.classes, self.labels = _label_ids(self.meta, self.index)
+        self.keys = self.index["key"].astype(str).tolist()
+        self._meta = {c: [_plain(v) for v in self.index[c].tolist()] for c in self.columns}
+        self._arr = None
+        shape = self.meta.get("shape") or [0, 0, 0]
+        if crop is not None and (crop > shape[1] or crop > shape[2]):
+            raise ShardError(f"crop={crop} is larger than the stored images {shape[1]}x{shape[2]} in {self.path}")
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_arr"] = None  # reopened in each worker
+        return state
+
+    @property
+    def array(self):
+        if self._arr is None:
+            import zarr
+
+            self._arr = zarr.open_array(self.path / self.meta.get("array", "images.zarr"), mode="r")
+        return self._arr
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def window(self, i: int) -> tuple[int, int]:
+        """Top-left corner (y, x) of sample ``i``'s crop in this epoch."""
+        _, h, w = self.meta["shape"]
+        rng = rng_for("zarr-crop", self.seed, self.epoch, i)
+        return int(rng.integers(0, h - self.crop + 1)), int(rng.integers(0, w - self.crop + 1))
+
+    def __getitem__(self, i: int) -> dict:
+        i = int(i)
+        row = int(self.rows[i])
+        if self.crop is None:
+            image = self.array[row]
+        else:
+            y, x = self.window(i)
+            image = self.array[row, :, y: y + self.crop, x: x + self.crop]
+        tensor = torch.from_numpy(np.ascontiguousarray(image))
+        if self.as_int32:
+            tensor = tensor.to(torch.int32)
+        sample = {"__key__": self.keys[i], "__seed__": seed_for(self.seed, self.epoch, i),
+                  "image": tensor, "label": int(self.labels[i]),
+                  "meta": {c: v[i] for c, v in self._meta.items()}}
+        return self.transform(sample) if self.transform is not None else sample
