@@ -59,8 +59,10 @@ class WdsDecode:
     def __call__(self, raw: dict) -> dict:
         from cytodata.shards import decode
 
-        image, _ = decode(raw)
-        return self.transform({"__seed__": hash(raw["__key__"]) & 0xFFFF, "image": torch.from_numpy(image)})
+        image, meta = decode(raw)
+        # the same content as ours yields: key, image, metadata
+        return self.transform({"__key__": raw["__key__"], "__seed__": hash(raw["__key__"]) & 0xFFFF,
+                               "image": torch.from_numpy(image), "meta": meta})
 
 
 def wds_pipeline(tars: list[str]):
@@ -112,7 +114,7 @@ def prepare(folder: Path, n: int) -> tuple[Path, list[list[str]]]:
 
     shards = folder / "shards"
     if not (shards / "shards.json").exists():
-        table = demo_manifest(folder / "png", n, SHAPE, files="png")
+        table = demo_manifest(folder / "png", n, SHAPE, files="png", pixels="cells")
         write(table, shards, samples_per_shard=100, scheduler="synchronous", progress=False)
     paths = [sorted(str(p) for p in (folder / "png").glob(f"img{i:05d}_c*.png")) for i in range(n)]
     return shards, paths
@@ -123,7 +125,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--dir", default="/tmp/cytodata-bench")
+    ap.add_argument("--dir", default="/tmp/cytodata-bench-cells")
     ap.add_argument("--fresh", action="store_true", help="rewrite the data")
     args = ap.parse_args(argv)
     folder = Path(args.dir)

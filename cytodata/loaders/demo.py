@@ -14,8 +14,12 @@ import pandas as pd
 
 def demo_manifest(folder: str | Path, n: int = 37, shape: tuple[int, int, int] = (3, 16, 16), *,
                   seed: int = 0, n_labels: int = 4, n_plates: int = 3, label_na: int = 0,
-                  files: str = "tiff") -> pd.DataFrame:
+                  files: str = "tiff", pixels: str = "texture") -> pd.DataFrame:
     """Write ``n`` images (one 16-bit file per channel) and return their harmonized manifest.
+
+    ``pixels``: ``"texture"`` (exactly recomputable by :func:`sample_pixels`, for tests) or
+    ``"cells"`` (realistic cell-like fields from :func:`cytodata.synthetic.make_cells`, for
+    benchmarks: noise textures compress and decode unlike real microscopy).
 
     Labels ``l0..`` with unequal group sizes (label ``k`` gets weight ``k + 1``); the first
     ``label_na`` rows have no label. ``files``: ``"tiff"`` or ``"png"`` (16-bit grayscale).
@@ -30,7 +34,7 @@ def demo_manifest(folder: str | Path, n: int = 37, shape: tuple[int, int, int] =
     labels = rng.choice(n_labels, size=n, p=weights / weights.sum())
     rows = []
     for i in range(n):
-        image = sample_pixels(i, shape, seed)
+        image = sample_pixels(i, shape, seed) if pixels == "texture" else _cell_pixels(i, shape, seed)
         paths = []
         for ch in range(c):
             p = folder / f"img{i:05d}_c{ch}.{'tif' if files == 'tiff' else 'png'}"
@@ -52,6 +56,13 @@ def sample_pixels(i: int, shape: tuple[int, int, int], seed: int = 0) -> np.ndar
     base = (np.arange(c, dtype=np.uint32)[:, None, None] + i * 64) % 60000
     texture = rng.integers(0, 32, size=(c, h, w), dtype=np.uint32) * 2048
     return ((base + texture) % 65536).astype(np.uint16)
+
+
+def _cell_pixels(i: int, shape: tuple[int, int, int], seed: int) -> np.ndarray:
+    from ..synthetic import DEFAULT_MOAS, make_cells
+
+    moas = list(DEFAULT_MOAS)
+    return make_cells(np.random.default_rng([seed, i]), shape, moas[i % len(moas)])
 
 
 def _write_plane(path: Path, plane: np.ndarray, files: str) -> None:

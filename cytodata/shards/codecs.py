@@ -28,6 +28,10 @@ class Codec:
     encode: Callable[[np.ndarray], bytes]
     _decode: Callable[[bytes, tuple[int, ...], np.dtype, "np.ndarray | None"], np.ndarray]
 
+    def __reduce__(self):
+        # codecs hold plain functions; pickle (for dask/spawned workers) by registry name
+        return (_codec_by_name, (self.name,))
+
     def decode(self, data: bytes, shape, dtype, out: np.ndarray | None = None) -> np.ndarray:
         """Bytes -> array of ``shape``/``dtype`` (into ``out`` when given and possible)."""
         shape, dtype = tuple(int(s) for s in shape), np.dtype(dtype)
@@ -48,6 +52,10 @@ class Codec:
 CODECS: Registry[Codec] = Registry("codec")
 
 
+def _codec_by_name(name: str) -> Codec:
+    return CODECS.get(name)
+
+
 def _register(codec: Codec) -> Codec:
     return CODECS.register(codec.name)(codec)
 
@@ -60,7 +68,8 @@ def _contig(arr: np.ndarray) -> np.ndarray:
 def _blosc():
     from numcodecs import Blosc
 
-    return Blosc(cname="zstd", clevel=3, shuffle=Blosc.BITSHUFFLE)
+    # level 1: on real Phenix 16-bit fields 1.83x vs 1.85x at level 3, but encodes 1.5x faster
+    return Blosc(cname="zstd", clevel=1, shuffle=Blosc.BITSHUFFLE)
 
 
 def _raw_decode(make) -> Callable:
