@@ -59,8 +59,11 @@ class WdsDecode:
     def __call__(self, raw: dict) -> dict:
         from cytodata.shards import decode
 
+        from cytodata.loaders.stream import META_COLUMNS
+
         image, meta = decode(raw)
-        # the same content as ours yields: key, image, metadata
+        # the same content as ours yields: key, image and the same metadata fields
+        meta = {c: ("" if meta.get(c) is None else meta[c]) for c in META_COLUMNS}
         return self.transform({"__key__": raw["__key__"], "__seed__": hash(raw["__key__"]) & 0xFFFF,
                                "image": torch.from_numpy(image), "meta": meta})
 
