@@ -124,11 +124,12 @@ def aggregate(table: pd.DataFrame, *, features: Features, by: Sequence[str] | st
     grouped = table.groupby(by, sort=True, observed=True, dropna=False)
     out = grouped[cols].agg(REDUCERS[how])
     extra = [c for c in carry if c in table.columns and c not in by]
+    parts = [out]
     if extra:
-        out = out.join(grouped[extra].agg(_join_unique))
+        parts.append(grouped[extra].agg(_join_unique))
     if count:
-        out[count] = grouped.size()
-    out = out.reset_index()
+        parts.append(grouped.size().rename(count))
+    out = pd.concat(parts, axis=1).reset_index() if len(parts) > 1 else out.reset_index()
     return out[by + extra + ([count] if count else []) + cols]
 
 
