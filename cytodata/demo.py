@@ -16,11 +16,6 @@ import pandas as pd
 RECIPE = Path(__file__).resolve().parents[1] / "manifests" / "demo.yaml"
 
 
-def _step(title: str) -> float:
-    print(f"\n== {title}", flush=True)
-    return time.time()
-
-
 def make_sources(out: Path, seed: int) -> dict:
     """Write the synthetic BBBC021-, RxRx1- and folder-layout screens."""
     from .synthetic import write_demo_sources
@@ -152,25 +147,22 @@ def run(out: "str | Path" = "demo_output", *, seed: int = 0, workers: int = 2,
     """Run the whole demo into ``out``; returns the per-step results."""
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    t = {}
-    t0 = _step("1/6 synthetic screens")
-    make_sources(out, seed)
-    t["sources"] = time.time() - t0
-    t0 = _step("2/6 manifest: harmonize, weak labels, splits, ledger")
-    build_manifest(out, progress)
-    t["manifest"] = time.time() - t0
-    t0 = _step("3/6 image QC")
-    run_image_qc(out, workers)
-    t["qc"] = time.time() - t0
-    t0 = _step("4/6 shards: WebDataset, Zarr, OME-Zarr (dask)")
-    write_shards(out, workers)
-    t["shards"] = time.time() - t0
-    t0 = _step("5/6 stream one epoch")
-    rate = stream_epoch(out)
-    t["stream"] = time.time() - t0
-    t0 = _step("6/6 evaluate: NSC/NSCB/kNN/mAP report")
-    evaluate_embeddings(out, seed)
-    t["evaluate"] = time.time() - t0
+    steps = [
+        ("sources", "synthetic screens", lambda: make_sources(out, seed)),
+        ("manifest", "manifest: harmonize, weak labels, splits, ledger",
+         lambda: build_manifest(out, progress)),
+        ("qc", "image QC", lambda: run_image_qc(out, workers)),
+        ("shards", "shards: WebDataset, Zarr, OME-Zarr (dask)", lambda: write_shards(out, workers)),
+        ("stream", "stream one epoch", lambda: stream_epoch(out)),
+        ("evaluate", "evaluate: NSC/NSCB/kNN/mAP report", lambda: evaluate_embeddings(out, seed)),
+    ]
+    t, results = {}, {}
+    for i, (name, title, fn) in enumerate(steps, 1):
+        print(f"\n== {i}/{len(steps)} {title}", flush=True)
+        t0 = time.time()
+        results[name] = fn()
+        t[name] = time.time() - t0
+    rate = results["stream"]
     print("\n== outputs in", out)
     for sub in ("sources", "manifest", "qc", "shards", "report"):
         print(f"  {out / sub}")
