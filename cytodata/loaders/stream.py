@@ -31,6 +31,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..errors import ShardError
+from ..shards.codecs import single_threaded
 from . import partition as part  # noqa: F401  (module; the package does not re-export the function)
 from ._shardset import ShardSet
 from .samplers import ShardShuffle
@@ -156,6 +157,8 @@ class StreamingDataset(IterableDataset):
         return part.partition(order, **kw), pos
 
     def __iter__(self):
+        if get_worker_info() is not None:
+            single_threaded()  # one decode thread per DataLoader worker process
         units, pos = self.my_units()
         self._yielded = 0  # state_dict counts from this pass's start
         for lo in range(0, len(units), self.read_ahead):
