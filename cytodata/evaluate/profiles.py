@@ -129,8 +129,11 @@ def aggregate(table: pd.DataFrame, *, features: Features, by: Sequence[str] | st
         parts.append(grouped[extra].agg(_join_unique))
     if count:
         parts.append(grouped.size().rename(count))
-    out = pd.concat(parts, axis=1).reset_index() if len(parts) > 1 else out.reset_index()
-    return out[by + extra + ([count] if count else []) + cols]
+    out = pd.concat(parts, axis=1) if len(parts) > 1 else out
+    keys = out.index.to_frame(index=False)
+    out = pd.concat([keys, out.reset_index(drop=True)], axis=1)
+    # one block per dtype: later column assignments on wide profiles stay cheap
+    return out[by + extra + ([count] if count else []) + cols].copy()
 
 
 @dataclass(frozen=True)
