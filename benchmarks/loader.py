@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import tarfile
 import time
 from pathlib import Path
 

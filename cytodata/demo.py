@@ -81,7 +81,7 @@ def stream_epoch(out: Path) -> float:
     loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2)
     t0 = time.time()
     n = 0
-    for sample in loader:
+    for _sample in loader:
         n += 1
     rate = n / max(time.time() - t0, 1e-9)
     print(f"streamed one epoch: {n} samples at {rate:.0f} images/s (2 workers)")

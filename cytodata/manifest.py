@@ -7,7 +7,6 @@ written to temporary names and renamed, so an interrupted build leaves no half-w
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -21,8 +20,9 @@ import numpy as np
 import pandas as pd
 
 from . import __version__, schema
+from ._files import file_sha256, save_json
 from .curate.ledger import Ledger
-from .errors import RecipeError, SchemaError
+from .errors import RecipeError
 from .recipe import Recipe, load_recipe, parse_overrides
 
 
@@ -55,14 +55,6 @@ class BuildResult:
         return "\n".join(lines)
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _source_files(params: Mapping[str, Any]) -> dict[str, str]:
     """sha256 of metadata files a source reads: file params, and tables directly inside dir params."""
     out: dict[str, str] = {}
@@ -74,11 +66,11 @@ def _source_files(params: Mapping[str, Any]) -> dict[str, str]:
                 continue
             p = Path(v)
             if p.is_file():
-                out[str(p)] = _sha256_file(p)
+                out[str(p)] = file_sha256(p)
             elif p.is_dir():
                 for f in sorted(p.iterdir()):
                     if f.is_file() and f.name.endswith(suffixes):
-                        out[str(f)] = _sha256_file(f)
+                        out[str(f)] = file_sha256(f)
     return out
 
 
@@ -236,9 +228,7 @@ def build(recipe: "str | Path | Mapping[str, Any] | Recipe", out: "str | Path | 
         out.mkdir(parents=True, exist_ok=True)
         schema.write_manifest(table, out / "manifest.parquet")
         ledger.write(out / "ledger.parquet")
-        tmp = out / "provenance.json.tmp"
-        tmp.write_text(json.dumps(result.provenance, indent=2, default=str))
-        os.replace(tmp, out / "provenance.json")
+        save_json(out / "provenance.json", result.provenance, indent=2)
         result.out = out
     return result
 

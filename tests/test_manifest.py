@@ -8,7 +8,7 @@ import pytest
 
 from cytodata import cli, manifest
 from cytodata.errors import RecipeError
-from cytodata.synthetic import SyntheticScreen, write_demo_sources
+from cytodata.synthetic import write_demo_sources
 
 RECIPES = Path(__file__).resolve().parents[1] / "manifests"
 

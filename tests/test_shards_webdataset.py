@@ -23,11 +23,17 @@ from cytodata.errors import ShardError
 from cytodata.images import read_image
 from cytodata.schema import conform, make_key
 from cytodata.shards import CODECS, decode, write
-from cytodata.shards.webdataset import file_sha256
 
 IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "images"
 PHENIX = sorted(str(p) for p in (IMAGES / "pe2loaddata_BR00121482").glob("*.tiff"))
 RXRX = sorted(str(p) for p in (IMAGES / "rxrx1_HEPG2-01_Plate1").glob("*.png"))
+
+
+def file_sha256(path) -> str:
+    """Reference checksum, independent of cytodata's own helper."""
+    import hashlib
+
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
 
 
 def make_manifest(rows: list[dict]) -> pd.DataFrame:

@@ -16,6 +16,7 @@ from typing import Any, Callable
 import pandas as pd
 
 from .. import __version__
+from .._files import file_sha256, save_json
 from .._registry import Registry
 from ..curate.ledger import LEDGER_COLUMNS, Ledger
 from ..errors import ShardError
@@ -36,7 +37,6 @@ def load_table(manifest) -> tuple[pd.DataFrame, str | None]:
 
     if isinstance(manifest, pd.DataFrame):
         return validate(conform(manifest), where="manifest DataFrame"), None
-    from .webdataset import file_sha256
 
     p = Path(manifest)
     table = read_manifest(p)
@@ -118,13 +118,6 @@ def claim_folder(out: Path, ident: str, overwrite: bool, patterns: tuple[str, ..
     return None
 
 
-def save_json(path: Path, obj) -> None:
-    """Write JSON atomically (temp file + rename)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=False))
-    os.replace(tmp, path)
-
-
 def probe_row_bytes(recs: list[dict], codec: str, channel_mode: str, gray, limit: int = 16) -> int:
     """Encoded bytes of the first readable row (key order): sizes the shards up front."""
     enc = CODECS.get(codec)
@@ -145,7 +138,7 @@ _WDS_PATTERNS = ("shard-*.tar", "shard-*.tar.done.json", "shard-*.tmp-*", "index
 @FORMATS.register("webdataset")
 def write_webdataset(recs: list[dict], out: Path, manifest_info: dict, opts: dict) -> dict:
     """Plan shards, skip verified ones, write the rest in parallel, then the index files."""
-    from .webdataset import FORMAT, VERSION, file_sha256, write_shard
+    from .webdataset import FORMAT, VERSION, write_shard
 
     ident = identity("webdataset", manifest_info, opts)
     plan = claim_folder(out, ident, opts["overwrite"], _WDS_PATTERNS)

@@ -13,7 +13,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from ._samples import Dropped, Moments, load_samples
-from ._writer import FORMATS, claim_folder, identity, save_json
+from .._files import save_json
+from ._writer import FORMATS, claim_folder, identity
 
 FORMAT = "cytodata-ome-zarr"
 _WELL = re.compile(r"^([A-Za-z]+)0*([0-9]+)$")

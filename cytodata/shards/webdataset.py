@@ -63,15 +63,6 @@ def sample_meta(sample: Sample, rec: dict, codec: str, channel_mode: str) -> dic
     return meta
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a file, read in 1 MiB blocks."""
-    sha = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            sha.update(block)
-    return sha.hexdigest()
-
-
 def write_shard(out: str, name: str, recs: list[dict], codec: str, channel_mode: str,
                 qc=None, gray="auto") -> dict:
     """Write one shard from manifest records; return its stats (also saved as the sidecar)."""

@@ -15,7 +15,8 @@ import numpy as np
 from ..errors import ImageReadError
 from ._run import run_tasks
 from ._samples import INDEX_COLUMNS, Dropped, Moments, load_samples
-from ._writer import FORMATS, claim_folder, identity, save_json
+from .._files import save_json
+from ._writer import FORMATS, claim_folder, identity
 
 FORMAT = "cytodata-zarr"
 VERSION = 1
