@@ -18,6 +18,14 @@ def file_sha256(path: str | os.PathLike) -> str:
     return sha.hexdigest()
 
 
+def save_parquet(path: str | os.PathLike, frame) -> None:
+    """Write a DataFrame to Parquet atomically (no index column)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    frame.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
 def save_json(path: str | os.PathLike, obj: Any, *, indent: int = 1) -> None:
     """Write JSON atomically: an interrupted job never leaves a half-written file."""
     path = Path(path)

@@ -89,14 +89,11 @@ def read_sources(recipe: Recipe, ledger: Ledger, *, progress: bool = True) -> tu
     from .vocab import load_synonyms
 
     synonyms = load_synonyms(recipe.synonyms or None)
+    from tqdm.auto import tqdm
+
     frames, n_inputs = [], 0
-    specs = recipe.sources
-    try:
-        from tqdm.auto import tqdm
-        it = tqdm(specs, desc="sources", unit="source", disable=not progress)
-    except ImportError:  # pragma: no cover
-        it = specs
-    for i, spec in enumerate(it):
+    for i, spec in enumerate(tqdm(recipe.sources, desc="sources", unit="source",
+                                  disable=not progress)):
         if spec.adapter not in sources.available():
             raise RecipeError(
                 f"sources[{i}]: unknown adapter {spec.adapter!r}; available: {sources.available()}")
@@ -153,12 +150,10 @@ def label_rows(table: pd.DataFrame, cfg, seed: int, ledger: Ledger) -> pd.DataFr
     table["category"] = labelled["category"].astype("string")
     if not cfg.drop_unlabeled:
         return table
-    status = labelled["label_status"] if "label_status" in labelled else pd.Series(
-        np.where(labelled["label"].isna(), "not sampled", "assigned"), index=table.index)
-    for reason in pd.unique(status[table["label"].isna()]):
-        table = _drop(table, (table["label"].isna() & (status == reason)).reindex(table.index),
-                      ledger, stage="weak_labels", reason=str(reason))
-    return table
+    unlabeled = table["label"].isna()
+    for reason, rows in table[unlabeled].groupby(labelled.loc[unlabeled, "label_status"]):
+        ledger.drop(rows, stage="weak_labels", reason=str(reason))
+    return table[~unlabeled]
 
 
 def sample_rows(table: pd.DataFrame, cfg, seed: int, ledger: Ledger) -> pd.DataFrame:

@@ -8,7 +8,6 @@ Label-bearing text columns hold lower-case tokens; several tokens are joined by 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -199,30 +198,6 @@ def read_manifest(path) -> pd.DataFrame:
 
 def write_manifest(table: pd.DataFrame, path) -> None:
     """Write a validated manifest to Parquet atomically (temp file, then rename)."""
-    import os
-    from pathlib import Path
+    from ._files import save_parquet
 
-    p = Path(path)
-    tmp = p.with_name(p.name + ".tmp")
-    conform(table).reset_index(drop=True).to_parquet(tmp, index=False)
-    os.replace(tmp, p)
-
-
-def iter_label_tokens(value) -> Iterable[str]:
-    """Tokens of one label cell: NA -> none, ``a|b`` -> a, b, list -> its items."""
-    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
-        return []
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [str(v) for v in value if str(v)]
-    return [t for t in str(value).split("|") if t]
-
-
-def select(table: pd.DataFrame, mapping: Mapping[str, str]) -> pd.DataFrame:
-    """Rename source columns onto schema columns; error naming missing source columns."""
-    missing = [src for src in mapping.values() if src not in table.columns]
-    if missing:
-        raise SchemaError(
-            f"column(s) {missing} not found; available: {list(table.columns)}. "
-            "Fix the column mapping in the recipe."
-        )
-    return pd.DataFrame({dst: table[src] for dst, src in mapping.items()}, index=table.index)
+    save_parquet(path, conform(table).reset_index(drop=True))

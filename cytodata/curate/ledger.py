@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .._files import save_parquet
 from ..errors import LedgerError
 
 LEDGER_COLUMNS: tuple[str, ...] = ("source", "input_id", "stage", "reason", "detail")
@@ -79,9 +80,4 @@ class Ledger:
 
     def write(self, path: str | Path) -> None:
         """Write ``ledger.parquet`` atomically."""
-        import os
-
-        p = Path(path)
-        tmp = p.with_name(p.name + ".tmp")
-        self.to_frame().to_parquet(tmp, index=False)
-        os.replace(tmp, p)
+        save_parquet(path, self.to_frame())

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .._files import save_parquet
 from .._registry import Registry
 from ..errors import ImageReadError, RecipeError
 from ..images.normalize import channel_percentiles
@@ -452,9 +453,7 @@ def run_qc(
                 _montage(imgs, out / name)
                 montages[str(reason)] = name
 
-    tmp = out / "qc.parquet.tmp"
-    qc.to_parquet(tmp, index=False)
-    os.replace(tmp, out / "qc.parquet")
+    save_parquet(out / "qc.parquet", qc)
     ledger.write(out / "ledger.parquet")
     _write_report(out / "report.md", len(table), qc, dups, cfg, montages)
     return qc

@@ -7,7 +7,6 @@ Side effects live here (folders, clusters); the per-shard work is in ``webdatase
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any, Callable
 import pandas as pd
 
 from .. import __version__
-from .._files import file_sha256, save_json
+from .._files import file_sha256, save_json, save_parquet
 from .._registry import Registry
 from ..curate.ledger import LEDGER_COLUMNS, Ledger
 from ..errors import ShardError
@@ -235,8 +234,7 @@ def finalize_webdataset(out: Path, stats_list: list[dict], plan: dict, manifest_
         "ledger": {"rows": len(ledger), "by_reason": {str(k): int(v) for k, v in by_reason.items()}},
         "cytodata_version": __version__,
     }
-    index.to_parquet(out / "index.parquet.tmp", index=False)
-    os.replace(out / "index.parquet.tmp", out / "index.parquet")
+    save_parquet(out / "index.parquet", index)
     ledger.write(out / "ledger.parquet")
     save_json(out / "shards.json", meta)
     return {"format": fmt, "out": str(out), "rows_in": manifest_info["n_rows"], "rows_written": rows_written,
