@@ -1,7 +1,7 @@
 """Sharding throughput vs a plain baseline, and scaling from 1 to 2 dask workers.
 
 Baseline: read the same source TIFFs with tifffile and append the raw arrays (npy) to one tar,
-in one process: the least any sharder must do. cytodata: ``shards.write`` (blosc-zstd, index,
+in one process: the least any sharder must do. cytodata: ``shards.write`` (blosc-lz4 by default, index,
 checksums, statistics, ledger) on a LocalCluster of 1 and 2 workers (cluster start-up and worker imports excluded).
 Run: ``python benchmarks/sharding.py [--images 32] [--size 540]``. Targets: cytodata/baseline
 >= 0.7 at 1 worker; 2 workers >= 1.6x one worker (needs 2 idle cores).
@@ -22,6 +22,8 @@ import tifffile
 
 from cytodata.schema import conform, make_key
 from cytodata.shards import write
+from cytodata.shards._run import local_cluster
+from cytodata.shards.codecs import single_threaded
 
 
 def make_sources(folder: Path, n: int, size: int, channels: int = 5) -> pd.DataFrame:
@@ -63,25 +65,33 @@ def baseline(table: pd.DataFrame, out: Path) -> float:
     return time.perf_counter() - t
 
 
-def timed_write(table, out, workers: int, per_shard: int) -> float:
-    from dask.distributed import LocalCluster
+def _warm_up(path: str, codec: str) -> None:
+    """Import what a shard task uses (reader, codec libraries) once per worker."""
+    from cytodata.images import read_image
+    from cytodata.shards import CODECS
 
+    CODECS.get(codec).encode(read_image([path]))
+
+
+def timed_write(table, out, workers: int, per_shard: int, codec: str) -> float:
     from dask.distributed import Client
 
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cl:
+    with local_cluster(workers) as cl:  # the cluster write() starts by itself (no malloc trimming)
         with Client(cl) as client:  # warm-up: imports in the workers are a one-time cost
-            client.run(lambda: __import__("cytodata.shards.webdataset") and __import__("tifffile"))
+            client.run(_warm_up, table["channel_paths"].iloc[0][0], codec)
         t = time.perf_counter()
-        write(table, out, samples_per_shard=per_shard, scheduler=cl.scheduler_address, progress=False)
+        write(table, out, samples_per_shard=per_shard, scheduler=cl.scheduler_address, progress=False,
+              codec=codec)
         return time.perf_counter() - t
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--images", type=int, default=32)
+    ap.add_argument("--images", type=int, default=64)
     ap.add_argument("--size", type=int, default=540)
     ap.add_argument("--per-shard", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=3, help="interleaved runs; best is reported")
+    ap.add_argument("--codec", default="blosc-lz4", help="payload codec (blosc-lz4 is the default)")
     args = ap.parse_args()
     import os
 
@@ -91,18 +101,19 @@ def main() -> None:
         table = make_sources(tmp / "src", args.images, args.size)
         mb = args.images * 5 * args.size * args.size * 2 / 1e6
         tifffile.imread(table["channel_paths"][0][0])  # warm imports/page cache
+        single_threaded()  # the synchronous run on one core, like the baseline (blosc threads off)
         # interleaved repeats, best of each: a noisy shared machine only ever slows a run down
         times: dict[str, list[float]] = {"base": [], "sync": [], "one": [], "two": []}
         for r in range(args.repeats):
             times["base"].append(baseline(table, tmp / f"baseline{r}.tar"))
             sync_t = time.perf_counter()
             write(table, tmp / f"sync{r}", samples_per_shard=args.per_shard, scheduler="synchronous",
-                  progress=False)
+                  progress=False, codec=args.codec)
             times["sync"].append(time.perf_counter() - sync_t)
-            times["one"].append(timed_write(table, tmp / f"w1-{r}", 1, args.per_shard))
-            times["two"].append(timed_write(table, tmp / f"w2-{r}", 2, args.per_shard))
+            times["one"].append(timed_write(table, tmp / f"w1-{r}", 1, args.per_shard, args.codec))
+            times["two"].append(timed_write(table, tmp / f"w2-{r}", 2, args.per_shard, args.codec))
         base, sync, one, two = (min(times[k]) for k in ("base", "sync", "one", "two"))
-    print(f"{args.images} images x 5 x {args.size}^2 uint16 = {mb:.0f} MB of pixels; "
+    print(f"{args.images} images x 5 x {args.size}^2 uint16 = {mb:.0f} MB of pixels, codec {args.codec}; "
           f"{os.cpu_count()} cores (shared with other jobs: timings are noisy)")
     print(f"baseline (tifffile -> one tar, npy)      {base:6.2f} s  {mb / base:7.1f} MB/s")
     print(f"cytodata synchronous (1 process)         {sync:6.2f} s  {mb / sync:7.1f} MB/s  "

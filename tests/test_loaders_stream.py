@@ -204,3 +204,44 @@ def test_missing_or_inconsistent_shards_fail_at_construction(shard_set, tmp_path
         StreamingDataset(stale)
     with pytest.raises(ShardError, match="no shards.json"):
         StreamingDataset(tmp_path)
+
+
+def test_decode_threads_change_nothing_but_speed(shard_set, tmp_path):
+    """threads=N: same keys, order, positions and bit-identical augmented pixels as inline;
+    inside DataLoader workers too; a broken-off pass leaves no threads behind; resume works."""
+    import threading
+
+    from cytodata.loaders.transforms import Compose, RandomCrop, RandomFlip
+
+    aug = Compose([RandomCrop(12), RandomFlip()])
+    inline = list(StreamingDataset(shard_set, seed=4, transform=aug, read_ahead=4))
+    threaded = list(StreamingDataset(shard_set, seed=4, transform=aug, read_ahead=4, threads=3))
+    assert keys(threaded) == keys(inline) and len(inline) == 37
+    assert [s["__pos__"] for s in threaded] == list(range(37))
+    for a, b in zip(inline, threaded):
+        assert torch.equal(a["image"], b["image"]) and a["meta"] == b["meta"]
+    got, _ = loader_keys(StreamingDataset(shard_set, seed=4, batch_size_hint=4, read_ahead=3, threads=2),
+                         workers=2)
+    assert got == keys(inline)
+
+    before = threading.active_count()
+    ds = StreamingDataset(shard_set, seed=4, read_ahead=2, threads=2)
+    it = iter(ds)
+    head = [next(it) for _ in range(5)]
+    it.close()  # the consumer stops early: pool shut down, no thread left running
+    assert threading.active_count() == before
+    state = ds.state_dict()
+    assert state["samples_seen"] == 5
+    rest = StreamingDataset(shard_set, seed=4, read_ahead=2, threads=2)
+    rest.load_state_dict(state)
+    assert keys(head) + keys(rest) == keys(inline)
+
+    bad, row = corrupt_copy(shard_set, tmp_path)
+    ds = StreamingDataset(bad, seed=1, on_error="skip", threads=2, read_ahead=3)
+    with pytest.warns(UserWarning, match=row["key"]):
+        assert len(list(ds)) == 36
+    assert ds.errors == 1 and ds.skipped_keys == [row["key"]]
+    with pytest.raises(ShardError, match=row["key"]):
+        list(StreamingDataset(bad, seed=1, threads=2, read_ahead=3))
+    with pytest.raises(ValueError, match="threads"):
+        StreamingDataset(shard_set, threads=-1)

@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import threading
 from typing import Any
 
 import numpy as np
@@ -60,6 +61,12 @@ class ShardSet:
         self._check_shards()
         self.fingerprint = fingerprint(self.meta)
         self._files: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        # byte ranges as arrays once: per-request column conversion would cost O(index) per chunk
+        self._ranges = (self.index["shard"].astype(str).to_numpy(dtype=object),
+                        self.index["offset"].to_numpy(dtype=np.int64),
+                        (self.index["offset"] + self.index["size"]).to_numpy(dtype=np.int64),
+                        (self.index["meta_offset"] + self.index["meta_size"]).to_numpy(dtype=np.int64))
 
     @property
     def fs(self):
@@ -136,20 +143,24 @@ class ShardSet:
         state = dict(self.__dict__)
         state["_files"] = {}
         state["_fs"] = None  # re-opened in the worker
+        state["_lock"] = None
         return state
 
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     def close(self) -> None:
-        for fh in self._files.values():
-            os.close(fh)
-        self._files.clear()
+        with self._lock:
+            for fh in self._files.values():
+                os.close(fh)
+            self._files.clear()
 
     def read(self, rows: np.ndarray, with_meta: bool = False) -> list[bytes]:
         """Payload bytes of index ``rows`` (and the JSON member right after when ``with_meta``)."""
-        idx = self.index
-        shard = idx["shard"].to_numpy(dtype=object)[rows]
-        start = idx["offset"].to_numpy(dtype=np.int64)[rows]
-        end = (idx["meta_offset"] + idx["meta_size"] if with_meta else idx["offset"] + idx["size"]
-               ).to_numpy(dtype=np.int64)[rows]
+        names, starts, payload_ends, meta_ends = self._ranges
+        shard, start = names[rows], starts[rows]
+        end = (meta_ends if with_meta else payload_ends)[rows]
         if self.local:
             return [self._pread(name, int(s), int(e)) for name, s, e in zip(shard, start, end)]
         paths = [self.path(name) for name in shard]
@@ -158,7 +169,10 @@ class ShardSet:
     def _pread(self, name: str, start: int, end: int) -> bytes:
         fd = self._files.get(name)
         if fd is None:
-            fd = self._files[name] = os.open(self.path(name), os.O_RDONLY | getattr(os, "O_BINARY", 0))
+            with self._lock:  # decode threads share the open files; open each once
+                fd = self._files.get(name)
+                if fd is None:
+                    fd = self._files[name] = os.open(self.path(name), os.O_RDONLY | getattr(os, "O_BINARY", 0))
         return os.pread(fd, end - start, start)
 
 

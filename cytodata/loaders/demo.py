@@ -77,7 +77,7 @@ def _write_plane(path: Path, plane: np.ndarray, files: str) -> None:
 
 
 def write_demo_shards(out: str | Path, n: int = 37, shape: tuple[int, int, int] = (3, 16, 16), *,
-                      samples_per_shard: int = 10, seed: int = 0, codec: str = "blosc-zstd",
+                      samples_per_shard: int = 10, seed: int = 0, codec: str = "blosc-lz4",
                       images: str | Path | None = None, **manifest_options) -> pd.DataFrame:
     """Write a demo shard set to ``out`` with the real writer; return the manifest used."""
     from ..shards import write

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import warnings
 from typing import Any, Callable
 
@@ -61,6 +62,10 @@ class StreamingDataset(IterableDataset):
     in ``errors`` and ``__errors__``). ``batch_size_hint``: the DataLoader batch size (workers
     take whole batches so the global order survives the DataLoader's round-robin).
     ``read_ahead``: samples fetched per request batch (object stores fetch them concurrently).
+    ``threads``: decode + transform chunks on this many threads of the iterating process (0:
+    inline). With ``DataLoader(num_workers=0)`` this feeds a GPU without worker processes: no
+    pickling, no per-batch shared memory (the fastest layout, benchmarks/loader.py); inside
+    DataLoader workers it adds threads per worker. Output and order do not depend on it.
     """
 
     def __init__(self, source: str | os.PathLike, *, seed: int = 0, shuffle: bool = True,
@@ -68,7 +73,7 @@ class StreamingDataset(IterableDataset):
                  transform: Callable[[dict], dict] | None = None, split: str | None = None,
                  columns: tuple[str, ...] | None = None, on_error: str = "raise",
                  batch_size_hint: int | None = None, sampler=None, storage_options: dict | None = None,
-                 as_int32: bool = False, read_ahead: int = 32):
+                 as_int32: bool = False, read_ahead: int = 32, threads: int = 0):
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error={on_error!r}; valid: {', '.join(ON_ERROR)}")
         if tail not in part.TAILS:
@@ -87,6 +92,10 @@ class StreamingDataset(IterableDataset):
         self.tail, self.transform, self.on_error = tail, transform, on_error
         self.batch_size_hint = int(batch_size_hint or getattr(self.sampler, "batch_size", 1))
         self.as_int32, self.read_ahead = as_int32, max(1, int(read_ahead))
+        if int(threads) < 0:
+            raise ValueError(f"threads={threads}; use 0 (decode in the iterating thread) or more")
+        self.threads = int(threads)
+        self._count_lock = threading.Lock()
         self.columns = tuple(c for c in (columns or META_COLUMNS) if c in self.index.columns)
         self.classes, self.labels = _label_ids(self.shards.meta, self.index)
         self.errors, self.skipped_keys = 0, []
@@ -94,6 +103,15 @@ class StreamingDataset(IterableDataset):
         self._shape = _shapes(self.shards.meta, self.index)
         self._dtype = self.shards.meta.get("dtype")
         self._cols = _columns(self.index, self.columns)
+
+    def __getstate__(self):  # spawn-safe: locks do not pickle
+        state = dict(self.__dict__)
+        state["_count_lock"] = None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._count_lock = threading.Lock()
 
     # --- cluster shape ---
     @property
@@ -157,23 +175,59 @@ class StreamingDataset(IterableDataset):
         return part.partition(order, **kw), pos
 
     def __iter__(self):
-        if get_worker_info() is not None:
-            single_threaded()  # one decode thread per DataLoader worker process
+        if get_worker_info() is not None or self.threads:
+            single_threaded()  # parallelism comes from workers/threads; blosc's own would oversubscribe
         units, pos = self.my_units()
         self._yielded = 0  # state_dict counts from this pass's start
-        for lo in range(0, len(units), self.read_ahead):
-            chunk, chunk_pos = units[lo: lo + self.read_ahead], pos[lo: lo + self.read_ahead]
-            flat = chunk.reshape(len(chunk), -1)
-            samples = self._load(flat.reshape(-1))
-            for row_set, p in zip(flat, chunk_pos):
-                got = [samples.get(int(r)) for r in row_set]
-                if any(g is None for g in got):
-                    continue
-                out = self._finish(got[0], int(p), "anchor")
-                if len(got) > 1:
-                    out["partner"] = self._finish(got[1], int(p), "partner")
+        step = self.read_ahead
+        chunks = ((units[lo: lo + step], pos[lo: lo + step]) for lo in range(0, len(units), step))
+        for outs in self._produce(chunks):
+            for out in outs:
                 self._yielded += 1
                 yield out
+
+    def _produce(self, chunks):
+        """Chunk results in order: inline, or ``threads`` chunks in flight on a thread pool.
+
+        Reading, blosc decoding and torch kernels release the GIL, so threads scale without
+        worker processes, pickling or shared memory; transforms are seeded per sample, so the
+        output does not depend on which thread ran what.
+        """
+        if not self.threads:
+            yield from map(self._chunk, chunks)
+            return
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(self.threads, thread_name_prefix="cytodata-decode")
+        pending: deque = deque()
+        try:
+            for chunk in chunks:
+                pending.append(pool.submit(self._chunk, chunk))
+                if len(pending) > self.threads:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for fut in pending:
+                fut.cancel()
+            pool.shutdown(wait=True)
+
+    def _chunk(self, chunk: tuple[np.ndarray, np.ndarray]) -> list[dict]:
+        """Fetch, decode and transform one chunk of units; failed samples are left out."""
+        units, positions = chunk
+        flat = units.reshape(len(units), -1)
+        samples = self._load(flat.reshape(-1))
+        outs = []
+        for row_set, p in zip(flat, positions):
+            got = [samples.get(int(r)) for r in row_set]
+            if any(g is None for g in got):
+                continue
+            out = self._finish(got[0], int(p), "anchor")
+            if len(got) > 1:
+                out["partner"] = self._finish(got[1], int(p), "partner")
+            outs.append(out)
+        return outs
 
     def _finish(self, sample: dict, pos: int, role: str) -> dict:
         sample = dict(sample, __pos__=pos, __errors__=self.errors,
@@ -218,8 +272,9 @@ class StreamingDataset(IterableDataset):
                              f"({type(exc).__name__}: {exc}); rewrite that shard or use on_error='skip'")
             if self.on_error == "raise":
                 raise err from exc
-            self.errors += 1
-            self.skipped_keys.append(key)
+            with self._count_lock:
+                self.errors += 1
+                self.skipped_keys.append(key)
             warnings.warn(f"skipped: {err}", stacklevel=2)
             raise err from exc
         tensor = torch.from_numpy(image)

@@ -32,8 +32,8 @@ def register(subparsers) -> None:
     p.add_argument("manifest", help="manifest folder (holding manifest.parquet) or the parquet file")
     p.add_argument("-o", "--out", required=True, help="output folder")
     p.add_argument("--format", default="webdataset", choices=FORMATS.names())
-    p.add_argument("--codec", default="blosc-zstd", choices=CODECS.names(),
-                   help="payload codec (blosc-zstd decodes fastest; png16/tiff are readable by image tools)")
+    p.add_argument("--codec", default="blosc-lz4", choices=CODECS.names(),
+                   help="payload codec (blosc-lz4: fastest to write and read; blosc-zstd: ~5%% smaller; png16/tiff: readable by image tools)")
     p.add_argument("--channel-mode", default="own", choices=["own", "merged", "split"])
     p.add_argument("--shard-size", default="256MB",
                    help="target tar size; 100MB-1GB streams well from object stores (default 256MB)")

@@ -26,13 +26,12 @@ def run_tasks(
         return []
     if scheduler == "synchronous":
         return [fn(*args) for args in _bar(arg_lists, progress, desc)]
-    from dask.distributed import Client, LocalCluster, as_completed
+    from dask.distributed import Client, as_completed
 
     cluster = None
     if scheduler is None:
         workers = n_workers or min(os.cpu_count() or 1, len(arg_lists))
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None)
+        cluster = local_cluster(workers)
         client = Client(cluster)
     else:
         client = Client(scheduler)
@@ -54,6 +53,23 @@ def run_tasks(
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+def local_cluster(workers: int):
+    """A LocalCluster of ``workers`` one-thread processes, without dask's malloc trimming.
+
+    dask starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``; that also pins glibc's mmap
+    threshold, so every image-sized buffer is mmapped and page-faulted afresh: shard tasks ran
+    ~30% slower with it (benchmarks/sharding.py). Workers of an existing cluster keep their own
+    settings (start them with ``MALLOC_TRIM_THRESHOLD_`` unset for the same gain).
+    """
+    import dask
+    from dask.distributed import LocalCluster
+
+    environ = {k: v for k, v in (dask.config.get("distributed.nanny.pre-spawn-environ", None) or {}).items()
+               if k != "MALLOC_TRIM_THRESHOLD_"}
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+        return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
 
 
 def _bar(items, progress: bool, desc: str, total: int | None = None):

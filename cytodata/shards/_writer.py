@@ -43,7 +43,7 @@ def load_table(manifest) -> tuple[pd.DataFrame, str | None]:
     return table, file_sha256(f)
 
 
-def write(manifest, out, *, format: str = "webdataset", codec: str = "blosc-zstd",  # noqa: A002
+def write(manifest, out, *, format: str = "webdataset", codec: str = "blosc-lz4",  # noqa: A002
           shard_size: str | int = "256MB", samples_per_shard: int | None = None,
           channel_mode: str = "own", qc=None, scheduler: str | None = None,
           n_workers: int | None = None, progress: bool = True, overwrite: bool = False,
@@ -156,7 +156,7 @@ def write_webdataset(recs: list[dict], out: Path, manifest_info: dict, opts: dic
         name = _plan.shard_name(i)
         side = out / f"{name}.done.json"
         if (out / name).exists() and side.exists():
-            stats = json.loads(side.read_text())
+            stats = _read_sidecar(side)
             if stats.get("sha256") == file_sha256(out / name):
                 done[i] = stats
                 continue
@@ -174,6 +174,15 @@ def write_webdataset(recs: list[dict], out: Path, manifest_info: dict, opts: dic
                                   resumed=len(groups) - len(todo))
     summary["pixel_bytes"] = sum(r["pixel_bytes"] for r in results)  # this run's work, for MB/s
     return summary
+
+
+def _read_sidecar(path: Path) -> dict:
+    """A shard's ``.done.json``; an unreadable one (crash mid-flush) means "redo the shard"."""
+    try:
+        stats = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return stats if isinstance(stats, dict) else {}
 
 
 def _index_frame(rows: list[dict], extra_int: tuple[str, ...]) -> pd.DataFrame:

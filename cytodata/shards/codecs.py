@@ -92,6 +92,19 @@ def _raw_decode(make) -> Callable:
 _register(Codec("blosc-zstd", "blosc", lambda a: bytes(_blosc().encode(_contig(a))), _raw_decode(_blosc)))
 
 
+# --- blosc-lz4: the default; ~4x faster to write and ~1.5x faster to read than blosc-zstd ---
+def _blosc_lz4():
+    from numcodecs import Blosc
+
+    # level 9 (blosc's largest blocks for lz4), bitshuffle: measured with one thread on the real
+    # Phenix field and on cell-like 16-bit images, ~4-5% more bytes than blosc-zstd (still fewer
+    # than 16-bit PNG) for ~4x faster encoding and ~1.5x faster decoding (benchmarks/codecs.py)
+    return Blosc(cname="lz4", clevel=9, shuffle=Blosc.BITSHUFFLE)
+
+
+_register(Codec("blosc-lz4", "blosc", lambda a: bytes(_blosc_lz4().encode(_contig(a))), _raw_decode(_blosc_lz4)))
+
+
 # --- zstd level 1: no shuffle, cheap to write ---
 def _zstd():
     from numcodecs import Zstd
