@@ -158,14 +158,13 @@ def rate(dataset, workers: int, batch: int, **kw) -> float:
     return count / elapsed
 
 
-def prepare(folder: Path, n: int, codec: str | None = None) -> tuple[Path, list[list[str]]]:
+def prepare(folder: Path, n: int, codec: str = "blosc-lz4") -> tuple[Path, list[list[str]]]:
     from cytodata.shards import write
 
-    shards = folder / ("shards" if codec is None else f"shards-{codec}")
+    shards = folder / f"shards-{codec}"
     if not (shards / "shards.json").exists():
         table = demo_manifest(folder / "png", n, SHAPE, files="png", pixels="cells")
-        kw = {} if codec is None else {"codec": codec}
-        write(table, shards, samples_per_shard=100, scheduler="synchronous", progress=False, **kw)
+        write(table, shards, samples_per_shard=100, scheduler="synchronous", progress=False, codec=codec)
     paths = [sorted(str(p) for p in (folder / "png").glob(f"img{i:05d}_c*.png")) for i in range(n)]
     return shards, paths
 
@@ -176,7 +175,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--dir", default="/tmp/cytodata-bench-cells")
-    ap.add_argument("--codec", default=None, help="shard codec (default: cytodata.shards.write's)")
+    ap.add_argument("--codec", default="blosc-lz4", help="shard codec (blosc-lz4: write()'s default)")
     ap.add_argument("--fresh", action="store_true", help="rewrite the data")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved runs; best is reported")
     args = ap.parse_args(argv)

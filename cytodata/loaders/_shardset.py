@@ -166,14 +166,35 @@ class ShardSet:
         paths = [self.path(name) for name in shard]
         return list(self.fs.cat_ranges(paths, start.tolist(), end.tolist(), on_error="return"))
 
+    def read_into(self, row: int, scratch: memoryview | None = None, with_meta: bool = False):
+        """Local sets: the bytes of index ``row`` read into ``scratch`` (no allocation per sample).
+
+        ``scratch`` comes from ``_buffers.Scratch.view(n)`` with ``n >= span(row)``; returns the
+        filled view (shorter when the file ended early).
+        """
+        names, starts, payload_ends, meta_ends = self._ranges
+        start = int(starts[row])
+        n = int((meta_ends if with_meta else payload_ends)[row]) - start
+        fd = self._fd(str(names[row]))
+        got = os.preadv(fd, [scratch[:n]], start)
+        return scratch[:got]
+
+    def span(self, row: int, with_meta: bool = False) -> int:
+        """Bytes :meth:`read_into` reads for ``row``."""
+        _, starts, payload_ends, meta_ends = self._ranges
+        return int((meta_ends if with_meta else payload_ends)[row] - starts[row])
+
     def _pread(self, name: str, start: int, end: int) -> bytes:
+        return os.pread(self._fd(name), end - start, start)
+
+    def _fd(self, name: str) -> int:
         fd = self._files.get(name)
         if fd is None:
             with self._lock:  # decode threads share the open files; open each once
                 fd = self._files.get(name)
                 if fd is None:
                     fd = self._files[name] = os.open(self.path(name), os.O_RDONLY | getattr(os, "O_BINARY", 0))
-        return os.pread(fd, end - start, start)
+        return fd
 
 
 def fingerprint(meta: dict) -> str:

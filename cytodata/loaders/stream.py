@@ -34,6 +34,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from ..errors import ShardError
 from ..shards.codecs import single_threaded
 from . import partition as part  # noqa: F401  (module; the package does not re-export the function)
+from ._buffers import BufferPool, Scratch
 from ._shardset import ShardSet
 from .samplers import ShardShuffle
 
@@ -96,6 +97,7 @@ class StreamingDataset(IterableDataset):
             raise ValueError(f"threads={threads}; use 0 (decode in the iterating thread) or more")
         self.threads = int(threads)
         self._count_lock = threading.Lock()
+        self._pool, self._scratch = BufferPool(), Scratch()
         self.columns = tuple(c for c in (columns or META_COLUMNS) if c in self.index.columns)
         self.classes, self.labels = _label_ids(self.shards.meta, self.index)
         self.errors, self.skipped_keys = 0, []
@@ -106,12 +108,12 @@ class StreamingDataset(IterableDataset):
 
     def __getstate__(self):  # spawn-safe: locks do not pickle
         state = dict(self.__dict__)
-        state["_count_lock"] = None
+        state["_count_lock"] = state["_scratch"] = None
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self._count_lock = threading.Lock()
+        self._count_lock, self._scratch = threading.Lock(), Scratch()
 
     # --- cluster shape ---
     @property
@@ -238,10 +240,13 @@ class StreamingDataset(IterableDataset):
         """Fetch + decode index ``rows`` (selected index numbering); failed ones are left out."""
         unique = np.unique(rows)
         with_meta = self._dtype is None
-        try:
-            blobs = self.shards.read(self.rows[unique], with_meta=with_meta)
-        except OSError as exc:
-            blobs = [exc] * len(unique)
+        if self.shards.local:  # read each sample into this thread's scratch, decode, reuse
+            blobs = (self._read_local(int(self.rows[r]), with_meta) for r in unique)
+        else:  # object stores: one concurrent ranged request for the whole chunk
+            try:
+                blobs = self.shards.read(self.rows[unique], with_meta=with_meta)
+            except OSError as exc:
+                blobs = [exc] * len(unique)
         out = {}
         for r, blob in zip(unique.tolist(), blobs):
             try:
@@ -250,6 +255,12 @@ class StreamingDataset(IterableDataset):
                 if self.on_error == "raise":
                     raise
         return out
+
+    def _read_local(self, row: int, with_meta: bool):
+        try:
+            return self.shards.read_into(row, self._scratch.view(self.shards.span(row, with_meta)), with_meta)
+        except OSError as exc:
+            return exc
 
     def _decode(self, r: int, blob: Any, with_meta: bool) -> dict:
         row = self._cols[r]
@@ -264,7 +275,7 @@ class StreamingDataset(IterableDataset):
             if with_meta:
                 gap = int(row["meta_offset"]) - int(row["offset"])
                 dtype = json.loads(bytes(blob[gap: gap + int(row["meta_size"])]))["dtype"]
-            buf = np.empty(self._shape(r), dtype=dtype)
+            buf = self._pool.get(self._shape(r), dtype)  # recycled once every view of it is gone
             payload = blob if len(blob) == size else memoryview(blob)[:size]  # no copy when exact
             image = self.shards.codec.decode(payload, buf.shape, buf.dtype, out=buf)
         except Exception as exc:  # noqa: BLE001 - any decode failure is a corrupt sample

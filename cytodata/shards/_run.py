@@ -61,14 +61,16 @@ def local_cluster(workers: int):
     dask starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``; that also pins glibc's mmap
     threshold, so every image-sized buffer is mmapped and page-faulted afresh: shard tasks ran
     ~30% slower with it (benchmarks/sharding.py). Workers of an existing cluster keep their own
-    settings (start them with ``MALLOC_TRIM_THRESHOLD_`` unset for the same gain).
+    settings (start them with ``MALLOC_TRIM_THRESHOLD_`` unset for the same gain). The workers'
+    statistical profiler (a stack sample every 10 ms) is off: shard tasks do not need it.
     """
     import dask
     from dask.distributed import LocalCluster
 
     environ = {k: v for k, v in (dask.config.get("distributed.nanny.pre-spawn-environ", None) or {}).items()
                if k != "MALLOC_TRIM_THRESHOLD_"}
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ,
+                          "distributed.worker.profile.enabled": False}):
         return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
 
 

@@ -37,7 +37,7 @@ class Codec:
         shape, dtype = tuple(int(s) for s in shape), np.dtype(dtype)
         if out is not None and (out.shape != shape or out.dtype != dtype or not out.flags.c_contiguous):
             raise ValueError(f"out buffer {out.shape} {out.dtype} does not match {shape} {dtype}")
-        arr = self._decode(bytes(data) if isinstance(data, memoryview) else data, shape, dtype, out)
+        arr = self._decode(data, shape, dtype, out)  # any buffer: bytes, bytearray, memoryview
         if arr.shape != shape or arr.dtype != dtype:
             raise ShardError(
                 f"{self.name} payload decoded to {arr.shape} {arr.dtype}, metadata says {shape} {dtype}; "
