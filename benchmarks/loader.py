@@ -215,7 +215,7 @@ def main(argv=None) -> dict:
         if max(values) > res.get(name, (0.0, ""))[0]:
             res[name] = (max(values), layout)
     best = {k: v for k, (v, _) in res.items()}
-    lay = {k: l for k, (_, l) in res.items()}
+    lay = {k: layout for k, (_, layout) in res.items()}
     print(f"ours/png   = {best['ours'] / best['png']:.2f}x (target >= 8; {lay['ours']} vs {lay['png']})")
     print(f"ours/wds   = {best['ours'] / best['wds']:.2f}x (target >= 1.0; {lay['ours']} vs {lay['wds']})")
     print(f"ours/bound = {best['ours'] / best['bound']:.2f} (target >= 0.6; {lay['ours']} vs {lay['bound']})")

@@ -223,6 +223,15 @@ def test_decode_threads_change_nothing_but_speed(shard_set, tmp_path):
     got, _ = loader_keys(StreamingDataset(shard_set, seed=4, batch_size_hint=4, read_ahead=3, threads=2),
                          workers=2)
     assert got == keys(inline)
+    # samples cross process boundaries one by one (no collate copy): pixels still intact, i.e.
+    # no recycled decode buffer was reused while a tensor could see it
+    via_workers = DataLoader(StreamingDataset(shard_set, seed=4, transform=aug, read_ahead=3, threads=2),
+                             batch_size=None, num_workers=2)
+    by_key = {s["__key__"]: s["image"] for s in inline}
+    held = list(via_workers)
+    assert len(held) == 37
+    for s in held:
+        assert torch.equal(s["image"], by_key[s["__key__"]])
 
     def decoders() -> int:
         return sum(t.name.startswith("cytodata-decode") for t in threading.enumerate())

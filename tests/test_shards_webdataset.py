@@ -277,7 +277,7 @@ def test_tar_writer_matches_tarfile_bytes(tmp_path):
     offsets = [writer.add(name, data) for name, data in members]
     writer.close()
     assert ours.getvalue() == ref.getvalue() and writer.offset == len(ref.getvalue())
-    for (name, data), off in zip(members, offsets):
+    for (_name, data), off in zip(members, offsets):
         assert ours.getvalue()[off: off + len(data)] == data
 
 

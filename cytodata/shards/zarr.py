@@ -7,6 +7,9 @@ Rows are planned from image headers up front so that dask tasks write disjoint r
 
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -15,12 +18,13 @@ import numpy as np
 from ..errors import ImageReadError
 from ._run import run_tasks
 from ._samples import INDEX_COLUMNS, Dropped, Moments, load_samples
-from .._files import save_json
+from .._files import save_json, save_parquet
 from ._writer import FORMATS, claim_folder, identity
 
 FORMAT = "cytodata-zarr"
 VERSION = 1
 ARRAY = "images.zarr"
+PARTS = "parts"  # per-task sidecars: the resume bookkeeping (FORMAT.md section 2)
 DEFAULT_CHUNK = 256
 
 
@@ -52,8 +56,13 @@ def _plan_rows(recs, channel_mode, tile):
     return plan, ledger, ref
 
 
-def _write_rows(path: str, start: int, items: list, channel_mode: str, qc, gray) -> dict:
-    """Task: read records and write their rows from ``start`` on; return index/ledger/stats."""
+def _write_rows(path: str, start: int, items: list, channel_mode: str, qc, gray,
+                done: str | None = None) -> dict:
+    """Task: read records and write their rows from ``start`` on; return index/ledger/stats.
+
+    With ``done``, the result is also saved there (atomically) once every row is written: a
+    re-run skips the part after checking its rows against the recorded pixel sha256s.
+    """
     import zarr
 
     arr = zarr.open_array(path, mode="r+")
@@ -78,6 +87,7 @@ def _write_rows(path: str, start: int, items: list, channel_mode: str, qc, gray)
                 entry = {"row": row, "key": s.key if len(tiles) == 1 and not y and not x and th == s.image.shape[1]
                          else f"{s.key}-t{y}-{x}", "n_channels": pix.shape[0], "height": th, "width": tw,
                          "x_min": x, "x_max": x + tw, "y_min": y, "y_max": y + th}
+                entry["sha256"] = hashlib.sha256(np.ascontiguousarray(pix)).hexdigest()
                 entry.update({c: rec.get(c) for c in INDEX_COLUMNS})
                 index.append(entry)
                 moments.add({"plate": rec.get("plate"), "batch": rec.get("batch"), "all": "all"}, pix, s.channels)
@@ -85,8 +95,25 @@ def _write_rows(path: str, start: int, items: list, channel_mode: str, qc, gray)
                 if rec.get("label") is not None:
                     labels[rec["label"]] += 1
                 row += 1
-    return {"index": index, "ledger": ledger, "label_counts": dict(labels), "moments": moments.data,
-            "rows_written": written, "pixel_bytes": pixel_bytes}
+    result = {"index": index, "ledger": ledger, "label_counts": dict(labels), "moments": moments.data,
+              "rows_written": written, "pixel_bytes": pixel_bytes, "start": start, "end": row}
+    if done is not None:
+        save_json(Path(done), result)
+    return result
+
+
+def _part_intact(arr, result: dict) -> bool:
+    """Every row a finished part recorded still holds the pixels it hashed."""
+    return all(hashlib.sha256(np.ascontiguousarray(arr[e["row"]])).hexdigest() == e["sha256"]
+               for e in result["index"])
+
+
+def _load_part(path: Path) -> dict | None:
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return result if isinstance(result, dict) and "index" in result else None
 
 
 @FORMATS.register("zarr")
@@ -101,9 +128,8 @@ def write_zarr(recs: list[dict], out: Path, manifest_info: dict, opts: dict) -> 
     from .. import __version__
 
     ident = identity("zarr", manifest_info, opts)
-    # resume is not incremental for zarr: a same-identity re-run rewrites the array
-    claim_folder(out, ident, opts["overwrite"], (ARRAY, "index.parquet", "shards.json", "ledger.parquet"))
-    save_json(out / "plan.json", {"format": FORMAT, "identity": ident, "n_rows": len(recs)})
+    previous = claim_folder(out, ident, opts["overwrite"],
+                            (ARRAY, "index.parquet", "shards.json", "ledger.parquet", PARTS))
     tile, mode = opts.get("tile"), opts["channel_mode"]
     plan, early, shape = _plan_rows(recs, mode, tile)
     dtype = np.uint16 if mode == "merged" else None
@@ -119,17 +145,43 @@ def write_zarr(recs: list[dict], out: Path, manifest_info: dict, opts: dict) -> 
     chunk = min(tile or opts.get("chunk", DEFAULT_CHUNK), h, w)
     # zarr needs shards divisible by chunks; the array edge may cut the last shard short
     shard_shape = (1, c, -(-h // chunk) * chunk, -(-w // chunk) * chunk)
-    arr = zarr.create_array(store=str(out / ARRAY), shape=(n, c, h, w), dtype=dtype or np.uint16,
-                            chunks=(1, c, chunk, chunk), shards=shard_shape,
-                            compressors=ZstdCodec(level=3), fill_value=0, overwrite=True)
-    per_task = max(1, len(plan) // (4 * (opts["n_workers"] or 2)) or 1)
+    layout = {"shape": [int(n), int(c), int(h), int(w)], "dtype": np.dtype(dtype or np.uint16).str,
+              "chunk": int(chunk)}
+    parts_dir = out / PARTS
+    arr = None
+    if previous is not None and previous.get("layout") == layout and (out / ARRAY).exists():
+        try:  # same set, same layout: keep the array and the parts already finished
+            arr = zarr.open_array(str(out / ARRAY), mode="r+")
+            per_task = int(previous["per_task"])
+        except Exception:  # noqa: BLE001 - an unreadable array is simply rewritten
+            arr = None
+    if arr is None:
+        if parts_dir.exists():
+            shutil.rmtree(parts_dir)
+        per_task = max(1, len(plan) // (4 * (opts["n_workers"] or 2)) or 1)
+        # the plan first: a folder with an array but no plan would look like someone else's
+        save_json(out / "plan.json", {"format": FORMAT, "identity": ident, "n_rows": len(recs),
+                                      "layout": layout, "per_task": per_task})
+        arr = zarr.create_array(store=str(out / ARRAY), shape=(n, c, h, w), dtype=dtype or np.uint16,
+                                chunks=(1, c, chunk, chunk), shards=shard_shape,
+                                compressors=ZstdCodec(level=3), fill_value=0, overwrite=True)
+    parts_dir.mkdir(exist_ok=True)
+    results: dict[int, dict] = {}
     tasks, start = [], 0
-    for g in range(0, len(plan), per_task):
-        items = [(recs[i], k, t) for i, k, t in plan[g:g + per_task]]
-        tasks.append((str(out / ARRAY), start, items, mode, opts["qc"], opts["gray"]))
-        start += sum(k * len(t) for _, k, t in items)
-    results = run_tasks(_write_rows, tasks, scheduler=opts["scheduler"], n_workers=opts["n_workers"],
-                        progress=opts["progress"], desc="zarr")
+    for k, g in enumerate(range(0, len(plan), per_task)):
+        items = [(recs[i], m, t) for i, m, t in plan[g:g + per_task]]
+        done = parts_dir / f"part-{k:06d}.done.json"
+        finished = _load_part(done) if done.exists() else None
+        if finished is not None and finished.get("start") == start and _part_intact(arr, finished):
+            results[k] = finished
+        else:
+            tasks.append((k, (str(out / ARRAY), start, items, mode, opts["qc"], opts["gray"], str(done))))
+        start += sum(m * len(t) for _, m, t in items)
+    resumed = len(results)
+    fresh = run_tasks(_write_rows, [args for _, args in tasks], scheduler=opts["scheduler"],
+                      n_workers=opts["n_workers"], progress=opts["progress"], desc="zarr")
+    results.update({k: r for (k, _), r in zip(tasks, fresh)})
+    results = [results[k] for k in sorted(results)]
     ledger = Ledger()
     ledger.extend(pd.DataFrame([{"source": recs[i]["source"], "input_id": recs[i]["image_id"], "stage": "shard",
                                  "reason": r, "detail": d} for i, r, d in early], columns=list(LEDGER_COLUMNS)))
@@ -141,13 +193,15 @@ def write_zarr(recs: list[dict], out: Path, manifest_info: dict, opts: dict) -> 
         moments.merge(Moments(r["moments"]))
         labels.update(r["label_counts"])
     index = pd.DataFrame([x for r in results for x in r["index"]])
+    if "sha256" in index:
+        index["sha256"] = index["sha256"].astype("string")
     for col in ("row", "n_channels", "height", "width", "x_min", "x_max", "y_min", "y_max"):
         index[col] = pd.to_numeric(index[col]).astype("int64") if len(index) else pd.Series(dtype="int64")
     for col in INDEX_COLUMNS + ("key",):
         if col not in index:
             index[col] = pd.NA
         index[col] = index[col].astype("Int64" if col == "site" else "string")
-    index.to_parquet(out / "index.parquet", index=False)
+    save_parquet(out / "index.parquet", index)
     ledger.write(out / "ledger.parquet")
     by_reason = {str(k): int(v) for k, v in ledger.to_frame()["reason"].value_counts().items()}
     names = next((r["index"][0] for r in results if r["index"]), None)
@@ -159,9 +213,10 @@ def write_zarr(recs: list[dict], out: Path, manifest_info: dict, opts: dict) -> 
         "normalization": moments.summary(), "manifest": dict(manifest_info, identity=ident),
         "ledger": {"rows": len(ledger), "by_reason": by_reason}, "cytodata_version": __version__})
     return {"format": FORMAT, "out": str(out), "rows_in": len(recs), "rows_written": written,
-            "samples": int(len(index)), "dropped": by_reason, "shards": 1, "shards_resumed": 0,
+            "samples": int(len(index)), "dropped": by_reason, "shards": 1, "parts": len(results),
+            "shards_resumed": resumed,
             "bytes": sum(p.stat().st_size for p in (out / ARRAY).rglob("*") if p.is_file()),
-            "pixel_bytes": sum(r["pixel_bytes"] for r in results)}
+            "pixel_bytes": sum(r["pixel_bytes"] for r in fresh)}
 
 
 def _channels(recs, first_row: dict, mode: str):
