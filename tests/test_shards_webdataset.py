@@ -196,22 +196,29 @@ KILL_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_kill_and_resume(tmp_path):
-    rows = synthetic_rows(tmp_path, 40, size=256)
-    table = make_manifest(rows)
-    manifest = tmp_path / "m.parquet"
+def kill_after(script: str, table: pd.DataFrame, out: Path, done_glob: str, n: int = 2,
+               timeout: float = 120) -> int:
+    """Run ``script MANIFEST OUT`` in a subprocess, SIGKILL it once ``n`` files match
+    ``out/done_glob``; return how many matched after the kill."""
+    manifest = out.parent / f"{out.name}-manifest.parquet"
     table.to_parquet(manifest)
-    out = tmp_path / "out"
-    script = tmp_path / "run.py"
-    script.write_text(KILL_SCRIPT)
+    path = out.parent / f"{out.name}-run.py"
+    path.write_text(script)
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    proc = subprocess.Popen([sys.executable, str(script), str(manifest), str(out)], env=env)
-    deadline = time.time() + 60
-    while time.time() < deadline and len(list(out.glob("*.done.json"))) < 2:
+    proc = subprocess.Popen([sys.executable, str(path), str(manifest), str(out)], env=env)
+    deadline = time.time() + timeout
+    while time.time() < deadline and len(list(out.glob(done_glob))) < n:
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    n_done = len(list(out.glob("*.done.json")))
+    return len(list(out.glob(done_glob)))
+
+
+def test_kill_and_resume(tmp_path):
+    rows = synthetic_rows(tmp_path, 40, size=256)
+    table = make_manifest(rows)
+    out = tmp_path / "out"
+    n_done = kill_after(KILL_SCRIPT, table, out, "*.done.json")
     assert 1 <= n_done < 40, f"kill came too late/early: {n_done} shards done"
     assert not (out / "shards.json").exists()
     summary = write(table, out, samples_per_shard=1,

@@ -11,7 +11,7 @@ import zarr
 
 from cytodata.images import read_image
 from cytodata.shards import write
-from test_shards_webdataset import PHENIX, RXRX, make_manifest, real_rows, synthetic_rows
+from test_shards_webdataset import PHENIX, RXRX, kill_after, make_manifest, real_rows, synthetic_rows
 
 
 def test_zarr_array_round_trip_and_ledger(tmp_path):
@@ -87,28 +87,11 @@ def test_zarr_kill_and_resume_keeps_finished_parts_and_verifies_them(tmp_path):
     """Kill a Zarr write after some parts finished, re-run: finished parts are kept (their rows
     checked against the recorded sha256s), a damaged one is redone, every row is right."""
     import hashlib
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
 
     rows = synthetic_rows(tmp_path, 40, size=64)
     table = make_manifest(rows)
-    manifest = tmp_path / "m.parquet"
-    table.to_parquet(manifest)
     out = tmp_path / "z"
-    script = tmp_path / "run.py"
-    script.write_text(ZARR_KILL_SCRIPT)
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    proc = subprocess.Popen([sys.executable, str(script), str(manifest), str(out)], env=env)
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list((out / "parts").glob("*.done.json"))) < 2:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    n_done = len(list((out / "parts").glob("*.done.json")))
+    n_done = kill_after(ZARR_KILL_SCRIPT, table, out, "parts/*.done.json")
     assert 1 <= n_done < 8, f"kill came too late/early: {n_done} parts done"
     assert not (out / "shards.json").exists()
     # damage one finished part's first row: the re-run must notice and redo that part
