@@ -166,17 +166,15 @@ class ShardSet:
         paths = [self.path(name) for name in shard]
         return list(self.fs.cat_ranges(paths, start.tolist(), end.tolist(), on_error="return"))
 
-    def read_into(self, row: int, scratch: memoryview | None = None, with_meta: bool = False):
+    def read_into(self, row: int, scratch: memoryview, with_meta: bool = False) -> memoryview:
         """Local sets: the bytes of index ``row`` read into ``scratch`` (no allocation per sample).
 
         ``scratch`` comes from ``_buffers.Scratch.view(n)`` with ``n >= span(row)``; returns the
         filled view (shorter when the file ended early).
         """
-        names, starts, payload_ends, meta_ends = self._ranges
-        start = int(starts[row])
-        n = int((meta_ends if with_meta else payload_ends)[row]) - start
-        fd = self._fd(str(names[row]))
-        got = os.preadv(fd, [scratch[:n]], start)
+        names, starts = self._ranges[:2]
+        n = self.span(row, with_meta)
+        got = os.preadv(self._fd(str(names[row])), [scratch[:n]], int(starts[row]))
         return scratch[:got]
 
     def span(self, row: int, with_meta: bool = False) -> int:

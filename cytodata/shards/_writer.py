@@ -15,7 +15,7 @@ from typing import Any, Callable
 import pandas as pd
 
 from .. import __version__
-from .._files import file_sha256, save_json, save_parquet
+from .._files import file_sha256, load_json_dict, save_json, save_parquet
 from .._registry import Registry
 from ..curate.ledger import LEDGER_COLUMNS, Ledger
 from ..errors import ShardError
@@ -156,7 +156,7 @@ def write_webdataset(recs: list[dict], out: Path, manifest_info: dict, opts: dic
         name = _plan.shard_name(i)
         side = out / f"{name}.done.json"
         if (out / name).exists() and side.exists():
-            stats = _read_sidecar(side)
+            stats = load_json_dict(side) or {}  # unreadable sidecar: redo the shard
             if stats.get("sha256") == file_sha256(out / name):
                 done[i] = stats
                 continue
@@ -174,15 +174,6 @@ def write_webdataset(recs: list[dict], out: Path, manifest_info: dict, opts: dic
                                   resumed=len(groups) - len(todo))
     summary["pixel_bytes"] = sum(r["pixel_bytes"] for r in results)  # this run's work, for MB/s
     return summary
-
-
-def _read_sidecar(path: Path) -> dict:
-    """A shard's ``.done.json``; an unreadable one (crash mid-flush) means "redo the shard"."""
-    try:
-        stats = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return {}
-    return stats if isinstance(stats, dict) else {}
 
 
 def _index_frame(rows: list[dict], extra_int: tuple[str, ...]) -> pd.DataFrame:

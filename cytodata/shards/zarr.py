@@ -8,7 +8,6 @@ Rows are planned from image headers up front so that dask tasks write disjoint r
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -18,7 +17,7 @@ import numpy as np
 from ..errors import ImageReadError
 from ._run import run_tasks
 from ._samples import INDEX_COLUMNS, Dropped, Moments, load_samples
-from .._files import save_json, save_parquet
+from .._files import load_json_dict, save_json, save_parquet
 from ._writer import FORMATS, claim_folder, identity
 
 FORMAT = "cytodata-zarr"
@@ -108,14 +107,6 @@ def _part_intact(arr, result: dict) -> bool:
                for e in result["index"])
 
 
-def _load_part(path: Path) -> dict | None:
-    try:
-        result = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    return result if isinstance(result, dict) and "index" in result else None
-
-
 @FORMATS.register("zarr")
 def write_zarr(recs: list[dict], out: Path, manifest_info: dict, opts: dict) -> dict:
     """Plan rows, create the array, write row ranges in parallel, then index/ledger/shards.json."""
@@ -171,8 +162,9 @@ def write_zarr(recs: list[dict], out: Path, manifest_info: dict, opts: dict) -> 
     for k, g in enumerate(range(0, len(plan), per_task)):
         items = [(recs[i], m, t) for i, m, t in plan[g:g + per_task]]
         done = parts_dir / f"part-{k:06d}.done.json"
-        finished = _load_part(done) if done.exists() else None
-        if finished is not None and finished.get("start") == start and _part_intact(arr, finished):
+        finished = load_json_dict(done)
+        if (finished is not None and "index" in finished and finished.get("start") == start
+                and _part_intact(arr, finished)):
             results[k] = finished
         else:
             tasks.append((k, (str(out / ARRAY), start, items, mode, opts["qc"], opts["gray"], str(done))))
