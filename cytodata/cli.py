@@ -17,6 +17,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "cytodata.shards",
     "cytodata.evaluate",
     "cytodata.demo",
+    "cytodata.baselines.cli",
 )
 
 

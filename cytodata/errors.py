@@ -46,3 +46,7 @@ def preview(values, limit: int = 5) -> str:
     shown = ", ".join(repr(v) for v in values[:limit])
     more = f" (and {len(values) - limit} more)" if len(values) > limit else ""
     return shown + more
+
+
+class TrainingError(CytodataError, RuntimeError):
+    """A training run cannot start or continue (bad config, data, checkpoint or a NaN loss)."""

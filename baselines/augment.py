@@ -1,0 +1,80 @@
+"""Batch augmentations on the device: ``(B, C, H, W)`` float tensors, one op per batch.
+
+Random parameters are drawn on the CPU from a ``torch.Generator`` seeded by (seed, step, rank),
+so a resumed run draws exactly what the uninterrupted run drew; the pixel work runs where the
+batch lives (CUDA or CPU). Crops are gathered with one advanced-indexing op, flips and 90-degree
+rotations with ``torch.where`` over per-sample masks: no Python loop over samples.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from cytodata.loaders.partition import seed_for
+
+
+def step_generator(seed: int, step: int, rank: int, salt: str = "augment") -> torch.Generator:
+    """The CPU generator of one (step, rank): the same draws after a resume."""
+    return torch.Generator().manual_seed(seed_for(seed, salt, step, rank) % (2**63))
+
+
+def random_crop(x: torch.Tensor, size: int, g: torch.Generator) -> torch.Tensor:
+    """A ``size`` x ``size`` window per sample at a uniform random position (no resize)."""
+    b, _, h, w = x.shape
+    if size > h or size > w:
+        raise ValueError(f"crop {size} is larger than the images ({h}x{w}); lower data.crop")
+    if size == h and size == w:
+        return x
+    oy = torch.randint(0, h - size + 1, (b,), generator=g).to(x.device)
+    ox = torch.randint(0, w - size + 1, (b,), generator=g).to(x.device)
+    return crop_at(x, oy, ox, size)
+
+
+def crop_at(x: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, size: int) -> torch.Tensor:
+    """Per-sample windows with top-left corners ``(oy, ox)`` (``(B,)`` long), one gather."""
+    ar = torch.arange(size, device=x.device)
+    rows = (oy[:, None] + ar)[:, :, None]                   # (B, S, 1)
+    cols = (ox[:, None] + ar)[:, None, :]                   # (B, 1, S)
+    bidx = torch.arange(x.shape[0], device=x.device)[:, None, None]
+    return x.permute(0, 2, 3, 1)[bidx, rows, cols].permute(0, 3, 1, 2)
+
+
+def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    """The centred ``size`` window (or the whole image when it is not larger)."""
+    h, w = x.shape[-2:]
+    if size >= h and size >= w:
+        return x
+    top, left = max(0, (h - size) // 2), max(0, (w - size) // 2)
+    return x[..., top: top + size, left: left + size]
+
+
+def flips_rot90(x: torch.Tensor, g: torch.Generator, *, flips: bool = True, rot90: bool = True) -> torch.Tensor:
+    """Random horizontal/vertical flips and (square images) a random multiple of 90 degrees."""
+    b = x.shape[0]
+    shape = (b, 1, 1, 1)
+    if flips:
+        m = (torch.rand(b, generator=g) < 0.5).to(x.device).view(shape)
+        x = torch.where(m, x.flip(-1), x)
+        m = (torch.rand(b, generator=g) < 0.5).to(x.device).view(shape)
+        x = torch.where(m, x.flip(-2), x)
+    if rot90 and x.shape[-1] == x.shape[-2]:
+        m = (torch.rand(b, generator=g) < 0.5).to(x.device).view(shape)   # transpose = rot90 + flip
+        x = torch.where(m, x.transpose(-1, -2), x)
+    return x
+
+
+def intensity_jitter(x: torch.Tensor, g: torch.Generator, gain: float, shift: float) -> torch.Tensor:
+    """Per sample and channel ``x * U(1-gain, 1+gain) + U(-shift, shift)`` (normalised units)."""
+    if gain <= 0 and shift <= 0:
+        return x
+    b, c = x.shape[:2]
+    a = (1 + gain * (2 * torch.rand(b, c, 1, 1, generator=g) - 1)).to(x.device, x.dtype)
+    s = (shift * (2 * torch.rand(b, c, 1, 1, generator=g) - 1)).to(x.device, x.dtype)
+    return x * a + s
+
+
+def augment_batch(x: torch.Tensor, cfg, crop: int, g: torch.Generator) -> torch.Tensor:
+    """The classifier's training augmentation: random crop, flips/rot90, intensity jitter."""
+    x = random_crop(x, min(crop, x.shape[-2], x.shape[-1]), g)
+    x = flips_rot90(x, g, flips=cfg.flips, rot90=cfg.rot90)
+    return intensity_jitter(x, g, cfg.intensity, cfg.shift)

@@ -1,0 +1,197 @@
+"""Training configs: YAML -> typed dataclasses, like corpus recipes (unknown keys, wrong types = errors).
+
+A config names its ``method`` (``classifier``, ``dino``, ...); each method registers a dataclass
+extending :class:`TrainConfig` with its own fields, so ``--set label_smoothing=0.1`` is checked
+against the method that reads it. Shipped configs live in ``configs/`` beside this module and are
+found by name (``classifier``, ``classifier-tiny``); any other value is a YAML path.
+``--set a.b=value`` overrides any key by dotted path (values parsed as YAML scalars).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from cytodata.errors import RecipeError
+from cytodata.recipe import _from_dict
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+@dataclass
+class DataConfig:
+    """Where batches come from and how they are prepared on the device."""
+
+    train: str | None = None          # shard set (folder or fsspec URL) to train on
+    val: str | None = None            # shard set for validation (default: ``train``)
+    train_split: str | None = "train"  # rows of this ``split`` (None: all rows)
+    val_split: str | None = "val"
+    label: str = "label"              # index column holding the weak label (class)
+    crop: int = 224                   # training crop side (random), validation crop (centre)
+    normalize: str = "plate"          # per-channel stats from shards.json: plate|batch|all|none
+    threads: int = 2                  # decode threads in the training process (0: inline)
+    balanced: bool = False            # class-balanced epochs (DeepProfiler's median rule)
+    read_ahead: int = 32
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class AugmentConfig:
+    """Batch augmentations run on the device (seeded per step and rank, so resumes repeat them)."""
+
+    flips: bool = True
+    rot90: bool = True
+    intensity: float = 0.1            # per-channel gain jitter: x * U(1 - a, 1 + a)
+    shift: float = 0.1                # per-channel offset jitter in normalised units: + U(-b, b)
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser and per-step schedules (precomputed arrays, DINO's ``cosine_scheduler``)."""
+
+    name: str = "adam"                # adam (CytoImageNet) | adamw | sgd
+    lr: float = 1e-3
+    min_lr: float = 0.0               # end of the cosine
+    warmup_steps: int = 0             # linear warm-up from 0
+    schedule: str = "cosine"          # cosine | constant
+    weight_decay: float = 0.0
+    weight_decay_end: float | None = None  # cosine weight-decay schedule end (None: constant)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    momentum: float = 0.9             # sgd only
+    clip_grad: float | None = None    # max gradient norm (None: no clipping)
+    scale_lr_by_batch: bool = False   # lr *= global batch / 256 (DINO's linear scaling rule)
+
+
+@dataclass
+class TrainConfig:
+    """Fields every method shares; methods subclass it with their own."""
+
+    method: str = "classifier"
+    model: str = "efficientnet_b0"    # any timm model name
+    pretrained: str | None = None     # local checkpoint path (no model hub is reachable)
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    steps: int = 1000                 # optimiser steps
+    batch_size: int = 64              # per rank and micro-batch
+    accumulate: int = 1               # micro-batches per optimiser step
+    device: str = "auto"              # auto | cpu | cuda | cuda:N (no silent CPU fallback)
+    precision: str = "auto"           # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32
+    channels_last: bool = True
+    compile: bool = False             # torch.compile the trained module
+    seed: int = 0
+    checkpoint_every: int = 500       # steps; a checkpoint is also written at the end
+    keep_checkpoints: int = 3         # step-N.pt files kept (last.pt always)
+    log_every: int = 10
+    val_every: int | None = None      # steps between validations (None: each epoch end)
+    progress: bool = True
+    description: str = ""
+
+
+def config_names() -> list[str]:
+    """Names of the shipped configs (``cytodata train NAME``)."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def read_config_mapping(config: "str | Path | Mapping[str, Any]") -> tuple[dict, str]:
+    """A config mapping and where it came from: a mapping, a shipped name, or a YAML path."""
+    if isinstance(config, Mapping):
+        return copy.deepcopy(dict(config)), "config"
+    path = Path(config)
+    if not path.exists() and (CONFIG_DIR / f"{config}.yaml").exists():
+        path = CONFIG_DIR / f"{config}.yaml"
+    if not path.exists():
+        raise RecipeError(f"config {str(config)!r} is neither a file nor a shipped config; "
+                          f"shipped: {', '.join(config_names())}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path}: not valid YAML ({exc}); fix the syntax at the line shown") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a config must be a YAML mapping, got {type(data).__name__}")
+    return data, str(path)
+
+
+def set_dotted(data: dict, dotted: str, value: Any, where: str = "--set") -> None:
+    """``data["a"]["b"] = value`` for ``dotted="a.b"`` (intermediate mappings created)."""
+    parts = dotted.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise RecipeError(f"{where} {dotted}: {part!r} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_set(items: list[str] | None) -> dict[str, Any]:
+    """``["steps=10", "data.train=/x"]`` -> ``{"steps": 10, "data.train": "/x"}`` (YAML scalars)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise RecipeError(f"--set {item!r}: expected KEY=VALUE (dotted keys reach sections, "
+                              "e.g. --set data.train=shards/ --set optim.lr=3e-4)")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+    return out
+
+
+def load_config(config: "str | Path | Mapping[str, Any] | TrainConfig",
+                overrides: Mapping[str, Any] | None = None) -> TrainConfig:
+    """Load and validate a config; ``overrides`` are dotted keys -> values (``--set``)."""
+    from .methods import METHODS
+
+    if isinstance(config, TrainConfig):
+        config = to_dict(config)
+    data, where = read_config_mapping(config)
+    for key, value in (overrides or {}).items():
+        set_dotted(data, key, value)
+    method = data.get("method", TrainConfig.method)
+    try:
+        cls = METHODS.get(method).config_class
+    except ValueError as exc:
+        raise RecipeError(f"{where}: method: {exc}") from None
+    cfg = _from_dict(cls, data, where)
+    check(cfg, where)
+    return cfg
+
+
+def check(cfg: TrainConfig, where: str) -> None:
+    """Value checks that types alone cannot express (each names the key and the valid values)."""
+    def need(ok: bool, msg: str) -> None:
+        if not ok:
+            raise RecipeError(f"{where}: {msg}")
+
+    need(cfg.steps >= 1, f"steps={cfg.steps}; must be >= 1")
+    need(cfg.batch_size >= 1, f"batch_size={cfg.batch_size}; must be >= 1")
+    need(cfg.accumulate >= 1, f"accumulate={cfg.accumulate}; must be >= 1")
+    need(cfg.checkpoint_every >= 1, f"checkpoint_every={cfg.checkpoint_every}; must be >= 1")
+    need(cfg.log_every >= 1, f"log_every={cfg.log_every}; must be >= 1")
+    need(cfg.precision in ("auto", "bf16", "fp16", "fp32"),
+         f"precision={cfg.precision!r}; valid: auto, bf16, fp16, fp32")
+    need(cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"),
+         f"device={cfg.device!r}; valid: auto, cpu, cuda, cuda:N")
+    need(cfg.optim.name in ("adam", "adamw", "sgd"), f"optim.name={cfg.optim.name!r}; valid: adam, adamw, sgd")
+    need(cfg.optim.schedule in ("cosine", "constant"),
+         f"optim.schedule={cfg.optim.schedule!r}; valid: cosine, constant")
+    need(cfg.optim.lr > 0, f"optim.lr={cfg.optim.lr}; must be > 0")
+    need(cfg.data.normalize in ("plate", "batch", "all", "none"),
+         f"data.normalize={cfg.data.normalize!r}; valid: plate, batch, all, none")
+    need(cfg.data.crop >= 8, f"data.crop={cfg.data.crop}; must be >= 8 pixels")
+
+
+def to_dict(cfg: TrainConfig) -> dict:
+    """The resolved config as plain data (saved as RUN_DIR/config.yaml and in checkpoints)."""
+    return dataclasses.asdict(cfg)
+
+
+def dump(cfg: TrainConfig) -> str:
+    """YAML text of the resolved config."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -1,0 +1,197 @@
+"""Shard sets -> device batches: StreamingDataset in its threaded layout, uint16 onto the device,
+then float conversion and per-plate normalisation there (statistics from ``shards.json``).
+
+The loader decodes on ``data.threads`` threads of the training process and the DataLoader runs
+with ``num_workers=0``: no worker processes, no pickling, no per-batch shared memory (the fastest
+layout measured by ``benchmarks/loader.py``). Batches travel as uint16 (half the bytes of float)
+and become float32 on the device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cytodata.errors import ShardError, TrainingError
+from cytodata.loaders import ClassBalanced, StreamingDataset
+
+
+@dataclass
+class DataInfo:
+    """What a method needs to know about the training data."""
+
+    channels: list[str]
+    n_channels: int
+    shape: tuple[int, int, int] | None
+    classes: list[str]
+    n_train: int
+    stats: "NormStats | None" = None
+    extra: dict = field(default_factory=dict)
+
+
+def collate(samples: list[dict]) -> dict:
+    """Stack one batch: ``image`` (B, C, H, W) uint16, ``label`` (B,) long, ``key``, ``meta`` lists.
+
+    Images of different shapes cannot share a batch: the error names two keys and their shapes.
+    """
+    shapes = {tuple(s["image"].shape) for s in samples}
+    if len(shapes) > 1:
+        by_shape = {}
+        for s in samples:
+            by_shape.setdefault(tuple(s["image"].shape), s["__key__"])
+        detail = ", ".join(f"{k!r}: {list(sh)}" for sh, k in list(by_shape.items())[:3])
+        raise ShardError(f"a batch mixes image shapes ({detail}); train on a shard set of one "
+                         "shape (one source, or sharded with --channel-mode merged and one size)")
+    out = {"image": torch.stack([s["image"] for s in samples]),
+           "label": torch.tensor([s["label"] for s in samples], dtype=torch.long),
+           "key": [s["__key__"] for s in samples],
+           "meta": {k: [s["meta"].get(k, "") for s in samples] for k in samples[0]["meta"]}}
+    if "partner" in samples[0]:
+        out["partner"] = collate([s["partner"] for s in samples])
+    return out
+
+
+class NormStats:
+    """Per-group, per-channel mean/std tables from shards.json, looked up per batch on the device."""
+
+    def __init__(self, meta: dict, level: str, n_channels: int, eps: float = 1e-6):
+        norm = meta.get("normalization") or {}
+        self.level = level
+        table = norm.get(level) or {}
+        overall = (norm.get("all") or {}).get("all")
+        if level != "none" and not table and overall is None:
+            raise TrainingError(f"shards.json has no normalization statistics at level {level!r} "
+                                "(re-shard with a current cytodata, or --set data.normalize=none)")
+        self.groups = sorted(table)
+        rows = [table[g] for g in self.groups] + ([overall] if overall else [])
+        for g, entry in zip(self.groups + ["all"], rows):
+            if len(entry["mean"]) != n_channels:
+                raise TrainingError(f"shards.json {level} {g!r} has {len(entry['mean'])} channel "
+                                    f"statistics for {n_channels}-channel images")
+            if not np.all(np.isfinite(entry["mean"])) or not np.all(np.isfinite(entry["std"])):
+                raise TrainingError(f"shards.json {level} {g!r} has NaN/inf statistics; re-shard it")
+        self.lookup = {g: i for i, g in enumerate(self.groups)}
+        self.fallback = len(self.groups) if overall else None
+        mean = np.array([r["mean"] for r in rows], dtype=np.float32).reshape(len(rows), n_channels)
+        std = np.array([r["std"] for r in rows], dtype=np.float32).reshape(len(rows), n_channels)
+        self.mean, self.std = torch.from_numpy(mean), torch.from_numpy(np.maximum(std, eps))
+        self._dev: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def rows(self, groups: list[str]) -> torch.Tensor:
+        ids = []
+        for g in groups:
+            i = self.lookup.get(g, self.fallback)
+            if i is None:
+                raise TrainingError(f"no {self.level} statistics for {g!r} in shards.json and no "
+                                    "'all' fallback")
+            ids.append(i)
+        return torch.tensor(ids, dtype=torch.long)
+
+    def apply(self, x: torch.Tensor, groups: list[str]) -> torch.Tensor:
+        """``(x - mean[group]) / std[group]`` per sample and channel, on x's device."""
+        key = str(x.device)
+        if key not in self._dev:
+            self._dev[key] = (self.mean.to(x.device), self.std.to(x.device))
+        mean, std = self._dev[key]
+        ids = self.rows(groups).to(x.device)
+        return (x - mean[ids][:, :, None, None]) / std[ids][:, :, None, None]
+
+
+def to_device_float(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint16 (B, C, H, W) -> float32 on ``device``; the copy moves 2 bytes per pixel.
+
+    The uint16 tensor travels reinterpreted as int16 and is widened there (``& 0xFFFF``), which
+    every backend supports.
+    """
+    if images.dtype == torch.uint16:
+        moved = images.view(torch.int16).to(device, non_blocking=True)
+        return (moved.to(torch.int32) & 0xFFFF).to(torch.float32)
+    return images.to(device, non_blocking=True).to(torch.float32)
+
+
+class DevicePrep:
+    """uint16 batch -> normalised float batch on the device."""
+
+    def __init__(self, stats: NormStats | None, device: torch.device, channels_last: bool):
+        self.stats, self.device, self.channels_last = stats, device, channels_last
+
+    def __call__(self, images: torch.Tensor, meta: dict) -> torch.Tensor:
+        x = to_device_float(images, self.device)
+        if self.stats is not None:
+            x = self.stats.apply(x, [str(v) for v in meta[self.stats.level]])
+        else:
+            x = x / 65535.0
+        return x
+
+
+def open_dataset(path: str, *, split: str | None, cfg, seed: int, shuffle: bool, sampler=None,
+                 rank: int | None = None, world_size: int | None = None, what: str = "data.train"
+                 ) -> StreamingDataset:
+    """A StreamingDataset over ``path`` with a clear error when it is not a shard set."""
+    from pathlib import Path
+
+    if path is None:
+        raise TrainingError(f"{what} is not set; pass --set {what}=SHARDS (a WebDataset shard "
+                            "folder written by `cytodata shard`)")
+    local = "://" not in str(path)
+    if local and not (Path(path) / "shards.json").exists():
+        raise TrainingError(f"{what}={path} is not a shard set (no shards.json); write one with "
+                            "`cytodata shard MANIFEST_DIR -o OUT`")
+    columns = tuple({"plate", "batch", "well", "site", "source", "split", "label", "parent_id",
+                     "compound", "moa", cfg.label})
+    try:
+        ds = StreamingDataset(path, seed=seed, shuffle=shuffle, split=None, sampler=sampler,
+                              threads=cfg.threads, read_ahead=cfg.read_ahead, columns=columns,
+                              storage_options=cfg.storage_options or None, rank=rank,
+                              world_size=world_size)
+    except ShardError as exc:
+        raise TrainingError(f"{what}={path}: {exc}") from None
+    if split is not None:
+        if "split" not in ds.index.columns:
+            raise TrainingError(f"{what}={path}: index.parquet has no 'split' column to select "
+                                f"{split!r}; pass --set {what}_split=null to use every row")
+        ds = StreamingDataset(path, seed=seed, shuffle=shuffle, split=split, sampler=sampler,
+                              threads=cfg.threads, read_ahead=cfg.read_ahead, columns=columns,
+                              storage_options=cfg.storage_options or None, rank=rank,
+                              world_size=world_size)
+        if len(ds.index) == 0:
+            raise TrainingError(f"{what}={path}: no rows with split={split!r}; splits present: "
+                                f"{sorted(ds.shards.index['split'].dropna().unique().tolist())}")
+    return ds
+
+
+def class_ids(ds: StreamingDataset, column: str, classes: list[str] | None, what: str) -> np.ndarray:
+    """Per-row class ids of ``column`` in ``classes`` (NA -> -1); unknown classes are an error."""
+    if column not in ds.index.columns:
+        raise TrainingError(f"{what}: index.parquet has no {column!r} column; a supervised "
+                            f"baseline needs labels (columns: {sorted(ds.index.columns)})")
+    values = ds.index[column].astype("string")
+    present = sorted(values.dropna().unique().tolist())
+    if classes is None:
+        classes = present
+    lookup = {c: i for i, c in enumerate(classes)}
+    unknown = [v for v in present if v not in lookup]
+    if unknown:
+        raise TrainingError(f"{what}: classes {unknown[:10]} have no training samples; re-split "
+                            "with stratify on the label or drop them from the validation set")
+    return np.array([-1 if pd.isna(v) else lookup[v] for v in values.tolist()], dtype=np.int64)
+
+
+def relabel(ds: StreamingDataset, ids: np.ndarray, classes: list[str]) -> None:
+    """Make ``ds`` yield ``ids`` as ``label`` (classes named by the training set)."""
+    ds.labels, ds.classes = ids, list(classes)
+
+
+def loader(ds: StreamingDataset, batch_size: int, pin: bool) -> torch.utils.data.DataLoader:
+    """DataLoader in the threaded layout (num_workers=0; the dataset decodes on its threads)."""
+    ds.batch_size_hint = batch_size
+    return torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=0, collate_fn=collate,
+                                       pin_memory=pin, drop_last=False)
+
+
+def balanced_sampler(column: str):
+    """DeepProfiler's rule: classes above the median size are downsampled to it each epoch."""
+    return ClassBalanced(column=column, mode="median")

@@ -1,0 +1,177 @@
+"""``cytodata embed``: a trained run + a shard set -> one row of features per image.
+
+Full fields are embedded as WS-DINO did: the feature-wise median over four non-overlapping
+centre crops of the training crop size (a single centre crop when the field is smaller than two
+crops). Single-cell shard sets (several crop rows per field, ``parent_id`` = the field) are
+averaged per field. Batched, bf16 on CUDA, progress bar, and resumable per shard: each finished
+shard is written to ``OUT.parts/`` and a re-run skips it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cytodata.errors import TrainingError
+
+from . import checkpoint, runtime
+from .config import load_config
+from .data import DataInfo, DevicePrep, NormStats, collate
+from .methods import METHODS
+
+#: index columns that describe storage, not the image (left out of the embeddings table)
+STORAGE_COLUMNS = ("shard", "offset", "size", "meta_offset", "meta_size", "shard_index",
+                   "n_channels", "height", "width", "sha256", "checksum")
+PER = ("auto", "image", "field")
+
+
+class _FixedOrder:
+    """A sampler that yields the given rows in order (one shard at a time)."""
+
+    def __init__(self, rows: np.ndarray):
+        self.rows = np.asarray(rows, dtype=np.int64)
+
+    def order(self, index, *, seed: int, epoch: int, world_size: int = 1) -> np.ndarray:
+        return self.rows
+
+
+def load_method(ckpt: "str | Path", device: torch.device, stats: NormStats | None = None):
+    """Rebuild the method of a checkpoint with its trained weights (eval mode)."""
+    state = checkpoint.load(ckpt, map_location="cpu")
+    cfg = load_config(state["config"])
+    info = DataInfo(channels=list(state["channels"]), n_channels=len(state["channels"]), shape=None,
+                    classes=list(state.get("classes") or []), n_train=0, stats=stats)
+    method = METHODS.get(cfg.method)(cfg, info, device)
+    for name, module in method.modules().items():
+        module.load_state_dict(state["modules"][name])
+        module.eval()
+    method.load_state(state.get("method_state") or {})
+    return method, cfg, state
+
+
+def center_views(x: torch.Tensor, crop: int) -> list[torch.Tensor]:
+    """WS-DINO's views: four non-overlapping ``crop`` squares around the centre (2x2), else one."""
+    h, w = x.shape[-2:]
+    if h >= 2 * crop and w >= 2 * crop:
+        top, left = h // 2 - crop, w // 2 - crop
+        return [x[..., top + dy: top + dy + crop, left + dx: left + dx + crop]
+                for dy in (0, crop) for dx in (0, crop)]
+    if h > crop or w > crop:
+        top, left = max(0, (h - crop) // 2), max(0, (w - crop) // 2)
+        return [x[..., top: top + crop, left: left + crop]]
+    return [x]
+
+
+def embed(checkpoint_or_run: "str | Path", shards: "str | Path", out: "str | Path", *,
+          device: str = "auto", batch_size: int = 64, per: str = "auto", threads: int = 2,
+          progress: bool = True, storage_options: dict | None = None) -> Path:
+    """Write ``out`` (parquet): ``key``, the index's metadata columns, ``emb_0 .. emb_{D-1}``."""
+    from cytodata.loaders import StreamingDataset
+
+    if per not in PER:
+        raise TrainingError(f"per={per!r}; valid: {', '.join(PER)}")
+    dev = runtime.resolve_device(device)
+    out = Path(out)
+    ds = StreamingDataset(shards, shuffle=False, threads=threads, storage_options=storage_options,
+                          columns=("plate",))
+    state_channels = checkpoint.load(checkpoint_or_run)["channels"]
+    channels = ds.shards.meta.get("channels")
+    if channels != list(state_channels):
+        raise TrainingError(f"{shards}: channels {channels} differ from the checkpoint's "
+                            f"{list(state_channels)}; embed a shard set with the training channels")
+    cfg_level = load_config(checkpoint.load(checkpoint_or_run)["config"]).data.normalize
+    stats = None if cfg_level == "none" else NormStats(ds.shards.meta, cfg_level, len(channels))
+    method, cfg, _ = load_method(checkpoint_or_run, dev, stats)
+    model = method.embedder().to(dev).eval()
+    prep = DevicePrep(stats, dev, channels_last=False)
+    crop = method.embed_crop()
+    index = ds.index
+    mode = _per(index) if per == "auto" else per
+    parts = out.with_name(out.name + ".parts")
+    parts.mkdir(parents=True, exist_ok=True)
+    shard_col = index["shard"].astype(str).to_numpy()
+    names = list(dict.fromkeys(shard_col.tolist()))
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(index), desc="embed", unit="img", dynamic_ncols=True)
+    files = []
+    for i, name in enumerate(names):
+        rows = np.flatnonzero(shard_col == name)
+        part = parts / f"part-{i:06d}.parquet"
+        files.append(part)
+        keys = index["key"].to_numpy()[rows]
+        if part.exists():
+            try:
+                done = pd.read_parquet(part, columns=["key"])["key"].to_numpy()
+                if len(done) == len(keys) and (np.sort(done) == np.sort(keys)).all():
+                    if bar is not None:
+                        bar.update(len(rows))
+                    continue
+            except Exception:  # noqa: BLE001 - an unreadable part is redone
+                pass
+        ds.sampler = _FixedOrder(rows)
+        ds.set_epoch(0)
+        ds.start = 0
+        feats, got = [], []
+        loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=0,
+                                             collate_fn=collate)
+        with torch.no_grad():
+            for batch in loader:
+                x = prep(batch["image"], batch["meta"])
+                with runtime.autocast(dev, cfg.precision):
+                    views = [model(v).float() for v in center_views(x, crop)]
+                f = views[0] if len(views) == 1 else torch.stack(views).median(dim=0).values
+                feats.append(f.cpu().numpy())
+                got.extend(batch["key"])
+                if bar is not None:
+                    bar.update(len(batch["key"]))
+        matrix = np.concatenate(feats) if feats else np.zeros((0, 0), np.float32)
+        table = pd.DataFrame(matrix, columns=[f"emb_{j}" for j in range(matrix.shape[1])])
+        table.insert(0, "key", got)
+        tmp = part.with_name(part.name + f".tmp-{os.getpid()}")
+        table.to_parquet(tmp, index=False)
+        os.replace(tmp, part)
+    if bar is not None:
+        bar.close()
+    emb = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    meta = index.drop(columns=[c for c in STORAGE_COLUMNS if c in index.columns])
+    table = meta.merge(emb, on="key", how="inner", validate="one_to_one")
+    if mode == "field":
+        table = _per_field(table)
+    tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
+    table.to_parquet(tmp, index=False)
+    os.replace(tmp, out)
+    for f in files:
+        f.unlink(missing_ok=True)
+    parts.rmdir()
+    return out
+
+
+def _per(index: pd.DataFrame) -> str:
+    """``field`` when rows are cells of fields (several rows share a ``parent_id``), else ``image``."""
+    if "parent_id" not in index.columns or "image_id" not in index.columns:
+        return "image"
+    crops = (index["parent_id"].astype("string") != index["image_id"].astype("string")).fillna(False)
+    return "field" if bool(crops.all()) and index["parent_id"].duplicated().any() else "image"
+
+
+def _per_field(table: pd.DataFrame) -> pd.DataFrame:
+    """Average cell embeddings per field; the field's key is ``make_key(source, parent_id)``."""
+    from cytodata.schema import make_key
+
+    emb_cols = [c for c in table.columns if c.startswith("emb_")]
+    group = ["source", "parent_id"] if "source" in table.columns else ["parent_id"]
+    means = table.groupby(group, sort=True, dropna=False)[emb_cols].mean()
+    first = table.drop(columns=emb_cols + ["key"]).groupby(group, sort=True, dropna=False).first()
+    counts = table.groupby(group, sort=True, dropna=False).size().rename("n_cells")
+    out = first.join(counts).join(means).reset_index()
+    src = out["source"] if "source" in out.columns else pd.Series([""] * len(out))
+    out.insert(0, "key", [make_key(s, p) for s, p in zip(src, out["parent_id"])])
+    out["image_id"] = out["parent_id"]
+    return out

@@ -1,0 +1,405 @@
+"""The one training engine every baseline runs on: a plain PyTorch loop, no framework.
+
+Per optimiser step: ``accumulate`` micro-batches are taken from the streaming loader (time
+blocked on it is the data wait), moved to the device as uint16, converted and normalised there,
+and handed to the method's ``loss``; then gradients are (optionally) clipped and the optimiser
+steps with the learning rate and weight decay of that step (arrays precomputed for the whole
+run). Randomness is reseeded per (seed, step, micro-batch, rank), so a run resumed from a
+checkpoint repeats the uninterrupted run exactly on the CPU. DDP under ``torchrun`` (gloo on CPU,
+NCCL on CUDA), bf16 autocast on CUDA, ``channels_last`` and ``torch.compile`` are options.
+
+RUN_DIR: ``config.yaml`` (resolved), ``metrics.jsonl`` (one JSON object per logged step),
+``checkpoints/step-N.pt`` + ``checkpoints/last.pt``, ``tensorboard/`` (if installed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from cytodata.errors import TrainingError
+from cytodata.loaders.partition import seed_for
+
+from . import augment, checkpoint, runtime
+from .config import TrainConfig, dump, load_config, to_dict
+from .data import (DataInfo, DevicePrep, NormStats, class_ids, loader, open_dataset, relabel)
+from .methods import METHODS
+from .schedules import lr_schedule, wd_schedule
+
+#: config keys that may change between a run and its resume (they do not change the result)
+RESUMABLE_CHANGES = ("steps", "progress", "checkpoint_every", "keep_checkpoints", "log_every",
+                     "val_every", "description", "data.threads", "data.read_ahead")
+
+
+def train(config: "str | Path | Mapping[str, Any] | TrainConfig", out: "str | Path", *,
+          resume: bool = False, **overrides) -> Path:
+    """Train ``config`` (a shipped name, YAML path, mapping or TrainConfig) into run folder ``out``.
+
+    ``overrides`` are config keys; sections by dotted name passed as a dict
+    (``**{"data.train": "shards/"}``) or with ``__`` (``data__train="shards/"``). Returns ``out``.
+    """
+    flat = {k.replace("__", "."): v for k, v in overrides.items()}
+    cfg = load_config(config, flat)
+    return Engine(cfg, out, resume=resume).run()
+
+
+class Engine:
+    """One run: set-up, the loop, checkpoints and metrics (see the module docstring)."""
+
+    def __init__(self, cfg: TrainConfig, out: "str | Path", *, resume: bool = False):
+        self.cfg, self.out, self.resume = cfg, Path(out), resume
+        self.ckpt_dir = self.out / "checkpoints"
+
+    # ------------------------------------------------------------------ set-up
+    def _check_run_dir(self) -> dict | None:
+        found = checkpoint.newest(self.ckpt_dir)
+        if found is not None and not self.resume:
+            raise TrainingError(f"{self.out} already holds checkpoints ({found.name}); pass --resume "
+                                "to continue that run, or choose a new run folder")
+        if found is None:
+            if self.resume:
+                warnings.warn(f"--resume: no checkpoint in {self.ckpt_dir}; starting from step 0",
+                              stacklevel=3)
+            return None
+        state = checkpoint.load(found)
+        _check_same_config(state.get("config") or {}, to_dict(self.cfg), found)
+        return state
+
+    def _datasets(self, device: torch.device):
+        cfg, d = self.cfg, self.cfg.data
+        method_cls = METHODS.get(cfg.method)
+        sampler = method_cls.make_sampler(cfg)
+        train_ds = open_dataset(d.train, split=d.train_split, cfg=d, seed=cfg.seed, shuffle=True,
+                                sampler=sampler, what="data.train")
+        meta = train_ds.shards.meta
+        channels = meta.get("channels")
+        shape = tuple(meta["shape"]) if meta.get("shape") else None
+        if channels is None or shape is None:
+            shapes = sorted({tuple(r) for r in train_ds.index[["n_channels", "height", "width"]]
+                             .drop_duplicates().itertuples(index=False)}) \
+                if "n_channels" in train_ds.index.columns else []
+            raise TrainingError(f"data.train={d.train}: samples differ in channels or shape "
+                                f"({shapes[:4]}); train on a shard set of one source/shape "
+                                "(shard one source, or use --channel-mode merged)")
+        classes: list[str] = []
+        if method_cls.supervised:
+            ids = class_ids(train_ds, d.label, None, f"data.train={d.train}")
+            if (ids < 0).all():
+                raise TrainingError(f"data.train={d.train}: no row has a {d.label!r} label; the "
+                                    f"{cfg.method} baseline is supervised")
+            classes = sorted(train_ds.index[d.label].dropna().astype(str).unique().tolist())
+            if len(classes) < 2:
+                raise TrainingError(f"data.train={d.train}: {len(classes)} class(es) {classes}; a "
+                                    "classifier needs at least 2")
+            relabel(train_ds, ids, classes)
+        val_ds = None
+        val_path = d.val or d.train
+        explicit = d.val is not None
+        if d.val_split is not None or explicit:
+            try:
+                val_ds = open_dataset(val_path, split=d.val_split, cfg=d, seed=cfg.seed, shuffle=False,
+                                      rank=0, world_size=1, what="data.val")
+            except TrainingError:
+                if explicit:
+                    raise
+                val_ds = None  # the training set has no validation rows: nothing to validate
+        if val_ds is not None:
+            vmeta = val_ds.shards.meta
+            if vmeta.get("channels") != channels:
+                raise TrainingError(f"channels differ between data.train ({channels}) and data.val "
+                                    f"({vmeta.get('channels')}); validate on a set with the same channels")
+            if method_cls.supervised:
+                relabel(val_ds, class_ids(val_ds, d.label, classes, f"data.val={val_path}"), classes)
+        stats = None if d.normalize == "none" else NormStats(meta, d.normalize, len(channels))
+        vstats = None
+        if val_ds is not None and d.normalize != "none":
+            vstats = NormStats(val_ds.shards.meta, d.normalize, len(channels))
+        info = DataInfo(channels=list(channels), n_channels=len(channels), shape=shape,
+                        classes=classes, n_train=len(train_ds.index), stats=stats)
+        return train_ds, val_ds, info, vstats
+
+    def _optimizer(self, module: torch.nn.Module, method) -> torch.optim.Optimizer:
+        o = self.cfg.optim
+        groups = method.param_groups(module)
+        for g in groups:
+            g.setdefault("weight_decay_scale", 1.0)
+            g["weight_decay"] = o.weight_decay * g["weight_decay_scale"]
+        if o.name == "adam":
+            return torch.optim.Adam(groups, lr=o.lr, betas=tuple(o.betas))
+        if o.name == "adamw":
+            return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas))
+        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum)
+
+    # ------------------------------------------------------------------ the run
+    def run(self) -> Path:
+        cfg = self.cfg
+        device = runtime.resolve_device(cfg.device)
+        started_dist = not runtime.is_dist() and runtime.init_distributed(device)
+        try:
+            return self._run(device)
+        finally:
+            if started_dist and runtime.is_dist():
+                torch.distributed.destroy_process_group()
+
+    def _run(self, device: torch.device) -> Path:
+        cfg = self.cfg
+        rank, world = runtime.rank(), runtime.world_size()
+        main = rank == 0
+        state = self._check_run_dir()
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed % 2**32)
+        random.seed(cfg.seed)
+        train_ds, val_ds, info, vstats = self._datasets(device)
+        method = METHODS.get(cfg.method)(cfg, info, device)
+        module = method.trainable()
+        if cfg.channels_last:
+            module.to(memory_format=torch.channels_last)
+        if state is not None:
+            checkpoint.check_signature(state.get("signature") or {}, method.signature(),
+                                       f"checkpoint {checkpoint.newest(self.ckpt_dir)}")
+            for name, m in method.modules().items():
+                m.load_state_dict(state["modules"][name])
+            method.load_state(state.get("method_state") or {})
+        model: torch.nn.Module = module
+        if world > 1:
+            model = torch.nn.parallel.DistributedDataParallel(
+                module, device_ids=[device.index] if device.type == "cuda" else None)
+        if cfg.compile:
+            model = torch.compile(model)
+        optimizer = self._optimizer(module, method)
+        precision = runtime.resolve_precision(device, cfg.precision)
+        scaler = torch.amp.GradScaler(device.type, enabled=precision is torch.float16)
+        global_batch = cfg.batch_size * cfg.accumulate * world
+        lrs, wds = lr_schedule(cfg.optim, cfg.steps, global_batch), wd_schedule(cfg.optim, cfg.steps)
+        step, epoch = 0, 0
+        if state is not None:
+            optimizer.load_state_dict(state["optimizer"])
+            if state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
+            step, epoch = int(state["step"]), int(state["epoch"])
+            train_ds.load_state_dict(state["loader"])
+        else:
+            train_ds.set_epoch(0)
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.yaml").write_text(dump(cfg), encoding="utf-8")
+        log = _MetricsLog(self.out / "metrics.jsonl", step, enabled=main)
+        prep = DevicePrep(info.stats, device, cfg.channels_last)
+        vprep = DevicePrep(vstats, device, cfg.channels_last) if val_ds is not None else None
+        pin = device.type == "cuda"
+        batches = loader(train_ds, cfg.batch_size, pin)
+        it = iter(batches)
+        bar = _progress(cfg, main, step)
+        window = _Window()
+        last_finite: tuple[int, float] | None = None
+        saved_at = -1
+        module.train()
+        while step < cfg.steps:
+            t_step = time.perf_counter()
+            for group in optimizer.param_groups:
+                group["lr"] = float(lrs[step])
+                group["weight_decay"] = float(wds[step]) * group.get("weight_decay_scale", 1.0)
+            optimizer.zero_grad(set_to_none=True)
+            logs: dict[str, float] = {}
+            loss_sum = 0.0
+            for micro in range(cfg.accumulate):
+                t_wait = time.perf_counter()
+                try:
+                    batch = next(it)
+                except StopIteration:
+                    if main and val_ds is not None and cfg.val_every is None:
+                        log.write(dict(step=step, epoch=epoch, **self._validate(method, val_ds, vprep)))
+                    runtime.barrier()
+                    epoch += 1
+                    train_ds.set_epoch(epoch)
+                    it = iter(batches)
+                    batch = next(it)
+                window.wait += time.perf_counter() - t_wait
+                window.images += len(batch["key"]) * world
+                torch.manual_seed(seed_for(cfg.seed, "torch", step, micro, rank) % 2**63)
+                g = augment.step_generator(cfg.seed, step * cfg.accumulate + micro, rank)
+                batch["image"] = prep(batch["image"], batch["meta"])
+                if "partner" in batch:
+                    batch["partner"]["image"] = prep(batch["partner"]["image"], batch["partner"]["meta"])
+                sync = (contextlib.nullcontext() if world == 1 or micro == cfg.accumulate - 1
+                        else model.no_sync())
+                with sync:
+                    with runtime.autocast(device, cfg.precision):
+                        loss, extra = method.loss(model, batch, step, g)
+                    value = loss.detach().float().clone()
+                    runtime.all_reduce_sum(value)  # non-finite on any rank -> non-finite everywhere
+                    value = float(value) / world
+                    if not math.isfinite(value):
+                        raise TrainingError(_nan_message(step, value, last_finite))
+                    scaler.scale(loss / cfg.accumulate).backward()
+                loss_sum += value
+                for k, v in extra.items():
+                    logs[k] = logs.get(k, 0.0) + float(v) / cfg.accumulate
+            if cfg.optim.clip_grad:
+                scaler.unscale_(optimizer)
+                logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(module.parameters(),
+                                                                         cfg.optim.clip_grad))
+            scaler.step(optimizer)
+            scaler.update()
+            method.after_step(step)
+            step += 1
+            loss_value = loss_sum / cfg.accumulate
+            last_finite = (step, loss_value)
+            window.add(time.perf_counter() - t_step, loss_value, logs)
+            if bar is not None:
+                bar.update(1)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                row = dict(step=step, epoch=epoch, lr=float(lrs[step - 1]), **window.flush())
+                log.write(row)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.0f}",
+                                    wait=f"{row['data_wait']:.2f}")
+            if cfg.val_every and step % cfg.val_every == 0 and val_ds is not None:
+                if main:
+                    log.write(dict(step=step, epoch=epoch, **self._validate(method, val_ds, vprep)))
+                runtime.barrier()
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                self._save(method, optimizer, scaler, train_ds, step, epoch, info)
+                saved_at = step
+        if saved_at != step:
+            self._save(method, optimizer, scaler, train_ds, step, epoch, info)
+        if main and val_ds is not None and cfg.val_every is None:
+            log.write(dict(step=step, epoch=epoch, **self._validate(method, val_ds, vprep)))
+        if bar is not None:
+            bar.close()
+        log.close()
+        runtime.barrier()
+        return self.out
+
+    def _validate(self, method, val_ds, vprep) -> dict:
+        batches = loader(val_ds, self.cfg.batch_size, pin=False)
+        out = method.validate(iter(batches), vprep)
+        return out
+
+    def _save(self, method, optimizer, scaler, train_ds, step: int, epoch: int, info: DataInfo) -> None:
+        if runtime.is_main():
+            state = {
+                "config": to_dict(self.cfg), "signature": method.signature(), "step": step,
+                "epoch": epoch, "classes": list(info.classes), "channels": list(info.channels),
+                "modules": {k: m.state_dict() for k, m in method.modules().items()},
+                "method_state": method.state(), "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+                "loader": train_ds.state_dict(),
+                "rng": {"torch": torch.get_rng_state(),
+                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+            }
+            checkpoint.save(state, self.ckpt_dir, step, keep=self.cfg.keep_checkpoints)
+        runtime.barrier()
+
+
+class _Window:
+    """Sums over the steps since the last log line."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.steps, self.time, self.wait, self.images, self.loss = 0, 0.0, 0.0, 0, 0.0
+        self.extra: dict[str, float] = {}
+        self.t0 = time.perf_counter()
+
+    def add(self, seconds: float, loss: float, extra: dict) -> None:
+        self.steps += 1
+        self.time += seconds
+        self.loss += loss
+        for k, v in extra.items():
+            self.extra[k] = self.extra.get(k, 0.0) + v
+
+    def flush(self) -> dict:
+        elapsed = max(time.perf_counter() - self.t0, 1e-9)
+        n = max(self.steps, 1)
+        row = {"loss": self.loss / n, "images_per_s": self.images / elapsed,
+               "data_wait": min(1.0, self.wait / max(self.time, 1e-9)),
+               **{k: v / n for k, v in self.extra.items()}}
+        self.reset()
+        return row
+
+
+class _MetricsLog:
+    """``metrics.jsonl`` (+ TensorBoard when installed); on resume, lines past the checkpoint go."""
+
+    def __init__(self, path: Path, start_step: int, enabled: bool):
+        self.path, self.enabled, self.tb = path, enabled, None
+        if not enabled:
+            return
+        if path.exists():
+            kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= start_step]
+            # validation rows at the resumed step are written again by the resumed run
+            kept = [line for line in kept if not (json.loads(line).get("step") == start_step
+                                                  and "loss" not in json.loads(line))]
+            path.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+        self.file = path.open("a", encoding="utf-8")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(path.parent / "tensorboard"), purge_step=start_step or None)
+        except ImportError:
+            self.tb = None
+
+    def write(self, row: dict) -> None:
+        if not self.enabled or not row:
+            return
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+        if self.tb is not None:
+            for k, v in row.items():
+                if k not in ("step", "epoch") and isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, row["step"])
+
+    def close(self) -> None:
+        if self.enabled:
+            self.file.close()
+            if self.tb is not None:
+                self.tb.close()
+
+
+def _progress(cfg: TrainConfig, main: bool, step: int):
+    if not (main and cfg.progress):
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.method}", unit="step",
+                dynamic_ncols=True)
+
+
+def _nan_message(step: int, value: float, last: tuple[int, float] | None) -> str:
+    where = f"step {step + 1}: loss is {value}"
+    prev = (f"; the last finite loss was {last[1]:.6g} at step {last[0]}" if last else
+            "; no step had a finite loss")
+    return (where + prev + ". Lower optim.lr, add warm-up (optim.warmup_steps), clip gradients "
+            "(--set optim.clip_grad=1.0), use precision=fp32, or check the shards' normalization "
+            "statistics; resume from the last checkpoint with --resume after the change")
+
+
+def _check_same_config(saved: dict, current: dict, where: Path) -> None:
+    """Only keys that do not change the result may differ between a run and its resume."""
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            if isinstance(v, dict) and k not in ("storage_options",):
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[f"{prefix}{k}"] = v
+        return out
+
+    a, b = flat(saved), flat(current)
+    diffs = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES]
+    if diffs:
+        detail = "; ".join(f"{k}: run {a.get(k)!r} vs now {b.get(k)!r}" for k in diffs[:6])
+        raise TrainingError(f"--resume from {where}: the config differs ({detail}); resume with the "
+                            "run's own config (RUN_DIR/config.yaml) or start a new run folder")

@@ -1,0 +1,18 @@
+"""Training methods registered by name (timm's ``register_model`` habit).
+
+A method is a class with a typed config (``config_class``, a :class:`~baselines.config.TrainConfig`
+subclass) and a few small hooks the one engine calls (:class:`Method`). Adding one is one new
+module here plus a config under ``configs/``; nothing else is edited.
+"""
+
+from __future__ import annotations
+
+from cytodata._registry import Registry
+
+from .base import Method
+
+METHODS: Registry[type[Method]] = Registry("training method")
+
+from . import classifier  # noqa: E402,F401  (registers "classifier")
+
+__all__ = ["METHODS", "Method"]

@@ -1,0 +1,77 @@
+"""The hooks a training method gives the engine."""
+
+from __future__ import annotations
+
+import torch
+
+from ..config import TrainConfig
+
+
+class Method:
+    """Base class: one model trained by cross-entropy-like losses on device batches.
+
+    The engine owns the loop (devices, DDP, precision, accumulation, schedules, checkpoints,
+    logging); a method owns its modules, its loss and what embeddings mean for it.
+    """
+
+    config_class = TrainConfig
+    supervised = True           # needs class labels in the training shards
+
+    def __init__(self, cfg: TrainConfig, info, device: torch.device):
+        self.cfg, self.info, self.device = cfg, info, device
+
+    # --- what the engine checkpoints and optimises ---
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """Every module whose state is checkpointed (student, teacher, heads...)."""
+        raise NotImplementedError
+
+    def trainable(self) -> torch.nn.Module:
+        """The module the optimiser updates (wrapped in DDP under torchrun)."""
+        raise NotImplementedError
+
+    def signature(self) -> dict:
+        """What must match for a checkpoint to load: architecture, channels, classes..."""
+        raise NotImplementedError
+
+    @classmethod
+    def make_sampler(cls, cfg: TrainConfig):
+        """An epoch-order sampler for the training StreamingDataset (None: shard shuffle)."""
+        return None
+
+    def param_groups(self, module: torch.nn.Module) -> list[dict]:
+        """Optimiser groups: no weight decay on biases and norm parameters (timm, DINO)."""
+        decay, no_decay = [], []
+        for name, p in module.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+        return [{"params": decay}, {"params": no_decay, "weight_decay_scale": 0.0}]
+
+    # --- per step ---
+    def loss(self, model: torch.nn.Module, batch: dict, step: int, g: torch.Generator
+             ) -> tuple[torch.Tensor, dict]:
+        """The loss of one micro-batch (``batch["image"]`` float, normalised, on the device)."""
+        raise NotImplementedError
+
+    def after_step(self, step: int) -> None:
+        """Called after each optimiser step (EMA teachers, frozen layers...)."""
+
+    def state(self) -> dict:
+        """Extra non-module state to checkpoint (tensors, numbers)."""
+        return {}
+
+    def load_state(self, state: dict) -> None:
+        """Restore :meth:`state`."""
+
+    # --- evaluation ---
+    def embedder(self) -> torch.nn.Module:
+        """``(B, C, h, w)`` float -> ``(B, D)`` features used by ``cytodata embed``."""
+        raise NotImplementedError
+
+    def embed_crop(self) -> int:
+        """The crop side embeddings are computed at (the training crop)."""
+        return self.cfg.data.crop
+
+    def validate(self, batches, prep) -> dict:
+        """Metrics on the validation batches (empty dict if the method has none)."""
+        return {}

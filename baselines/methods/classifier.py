@@ -1,0 +1,105 @@
+"""The weak-label classifier (CytoImageNet; Cell Painting CNN, Moshkov et al. 2024).
+
+Any timm backbone (default EfficientNet-B0) with ``in_chans`` = the shard set's channel count,
+cross-entropy over the weak labels (optional label smoothing), random crop + flips/90-degree
+rotations + intensity jitter on the device; the pooled penultimate features are the profile.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .. import augment
+from ..config import TrainConfig
+from ..data import balanced_sampler
+from ..models import create
+from ..runtime import autocast
+from . import METHODS
+from .base import Method
+
+
+@dataclass
+class ClassifierConfig(TrainConfig):
+    """Classifier settings on top of the engine's."""
+
+    label_smoothing: float = 0.0
+    drop_rate: float = 0.0            # dropout before the classifier (timm ``drop_rate``)
+    drop_path_rate: float = 0.0
+
+
+@METHODS.register("classifier")
+class Classifier(Method):
+    """Cross-entropy on weak labels; embeddings = pooled penultimate features."""
+
+    config_class = ClassifierConfig
+
+    def __init__(self, cfg: ClassifierConfig, info, device):
+        super().__init__(cfg, info, device)
+        kwargs = {}
+        if cfg.drop_rate:
+            kwargs["drop_rate"] = cfg.drop_rate
+        if cfg.drop_path_rate:
+            kwargs["drop_path_rate"] = cfg.drop_path_rate
+        self.model = create(cfg.model, in_chans=info.n_channels, num_classes=len(info.classes),
+                            pretrained=cfg.pretrained, **kwargs).to(device)
+
+    def modules(self):
+        return {"model": self.model}
+
+    def trainable(self):
+        return self.model
+
+    def signature(self):
+        return {"method": "classifier", "model": self.cfg.model, "in_chans": self.info.n_channels,
+                "num_classes": len(self.info.classes), "classes": list(self.info.classes)}
+
+    @classmethod
+    def make_sampler(cls, cfg):
+        return balanced_sampler(cfg.data.label) if cfg.data.balanced else None
+
+    def loss(self, model, batch, step, g):
+        x = augment.augment_batch(batch["image"], self.cfg.augment, self.cfg.data.crop, g)
+        if self.cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = batch["label"].to(x.device, non_blocking=True)
+        logits = model(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=self.cfg.label_smoothing)
+        acc = (logits.argmax(1) == y).float().mean()
+        return loss, {"train_top1": acc}
+
+    def embedder(self):
+        return _Pooled(self.model)
+
+    @torch.no_grad()
+    def validate(self, batches, prep):
+        self.model.eval()
+        n, loss, top1, top5 = 0, 0.0, 0, 0
+        k = min(5, len(self.info.classes))
+        for batch in batches:
+            x = augment.center_crop(prep(batch["image"], batch["meta"]), self.cfg.data.crop)
+            y = batch["label"].to(x.device)
+            with autocast(x.device, self.cfg.precision):
+                logits = self.model(x).float()
+            loss += float(F.cross_entropy(logits, y, reduction="sum"))
+            best = logits.topk(k, dim=1).indices
+            top1 += int((best[:, 0] == y).sum())
+            top5 += int((best == y[:, None]).any(1).sum())
+            n += len(y)
+        self.model.train()
+        if not n:
+            return {}
+        return {"val_loss": loss / n, "val_top1": top1 / n, "val_top5": top5 / n, "val_samples": n}
+
+
+class _Pooled(torch.nn.Module):
+    """timm backbone -> pooled pre-logits features ``(B, num_features)``."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model.forward_head(self.model.forward_features(x), pre_logits=True)

@@ -1,0 +1,89 @@
+"""timm backbones by name, with local pretrained weights (no model hub is reachable here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from cytodata.errors import TrainingError
+
+
+def create(name: str, *, in_chans: int, num_classes: int, pretrained: str | None = None,
+           **kwargs) -> torch.nn.Module:
+    """``timm.create_model(name, in_chans=, num_classes=)``, random init unless ``pretrained``.
+
+    ``pretrained`` is a local file (timm/torch ``.pth``/``.bin``/``.safetensors``, or a state dict
+    under ``state_dict``/``model``/``teacher``): loaded with ``weights_only=True``, the first conv
+    adapted to ``in_chans`` with timm's rule (repeat or sum RGB filters), and a classifier of a
+    different class count left at its fresh init.
+    """
+    import timm
+
+    try:
+        model = timm.create_model(name, pretrained=False, in_chans=in_chans, num_classes=num_classes,
+                                  **kwargs)
+    except RuntimeError as exc:
+        if "Unknown model" in str(exc):
+            raise TrainingError(f"model={name!r} is not a timm model; see timm.list_models() "
+                                "(tiny ones for tests: test_efficientnet, test_vit, resnet10t)") from None
+        raise
+    if pretrained:
+        load_pretrained(model, pretrained, in_chans)
+    return model
+
+
+def read_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """A state dict from a local weights file, loaded without unpickling arbitrary objects."""
+    p = Path(path)
+    if not p.is_file():
+        raise TrainingError(f"pretrained={path}: no such file (pass a local checkpoint; no model "
+                            "hub is reachable)")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(p))
+    else:
+        try:
+            state = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001
+            raise TrainingError(f"pretrained={path}: unreadable ({type(exc).__name__}: {exc})") from exc
+    for key in ("state_dict", "model", "teacher", "module"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if isinstance(state, dict) and "modules" in state and isinstance(state["modules"], dict):
+        state = state["modules"].get("model") or next(iter(state["modules"].values()))
+    state = {k.removeprefix("module.").removeprefix("backbone."): v for k, v in state.items()
+             if isinstance(v, torch.Tensor)}
+    if not state:
+        raise TrainingError(f"pretrained={path}: no tensors found")
+    return state
+
+
+def load_pretrained(model: torch.nn.Module, path: str, in_chans: int) -> None:
+    """Load local weights into a timm model, adapting the first conv and skipping a new head."""
+    from timm.models import adapt_input_conv
+
+    state = read_state_dict(path)
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    first = cfg.get("first_conv")
+    for name in [first] if isinstance(first, str) else list(first or []):
+        key = f"{name}.weight"
+        if key in state and state[key].ndim == 4 and state[key].shape[1] != in_chans:
+            state[key] = adapt_input_conv(in_chans, state[key])
+    own = model.state_dict()
+    skipped = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    heads = cfg.get("classifier")
+    heads = [heads] if isinstance(heads, str) else list(heads or [])
+    bad = [k for k in skipped if not any(k.startswith(h) for h in heads)]
+    if bad:
+        raise TrainingError(f"pretrained={path} does not fit {type(model).__name__}: "
+                            f"{bad[:3]} have other shapes (another architecture?)")
+    for k in skipped:
+        state.pop(k)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not any(k.startswith(h) for h in heads)]
+    if missing or unexpected:
+        raise TrainingError(f"pretrained={path} does not match the model: missing {missing[:3]}, "
+                            f"unexpected {unexpected[:3]} (another architecture?)")

@@ -1,0 +1,85 @@
+"""Devices, precision and torch.distributed, every collective guarded so one CPU process works."""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from cytodata.errors import TrainingError
+
+
+def is_dist() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if is_dist() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_dist() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    if is_dist():
+        dist.barrier()
+
+
+def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
+    """Mean over ranks (in place); identity in one process."""
+    if is_dist():
+        dist.all_reduce(t)
+        t /= world_size()
+    return t
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    if is_dist():
+        dist.all_reduce(t)
+    return t
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available else cpu; asking for CUDA without one is an error."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise TrainingError(f"device={name!r} but no CUDA device is available (torch "
+                                f"{torch.__version__}, CUDA build {torch.version.cuda}); use "
+                                "--set device=cpu or run on a GPU machine")
+        if name == "cuda":
+            name = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        torch.cuda.set_device(torch.device(name))
+    return torch.device(name)
+
+
+def init_distributed(device: torch.device) -> bool:
+    """Join the process group torchrun set up (``WORLD_SIZE`` > 1): NCCL on CUDA, gloo on CPU."""
+    if is_dist() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return is_dist()
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
+    return True
+
+
+def autocast(device: torch.device, precision: str):
+    """Autocast per ``precision`` (``auto``: bf16 on CUDA, fp32 on CPU)."""
+    dtype = resolve_precision(device, precision)
+    if dtype is None:
+        return torch.autocast(device_type=device.type, enabled=False)
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def resolve_precision(device: torch.device, precision: str):
+    """``None`` (fp32) or the autocast dtype."""
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]

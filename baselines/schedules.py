@@ -1,0 +1,48 @@
+"""Per-step schedules as arrays (DINO's ``cosine_scheduler``): computed once, indexed by step."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def cosine_schedule(base: float, final: float, steps: int, warmup_steps: int = 0,
+                    start_warmup: float = 0.0) -> np.ndarray:
+    """``steps`` values: linear ``start_warmup -> base`` over ``warmup_steps``, then a cosine
+    from ``base`` to ``final`` over the rest (the last step is exactly ``final``)."""
+    warmup_steps = min(int(warmup_steps), int(steps))
+    warm = np.linspace(start_warmup, base, warmup_steps, endpoint=False) if warmup_steps else np.empty(0)
+    rest = steps - warmup_steps
+    if rest <= 0:
+        return warm[:steps].astype(np.float64)
+    if rest == 1:
+        return np.concatenate([warm, [final]]).astype(np.float64)
+    t = np.arange(rest) / (rest - 1)
+    cos = final + 0.5 * (base - final) * (1 + np.cos(np.pi * t))
+    return np.concatenate([warm, cos]).astype(np.float64)
+
+
+def constant_schedule(base: float, steps: int, warmup_steps: int = 0) -> np.ndarray:
+    """Linear warm-up to ``base``, then constant."""
+    return cosine_schedule(base, base, steps, warmup_steps)
+
+
+def step_schedule(base: float, steps: int, milestones: dict[float, float]) -> np.ndarray:
+    """Piecewise constant: ``{fraction of the run: lr}`` from that fraction on (DeepNoise)."""
+    out = np.full(int(steps), float(base))
+    for frac, value in sorted(milestones.items()):
+        out[int(round(frac * steps)):] = value
+    return out
+
+
+def lr_schedule(optim, steps: int, global_batch: int) -> np.ndarray:
+    """The learning-rate array of an :class:`~baselines.config.OptimConfig`."""
+    base = optim.lr * (global_batch / 256 if optim.scale_lr_by_batch else 1.0)
+    if optim.schedule == "constant":
+        return constant_schedule(base, steps, optim.warmup_steps)
+    return cosine_schedule(base, optim.min_lr, steps, optim.warmup_steps)
+
+
+def wd_schedule(optim, steps: int) -> np.ndarray:
+    """Weight decay per step: constant, or a cosine to ``weight_decay_end`` (DINO)."""
+    end = optim.weight_decay if optim.weight_decay_end is None else optim.weight_decay_end
+    return cosine_schedule(optim.weight_decay, end, steps)
