@@ -18,9 +18,9 @@ def _train(args) -> int:
     if args.quiet:
         overrides["progress"] = False
     out = train(args.config, args.out, resume=args.resume, **overrides)
-    from . import runtime
+    import os
 
-    if runtime.is_main():
+    if os.environ.get("RANK", "0") == "0":
         print(f"run folder: {out} (config.yaml, metrics.jsonl, checkpoints/last.pt)")
     return 0
 
@@ -30,7 +30,7 @@ def _embed(args) -> int:
 
     out = embed(args.checkpoint, args.shards, args.out, device=args.device,
                 batch_size=args.batch_size, per=args.per, threads=args.threads,
-                progress=not args.quiet)
+                progress=not args.quiet, random_init=args.random_init)
     print(f"embeddings: {out}")
     return 0
 
@@ -70,5 +70,8 @@ def register(subparsers) -> None:
     e.add_argument("--per", default="auto", choices=["auto", "image", "field"],
                    help="one row per image, or per field (cells averaged); auto detects cells")
     e.add_argument("--threads", type=int, default=2, help="decode threads (default 2)")
+    e.add_argument("--random-init", action="store_true",
+                   help="embed with the run's architecture at its random initialisation (the "
+                        "untrained baseline to compare trained embeddings with)")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=_embed)

@@ -90,6 +90,7 @@ class TrainConfig:
     log_every: int = 10
     val_every: int | None = None      # steps between validations (None: each epoch end)
     progress: bool = True
+    log_keys: bool = False            # RUN_DIR/keys/rank-N.jsonl: the sample keys of every step (audits)
     description: str = ""
 
 

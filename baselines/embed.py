@@ -39,17 +39,25 @@ class _FixedOrder:
         return self.rows
 
 
-def load_method(ckpt: "str | Path", device: torch.device, stats: NormStats | None = None):
-    """Rebuild the method of a checkpoint with its trained weights (eval mode)."""
+def load_method(ckpt: "str | Path", device: torch.device, stats: NormStats | None = None,
+                random_init: bool = False):
+    """Rebuild the method of a checkpoint with its trained weights (eval mode).
+
+    ``random_init``: the same architecture, channels and classes at its seeded random
+    initialisation instead (the baseline every trained embedding is compared with).
+    """
     state = checkpoint.load(ckpt, map_location="cpu")
     cfg = load_config(state["config"])
     info = DataInfo(channels=list(state["channels"]), n_channels=len(state["channels"]), shape=None,
                     classes=list(state.get("classes") or []), n_train=0, stats=stats)
+    torch.manual_seed(cfg.seed)
     method = METHODS.get(cfg.method)(cfg, info, device)
     for name, module in method.modules().items():
-        module.load_state_dict(state["modules"][name])
+        if not random_init:
+            module.load_state_dict(state["modules"][name])
         module.eval()
-    method.load_state(state.get("method_state") or {})
+    if not random_init:
+        method.load_state(state.get("method_state") or {})
     return method, cfg, state
 
 
@@ -68,8 +76,12 @@ def center_views(x: torch.Tensor, crop: int) -> list[torch.Tensor]:
 
 def embed(checkpoint_or_run: "str | Path", shards: "str | Path", out: "str | Path", *,
           device: str = "auto", batch_size: int = 64, per: str = "auto", threads: int = 2,
-          progress: bool = True, storage_options: dict | None = None) -> Path:
-    """Write ``out`` (parquet): ``key``, the index's metadata columns, ``emb_0 .. emb_{D-1}``."""
+          progress: bool = True, storage_options: dict | None = None, random_init: bool = False) -> Path:
+    """Write ``out`` (parquet): ``key``, the index's metadata columns, ``emb_0 .. emb_{D-1}``.
+
+    ``random_init=True`` embeds with the run's architecture at its seeded random initialisation
+    (the untrained baseline of the same backbone).
+    """
     from cytodata.loaders import StreamingDataset
 
     if per not in PER:
@@ -85,7 +97,7 @@ def embed(checkpoint_or_run: "str | Path", shards: "str | Path", out: "str | Pat
                             f"{list(state_channels)}; embed a shard set with the training channels")
     cfg_level = load_config(checkpoint.load(checkpoint_or_run)["config"]).data.normalize
     stats = None if cfg_level == "none" else NormStats(ds.shards.meta, cfg_level, len(channels))
-    method, cfg, _ = load_method(checkpoint_or_run, dev, stats)
+    method, cfg, _ = load_method(checkpoint_or_run, dev, stats, random_init=random_init)
     model = method.embedder().to(dev).eval()
     prep = DevicePrep(stats, dev, channels_last=False)
     crop = method.embed_crop()

@@ -193,6 +193,8 @@ class Engine:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.yaml").write_text(dump(cfg), encoding="utf-8")
         log = _MetricsLog(self.out / "metrics.jsonl", step, enabled=main)
+        keys_log = _MetricsLog(self.out / "keys" / f"rank-{rank}.jsonl", step, enabled=cfg.log_keys,
+                               tensorboard=False, keep=lambda row, start: row["step"] < start)
         prep = DevicePrep(info.stats, device, cfg.channels_last)
         vprep = DevicePrep(vstats, device, cfg.channels_last) if val_ds is not None else None
         pin = device.type == "cuda"
@@ -225,6 +227,7 @@ class Engine:
                     batch = next(it)
                 window.wait += time.perf_counter() - t_wait
                 window.images += len(batch["key"]) * world
+                keys_log.write({"step": step, "epoch": epoch, "micro": micro, "keys": batch["key"]})
                 torch.manual_seed(seed_for(cfg.seed, "torch", step, micro, rank) % 2**63)
                 g = augment.step_generator(cfg.seed, step * cfg.accumulate + micro, rank)
                 batch["image"] = prep(batch["image"], batch["meta"])
@@ -274,9 +277,16 @@ class Engine:
             self._save(method, optimizer, scaler, train_ds, step, epoch, info)
         if main and val_ds is not None and cfg.val_every is None:
             log.write(dict(step=step, epoch=epoch, **self._validate(method, val_ds, vprep)))
+        if world > 1:  # every rank must hold the same weights after DDP training
+            sums = runtime.all_gather_floats(_param_checksum(module))
+            log.write({"step": step, "params_checksum_ranks": sums})
+            if len(set(sums)) > 1:
+                raise TrainingError(f"ranks ended with different weights (checksums {sums}); "
+                                    "report this with the run's config.yaml")
         if bar is not None:
             bar.close()
         log.close()
+        keys_log.close()
         runtime.barrier()
         return self.out
 
@@ -299,6 +309,14 @@ class Engine:
             }
             checkpoint.save(state, self.ckpt_dir, step, keep=self.cfg.keep_checkpoints)
         runtime.barrier()
+
+
+def _param_checksum(module: torch.nn.Module) -> float:
+    """A float64 digest of all parameters (equal weights <=> equal digests, in practice)."""
+    total = torch.zeros((), dtype=torch.float64)
+    for i, p in enumerate(module.parameters()):
+        total += (p.detach().double().cpu().flatten() * (1 + (i % 7))).sum()
+    return float(total)
 
 
 class _Window:
@@ -332,18 +350,20 @@ class _Window:
 class _MetricsLog:
     """``metrics.jsonl`` (+ TensorBoard when installed); on resume, lines past the checkpoint go."""
 
-    def __init__(self, path: Path, start_step: int, enabled: bool):
+    def __init__(self, path: Path, start_step: int, enabled: bool, tensorboard: bool = True,
+                 keep=None):
         self.path, self.enabled, self.tb = path, enabled, None
         if not enabled:
             return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        keep = keep or _keep_metrics_row
         if path.exists():
             kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= start_step]
-            # validation rows at the resumed step are written again by the resumed run
-            kept = [line for line in kept if not (json.loads(line).get("step") == start_step
-                                                  and "loss" not in json.loads(line))]
+                    if line.strip() and keep(json.loads(line), start_step)]
             path.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
         self.file = path.open("a", encoding="utf-8")
+        if not tensorboard:
+            return
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -366,6 +386,13 @@ class _MetricsLog:
             self.file.close()
             if self.tb is not None:
                 self.tb.close()
+
+
+def _keep_metrics_row(row: dict, start: int) -> bool:
+    """On resume from ``start``: keep training rows up to it; validation/summary rows written at
+    ``start`` itself are written again by the resumed run."""
+    step = row.get("step", 0)
+    return step < start or (step == start and "loss" in row)
 
 
 def _progress(cfg: TrainConfig, main: bool, step: int):

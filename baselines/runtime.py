@@ -46,6 +46,15 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def all_gather_floats(value: float) -> list[float]:
+    """``value`` from every rank (a one-element list in one process)."""
+    if not is_dist():
+        return [value]
+    out = [None] * world_size()
+    dist.all_gather_object(out, value)
+    return [float(v) for v in out]
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` -> cuda when available else cpu; asking for CUDA without one is an error."""
     if name == "auto":

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from cytodata.errors import TrainingError
+
 from .. import augment
 from ..config import TrainConfig
 from ..data import balanced_sampler
@@ -38,6 +40,9 @@ class Classifier(Method):
 
     def __init__(self, cfg: ClassifierConfig, info, device):
         super().__init__(cfg, info, device)
+        if info.shape is not None and cfg.data.crop > min(info.shape[1:]):
+            raise TrainingError(f"data.crop={cfg.data.crop}: crop {cfg.data.crop} is larger than the "
+                                f"images ({info.shape[1]}x{info.shape[2]}); lower data.crop")
         kwargs = {}
         if cfg.drop_rate:
             kwargs["drop_rate"] = cfg.drop_rate
