@@ -13,7 +13,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-RECIPE = Path(__file__).resolve().parents[1] / "manifests" / "demo.yaml"
+from .recipe import recipes_dir
+
+#: the shipped demo recipe (``manifests/demo.yaml`` in a checkout, package data when installed)
+RECIPE = recipes_dir() / "demo.yaml"
 
 
 def make_sources(out: Path, seed: int) -> dict:
@@ -24,7 +27,7 @@ def make_sources(out: Path, seed: int) -> dict:
 
 
 def build_manifest(out: Path, progress: bool):
-    """Build the demo manifest from manifests/demo.yaml."""
+    """Build the demo manifest from the shipped ``demo`` recipe (manifests/demo.yaml)."""
     from .manifest import build
 
     result = build(RECIPE, out / "manifest", params={"data": str(out / "sources")},
