@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from ._writer import FORMATS, write
 from .codecs import CODECS, Codec
+from .labels import open_xarray
 from .webdataset import decode
 
-__all__ = ["write", "decode", "CODECS", "Codec", "FORMATS", "register"]
+__all__ = ["write", "decode", "open_xarray", "CODECS", "Codec", "FORMATS", "register"]
 
 
 def _import_formats() -> None:
