@@ -117,3 +117,20 @@ def test_ome_zarr_without_pixel_size_keeps_unit_free_scale(tmp_path):
     nodes = list(Reader(parse_url(str(out2 / "p0.ome.zarr" / "A" / "00" / "0")))())
     image = next(n for n in nodes if any(isinstance(s, Multiscales) for s in n.specs))
     assert image.metadata["coordinateTransformations"][0][0]["scale"] == pytest.approx([1, 0.65, 0.65])
+
+
+def test_pixel_size_from_ome_tiff_imagej_and_not_from_plain_resolution_tags(tmp_path):
+    from cytodata.shards.omezarr import pixel_size_um
+
+    data = np.zeros((8, 8), np.uint16)
+    tifffile.imwrite(tmp_path / "ome.ome.tif", data, ome=True,
+                     metadata={"PhysicalSizeX": 0.325, "PhysicalSizeY": 0.3,
+                               "PhysicalSizeXUnit": "nm", "PhysicalSizeYUnit": "nm"})
+    assert pixel_size_um(str(tmp_path / "ome.ome.tif")) == pytest.approx((0.3e-3, 0.325e-3))
+    tifffile.imwrite(tmp_path / "ij.tif", data, imagej=True, resolution=(1 / 0.65, 1 / 0.65),
+                     metadata={"unit": "micron"})
+    assert pixel_size_um(str(tmp_path / "ij.tif")) == pytest.approx((0.65, 0.65))
+    tifffile.imwrite(tmp_path / "dpi.tif", data, resolution=(72, 72), resolutionunit="INCH")
+    assert pixel_size_um(str(tmp_path / "dpi.tif")) is None  # 72 dpi says nothing about optics
+    (tmp_path / "x.png").write_bytes(b"not a tiff")
+    assert pixel_size_um(str(tmp_path / "x.png")) is None
