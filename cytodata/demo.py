@@ -185,7 +185,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("demo", help="run the end-to-end demo on synthetic screens",
                               description=__doc__)
     p.add_argument("-o", "--out", default="demo_output", help="output folder (default demo_output)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic screens and sampling")
     p.add_argument("--workers", type=int, default=2, help="dask workers / loader workers")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd)

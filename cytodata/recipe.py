@@ -307,8 +307,17 @@ def recipe_summary(path: Path) -> dict[str, Any]:
 
 def _cmd_recipes(args) -> int:
     if args.name:  # print one recipe's YAML, e.g. to copy and edit it
-        print(recipe_path(args.name).read_text(encoding="utf-8"), end="")
+        text = recipe_path(args.name).read_text(encoding="utf-8")
+        if args.out:
+            Path(args.out).write_text(text, encoding="utf-8")
+            if not args.quiet:
+                print(f"wrote {args.out}; build it with `cytodata manifest build {args.out} -o DIR`")
+        else:
+            print(text, end="")
         return 0
+    if args.out:
+        raise RecipeError("-o/--out writes one recipe: name it, e.g. `cytodata recipes bbbc021 -o "
+                          "my.yaml`")
     shipped = shipped_recipes()
     if not shipped:
         raise RecipeError(f"no recipes found in {recipes_dir()}; reinstall cytodata")
@@ -337,5 +346,7 @@ def register(subparsers) -> None:
                     "build NAME`), or print one recipe's YAML to copy and edit.")
     p.add_argument("name", nargs="?", default=None,
                    help="print this recipe's YAML (a shipped name such as bbbc021, or a path)")
+    p.add_argument("-o", "--out", default=None, metavar="FILE",
+                   help="with NAME: write the recipe to FILE (a copy to edit) instead of printing it")
     p.add_argument("-q", "--quiet", action="store_true", help="names only, one per line")
     p.set_defaults(func=_cmd_recipes)

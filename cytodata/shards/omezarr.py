@@ -84,6 +84,7 @@ def _write_plate(path: str, plate: str, fields: list, channel_mode: str, qc, gra
     fmt = FormatV05()
     root = zarr.open_group(path, mode="w", zarr_format=3)
     ledger, wells, moments, index = [], defaultdict(list), Moments(), []
+    channel_sets, dtypes = [], set()
     for rec, row, col in fields:
         try:
             sample = load_samples(rec, channel_mode, qc, gray)[0]
@@ -105,6 +106,9 @@ def _write_plate(path: str, plate: str, fields: list, channel_mode: str, qc, gra
                                    "image_id": rec["image_id"], "site": rec.get("site")}
         wells[(row, col)].append(field)
         moments.add({"plate": plate, "all": "all"}, image, names)
+        if names not in channel_sets:
+            channel_sets.append(names)
+        dtypes.add(str(image.dtype))
         index.append({"key": rec["key"], "plate": plate, "well": rec.get("well"), "row": row,
                       "column": col, "field": int(field),
                       "path": f"{Path(path).name}/{row}/{col}/{field}",
@@ -120,7 +124,8 @@ def _write_plate(path: str, plate: str, fields: list, channel_mode: str, qc, gra
     for (r, c), fs in sorted(wells.items()):
         write_well_metadata(root[r][c], fs, fmt=fmt)
     return {"ledger": ledger, "rows_written": sum(len(v) for v in wells.values()),
-            "moments": moments.data, "index": index}
+            "moments": moments.data, "index": index, "channel_sets": channel_sets,
+            "dtypes": sorted(dtypes)}
 
 
 def _field_pixel_size(rec: dict, pixel_size) -> tuple[float, float] | None:
@@ -169,7 +174,17 @@ def write_omezarr(recs: list[dict], out: Path, manifest_info: dict, opts: dict) 
     for r in results:
         moments.merge(Moments(r["moments"]))
     by_reason = {str(k): int(v) for k, v in Counter(ledger.to_frame()["reason"]).items()}
+    channel_sets = []
+    for r in results:
+        channel_sets += [c for c in r["channel_sets"] if c not in channel_sets]
+    dtypes = sorted({d for r in results for d in r["dtypes"]})
+    from .. import __version__
+
     save_json(out / "shards.json", {"format": FORMAT, "version": 1, "ngff": "0.5",
+                                    "channels": channel_sets[0] if len(channel_sets) == 1 else None,
+                                    "channel_mode": opts["channel_mode"],
+                                    "dtype": dtypes[0] if len(dtypes) == 1 else None,
+                                    "cytodata_version": __version__,
                                     "plates": {p: f"{safe[p]}.ome.zarr" for p in sorted(plates)},
                                     "n_samples": written, "normalization": moments.summary(),
                                     "manifest": dict(manifest_info, identity=ident),
