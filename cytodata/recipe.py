@@ -287,9 +287,9 @@ def recipe_path(recipe: "str | Path") -> Path:
     if path.parent.name == "manifests" and path.stem in shipped:
         return shipped[path.stem]
     raise RecipeError(
-        f"recipe {str(recipe)!r} is neither a file nor a shipped recipe; shipped recipes: "
-        f"{', '.join(shipped) or 'none'} (list them with `cytodata recipes`), or pass the path "
-        "of your own YAML file")
+        f"recipe file {str(recipe)!r} does not exist and is not a shipped recipe; shipped "
+        f"recipes: {', '.join(shipped) or 'none'} (list them with `cytodata recipes`), or pass "
+        "the path of your own YAML file")
 
 
 def recipe_summary(path: Path) -> dict[str, Any]:

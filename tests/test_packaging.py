@@ -34,7 +34,7 @@ def test_recipe_names_resolve_and_unknown_names_list_the_choices(tmp_path, monke
     own = tmp_path / "bbbc021.yaml"
     own.write_text("name: mine\nsources: [{adapter: csv}]\n")
     assert recipe_path("bbbc021.yaml") == Path("bbbc021.yaml")  # a real file wins
-    with pytest.raises(RecipeError, match=r"neither a file nor a shipped recipe.*bbbc021, cytoimagenet"):
+    with pytest.raises(RecipeError, match=r"does not exist and is not a shipped recipe.*bbbc021, cytoimagenet"):
         recipe_path("nope.yaml")
 
 
