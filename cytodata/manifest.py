@@ -301,7 +301,8 @@ def register(subparsers) -> None:
                        description="Rows, sources, splits, labels, plates, channels, the ledger "
                        "and the recipe of a manifest folder.")
     d.add_argument("folder", metavar="DIR", help="manifest folder (holding manifest.parquet)")
-    d.add_argument("-o", "--out", default=None, metavar="FILE", help="also write the description to FILE")
+    d.add_argument("-o", "--out", default=None, metavar="FILE",
+                   help="also write the description to FILE")
     d.add_argument("-q", "--quiet", action="store_true", help="print only the first line")
     d.set_defaults(func=_cmd_describe)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])

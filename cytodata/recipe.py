@@ -272,7 +272,7 @@ def shipped_recipes() -> dict[str, Path]:
 
 
 def recipe_path(recipe: "str | Path") -> Path:
-    """A recipe file path, or the name of a shipped recipe (``demo``, ``bbbc021``, ...) -> its path.
+    """Resolve a recipe file path, or a shipped recipe's name (``demo``, ``bbbc021``), to a path.
 
     An existing file wins over a shipped name; ``manifests/NAME.yaml`` also resolves to the
     shipped copy, so commands written for a checkout run from any folder after ``pip install``.
@@ -299,7 +299,8 @@ def recipe_summary(path: Path) -> dict[str, Any]:
     data = data if isinstance(data, Mapping) else {}
     desc = data.get("description")
     if not desc:  # the recipes' first comment line says what they are
-        comment = next((ln.lstrip("# ").strip() for ln in text.splitlines() if ln.startswith("#")), "")
+        comments = (ln.lstrip("# ").strip() for ln in text.splitlines() if ln.startswith("#"))
+        comment = next(comments, "")
         desc = comment
     return {"name": data.get("name", path.stem), "description": str(desc or ""),
             "params": dict(data.get("params") or {}), "path": str(path)}
@@ -311,7 +312,7 @@ def _cmd_recipes(args) -> int:
         if args.out:
             Path(args.out).write_text(text, encoding="utf-8")
             if not args.quiet:
-                print(f"wrote {args.out}; build it with `cytodata manifest build {args.out} -o DIR`")
+                print(f"wrote {args.out}; build it: cytodata manifest build {args.out} -o DIR")
         else:
             print(text, end="")
         return 0
@@ -347,6 +348,6 @@ def register(subparsers) -> None:
     p.add_argument("name", nargs="?", default=None,
                    help="print this recipe's YAML (a shipped name such as bbbc021, or a path)")
     p.add_argument("-o", "--out", default=None, metavar="FILE",
-                   help="with NAME: write the recipe to FILE (a copy to edit) instead of printing it")
+                   help="with NAME: write the recipe to FILE (a copy to edit), not to the screen")
     p.add_argument("-q", "--quiet", action="store_true", help="names only, one per line")
     p.set_defaults(func=_cmd_recipes)

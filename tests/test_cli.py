@@ -7,11 +7,11 @@ import argparse
 import json
 
 import pytest
+from test_shards_webdataset import make_manifest, synthetic_rows
 
 from cytodata import cli
 from cytodata.errors import ShardError
 from cytodata.shards import write
-from test_shards_webdataset import make_manifest, synthetic_rows
 
 
 def leaf_parsers(parser: argparse.ArgumentParser, path=()):
@@ -34,7 +34,8 @@ def test_every_command_has_out_quiet_and_help_on_every_option():
         for action in parser._actions:
             if isinstance(action, argparse._HelpAction):
                 continue
-            assert action.help and action.help.strip(), f"{name}: {action.option_strings or action.dest} has no help"
+            what = action.option_strings or action.dest
+            assert action.help and action.help.strip(), f"{name}: {what} has no help"
 
 
 def test_old_spellings_still_parse():
@@ -60,7 +61,8 @@ def test_refusal_says_what_differs(tmp_path):
     with pytest.raises(ShardError, match=r"codec: 'blosc-lz4' here, 'zstd' requested") as err:
         write(make_manifest(rows), out, codec="zstd", scheduler="synchronous", progress=False)
     assert "manifest rows" not in str(err.value)  # only what differs
-    with pytest.raises(ShardError, match=r"manifest rows \(content sha256\): \w+ here, \w+ requested"):
+    differs = r"manifest rows \(content sha256\): \w+ here, \w+ requested"
+    with pytest.raises(ShardError, match=differs):
         write(make_manifest(rows[:2]), out, scheduler="synchronous", progress=False)
     with pytest.raises(ShardError, match=r"format: webdataset here, zarr requested"):
         write(make_manifest(rows), out, format="zarr", scheduler="synchronous", progress=False)
@@ -72,7 +74,8 @@ def test_refusal_says_what_differs(tmp_path):
 
 def test_shards_describe(tmp_path, capsys):
     rows = synthetic_rows(tmp_path, 5)
-    rows.append(dict(rows[0], image_id="gone", site=2, channel_paths=[str(tmp_path / "missing.tif")] * 2))
+    missing = [str(tmp_path / "missing.tif")] * 2
+    rows.append(dict(rows[0], image_id="gone", site=2, channel_paths=missing))
     out = tmp_path / "set"
     write(make_manifest(rows), out, samples_per_shard=2, scheduler="synchronous", progress=False)
     assert cli.main(["shards", "describe", str(out), "-o", str(tmp_path / "s.json")]) == 0

@@ -7,11 +7,11 @@ import pandas as pd
 import pytest
 import tifffile
 import xarray as xr
+from test_shards_webdataset import make_manifest, synthetic_rows
 
 from cytodata.errors import ShardError
 from cytodata.images import read_image
 from cytodata.shards import open_xarray, write
-from test_shards_webdataset import make_manifest, synthetic_rows
 
 
 def _rows_with_a_bad_one(tmp_path, n=5):
@@ -28,7 +28,8 @@ def _rows_with_a_bad_one(tmp_path, n=5):
 def test_xarray_open_zarr_round_trip_with_names_and_coordinates(tmp_path):
     rows = _rows_with_a_bad_one(tmp_path)
     out = tmp_path / "z"
-    write(make_manifest(rows), out, format="zarr", chunk=16, scheduler="synchronous", progress=False)
+    write(make_manifest(rows), out, format="zarr", chunk=16, scheduler="synchronous",
+          progress=False)
     for ds in (xr.open_zarr(out), xr.open_dataset(out, engine="zarr", chunks={})):
         assert ds["image"].dims == ("sample", "channel", "y", "x")
         assert ds["image"].shape == (6, 2, 32, 32) and ds["image"].dtype == np.uint16
@@ -116,7 +117,8 @@ def test_ome_zarr_without_pixel_size_keeps_unit_free_scale(tmp_path):
           pixel_size=0.65)
     nodes = list(Reader(parse_url(str(out2 / "p0.ome.zarr" / "A" / "00" / "0")))())
     image = next(n for n in nodes if any(isinstance(s, Multiscales) for s in n.specs))
-    assert image.metadata["coordinateTransformations"][0][0]["scale"] == pytest.approx([1, 0.65, 0.65])
+    scale = image.metadata["coordinateTransformations"][0][0]["scale"]
+    assert scale == pytest.approx([1, 0.65, 0.65])
 
 
 def test_pixel_size_from_ome_tiff_imagej_and_not_from_plain_resolution_tags(tmp_path):

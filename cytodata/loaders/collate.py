@@ -21,11 +21,11 @@ from ..errors import CytodataError
 IMAGE_KEYS: tuple[str, ...] = ("image",)
 
 WAYS_OUT = (
-    "ways out: (1) one shape per sample: StreamingDataset(..., transform=Compose([ChannelSubset([0, 1, 2]), "
-    "RandomCrop(224)])) from cytodata.loaders.transforms; (2) pad: collate_fn=cytodata.loaders."
-    "pad_collate (zero-pads to the batch's largest shape, returns image_size); (3) one loader per "
-    "source or shape: shard the sources separately, or StreamingDataset(..., split=...) on sets of "
-    "one shape; (4) batches of one source: sampler=GroupedBatches('source', batch_size) from "
+    "ways out: (1) one shape per sample: StreamingDataset(..., transform=Compose(["
+    "ChannelSubset([0, 1, 2]), RandomCrop(224)])) from cytodata.loaders.transforms; "
+    "(2) pad: collate_fn=cytodata.loaders.pad_collate (zero-pads to the batch's largest shape, "
+    "returns image_size); (3) one loader per source or shape: shard the sources separately; "
+    "(4) batches of one source: sampler=GroupedBatches('source', batch_size) from "
     "cytodata.loaders; (5) no batching: DataLoader(..., batch_size=None)"
 )
 
@@ -36,7 +36,7 @@ class MixedShapeError(CytodataError, ValueError):
 
 def _shape_groups(values: Sequence[torch.Tensor], keys: Sequence[Any]) -> dict[tuple, list]:
     groups: dict[tuple, list] = defaultdict(list)
-    for v, k in zip(values, keys):
+    for v, k in zip(values, keys, strict=True):
         groups[tuple(v.shape)].append(k)
     return groups
 
@@ -52,11 +52,12 @@ def check_shapes(batch: Sequence[dict], field: str = "image") -> None:
     groups = _shape_groups(values, keys)
     parts = []
     for shape, ks in sorted(groups.items(), key=lambda kv: -len(kv[1])):
-        shown = ", ".join(repr(k) for k in ks[:3]) + (f", ... ({len(ks)} samples)" if len(ks) > 3 else "")
+        more = f", ... ({len(ks)} samples)" if len(ks) > 3 else ""
+        shown = ", ".join(repr(k) for k in ks[:3]) + more
         parts.append(f"{field} {tuple(shape)} for {shown}")
     raise MixedShapeError(
         f"cannot stack a batch of {len(batch)} samples: their {field!r} tensors differ in shape: "
-        + "; ".join(parts) + f". The shard set mixes sources of different channel counts or sizes; "
+        + "; ".join(parts) + ". The shard set mixes sources of different channel counts or sizes; "
         + WAYS_OUT)
 
 

@@ -26,7 +26,7 @@ from .stream import StreamingDataset
 
 
 def batch_length(batch: Any) -> int:
-    """Samples in a collated batch (``__key__`` list, first tensor dim) or 1 for a single sample."""
+    """Count the samples of a collated batch (``__key__`` list, first tensor dim); 1 if single."""
     if isinstance(batch, dict):
         keys = batch.get("__key__")
         if isinstance(keys, (list, tuple)):
@@ -45,7 +45,7 @@ def batch_length(batch: Any) -> int:
 
 
 class StreamingDataLoader(DataLoader):
-    """``DataLoader(dataset, batch_size, ...)`` with ``state_dict``/``load_state_dict``/``set_epoch``.
+    """A ``DataLoader(dataset, batch_size, ...)`` with ``state_dict`` / ``load_state_dict``.
 
     ``dataset`` must be a :class:`StreamingDataset`; its ``batch_size_hint`` is set to
     ``batch_size`` so worker processes take whole batches and the global sample order is the
@@ -61,8 +61,8 @@ class StreamingDataLoader(DataLoader):
                             f"{type(dataset).__name__}; use torch.utils.data.DataLoader for others")
         for name in ("sampler", "batch_sampler", "shuffle"):
             if kwargs.get(name) not in (None, False):
-                raise ValueError(f"StreamingDataLoader: {name}= is not supported (the dataset orders "
-                                 "itself); pass sampler=/shuffle= to StreamingDataset instead")
+                raise ValueError(f"StreamingDataLoader: {name}= is not supported (the dataset "
+                                 "orders itself); pass sampler=/shuffle= to StreamingDataset")
         if batch_size is not None:
             dataset.batch_size_hint = int(batch_size)
         kwargs.setdefault("collate_fn", collate)
@@ -81,7 +81,7 @@ class StreamingDataLoader(DataLoader):
         return self._base + self._consumed * self.dataset.world_size
 
     def state_dict(self) -> dict:
-        """The dataset's resume state, counted from the batches this loader yielded."""
+        """Return the dataset's resume state, counted from the batches this loader yielded."""
         return self.dataset.state_dict(samples_seen=self.samples_seen)
 
     def load_state_dict(self, state: dict) -> None:

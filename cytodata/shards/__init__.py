@@ -46,7 +46,7 @@ def register(subparsers) -> None:
     p.add_argument("--samples-per-shard", type=int, default=None, help="overrides --shard-size")
     p.add_argument("--tile", type=int, default=None, help="zarr: cut images into TILE x TILE tiles")
     p.add_argument("--pixel-size", type=float, default=None,
-                   help="ome-zarr: pixel size in micrometers (default: from OME/ImageJ TIFF metadata)")
+                   help="ome-zarr: pixel size in micrometers (default: OME/ImageJ TIFF metadata)")
     p.add_argument("--workers", type=int, default=None, help="dask LocalCluster workers (default: cores)")
     p.add_argument("--scheduler", default=None,
                    help="existing dask scheduler address (tcp://HOST:PORT) or 'synchronous'")

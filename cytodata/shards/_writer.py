@@ -28,7 +28,8 @@ from .codecs import CODECS
 FORMATS: Registry[Callable[..., dict]] = Registry("shard format")
 
 PLAN_FILE = "plan.json"
-IDENTITY_FILE = "identity.json"  # what the identity digest was made of: lets a refusal say what differs
+#: what the identity digest was made of, so that a refusal can say what differs
+IDENTITY_FILE = "identity.json"
 
 
 class Identity(str):
@@ -98,13 +99,14 @@ def identity(fmt: str, manifest_info: dict, opts: dict) -> str:
 
 
 def _flat(parts: dict) -> dict[str, str]:
-    flat = {"format": str(parts.get("format")), "manifest rows (content sha256)": str(parts.get("manifest"))}
+    flat = {"format": str(parts.get("format")),
+            "manifest rows (content sha256)": str(parts.get("manifest"))}
     flat.update({k: str(v) for k, v in (parts.get("options") or {}).items()})
     return flat
 
 
 def what_differs(out: Path, ident: str) -> str:
-    """``"codec: 'blosc-lz4' here, 'blosc-zstd' requested; ..."`` for a refused folder, or a hint."""
+    """Say what differs: ``"codec: 'blosc-lz4' here, 'zstd' requested; ..."`` (or a hint)."""
     new = getattr(ident, "parts", None)
     old = load_json_dict(out / IDENTITY_FILE)
     if new is None or old is None:
@@ -118,7 +120,8 @@ def what_differs(out: Path, ident: str) -> str:
         new = dict(new, options={k: v for k, v in new["options"].items() if k in old["options"]})
     a, b = _flat(old), _flat(new)
     diffs = [f"{k}: {a.get(k, '?')} here, {b.get(k, '?')} requested" for k in b if a.get(k) != b[k]]
-    return "; ".join(diffs) or "same options, but the folder's plan does not match (interrupted rewrite?)"
+    return "; ".join(diffs) or ("same options, but the folder's plan does not match "
+                                "(an interrupted rewrite?)")
 
 
 def claim_folder(out: Path, ident: str, overwrite: bool, patterns: tuple[str, ...]) -> dict | None:

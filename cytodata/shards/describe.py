@@ -22,14 +22,16 @@ FORMATS = {"cytodata-webdataset": "webdataset", "cytodata-zarr": "zarr",
 
 
 def summarize(path: str | os.PathLike) -> dict[str, Any]:
-    """A shard set folder -> a JSON-able summary dict (the fields ``describe`` prints)."""
+    """Summarize a shard set folder as a JSON-able dict (the fields ``describe`` prints)."""
     out = Path(path)
     meta_path = out / "shards.json"
     if not meta_path.exists():
-        hint = ("it is a manifest folder: use `cytodata manifest describe`"
-                if (out / "manifest.parquet").exists() else
-                "a finished `cytodata shard` run writes it last; re-run that command to finish the set"
-                if (out / "plan.json").exists() else "write one with `cytodata shard MANIFEST -o DIR`")
+        if (out / "manifest.parquet").exists():
+            hint = "it is a manifest folder: use `cytodata manifest describe`"
+        elif (out / "plan.json").exists():
+            hint = "a finished `cytodata shard` run writes it last; re-run that command to finish"
+        else:
+            hint = "write one with `cytodata shard MANIFEST -o DIR`"
         raise ShardError(f"{out} has no shards.json, so it is not a finished shard set; {hint}")
     try:
         meta = json.loads(meta_path.read_text())
@@ -60,8 +62,8 @@ def summarize(path: str | os.PathLike) -> dict[str, Any]:
         info["plates_folders"] = meta.get("plates")
     if index is not None and len(index):
         if {"n_channels", "height", "width"} <= set(index.columns):
-            shapes = Counter(map(tuple, index[["n_channels", "height", "width"]].astype(int).to_numpy()
-                                 .tolist()))
+            dims = index[["n_channels", "height", "width"]].astype(int).to_numpy().tolist()
+            shapes = Counter(map(tuple, dims))
             info["shapes"] = {"x".join(map(str, s)): n for s, n in shapes.most_common()}
         for col in ("label", "plate", "split", "source"):
             if col in index.columns:
@@ -91,14 +93,16 @@ def _top(counts: dict[str, int], n: int = 8) -> str:
 def describe(path: str | os.PathLike) -> str:
     """Readable lines describing a shard set folder (see :func:`summarize`)."""
     s = summarize(path)
+    units = {"zarr": "array", "ome-zarr": "plates"}.get(s["format"], "shards")
+    channels = ", ".join(s["channels"]) if s.get("channels") else "mixed (see shapes)"
     lines = [f"shard set {s['path']}: {s['format']} (format version {s['version']}, "
              f"cytodata {s['cytodata_version'] or '?'})",
              f"samples: {s['samples']} in {s['shards']} "
-             f"{dict(zarr='array').get(s['format'], 'plates' if s['format'] == 'ome-zarr' else 'shards')}"
-             f"; {s['bytes'] / 1e6:.1f} MB "
+             f"{units}; {s['bytes'] / 1e6:.1f} MB "
              f"on disk in {s['files']} files",
-             f"codec: {s['codec'] or 'n/a'}; dtype: {s['dtype']}; channel mode: {s['channel_mode'] or 'own'}",
-             "channels: " + (", ".join(s["channels"]) if s.get("channels") else "mixed (see shapes)")]
+             f"codec: {s['codec'] or 'n/a'}; dtype: {s['dtype']}; "
+             f"channel mode: {s['channel_mode'] or 'own'}",
+             f"channels: {channels}"]
     if "array" in s:
         a = s["array"]
         lines.append(f"array: {a['path']} dims {a['dims']} rows {a['rows']} chunks {a['chunks']}")

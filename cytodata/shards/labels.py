@@ -58,7 +58,7 @@ def sample_coords(index: pd.DataFrame, n_rows: int) -> dict[str, np.ndarray]:
 
 
 def channel_names(channels: list[str] | None, n_channels: int) -> np.ndarray:
-    """The ``channel`` coordinate: the set's channel names, or ``c0, c1, ...`` when they differ."""
+    """Name the channels: the set's channel names, or ``c0, c1, ...`` when they differ."""
     names = list(channels) if channels and len(channels) == n_channels else [
         f"c{i}" for i in range(n_channels)]
     return np.array(names, dtype=object)
@@ -78,7 +78,8 @@ def write_labels(out: str | os.PathLike, array: str, index: pd.DataFrame,
     image = root[array]
     n_rows, n_channels = int(image.shape[0]), int(image.shape[1])
     coords = {"channel": channel_names(channels, n_channels), **sample_coords(index, n_rows)}
-    with warnings.catch_warnings():  # zarr flags "string" arrays and consolidation as not yet in the spec
+    # zarr warns that fixed-width strings and consolidated metadata are not yet in the v3 spec
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for name, values in coords.items():
             if values.dtype == object:
@@ -102,7 +103,7 @@ def write_labels(out: str | os.PathLike, array: str, index: pd.DataFrame,
 
 def open_xarray(path: str | os.PathLike, *, chunks: dict | str | None = "image",
                 storage_options: dict | None = None):
-    """The Zarr shard set at ``path`` as a lazy ``xarray.Dataset`` (dask arrays).
+    """Open the Zarr shard set at ``path`` as a lazy ``xarray.Dataset`` (dask arrays).
 
     Variable ``image`` ``(sample, channel, y, x)`` at the stored dtype (uint16 or uint8);
     coordinates ``channel`` (names) and per sample ``key``, ``written`` (False: the row failed
@@ -118,11 +119,13 @@ def open_xarray(path: str | os.PathLike, *, chunks: dict | str | None = "image",
     meta = _read_shards_json(path_str, storage_options)
     if meta.get("format") != FORMAT:
         raise ShardError(f"{path_str}/shards.json has format {meta.get('format')!r}; open_xarray "
-                         f"reads Zarr sets ({FORMAT!r}): write one with `cytodata shard --format zarr`")
+                         f"reads Zarr sets ({FORMAT!r}): write one with "
+                         "`cytodata shard --format zarr`")
     array = meta.get("array", "images.zarr")
     if array != "image" or not meta.get("dims"):
         raise ShardError(f"{path_str} was written by an older cytodata (array {array!r} without "
-                         "dimension names); rewrite it with `cytodata shard --format zarr --overwrite`")
+                         "dimension names); rewrite it with "
+                         "`cytodata shard --format zarr --overwrite`")
     per_image = chunks == "image"
     ds = xr.open_zarr(path_str, chunks=None if per_image else (chunks or {}), consolidated=True,
                       zarr_format=3, storage_options=storage_options or None)

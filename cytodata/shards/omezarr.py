@@ -43,7 +43,8 @@ def pixel_size_um(path: str) -> tuple[float, float] | None:
                 attrs = dict(re.findall(r'(\w+)="([^"]*)"', m.group(0))) if m else {}
                 sizes = []
                 for axis in ("Y", "X"):
-                    value, unit = attrs.get(f"PhysicalSize{axis}"), attrs.get(f"PhysicalSize{axis}Unit", "µm")
+                    value = attrs.get(f"PhysicalSize{axis}")
+                    unit = attrs.get(f"PhysicalSize{axis}Unit", "µm")  # OME's default unit
                     if value is None or unit not in _UNITS:
                         return None
                     sizes.append(float(value) * _UNITS[unit])
@@ -59,14 +60,14 @@ def pixel_size_um(path: str) -> tuple[float, float] | None:
 
 
 def _omero(channels: list[str], image) -> dict:
-    """omero rendering metadata: channel labels, colours, windows over the stored range."""
+    """Build omero rendering metadata: channel labels, colours, windows over the stored range."""
     import numpy as np
 
     top = float(np.iinfo(image.dtype).max) if image.dtype.kind in "ui" else float(image.max())
     return {"channels": [
         {"label": str(name), "color": _COLORS[i % len(_COLORS)], "active": True,
          "window": {"min": 0.0, "max": top, "start": float(plane.min()), "end": float(plane.max())}}
-        for i, (name, plane) in enumerate(zip(channels, image))]}
+        for i, (name, plane) in enumerate(zip(channels, image, strict=True))]}
 
 
 def _split_well(well: str) -> tuple[str, str] | None:
@@ -200,7 +201,8 @@ def _key_map(rows: list[dict]):
 
     frame = pd.DataFrame(rows, columns=list(rows[0]) if rows else [
         "key", "plate", "well", "row", "column", "field", "path", "n_channels", "height", "width",
-        "pixel_size_y_um", "pixel_size_x_um", *[c for c in INDEX_COLUMNS if c not in ("plate", "well")]])
+        "pixel_size_y_um", "pixel_size_x_um",
+        *[c for c in INDEX_COLUMNS if c not in ("plate", "well")]])
     for col in ("field", "n_channels", "height", "width"):
         frame[col] = frame[col].astype("int64")
     for col in ("pixel_size_y_um", "pixel_size_x_um"):
