@@ -126,6 +126,9 @@ def test_loader_rejects_other_datasets_and_samplers(shard_set):
         StreamingDataLoader(list(range(4)), batch_size=2)
     with pytest.raises(ValueError, match="shuffle"):
         StreamingDataLoader(StreamingDataset(shard_set), batch_size=2, shuffle=True)
+    with pytest.raises(ValueError, match="persistent_workers"):
+        StreamingDataLoader(StreamingDataset(shard_set), batch_size=2, num_workers=1,
+                            persistent_workers=True)
 
 
 def test_streaming_dataset_repr_is_readable(shard_set):

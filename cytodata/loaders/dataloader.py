@@ -63,6 +63,13 @@ class StreamingDataLoader(DataLoader):
             if kwargs.get(name) not in (None, False):
                 raise ValueError(f"StreamingDataLoader: {name}= is not supported (the dataset "
                                  "orders itself); pass sampler=/shuffle= to StreamingDataset")
+        if kwargs.get("persistent_workers"):
+            # persistent workers keep the dataset copy of their first epoch: set_epoch and
+            # load_state_dict would silently not reach them
+            raise ValueError("StreamingDataLoader: persistent_workers=True would keep each "
+                             "worker's epoch and resume position from the first pass; leave it "
+                             "off, or decode on threads (StreamingDataset(..., threads=N) with "
+                             "num_workers=0)")
         if batch_size is not None:
             dataset.batch_size_hint = int(batch_size)
         kwargs.setdefault("collate_fn", collate)
