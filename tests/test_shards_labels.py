@@ -54,6 +54,11 @@ def test_xarray_open_zarr_round_trip_with_names_and_coordinates(tmp_path):
     train = ds.isel(sample=(ds["split"] == "train").values)
     assert set(train["key"].values) == set(index.loc[index["split"] == "train", "key"])
     assert ds["image"].sel(channel="RNA").shape == (6, 32, 32)
+    # the same set through the training reader, which prints readably
+    from cytodata.loaders import ZarrDataset
+
+    text = repr(ZarrDataset(out, crop=16))
+    assert "samples=5" in text and "shape=(2, 32, 32)" in text and "DNA" in text
 
 
 def test_open_xarray_refuses_other_sets(tmp_path):
