@@ -12,6 +12,7 @@ import sys
 
 #: modules that contribute sub-commands (each defines ``register(subparsers)``)
 COMMAND_MODULES: tuple[str, ...] = (
+    "cytodata.recipe",
     "cytodata.manifest",
     "cytodata.curate.qc",
     "cytodata.shards",
@@ -32,14 +33,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cytodata {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:  # a stage not built yet must not break the others
-            if exc.name and exc.name.startswith("cytodata"):
-                continue
-            raise
-        if hasattr(module, "register"):
-            module.register(sub)
+        # no try/except: a stage whose import fails (a missing module or dependency, a syntax
+        # error) must fail loudly here rather than have its command silently vanish
+        module = importlib.import_module(name)
+        if not hasattr(module, "register"):
+            raise TypeError(f"{name} is listed in cytodata.cli.COMMAND_MODULES but defines no "
+                            "register(subparsers); add one or remove it from the list")
+        module.register(sub)
     return parser
 
 

@@ -13,7 +13,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-RECIPE = Path(__file__).resolve().parents[1] / "manifests" / "demo.yaml"
+from .recipe import recipes_dir
+
+#: the shipped demo recipe (``manifests/demo.yaml`` in a checkout, package data when installed)
+RECIPE = recipes_dir() / "demo.yaml"
 
 
 def make_sources(out: Path, seed: int) -> dict:
@@ -24,7 +27,7 @@ def make_sources(out: Path, seed: int) -> dict:
 
 
 def build_manifest(out: Path, progress: bool):
-    """Build the demo manifest from manifests/demo.yaml."""
+    """Build the demo manifest from the shipped ``demo`` recipe (manifests/demo.yaml)."""
     from .manifest import build
 
     result = build(RECIPE, out / "manifest", params={"data": str(out / "sources")},
@@ -182,7 +185,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("demo", help="run the end-to-end demo on synthetic screens",
                               description=__doc__)
     p.add_argument("-o", "--out", default="demo_output", help="output folder (default demo_output)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic screens and sampling")
     p.add_argument("--workers", type=int, default=2, help="dask workers / loader workers")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd)

@@ -22,7 +22,7 @@ import pandas as pd
 from . import __version__, schema
 from ._files import file_sha256, save_json
 from .curate.ledger import Ledger
-from .errors import RecipeError
+from .errors import RecipeError, SchemaError
 from .recipe import Recipe, load_recipe, parse_overrides
 
 
@@ -231,6 +231,9 @@ def build(recipe: "str | Path | Mapping[str, Any] | Recipe", out: "str | Path | 
 def describe(out: "str | Path") -> str:
     """A readable description of a manifest folder (counts, labels, splits, ledger, recipe)."""
     out = Path(out)
+    if (out / "shards.json").exists() and not (out / "manifest.parquet").exists():
+        raise SchemaError(f"{out} is a shard set, not a manifest folder; describe it with "
+                                 f"`cytodata shards describe {out}`")
     table = schema.read_manifest(out)
     lines = [f"manifest {out}: {len(table)} rows, {table['source'].nunique()} sources"]
     for col in ("source", "split", "category", "batch", "control_type"):
@@ -269,7 +272,10 @@ def _cmd_build(args) -> int:
 
 
 def _cmd_describe(args) -> int:
-    print(describe(args.out))
+    text = describe(args.folder)
+    if args.out:
+        Path(args.out).write_text(text + "\n", encoding="utf-8")
+    print(text.splitlines()[0] if args.quiet else text)
     return 0
 
 
@@ -291,7 +297,12 @@ def register(subparsers) -> None:
                    help="also write manifest_jump.parquet with JUMP-style Metadata_* columns")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     b.set_defaults(func=_cmd_build)
-    d = sub.add_parser("describe", help="summarize a manifest folder")
-    d.add_argument("out", help="manifest folder (holding manifest.parquet)")
+    d = sub.add_parser("describe", help="summarize a manifest folder",
+                       description="Rows, sources, splits, labels, plates, channels, the ledger "
+                       "and the recipe of a manifest folder.")
+    d.add_argument("folder", metavar="DIR", help="manifest folder (holding manifest.parquet)")
+    d.add_argument("-o", "--out", default=None, metavar="FILE",
+                   help="also write the description to FILE")
+    d.add_argument("-q", "--quiet", action="store_true", help="print only the first line")
     d.set_defaults(func=_cmd_describe)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])

@@ -227,9 +227,7 @@ def load_recipe(recipe: "str | Path | Mapping[str, Any] | Recipe", *,
         return recipe if not overrides else parse_recipe(recipe.raw, overrides=overrides)
     if isinstance(recipe, Mapping):
         return parse_recipe(recipe, overrides=overrides)
-    path = Path(recipe)
-    if not path.exists():
-        raise RecipeError(f"recipe file {path} does not exist; recipes live in manifests/")
+    path = recipe_path(recipe)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
@@ -248,3 +246,108 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
         k, v = item.split("=", 1)
         out[k.strip()] = yaml.safe_load(v) if v else ""
     return out
+
+
+# ---------------------------------------------------------------- shipped recipes
+#: recipe files shipped inside the package: ``cytodata/recipes`` is the checkout's top-level
+#: ``manifests/`` folder (a link), so one set of files serves the checkout and the wheel
+RECIPES_PACKAGE_DIR = "recipes"
+
+
+def recipes_dir() -> Path:
+    """Folder of the shipped recipes (``manifests/`` in a checkout, package data in a wheel)."""
+    from importlib.resources import files
+
+    return Path(str(files("cytodata") / RECIPES_PACKAGE_DIR))
+
+
+def shipped_recipes() -> dict[str, Path]:
+    """Shipped recipe name (file stem; ``sub/name`` in sub-folders) -> path, sorted by name."""
+    root = recipes_dir()
+    if not root.is_dir():
+        return {}
+    found = {p.relative_to(root).with_suffix("").as_posix(): p
+             for ext in ("*.yaml", "*.yml") for p in root.rglob(ext)}
+    return dict(sorted(found.items()))
+
+
+def recipe_path(recipe: "str | Path") -> Path:
+    """Resolve a recipe file path, or a shipped recipe's name (``demo``, ``bbbc021``), to a path.
+
+    An existing file wins over a shipped name; ``manifests/NAME.yaml`` also resolves to the
+    shipped copy, so commands written for a checkout run from any folder after ``pip install``.
+    """
+    path = Path(recipe)
+    if path.is_file():
+        return path
+    shipped = shipped_recipes()
+    for name in (str(recipe), path.with_suffix("").as_posix(), path.stem):
+        if name in shipped:
+            return shipped[name]
+    if path.parent.name == "manifests" and path.stem in shipped:
+        return shipped[path.stem]
+    raise RecipeError(
+        f"recipe file {str(recipe)!r} does not exist and is not a shipped recipe; shipped "
+        f"recipes: {', '.join(shipped) or 'none'} (list them with `cytodata recipes`), or pass "
+        "the path of your own YAML file")
+
+
+def recipe_summary(path: Path) -> dict[str, Any]:
+    """``{"name", "description", "params", "path"}`` of a recipe file (not validated)."""
+    text = path.read_text(encoding="utf-8")
+    data = yaml.safe_load(text) or {}
+    data = data if isinstance(data, Mapping) else {}
+    desc = data.get("description")
+    if not desc:  # the recipes' first comment line says what they are
+        comments = (ln.lstrip("# ").strip() for ln in text.splitlines() if ln.startswith("#"))
+        comment = next(comments, "")
+        desc = comment
+    return {"name": data.get("name", path.stem), "description": str(desc or ""),
+            "params": dict(data.get("params") or {}), "path": str(path)}
+
+
+def _cmd_recipes(args) -> int:
+    if args.name:  # print one recipe's YAML, e.g. to copy and edit it
+        text = recipe_path(args.name).read_text(encoding="utf-8")
+        if args.out:
+            Path(args.out).write_text(text, encoding="utf-8")
+            if not args.quiet:
+                print(f"wrote {args.out}; build it: cytodata manifest build {args.out} -o DIR")
+        else:
+            print(text, end="")
+        return 0
+    if args.out:
+        raise RecipeError("-o/--out writes one recipe: name it, e.g. `cytodata recipes bbbc021 -o "
+                          "my.yaml`")
+    shipped = shipped_recipes()
+    if not shipped:
+        raise RecipeError(f"no recipes found in {recipes_dir()}; reinstall cytodata")
+    if not args.quiet:
+        print(f"shipped recipes ({recipes_dir()}):")
+    for name, path in shipped.items():
+        info = recipe_summary(path)
+        if args.quiet:
+            print(name)
+            continue
+        params = ", ".join(f"{k}={v}" for k, v in info["params"].items())
+        print(f"  {name:<14} {info['description']}")
+        if params:
+            print(f"  {'':<14} params: {params}")
+    if not args.quiet:
+        print("build one: cytodata manifest build NAME -o OUT --set PARAM=VALUE; "
+              "print one: cytodata recipes NAME")
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add ``cytodata recipes [NAME]``."""
+    p = subparsers.add_parser(
+        "recipes", help="list the shipped corpus recipes, or print one",
+        description="List the recipes shipped with cytodata (usable by name in `cytodata manifest "
+                    "build NAME`), or print one recipe's YAML to copy and edit.")
+    p.add_argument("name", nargs="?", default=None,
+                   help="print this recipe's YAML (a shipped name such as bbbc021, or a path)")
+    p.add_argument("-o", "--out", default=None, metavar="FILE",
+                   help="with NAME: write the recipe to FILE (a copy to edit), not to the screen")
+    p.add_argument("-q", "--quiet", action="store_true", help="names only, one per line")
+    p.set_defaults(func=_cmd_recipes)

@@ -29,7 +29,7 @@ def test_demo_end_to_end(tmp_path):
     image, meta = decode(samples[0])
     assert image.dtype in (np.uint16, np.uint8) and image.ndim == 3
     # Zarr rows are planned before reading; the failed row stays empty and is not indexed
-    assert zarr.open_array(str(out / "shards" / "zarr" / "images.zarr"), mode="r").shape[0] == 191
+    assert zarr.open_array(str(out / "shards" / "zarr" / "image"), mode="r").shape[0] == 191
     assert len(pd.read_parquet(out / "shards" / "zarr" / "index.parquet")) == 190
     assert res["images_per_s"] > 0
     summary = (out / "report" / "summary.md").read_text()

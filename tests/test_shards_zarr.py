@@ -24,7 +24,7 @@ def test_zarr_array_round_trip_and_ledger(tmp_path):
                      channel_paths=[str(tmp_path / "big.tif")]))
     out = tmp_path / "z"
     summary = write(make_manifest(rows), out, format="zarr", chunk=32, n_workers=2, progress=False)
-    arr = zarr.open_array(out / "images.zarr", mode="r")
+    arr = zarr.open_array(out / "image", mode="r")
     assert arr.shape[1:] == (2, 64, 64) and arr.dtype == np.uint16 and arr.chunks == (1, 2, 32, 32)
     index = pd.read_parquet(out / "index.parquet")
     assert len(index) == summary["samples"] == 5
@@ -41,7 +41,7 @@ def test_zarr_tiles_real_images(tmp_path):
     out = tmp_path / "z"
     write(make_manifest(real_rows()), out, format="zarr", tile=256, channel_mode="merged",
           scheduler="synchronous", progress=False)
-    arr = zarr.open_array(out / "images.zarr", mode="r")
+    arr = zarr.open_array(out / "image", mode="r")
     index = pd.read_parquet(out / "index.parquet")
     # 1080 // 256 = 4 -> 16 tiles; 512 // 256 = 2 -> 4 tiles
     assert arr.shape == (20, 1, 256, 256) and len(index) == 20
@@ -96,11 +96,11 @@ def test_zarr_kill_and_resume_keeps_finished_parts_and_verifies_them(tmp_path):
     assert not (out / "shards.json").exists()
     # damage one finished part's first row: the re-run must notice and redo that part
     first = json.loads((out / "parts" / "part-000000.done.json").read_text())
-    arr = zarr.open_array(out / "images.zarr", mode="r+")
+    arr = zarr.open_array(out / "image", mode="r+")
     arr[first["index"][0]["row"]] = 0
     summary = write(table, out, format="zarr", chunk=32, scheduler="synchronous", progress=False)
     assert summary["shards_resumed"] == n_done - 1 and summary["parts"] == 8
-    arr = zarr.open_array(out / "images.zarr", mode="r")
+    arr = zarr.open_array(out / "image", mode="r")
     index = pd.read_parquet(out / "index.parquet")
     assert len(index) == 40 and index["key"].is_unique and index["row"].is_unique
     for r in index.itertuples():

@@ -474,13 +474,14 @@ def register(subparsers) -> None:
                    help="dask worker processes (default: all cores for >= 256 images; 1 = no dask)")
     p.add_argument("--scheduler", default=None, help="address of a running dask scheduler (tcp://host:8786)")
     p.add_argument("--montage", type=int, default=16, help="thumbnails per reason in montages (0: none)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cli)
 
 
 def _cli(args) -> int:
     cfg = QCConfig.from_yaml(args.config) if args.config else QCConfig()
     qc = run_qc(args.manifest, args.out, config=cfg, n_workers=args.workers, scheduler=args.scheduler,
-                montage_per_reason=args.montage, progress=True)
+                montage_per_reason=args.montage, progress=not args.quiet)
     counts = qc["reason"].fillna("passed").value_counts()
     print(f"qc: {len(qc)} images -> {args.out}")
     for reason, count in counts.items():

@@ -49,8 +49,9 @@ def run(args) -> int:
     opts = {"features": args.features} if args.features else {}
     results = run_protocol(args.protocol, embeddings, metadata, **opts)
     path = write_report(results, args.output, format=args.format)
-    for res in results["metrics"].values():
-        print(res.summary())
+    if not args.quiet:
+        for res in results["metrics"].values():
+            print(res.summary())
     print(f"report: {path}")
     return 0
 
@@ -66,8 +67,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("embeddings", help="embeddings table (.parquet/.csv) or array (.npy)")
     p.add_argument("--protocol", required=True, choices=PROTOCOLS.names(),
                    help="bbbc021-ando for the WS-DINO/Ando NSC+NSCB numbers")
-    p.add_argument("-o", "--output", required=True, help="report folder")
+    p.add_argument("-o", "--out", "--output", dest="output", required=True,
+                   help="report folder (--output is the old spelling)")
     p.add_argument("--metadata", help="manifest folder/parquet or CSV in the harmonized schema")
     p.add_argument("--features", help="prefix of the feature columns (default: all numeric)")
-    p.add_argument("--format", choices=("md", "html"), default="md")
+    p.add_argument("--format", choices=("md", "html"), default="md",
+                   help="report format: md (Markdown tables + PNG figures, default) or html")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="print only the report path, not the metric summaries")
     p.set_defaults(func=run)

@@ -4,16 +4,21 @@
 resumable partitioning over ranks and workers; ``ZarrDataset`` serves random crops from the
 Zarr training array; ``samplers`` build class-balanced / mixed / paired / grouped epoch orders;
 ``transforms`` are dict-in, dict-out and seeded per (seed, epoch, sample).
+``StreamingDataLoader`` counts consumed samples for exact resume with workers; ``collate``
+explains mixed-shape batches (``pad_collate`` pads them).
 """
 
 from __future__ import annotations
 
+from .collate import MixedShapeError, collate, pad_collate
+from .dataloader import StreamingDataLoader
 from .partition import epoch_order, interleave
 from .samplers import (ClassBalanced, GroupedBatches, ShardShuffle, SourceMix, WeakLabelPairs,
                        grouped_batches)
 from .stream import StreamingDataset
 
-__all__ = ["StreamingDataset", "ZarrDataset", "epoch_order", "interleave", "ShardShuffle",
+__all__ = ["StreamingDataset", "StreamingDataLoader", "collate", "pad_collate", "MixedShapeError",
+           "ZarrDataset", "epoch_order", "interleave", "ShardShuffle",
            "ClassBalanced", "SourceMix", "WeakLabelPairs", "GroupedBatches", "grouped_batches"]
 
 

@@ -115,6 +115,26 @@ class StreamingDataset(IterableDataset):
         self.__dict__.update(state)
         self._count_lock, self._scratch = threading.Lock(), Scratch()
 
+    def __repr__(self) -> str:
+        meta = self.shards.meta
+        shape = meta.get("shape")
+        channels = meta.get("channels")
+        parts = [f"{self.shards.source!r}", f"samples={len(self.index)}",
+                 f"shards={len(meta.get('shards') or [])}", f"codec={meta.get('codec')!r}",
+                 f"shape={tuple(shape) if shape else 'mixed'}",
+                 f"channels={channels if channels else 'mixed'}", f"classes={len(self.classes)}"]
+        if self.split is not None:
+            parts.append(f"split={self.split!r}")
+        parts += [f"seed={self.seed}", f"epoch={self.epoch}", f"start={self.start}",
+                  f"sampler={type(self.sampler).__name__}"]
+        if self._rank is not None or self._world is not None:
+            parts.append(f"rank={self._rank}/{self._world}")
+        if self.threads:
+            parts.append(f"threads={self.threads}")
+        if self.transform is not None:
+            parts.append(f"transform={type(self.transform).__name__}")
+        return f"StreamingDataset({', '.join(parts)})"
+
     # --- cluster shape ---
     @property
     def rank(self) -> int:

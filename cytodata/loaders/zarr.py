@@ -60,6 +60,12 @@ class ZarrDataset(Dataset):
         if crop is not None and (crop > shape[1] or crop > shape[2]):
             raise ShardError(f"crop={crop} is larger than the stored images {shape[1]}x{shape[2]} in {self.path}")
 
+    def __repr__(self) -> str:
+        shape = tuple(self.meta.get("shape") or ())
+        return (f"ZarrDataset({str(self.path)!r}, samples={len(self)}, shape={shape}, "
+                f"channels={self.meta.get('channels') or 'mixed'}, crop={self.crop}, "
+                f"classes={len(self.classes)}, seed={self.seed}, epoch={self.epoch})")
+
     def __getstate__(self):
         state = dict(self.__dict__)
         state["_arr"] = None  # reopened in each worker

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from ._writer import FORMATS, write
 from .codecs import CODECS, Codec
+from .labels import open_xarray
 from .webdataset import decode
 
-__all__ = ["write", "decode", "CODECS", "Codec", "FORMATS", "register"]
+__all__ = ["write", "decode", "open_xarray", "CODECS", "Codec", "FORMATS", "register"]
 
 
 def _import_formats() -> None:
@@ -22,7 +23,7 @@ _import_formats()
 
 
 def register(subparsers) -> None:
-    """``cytodata shard MANIFEST_DIR --format ... -o OUT``."""
+    """``cytodata shard MANIFEST_DIR --format ... -o OUT`` and ``cytodata shards describe DIR``."""
     p = subparsers.add_parser(
         "shard", help="write a manifest's images as WebDataset / Zarr / OME-Zarr shards",
         description="Read every image of a manifest, drop unreadable ones into OUT/ledger.parquet, "
@@ -31,29 +32,69 @@ def register(subparsers) -> None:
     )
     p.add_argument("manifest", help="manifest folder (holding manifest.parquet) or the parquet file")
     p.add_argument("-o", "--out", required=True, help="output folder")
-    p.add_argument("--format", default="webdataset", choices=FORMATS.names())
+    p.add_argument("--format", default="webdataset", choices=FORMATS.names(),
+                   help="webdataset: tar shards for StreamingDataset (default); zarr: one "
+                        "(sample, channel, y, x) array for random crops and xarray; ome-zarr: "
+                        "HCS plates for viewers (napari, OMERO)")
     p.add_argument("--codec", default="blosc-lz4", choices=CODECS.names(),
                    help="payload codec (blosc-lz4: fastest to write and read; blosc-zstd: ~5%% smaller; png16/tiff: readable by image tools)")
-    p.add_argument("--channel-mode", default="own", choices=["own", "merged", "split"])
+    p.add_argument("--channel-mode", default="own", choices=["own", "merged", "split"],
+                   help="own: each image keeps its channels (default); merged: one gray channel "
+                        "after per-channel percentile scaling; split: one sample per channel")
     p.add_argument("--shard-size", default="256MB",
                    help="target tar size; 100MB-1GB streams well from object stores (default 256MB)")
     p.add_argument("--samples-per-shard", type=int, default=None, help="overrides --shard-size")
     p.add_argument("--tile", type=int, default=None, help="zarr: cut images into TILE x TILE tiles")
+    p.add_argument("--pixel-size", type=float, default=None,
+                   help="ome-zarr: pixel size in micrometers (default: OME/ImageJ TIFF metadata)")
     p.add_argument("--workers", type=int, default=None, help="dask LocalCluster workers (default: cores)")
     p.add_argument("--scheduler", default=None,
                    help="existing dask scheduler address (tcp://HOST:PORT) or 'synchronous'")
     p.add_argument("--overwrite", action="store_true", help="replace a different shard set in OUT")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("-q", "--quiet", "--no-progress", dest="quiet", action="store_true",
+                   help="no progress bars (--no-progress is the old spelling)")
     p.set_defaults(func=_main)
+
+    d = subparsers.add_parser(
+        "shards", help="inspect shard sets (describe)",
+        description="Inspect a shard set written by `cytodata shard`.")
+    sub = d.add_subparsers(dest="shards_command", metavar="ACTION")
+    desc = sub.add_parser(
+        "describe", help="summarize a shard set folder",
+        description="Samples, shards, bytes, codec, channels, shapes, labels, plates, splits, "
+                    "sources and the ledger of a WebDataset, Zarr or OME-Zarr shard set.")
+    desc.add_argument("path", metavar="DIR", help="shard set folder (holding shards.json)")
+    desc.add_argument("-o", "--out", default=None, metavar="FILE",
+                      help="also write the summary as JSON to FILE")
+    desc.add_argument("--json", action="store_true", help="print the summary as JSON")
+    desc.add_argument("-q", "--quiet", action="store_true", help="print only the first line")
+    desc.set_defaults(func=_describe)
+    d.set_defaults(func=lambda args: (d.print_help(), 2)[1])
+
+
+def _describe(args) -> int:
+    import json
+
+    from .describe import describe, summarize
+
+    summary = summarize(args.path)
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            json.dump(summary, f, indent=1)
+    text = json.dumps(summary, indent=1) if args.json else describe(args.path)
+    print(text.splitlines()[0] if args.quiet and not args.json else text)
+    return 0
 
 
 def _main(args) -> int:
     options = {"tile": args.tile} if args.tile else {}
+    if args.pixel_size is not None:
+        options["pixel_size"] = args.pixel_size
     summary = write(args.manifest, args.out, format=args.format, codec=args.codec,
                     channel_mode=args.channel_mode, shard_size=args.shard_size,
                     samples_per_shard=args.samples_per_shard, n_workers=args.workers,
                     scheduler=args.scheduler, overwrite=args.overwrite,
-                    progress=not args.no_progress, **options)
+                    progress=not args.quiet, **options)
     print(format_summary(summary))
     return 0
 

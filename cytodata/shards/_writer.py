@@ -28,6 +28,14 @@ from .codecs import CODECS
 FORMATS: Registry[Callable[..., dict]] = Registry("shard format")
 
 PLAN_FILE = "plan.json"
+#: what the identity digest was made of, so that a refusal can say what differs
+IDENTITY_FILE = "identity.json"
+
+
+class Identity(str):
+    """The identity digest (a str, stored as such) that also carries the ``parts`` it hashes."""
+
+    parts: dict
 
 
 def load_table(manifest) -> tuple[pd.DataFrame, str | None]:
@@ -83,8 +91,37 @@ def identity(fmt: str, manifest_info: dict, opts: dict) -> str:
     """What makes two shard sets "the same": manifest content + every option that changes bytes."""
     keys = ("codec", "channel_mode", "shard_size", "samples_per_shard", "qc", "gray", "tile",
             "pyramid_levels")
-    return digest({"format": fmt, "manifest": manifest_info["content_sha256"],
-                   "options": {k: repr(opts.get(k)) for k in keys}})
+    parts = {"format": fmt, "manifest": manifest_info["content_sha256"],
+             "options": {k: repr(opts.get(k)) for k in keys}}
+    ident = Identity(digest(parts))
+    ident.parts = parts
+    return ident
+
+
+def _flat(parts: dict) -> dict[str, str]:
+    flat = {"format": str(parts.get("format")),
+            "manifest rows (content sha256)": str(parts.get("manifest"))}
+    flat.update({k: str(v) for k, v in (parts.get("options") or {}).items()})
+    return flat
+
+
+def what_differs(out: Path, ident: str) -> str:
+    """Say what differs: ``"codec: 'blosc-lz4' here, 'zstd' requested; ..."`` (or a hint)."""
+    new = getattr(ident, "parts", None)
+    old = load_json_dict(out / IDENTITY_FILE)
+    if new is None or old is None:
+        # sets written before identity.json: compare what shards.json recorded
+        meta = load_json_dict(out / "shards.json") or {}
+        if new is None or not meta:
+            return "other manifest, format, codec or options"
+        fmt = str(meta.get("format", "")).replace("cytodata-", "")
+        old = {"format": fmt, "manifest": (meta.get("manifest") or {}).get("content_sha256"),
+               "options": {k: repr(meta[k]) for k in ("codec", "channel_mode") if k in meta}}
+        new = dict(new, options={k: v for k, v in new["options"].items() if k in old["options"]})
+    a, b = _flat(old), _flat(new)
+    diffs = [f"{k}: {a.get(k, '?')} here, {b.get(k, '?')} requested" for k in b if a.get(k) != b[k]]
+    return "; ".join(diffs) or ("same options, but the folder's plan does not match "
+                                "(an interrupted rewrite?)")
 
 
 def claim_folder(out: Path, ident: str, overwrite: bool, patterns: tuple[str, ...]) -> dict | None:
@@ -98,23 +135,32 @@ def claim_folder(out: Path, ident: str, overwrite: bool, patterns: tuple[str, ..
     if plan_path.exists():
         plan = json.loads(plan_path.read_text())
         if plan.get("identity") == ident:
+            _save_identity(out, ident)
             return plan
     elif not ours:
+        _save_identity(out, ident)
         return None
     if not overwrite:
         raise ShardError(
-            f"{out} already holds a different shard set (other manifest, codec or options"
+            f"{out} already holds a different shard set ({what_differs(out, ident)}"
             f"{'' if plan_path.exists() else '; no plan.json'}); choose another output folder "
             "or pass overwrite=True (CLI: --overwrite) to replace it"
         )
-    for p in ours + [plan_path]:
+    for p in ours + [plan_path, out / IDENTITY_FILE]:
         if p.is_dir():
             import shutil
 
             shutil.rmtree(p)
         elif p.exists():
             p.unlink()
+    _save_identity(out, ident)
     return None
+
+
+def _save_identity(out: Path, ident: str) -> None:
+    parts = getattr(ident, "parts", None)
+    if parts is not None:
+        save_json(out / IDENTITY_FILE, parts)
 
 
 def probe_row_bytes(recs: list[dict], codec: str, channel_mode: str, gray, limit: int = 16) -> int:

@@ -19,10 +19,11 @@ from ._run import run_tasks
 from ._samples import INDEX_COLUMNS, Dropped, Moments, load_samples
 from .._files import load_json_dict, save_json, save_parquet
 from ._writer import FORMATS, claim_folder, identity
+from .labels import COORD_NAMES, DIMS, write_labels
 
 FORMAT = "cytodata-zarr"
 VERSION = 1
-ARRAY = "images.zarr"
+ARRAY = "image"  # the array is the variable `image` of the zarr group OUT (labels.py)
 PARTS = "parts"  # per-task sidecars: the resume bookkeeping (FORMAT.md section 2)
 DEFAULT_CHUNK = 256
 
@@ -120,7 +121,8 @@ def write_zarr(recs: list[dict], out: Path, manifest_info: dict, opts: dict) -> 
 
     ident = identity("zarr", manifest_info, opts)
     previous = claim_folder(out, ident, opts["overwrite"],
-                            (ARRAY, "index.parquet", "shards.json", "ledger.parquet", PARTS))
+                            (ARRAY, "index.parquet", "shards.json", "ledger.parquet", PARTS,
+                             "zarr.json") + COORD_NAMES)
     tile, mode = opts.get("tile"), opts["channel_mode"]
     plan, early, shape = _plan_rows(recs, mode, tile)
     dtype = np.uint16 if mode == "merged" else None
@@ -149,13 +151,16 @@ def write_zarr(recs: list[dict], out: Path, manifest_info: dict, opts: dict) -> 
     if arr is None:
         if parts_dir.exists():
             shutil.rmtree(parts_dir)
+        if (out / "zarr.json").exists():  # its consolidated metadata describes the old array
+            (out / "zarr.json").unlink()
         per_task = max(1, len(plan) // (4 * (opts["n_workers"] or 2)) or 1)
         # the plan first: a folder with an array but no plan would look like someone else's
         save_json(out / "plan.json", {"format": FORMAT, "identity": ident, "n_rows": len(recs),
                                       "layout": layout, "per_task": per_task})
         arr = zarr.create_array(store=str(out / ARRAY), shape=(n, c, h, w), dtype=dtype or np.uint16,
                                 chunks=(1, c, chunk, chunk), shards=shard_shape,
-                                compressors=ZstdCodec(level=3), fill_value=0, overwrite=True)
+                                compressors=ZstdCodec(level=3), fill_value=0, overwrite=True,
+                                dimension_names=DIMS)
     parts_dir.mkdir(exist_ok=True)
     results: dict[int, dict] = {}
     tasks, start = [], 0
@@ -197,9 +202,12 @@ def write_zarr(recs: list[dict], out: Path, manifest_info: dict, opts: dict) -> 
     ledger.write(out / "ledger.parquet")
     by_reason = {str(k): int(v) for k, v in ledger.to_frame()["reason"].value_counts().items()}
     names = next((r["index"][0] for r in results if r["index"]), None)
+    channels = None if names is None else _channels(recs, names, mode)
+    write_labels(out, ARRAY, index, channels,
+                 {"format": FORMAT, "version": VERSION, "dims": list(DIMS), "channel_mode": mode})
     save_json(out / "shards.json", {
-        "format": FORMAT, "version": VERSION, "array": ARRAY, "codec": "zstd", "dtype": str(arr.dtype),
-        "channels": None if names is None else _channels(recs, names, mode),
+        "format": FORMAT, "version": VERSION, "array": ARRAY, "dims": list(DIMS), "codec": "zstd",
+        "dtype": str(arr.dtype), "channels": channels,
         "channel_mode": mode, "shape": [c, h, w], "chunks": [1, c, chunk, chunk], "shard_shape": list(shard_shape),
         "n_samples": int(len(index)), "n_rows": int(n), "label_counts": dict(sorted(labels.items())),
         "normalization": moments.summary(), "manifest": dict(manifest_info, identity=ident),
