@@ -12,7 +12,7 @@ from cytodata.shards import decode
 
 
 def test_demo_end_to_end(tmp_path):
-    res = demo.run(tmp_path, seed=0, workers=2, progress=False)
+    res = demo.run(tmp_path, seed=0, workers=2, progress=False, quick=True)
     out = res["out"]
     prov = json.loads((out / "manifest" / "provenance.json").read_text())
     ledger = pd.read_parquet(out / "manifest" / "ledger.parquet")
@@ -37,3 +37,12 @@ def test_demo_end_to_end(tmp_path):
     metrics = json.loads((out / "report" / "intensity-texture" / "metrics.json").read_text())
     # the synthetic MOAs are separable by design: simple features must find them
     assert metrics["metrics"]["nsc"]["accuracy"] > 0.6
+    # the whole mission: a trained run, its embeddings, and one report page
+    run = out / "runs" / "classifier"
+    assert (run / "checkpoints" / "last.pt").exists() and (run / "metrics.jsonl").exists()
+    emb = pd.read_parquet(out / "embeddings" / "classifier-trained.parquet")
+    assert len(emb) == len(pd.read_parquet(out / "shards" / "bbbc021" / "index.parquet"))
+    index_html = (out / "report" / "index.html").read_text()
+    assert "classifier (trained)" in index_html and "classifier (random init)" in index_html
+    assert (out / "report" / "training-classifier.png").exists()
+    assert (out / "report" / "labels.png").exists()
