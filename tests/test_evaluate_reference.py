@@ -110,3 +110,24 @@ def test_feature_selection_chain_and_attrs():
     assert len({"Cells_f2", "Cells_dup"} & set(dropped["correlation_threshold"])) == 1
     assert "Cells_anti" not in dropped["correlation_threshold"]
     assert "Metadata_Plate" in out.columns and "Cells_f0" in out.columns
+
+
+@pytest.mark.parametrize("how", ["median", "modz"])
+def test_consensus_matches_pycytominer(how):
+    from pycytominer import consensus as pyc_consensus
+
+    from cytodata.evaluate.profiles import consensus
+
+    rng = np.random.default_rng(1)
+    n = 40
+    table = pd.DataFrame(rng.normal(size=(n, 6)), columns=[f"Cells_f{i}" for i in range(6)])
+    table.iloc[:5] += 2  # one noisy-ish replicate block
+    table.insert(0, "Metadata_treatment", [f"t{i % 7}" for i in range(n)])
+    feats = [c for c in table.columns if c.startswith("Cells_")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = pyc_consensus(table, replicate_columns=["Metadata_treatment"], operation=how,
+                            features=feats).sort_values("Metadata_treatment")
+    ours = consensus(table, features=feats, by="Metadata_treatment", how=how)
+    assert list(ours["Metadata_treatment"]) == list(ref["Metadata_treatment"])
+    np.testing.assert_allclose(ours[feats].to_numpy(), ref[feats].to_numpy(), atol=1e-12)
