@@ -58,6 +58,7 @@ def from_metadata_names(table: pd.DataFrame, prefix: str = METADATA_PREFIX) -> p
             continue
         rename[col] = target
     out = table.rename(columns=rename)
+    out.attrs["renamed"] = rename
     if "control_type" in out.columns:
         # pycytominer layouts say "negcon"/"poscon"/"trt" already; JUMP sometimes "negcon"
         # with other case: fold to the harmonized vocabulary

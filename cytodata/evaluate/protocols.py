@@ -256,8 +256,13 @@ def _prepare(embeddings, metadata, o: dict, protocol: str, needs: list[str]
     same = embeddings is metadata
     if o["metadata_prefix"]:
         metadata = from_metadata_names(metadata, o["metadata_prefix"])
+        renamed = metadata.attrs.get("renamed", {})
         if same:
             embeddings = metadata
+        elif isinstance(embeddings, pd.DataFrame):
+            embeddings = embeddings.rename(columns=renamed)
+        if o["id_column"] in renamed:
+            o = {**o, "id_column": renamed[o["id_column"]]}
     table, cols = align(embeddings, metadata, id_column=o["id_column"], features=o["features"])
     cov = table.attrs.get("coverage", {})
     _check_columns(table, [o[k] for k in needs], protocol)
