@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import EvaluationError
-from .matching import MatchResult
+from .matching import MatchResult, _natural_key
 from .profiles import feature_matrix, resolve_features
 from .retrieval import MapResult
 
@@ -91,9 +91,11 @@ def _scatter(coords: np.ndarray, axes: list[str], labels: pd.Series, title: str,
              path: Path, legend_title: str) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    values = labels.astype("string").fillna("NA")
+    # a profile spanning several batches carries "a|b|c": name it briefly, keep the legend
+    values = labels.astype("string").fillna("NA").map(
+        lambda v: f"several ({v.count('|') + 1}: {v.split('|')[0]}...)" if "|" in v else v)
     cmap = plt.get_cmap("tab10")
-    for i, lab in enumerate(sorted(values.unique())):
+    for i, lab in enumerate(sorted(values.unique(), key=_natural_key)):
         sel = (values == lab).to_numpy()
         # 10 colours x 8 markers: classes stay distinguishable past ten
         ax.scatter(coords[sel, 0], coords[sel, 1], s=30, color=cmap(i % 10),
@@ -155,6 +157,26 @@ def _per_class_png(per: pd.DataFrame, label: str, chance: float, title: str,
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+#: what the counts of ``results["counts"]`` mean, for the "What was scored" table
+COUNT_LABELS: dict[str, str] = {
+    "rows_expected": "metadata rows (images) given",
+    "rows_scored": "rows with an embedding (scored)",
+    "features": "feature columns",
+    "features_selected": "feature columns kept by feature selection",
+    "treatments_in_metadata": "treatments (compound, concentration) in the metadata",
+    "treatments_without_moa": "treatments without an MOA annotation (not scored)",
+    "treatments_profiled": "treatment profiles (MOA-annotated, not control)",
+    "control_images": "control images (fit the normalization)",
+    "nsc_scored": "treatments scored by NSC",
+    "nscb_scored": "treatments scored by NSCB",
+    "knn_scored": "rows scored by k-NN",
+    "wells": "wells", "treatment_wells": "treatment wells",
+    "treatments": "treatments with wells", "treatments_single_well":
+        "treatments with a single well (no replicate, not scored)",
+    "moa_profiles": "treatment profiles for MOA retrieval",
+}
 
 
 def _slug(name: str) -> str:
@@ -228,10 +250,14 @@ def write_report(results: dict, out_dir, *, profiles: pd.DataFrame | None = None
 
     definitions = []
     for key, res in metrics.items():
-        if getattr(res, "definition", ""):
-            definitions.append(f"**{res.name}**: {res.definition}" if format == "md"
-                               else f"<b>{html.escape(res.name)}</b>: "
-                                    f"{html.escape(res.definition)}")
+        text = getattr(res, "definition", "")
+        if text:
+            if text.startswith(f"{res.name}:"):
+                text = text[len(res.name) + 1:].strip()
+            elif text.startswith(f"{res.name} "):
+                text = text[len(res.name):].strip()
+            definitions.append(f"**{res.name}** {text}" if format == "md"
+                               else f"<b>{html.escape(res.name)}</b> {html.escape(text)}")
         if isinstance(res, MatchResult):
             label = res.per_moa.columns[0]
             per = res.per_moa.copy()
@@ -308,7 +334,8 @@ def write_report(results: dict, out_dir, *, profiles: pd.DataFrame | None = None
     head.append(_table(summary, format) if len(summary) else para("no metrics"))
     extra = [("What the metrics mean", "\n\n".join(definitions) or para("-")),
              ("What was scored", _table(pd.DataFrame(
-                 {"count": list(counts), "value": [str(v) for v in counts.values()]}), format)
+                 {"what": [COUNT_LABELS.get(k, k.replace("_", " ")) for k in counts],
+                  "count": [str(v) for v in counts.values()]}), format)
               if counts else para("-")),
              ("Notes", "\n".join(f"- {n}" for n in notes) if format == "md" else
               "<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")]
