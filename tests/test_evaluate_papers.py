@@ -136,3 +136,20 @@ def test_input_errors_name_columns_rows_and_coverage(bbbc021):
         warnings.simplefilter("always")
         run_protocol("bbbc021-cytoimagenet", flat, meta)
     assert any("emb_03" in str(w.message) and "constant" in str(w.message) for w in caught)
+
+
+def test_feature_selection_in_protocols_drops_redundant_columns():
+    table, cols = simulate_screen(seed=0)
+    for i in range(4):  # four exact copies of one column weigh it five times in cosine
+        table[f"copy{i}"] = table[cols[0]]
+    feats = [*cols, *(f"copy{i}" for i in range(4))]
+    emb, meta = table[["key", *feats]], table.drop(columns=feats)
+    mapped = run_protocol("map", emb, meta, null_size=300)
+    assert mapped["counts"]["features_selected"] == len(cols)
+    assert any("correlation_threshold" in n for n in mapped["notes"])
+    ws = run_protocol("bbbc021-ws-dino", emb, meta, feature_select=["correlation_threshold"])
+    clones = {cols[0], *(f"copy{i}" for i in range(4))}
+    assert len(clones & set(ws["features"])) == 1  # one of the five identical columns kept
+    assert any("by correlation_threshold" in n for n in ws["notes"])
+    with pytest.raises(EvaluationError, match="unknown feature selection operation"):
+        run_protocol("bbbc021-ws-dino", emb, meta, feature_select=["pca"])

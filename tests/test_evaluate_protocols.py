@@ -10,8 +10,15 @@ import pytest
 from test_evaluate_helpers import bbbc021_metadata, random_embeddings, simulate_screen
 
 from cytodata.errors import EvaluationError
-from cytodata.evaluate import (PROTOCOLS, aggregate, center_crop_boxes, chain, nscb,
-                               run_protocol, write_report)
+from cytodata.evaluate import (
+    PROTOCOLS,
+    aggregate,
+    center_crop_boxes,
+    chain,
+    nscb,
+    run_protocol,
+    write_report,
+)
 from cytodata.evaluate.features import intensity_texture_features, timm_embeddings
 
 

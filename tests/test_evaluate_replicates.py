@@ -11,8 +11,14 @@ import pytest
 
 from cytodata.errors import EvaluationError
 from cytodata.evaluate.matching import proportion_ci
-from cytodata.evaluate.replicates import (enrichment, grit, hit_at_k, percent_matching,
-                                          percent_replicating, precision_at_k)
+from cytodata.evaluate.replicates import (
+    enrichment,
+    grit,
+    hit_at_k,
+    percent_matching,
+    percent_replicating,
+    precision_at_k,
+)
 
 
 def wells(seed=0, n_trt=12, reps=3, n_ctrl=12, d=10, strong=6):
@@ -21,11 +27,11 @@ def wells(seed=0, n_trt=12, reps=3, n_ctrl=12, d=10, strong=6):
     rows, x = [], []
     for t in range(n_trt):
         mean = rng.normal(size=d) * (3.0 if t < strong else 0.0)
-        for r in range(reps):
+        for _r in range(reps):
             rows.append({"treatment": f"t{t:02d}", "moa": f"m{t % 4}", "compound": f"c{t}",
                          "control": False})
             x.append(mean + rng.normal(size=d))
-    for c in range(n_ctrl):
+    for _c in range(n_ctrl):
         rows.append({"treatment": "dmso", "moa": "none", "compound": "dmso", "control": True})
         x.append(rng.normal(size=d))
     cols = [f"f{i}" for i in range(d)]

@@ -25,9 +25,9 @@ def constant_columns(x: np.ndarray, cols: Sequence[str], rtol: float = 1e-12) ->
         return []
     spread = x.max(axis=0) - x.min(axis=0)
     scale = np.maximum(np.abs(x).max(axis=0), 1e-300)
-    return [c for c, s, m in zip(cols, spread, scale) if s <= rtol * m]
+    return [c for c, s, m in zip(cols, spread, scale, strict=False) if s <= rtol * m]
 
 
 def name_columns(cols: Sequence[str], limit: int = 8) -> str:
-    """``'a', 'b' (and 3 more)``."""
+    """Render column names as ``'a', 'b' (and 3 more)``."""
     return preview(cols, limit)

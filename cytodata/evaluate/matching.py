@@ -21,10 +21,9 @@ drawn at random from each query's admissible neighbours.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-
-import re
 
 import numpy as np
 import pandas as pd
@@ -133,7 +132,8 @@ def _distance_fn(metric: str) -> Callable[..., np.ndarray]:
 def _labels(table: pd.DataFrame, column: str, what: str) -> np.ndarray:
     if column not in table.columns:
         raise EvaluationError(
-            f"{what} column {column!r} not in the profiles; columns are {preview(table.columns, 10)}"
+            f"{what} column {column!r} not in the profiles; columns are "
+            f"{preview(table.columns, 10)}"
         )
     null = table[column].isna()
     if null.any():
@@ -194,8 +194,9 @@ def _result(name: str, table: pd.DataFrame, cols: list[str], truth: np.ndarray,
     per = (pd.DataFrame({label: truth, "correct": ok})
            .groupby(label, sort=True).agg(correct=("correct", "sum"), total=("correct", "size")))
     per["accuracy"] = per["correct"] / per["total"]
-    per["ci95"] = [ci95(int(c), int(t)) for c, t in zip(per["correct"], per["total"])]
-    bounds = [proportion_ci(int(c), int(t)) for c, t in zip(per["correct"], per["total"])]
+    pairs = list(zip(per["correct"], per["total"], strict=True))
+    per["ci95"] = [ci95(int(c), int(t)) for c, t in pairs]
+    bounds = [proportion_ci(int(c), int(t)) for c, t in pairs]
     per["ci_low"] = [b[0] for b in bounds]
     per["ci_high"] = [b[1] for b in bounds]
     classes = sorted(set(truth) | set(pred))
@@ -259,7 +260,7 @@ def _natural_key(text: str) -> list:
 
 
 def median_batch(batches: frozenset[str]) -> str:
-    """The lower median of a set of batches in natural order ({Week1..Week10} -> Week5)."""
+    """Return the lower median of a set of batches in natural order ({Week1..Week10} -> Week5)."""
     ordered = sorted(batches, key=_natural_key)
     return ordered[(len(ordered) - 1) // 2]
 
@@ -289,13 +290,13 @@ def nscb(profiles: pd.DataFrame, *, features: Features, moa: str = "moa",
                               f"{preview(profiles.columns, 10)}")
     sets = [MULTI_BATCH[multi_batch](s) for s in batch_sets(profiles[batch])]
     moa_batches: dict[str, set[str]] = {}
-    for m, s in zip(truth, sets):
+    for m, s in zip(truth, sets, strict=False):
         moa_batches.setdefault(m, set()).update(s)
     dropped = sorted(m for m, s in moa_batches.items() if len(s) < 2)
     keep = ~np.isin(truth, dropped)
     excluded = [{"profile": str(p), moa: m,
                  "reason": f"MOA {m!r} is only in batch {'|'.join(sorted(moa_batches[m]))}"}
-                for p, m, k in zip(profiles.index, truth, keep) if not k]
+                for p, m, k in zip(profiles.index, truth, keep, strict=False) if not k]
     if keep.sum() < 2:
         all_batches = sorted(set().union(*sets))
         raise EvaluationError(
@@ -305,7 +306,7 @@ def nscb(profiles: pd.DataFrame, *, features: Features, moa: str = "moa",
     kept = profiles[keep]
     x = feature_matrix(kept, cols)
     comp = _labels(kept, compound, "compound")
-    kept_sets = [s for s, k in zip(sets, keep) if k]
+    kept_sets = [s for s, k in zip(sets, keep, strict=False) if k]
     share = np.array([[not a.isdisjoint(b) for b in kept_sets] for a in kept_sets])
     allowed = (comp[:, None] != comp[None, :]) & ~share
     # a profile sharing a batch with every other-compound profile (e.g. a positive control on
@@ -318,7 +319,7 @@ def nscb(profiles: pd.DataFrame, *, features: Features, moa: str = "moa",
                   "reason": "shares a batch with every profile of another compound "
                             f"(batches {'|'.join(sorted(s, key=_natural_key))}): no admissible "
                             "neighbour"}
-                 for p, m, s, lo in zip(kept.index, t_all, kept_sets, lone) if lo]
+                 for p, m, s, lo in zip(kept.index, t_all, kept_sets, lone, strict=False) if lo]
     if lone.all():
         raise EvaluationError(
             f"NSCB: no profile has a neighbour of another compound and batch "

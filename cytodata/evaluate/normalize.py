@@ -59,12 +59,15 @@ class Normalizer:
     on_constant: str | None = None
 
     def fit(self, x: np.ndarray) -> "Normalizer":
+        """Fit on the (n, d) float64 control rows; returns self."""
         raise NotImplementedError
 
     def transform(self, x: np.ndarray) -> np.ndarray:
+        """Transform (n, d) rows with the fitted statistics."""
         raise NotImplementedError
 
     def fit_transform(self, x: np.ndarray) -> np.ndarray:
+        """Fit on ``x`` and transform it."""
         return self.fit(x).transform(x)
 
 
@@ -75,12 +78,14 @@ class Standardize(Normalizer):
     on_constant = "only centred (std 0 -> scale 1): its spread across treatments is kept as is"
 
     def fit(self, x: np.ndarray) -> "Standardize":
+        """Fit on the (n, d) float64 control rows; returns self."""
         self.mean_ = x.mean(axis=0)
         std = x.std(axis=0)
         self.scale_ = np.where(std > 0, std, 1.0)
         return self
 
     def transform(self, x: np.ndarray) -> np.ndarray:
+        """Transform (n, d) rows with the fitted statistics."""
         return (x - self.mean_) / self.scale_
 
 
@@ -95,11 +100,13 @@ class RobustMAD(Normalizer):
         self.epsilon = epsilon
 
     def fit(self, x: np.ndarray) -> "RobustMAD":
+        """Fit on the (n, d) float64 control rows; returns self."""
         self.median_ = np.median(x, axis=0)
         self.mad_ = 1.4826 * np.median(np.abs(x - self.median_), axis=0)
         return self
 
     def transform(self, x: np.ndarray) -> np.ndarray:
+        """Transform (n, d) rows with the fitted statistics."""
         return (x - self.median_) / (self.mad_ + self.epsilon)
 
 
@@ -121,6 +128,7 @@ class TVN(Normalizer):
         self.rank_tol = rank_tol
 
     def fit(self, x: np.ndarray) -> "TVN":
+        """Fit on the (n, d) float64 control rows; returns self."""
         self.mean_ = x.mean(axis=0)
         eigval, eigvec = np.linalg.eigh(_covariance(x))
         order = np.argsort(eigval)[::-1]  # principal axis first
@@ -137,11 +145,12 @@ class TVN(Normalizer):
         return self
 
     def transform(self, x: np.ndarray) -> np.ndarray:
+        """Transform (n, d) rows with the fitted statistics."""
         return ((x - self.mean_) @ self.components_) * self.scale_
 
 
 def _natural_rank(x: np.ndarray) -> int:
-    """numpy's default matrix rank (SVD, tol = max(s) * max(n, d) * eps), as pycytominer."""
+    """Numpy's default matrix rank (SVD, tol = max(s) * max(n, d) * eps), as pycytominer."""
     return int(np.linalg.matrix_rank(x)) if x.size else 0
 
 
@@ -172,6 +181,7 @@ class Spherize(Normalizer):
         self.method, self.epsilon, self.center, self.null = method, epsilon, center, null
 
     def fit(self, x: np.ndarray) -> "Spherize":
+        """Fit on the (n, d) float64 control rows; returns self."""
         n, d = x.shape
         if n < 2:
             raise EvaluationError(f"spherize needs at least 2 control rows, got {n}")
@@ -202,6 +212,7 @@ class Spherize(Normalizer):
         return self
 
     def transform(self, x: np.ndarray) -> np.ndarray:
+        """Transform (n, d) rows with the fitted statistics."""
         return ((x - self.mean_) / self.std_) @ self.w_
 
 
@@ -237,6 +248,7 @@ class CORAL(Normalizer):
         return {"target_cov": _covariance(x_controls), "target_mean": x_controls.mean(axis=0)}
 
     def fit(self, x: np.ndarray) -> "CORAL":
+        """Fit on the (n, d) float64 control rows; returns self."""
         d = x.shape[1]
         target = self.global_params(x) if self.target_cov is None else {
             "target_cov": np.asarray(self.target_cov), "target_mean": self.target_mean}
@@ -250,6 +262,7 @@ class CORAL(Normalizer):
         return self
 
     def transform(self, x: np.ndarray) -> np.ndarray:
+        """Transform (n, d) rows with the fitted statistics."""
         return (x - self.mean_) @ self.matrix_ + self.target_mean_
 
 
@@ -316,7 +329,7 @@ SPHERIZE_NAMES = ("spherize", "zca", "zca-cor", "pca", "pca-cor")
 
 
 def _group_label(by, key) -> str:
-    return "all rows" if by is None else str(dict(zip(by, key)))
+    return "all rows" if by is None else str(dict(zip(by, key, strict=False)))
 
 
 def normalize(table: pd.DataFrame, *, features: Features, method: str = "standardize",
@@ -392,7 +405,7 @@ def normalize(table: pd.DataFrame, *, features: Features, method: str = "standar
                 "zeroed (null='drop')."))
     big = np.abs(out_x) > 1e6
     if big.any():
-        bad = [c for c, b in zip(cols, big.any(axis=0)) if b]
+        bad = [c for c, b in zip(cols, big.any(axis=0), strict=False) if b]
         warn(f"{method}: values up to {np.abs(out_x).max():.3g} after normalizing, in column(s) "
              f"{name_columns(bad)}: a direction was inflated (near-zero spread in the controls)")
     out = table.copy()

@@ -50,7 +50,7 @@ def feature_columns(table: pd.DataFrame, *, prefix: str | None = None,
 
 
 def resolve_features(table: pd.DataFrame, features: Features) -> list[str]:
-    """A list of feature column names from a list, a prefix string, or None (auto)."""
+    """Return a list of feature column names from a list, a prefix string, or None (auto)."""
     if features is None:
         return feature_columns(table)
     if isinstance(features, str):
@@ -66,12 +66,13 @@ def resolve_features(table: pd.DataFrame, features: Features) -> list[str]:
 
 
 def feature_matrix(table: pd.DataFrame, features: Features) -> np.ndarray:
-    """The (n_rows, n_features) float64 matrix; NaN/inf rows are an error naming them."""
+    """Return the (n_rows, n_features) float64 matrix; NaN/inf rows are an error naming them."""
     cols = resolve_features(table, features)
     try:
         x = table[cols].to_numpy(dtype=np.float64, na_value=np.nan)
     except (TypeError, ValueError) as exc:
-        raise EvaluationError(f"feature columns are not numeric ({exc}); check {preview(cols)}") from None
+        raise EvaluationError(f"feature columns are not numeric ({exc}); check "
+                              f"{preview(cols)}") from None
     bad = ~np.isfinite(x).all(axis=1)
     if bad.any():
         raise EvaluationError(
@@ -199,7 +200,8 @@ def chain(table: pd.DataFrame, *, features: Features, steps: Sequence[Step] = ST
     return out
 
 
-def center_crop_boxes(height: int, width: int, size: int, n: int = 4) -> list[tuple[int, int, int, int]]:
+def center_crop_boxes(height: int, width: int, size: int, n: int = 4
+                      ) -> list[tuple[int, int, int, int]]:
     """``n`` (4) ``size``x``size`` boxes tiling the image centre 2x2: (y0, x0, y1, x1) pixels.
 
     WS-DINO embeds the four centre crops of each field and takes their median as the image
@@ -221,7 +223,7 @@ CONSENSUS = ("median", "mean", "modz")
 
 
 def _modz_weights(x: np.ndarray, method: str, min_weight: float, precision: int) -> np.ndarray:
-    """pycytominer's MODZ weights of the (n, d) replicate rows (sum to ~1, rounded)."""
+    """Pycytominer's MODZ weights of the (n, d) replicate rows (sum to ~1, rounded)."""
     n = len(x)
     if n == 1:
         return np.ones(1)

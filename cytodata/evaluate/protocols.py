@@ -40,12 +40,15 @@ genet             images               mean                    ando)
 - ``knn``: k-NN (k=11) accuracy of ``label`` over rows (COOS-7/CyCLOPS); ``query_split="test"``
   queries the test split against the rest.
 - ``map``: replicate retrieval (wells of a treatment vs DMSO wells, after robust MAD per plate on
-  DMSO and pycytominer feature selection) and same-MOA retrieval (treatment profiles,
+  DMSO and, as pycytominer's pipeline, feature selection on the normalized well profiles:
+  ``post_select`` = NaN share, variance, correlation) and same-MOA retrieval (treatment profiles,
   positives = same MOA, other compound), with percent replicating / matching, grit,
   precision@k, hit@k and enrichment.
 
-No paper above applied feature selection to learned embeddings; every protocol accepts
-``feature_select=[...]`` (operations of :mod:`cytodata.evaluate.selection`) to add it.
+None of the BBBC021 papers above applied feature selection to learned embeddings, so those
+protocols do not; ``map`` follows pycytominer's pipeline and selects after normalizing. Every
+protocol accepts ``feature_select=[...]`` (operations of :mod:`cytodata.evaluate.selection`)
+to select before it starts.
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ from ._checks import constant_columns, name_columns, warn
 from .interop import from_metadata_names, infer_features
 from .matching import knn_accuracy, nsc, nscb
 from .normalize import normalize
-from .profiles import aggregate, feature_matrix, resolve_features
+from .profiles import aggregate, resolve_features
 from .retrieval import mean_average_precision
 from .selection import select_features
 
@@ -81,7 +84,7 @@ def _check_feature_columns(table: pd.DataFrame, cols: list[str], where: str) -> 
                               "numeric; pass features=... (a prefix or a list) to leave them out")
     x = block.to_numpy(dtype=np.float64, na_value=np.nan)
     finite = np.isfinite(x)
-    all_bad = [c for c, ok in zip(cols, finite.any(axis=0)) if not ok]
+    all_bad = [c for c, ok in zip(cols, finite.any(axis=0), strict=False) if not ok]
     if all_bad:
         raise EvaluationError(
             f"{where}: feature column(s) {name_columns(all_bad)} are NaN/inf in every row; "
@@ -89,7 +92,7 @@ def _check_feature_columns(table: pd.DataFrame, cols: list[str], where: str) -> 
     some_bad = ~finite.all(axis=0)
     if some_bad.any():
         rows = ~finite.all(axis=1)
-        bad_cols = [c for c, b in zip(cols, some_bad) if b]
+        bad_cols = [c for c, b in zip(cols, some_bad, strict=False) if b]
         raise EvaluationError(
             f"{where}: {int(rows.sum())} row(s) have NaN/inf features (rows "
             f"{preview(table.index[rows])}; column(s) {name_columns(bad_cols)}). Drop or "
@@ -323,7 +326,7 @@ def _bbbc021_result(name: str, o: dict, metrics: dict, treat: pd.DataFrame, cols
     lines = [f"{counts['treatments_profiled']} treatment profiles (MOA-annotated, not "
              f"{o['control']!r}) of {counts['treatments_in_metadata']} treatments in the "
              f"metadata; {counts['treatments_without_moa']} have no MOA and are not scored"]
-    for k, m in metrics.items():
+    for _k, m in metrics.items():
         lines.append(f"{m.name} scored {m.total} of {counts['treatments_profiled']} treatments"
                      + (f"; dropped MOAs (one batch only): {', '.join(m.dropped)}"
                         if m.dropped else "")
@@ -469,13 +472,18 @@ def knn(embeddings, metadata, **opts) -> dict:
 @PROTOCOLS.register("map")
 def map_protocol(embeddings, metadata, **opts) -> dict:
     """Replicate and same-MOA retrieval: mAP, percent replicating/matching, grit, @k, enrichment."""
-    from .replicates import enrichment, grit, hit_at_k, percent_matching, percent_replicating
-    from .replicates import precision_at_k
+    from .replicates import (
+        enrichment,
+        grit,
+        hit_at_k,
+        percent_matching,
+        percent_replicating,
+        precision_at_k,
+    )
 
     o = _opts(opts, normalize="mad", normalize_by="plate", null_size=10_000, seed=0, fdr=0.05,
-              distance="cosine", k=5, replicate_null_size=1000)
-    if "feature_select" not in opts:  # pycytominer's pipeline: normalize, then select
-        o["feature_select"] = None
+              distance="cosine", k=5, replicate_null_size=1000,
+              post_select=("drop_na_columns", "variance_threshold", "correlation_threshold"))
     table, cols, counts, notes = _prepare(embeddings, metadata, o, "map",
                                           ["compound", "concentration", "moa", "plate", "well"])
     table = _to_images(table, cols, "median")
@@ -485,6 +493,18 @@ def map_protocol(embeddings, metadata, **opts) -> dict:
         notes.append(f"{o['normalize']} normalization on {o['control']!r} per "
                      f"{o['normalize_by']}")
     wells = aggregate(table, features=cols, by=[o["plate"], o["well"]], how="mean", carry=CARRY)
+    if o["post_select"]:
+        # pycytominer's profiling pipeline: aggregate -> normalize -> feature_select
+        selected = select_features(wells, features=cols, operations=list(o["post_select"]))
+        dropped = selected.attrs.get("dropped_features", {})
+        gone = {c for v in dropped.values() for c in v}
+        if gone:
+            notes.append(f"feature selection after normalization dropped {len(gone)} of "
+                         f"{len(cols)} columns (" + ", ".join(
+                             f"{op}: {preview(v, 3)}" for op, v in dropped.items() if v) + ")")
+        cols = [c for c in cols if c not in gone]
+        wells = selected
+        counts["features_selected"] = len(cols)
     is_ctrl = _casefold_eq(wells[o["compound"]], o["control"])
     wells["treatment"] = np.where(
         is_ctrl, o["control"],

@@ -107,7 +107,7 @@ def percent_replicating(table: pd.DataFrame, *, features: Features, group_by, di
     rows, n_groups = [], codes.max() + 1 if len(codes) else 0
     members = [np.flatnonzero(codes == g) for g in range(n_groups)]
     sizes: set[int] = set()
-    for g, idx in enumerate(members):
+    for _g, idx in enumerate(members):
         iu, ju = np.triu_indices(len(idx), k=1)
         ok = np.ones(len(iu), dtype=bool)
         for d in diff:
@@ -116,8 +116,8 @@ def percent_replicating(table: pd.DataFrame, *, features: Features, group_by, di
         med = float(np.median(sim[idx[iu[ok]], idx[ju[ok]]])) if ok.any() else float("nan")
         if ok.any():
             sizes.add(len(idx))
-        rows.append({**dict(zip(group_by, key)), "n": len(idx), "n_pairs": int(ok.sum()),
-                     "median_similarity": med})
+        rows.append({**dict(zip(group_by, key, strict=True)), "n": len(idx),
+                     "n_pairs": int(ok.sum()), "median_similarity": med})
     null = {}
     for k in sorted(sizes):
         if k > n_groups:
@@ -133,7 +133,8 @@ def percent_replicating(table: pd.DataFrame, *, features: Features, group_by, di
         null[k] = draws
     per = pd.DataFrame(rows)
     per["threshold"] = [np.quantile(null[n], quantile) if n in null and np.isfinite(m)
-                        else np.nan for n, m in zip(per["n"], per["median_similarity"])]
+                        else np.nan
+                        for n, m in zip(per["n"], per["median_similarity"], strict=True)]
     per["replicating"] = per["median_similarity"] > per["threshold"]
     scored = per["median_similarity"].notna()
     if not scored.any():

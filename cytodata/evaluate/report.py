@@ -40,7 +40,7 @@ def _interval(low, high) -> str:
 
 
 def _table(df: pd.DataFrame, fmt: str) -> str:
-    """A small table as Markdown or HTML (no optional dependency such as tabulate)."""
+    """Render a small table as Markdown or HTML (no optional dependency such as tabulate)."""
     if df.empty:
         return "(none)"
     if fmt == "html":
@@ -146,7 +146,8 @@ def _per_class_png(per: pd.DataFrame, label: str, chance: float, title: str,
     ax.barh(y, acc, color="#4C72B0", alpha=0.85)
     ax.errorbar(acc, y, xerr=[acc - lo, hi - acc], fmt="none", ecolor="black", capsize=3,
                 lw=1)
-    ax.set_yticks(y, [f"{m} (n={t})" for m, t in zip(per[label], per["total"])], fontsize=7)
+    names = [f"{m} (n={t})" for m, t in zip(per[label], per["total"], strict=True)]
+    ax.set_yticks(y, names, fontsize=7)
     if np.isfinite(chance):
         ax.axvline(100 * chance, color="#C44E52", ls="--", lw=1.2,
                    label=f"chance ({100 * chance:.1f}%)")
@@ -209,7 +210,7 @@ def _summary_row(key: str, res) -> dict | None:
 
 
 def summary_table(results: dict) -> pd.DataFrame:
-    """The summary rows of ``results["metrics"]`` as a table (also what the CLI prints)."""
+    """Return the summary rows of ``results["metrics"]`` as a table (also what the CLI prints)."""
     rows = [r for k, v in results.get("metrics", {}).items()
             if (r := _summary_row(k, v)) is not None]
     return pd.DataFrame(rows, columns=["metric", "score (%)", "95% CI (%, Wilson)", "n",
@@ -267,7 +268,7 @@ def write_report(results: dict, out_dir, *, profiles: pd.DataFrame | None = None
                 label: per[label], "correct": per["correct"], "total": per["total"],
                 "accuracy (%)": [_pct(v) for v in per["accuracy"]],
                 "95% CI (%, Wilson)": [_interval(a, b) for a, b in
-                                       zip(per["ci_low"], per["ci_high"])]})
+                                       zip(per["ci_low"], per["ci_high"], strict=False)]})
             conf_png, bar_png = f"{_slug(key)}_confusion.png", f"{_slug(key)}_per_class.png"
             _confusion_png(res.confusion, f"{res.name}: {res.correct} of {res.total} "
                            f"profiles matched ({_pct(res.accuracy)}%)", out / conf_png, label)

@@ -166,8 +166,11 @@ def multilabel_average_precision(table: pd.DataFrame, *, features: Features, mul
 def average_precision(table: pd.DataFrame, *, features: Features, pos_sameby, pos_diffby=(),
                       neg_sameby=(), neg_diffby=(), distance: str = "cosine",
                       multilabel: str | None = None) -> pd.DataFrame:
-    """Per-query AP: the metadata columns plus ``average_precision``, ``n_pos_pairs``,
-    ``n_total_pairs`` (positives + negatives ranked). ``multilabel``: see the module doc."""
+    """Compute per-query AP: the metadata columns plus ``average_precision``.
+
+    Also ``n_pos_pairs``, ``n_total_pairs`` (positives + negatives ranked).
+    ``multilabel``: see the module docstring.
+    """
     if multilabel is not None:
         return multilabel_average_precision(
             table, features=features, multilabel=multilabel, pos_sameby=pos_sameby,
@@ -244,6 +247,7 @@ class MapResult:
 
     @property
     def mean_map(self) -> float:
+        """Mean of the per-group mAP."""
         return float(self.map["mean_average_precision"].mean())
 
     @property
@@ -252,6 +256,7 @@ class MapResult:
         return float(self.map["below_corrected_p"].mean())
 
     def summary(self) -> dict:
+        """Plain numbers for JSON/report tables."""
         return {"metric": self.name, "mean_mAP": self.mean_map, "groups": len(self.map),
                 "fraction_retrieved": self.fraction_retrieved, "fdr": self.fdr}
 
@@ -271,15 +276,16 @@ def mean_average_precision(table: pd.DataFrame, *, features: Features, pos_sameb
     default = [multilabel] if multilabel is not None else pos_sameby
     group_by = _as_list(default if group_by is None else group_by)
     valid = ap[ap["average_precision"].notna() & (ap["n_pos_pairs"] > 0)]
-    confs = sorted(set(zip(valid["n_pos_pairs"], valid["n_total_pairs"])))
+    confs = sorted(set(zip(valid["n_pos_pairs"], valid["n_total_pairs"], strict=False)))
     nulls = {c: null_average_precision(int(c[0]), int(c[1]), null_size, seed) for c in confs}
     rows = []
     for key, grp in valid.groupby(group_by, sort=True, observed=True):
         score = float(grp["average_precision"].mean())
-        null = np.mean([nulls[c] for c in zip(grp["n_pos_pairs"], grp["n_total_pairs"])], axis=0)
+        confs = zip(grp["n_pos_pairs"], grp["n_total_pairs"], strict=True)
+        null = np.mean([nulls[c] for c in confs], axis=0)
         p = (np.sum(null > score) + 1) / (null_size + 1)
         key = key if isinstance(key, tuple) else (key,)
-        rows.append({**dict(zip(group_by, key)), "mean_average_precision": score,
+        rows.append({**dict(zip(group_by, key, strict=False)), "mean_average_precision": score,
                      "n_queries": len(grp), "p_value": float(p)})
     result = pd.DataFrame(rows, columns=[*group_by, "mean_average_precision", "n_queries",
                                          "p_value"])

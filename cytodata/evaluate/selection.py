@@ -58,7 +58,7 @@ def low_variance(data: pd.DataFrame, *, min_variance: float = 1e-6, **_) -> list
     x = data.to_numpy(dtype=np.float64, na_value=np.nan)
     with np.errstate(all="ignore"):
         var = np.nan_to_num(np.nanvar(x, axis=0) if len(x) else np.zeros(x.shape[1]), nan=0.0)
-    return [c for c, v in zip(data.columns, var) if v <= min_variance]
+    return [c for c, v in zip(data.columns, var, strict=False) if v <= min_variance]
 
 
 def _frequency_ratio(col: pd.Series) -> float:
@@ -99,12 +99,13 @@ def correlated(data: pd.DataFrame, *, corr_threshold: float = 0.9, corr_method: 
     values = corr.to_numpy()
     i, j = np.nonzero(np.tril(np.ones_like(values, dtype=bool), k=-1) & (values > threshold))
     cols = list(data.columns)
-    return sorted({cols[a] if rank[cols[a]] > rank[cols[b]] else cols[b] for a, b in zip(i, j)},
+    pairs = zip(i, j, strict=True)
+    return sorted({cols[a] if rank[cols[a]] > rank[cols[b]] else cols[b] for a, b in pairs},
                   key=cols.index)
 
 
 def read_blocklist(blocklist: Sequence[str] | str | Path | None) -> list[str]:
-    """A list of names from a list, or a text file (one per line, optional header)."""
+    """Read names from a list, or from a text file (one per line, optional header)."""
     if blocklist is None:
         return []
     if isinstance(blocklist, (str, Path)):
