@@ -505,6 +505,7 @@ def map_protocol(embeddings, metadata, **opts) -> dict:
         cols = [c for c in cols if c not in gone]
         wells = selected
         counts["features_selected"] = len(cols)
+    wells = wells.copy()  # one block per dtype before adding columns (wide profiles)
     is_ctrl = _casefold_eq(wells[o["compound"]], o["control"])
     wells["treatment"] = np.where(
         is_ctrl, o["control"],
