@@ -153,3 +153,13 @@ def test_feature_selection_in_protocols_drops_redundant_columns():
     assert any("by correlation_threshold" in n for n in ws["notes"])
     with pytest.raises(EvaluationError, match="unknown feature selection operation"):
         run_protocol("bbbc021-ws-dino", emb, meta, feature_select=["pca"])
+
+
+def test_one_table_without_ids_refuses_duplicate_rows():
+    table, cols = simulate_screen(seed=3)
+    one = table.drop(columns=["key", "image_id"])
+    res = run_protocol("bbbc021-ws-dino", one, one)
+    assert res["metrics"]["nsc"].total == 12
+    twice = pd.concat([one, one.iloc[[4]]], ignore_index=True)
+    with pytest.raises(EvaluationError, match="rows 4, 144.*exact duplicates"):
+        run_protocol("bbbc021-ws-dino", twice, twice)

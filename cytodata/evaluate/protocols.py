@@ -138,6 +138,16 @@ def align(embeddings: pd.DataFrame | np.ndarray, metadata: pd.DataFrame, *,
                                       f"{preview(meta.columns, 10)}")
             meta.index = _id_index(meta[idc], "table")
         else:
+            try:
+                dup = meta.duplicated(keep=False).to_numpy()
+            except TypeError:  # unhashable cells (lists): compare their text
+                dup = meta.astype(str).duplicated(keep=False).to_numpy()
+            if dup.any():
+                raise EvaluationError(
+                    f"rows {preview(np.flatnonzero(dup).tolist())} are exact duplicates (same "
+                    "metadata and features); each image must appear once or it is counted "
+                    "twice. Drop them (table.drop_duplicates()) or pass --id-column to name "
+                    "the images.")
             meta.index = pd.Index([f"row {i}" for i in range(len(meta))], name="id")
         _check_feature_columns(meta, cols, "embeddings")
         meta.attrs["coverage"] = {"scored": len(meta), "expected": len(meta), "missing": []}
