@@ -165,3 +165,21 @@ def test_coral_matches_direct_implementation():
         np.testing.assert_allclose(np.cov(c, rowvar=False), np.cov(x[ctrl], rowvar=False),
                                    rtol=1e-5, atol=1e-4)
         np.testing.assert_allclose(c.mean(0), x[ctrl].mean(0), atol=1e-8)
+
+
+def test_spherize_null_directions_drop_or_smallest():
+    rng = np.random.default_rng(7)
+    c, t = rng.normal(size=(10, 30)), rng.normal(size=(4, 30)) * 3
+    small = Spherize().fit(c)
+    drop = Spherize(null="drop").fit(c)
+    assert small.n_null_ == drop.n_null_ == 30 - 9
+    # dropping keeps only the 9 directions the controls vary in: a lower-rank output
+    assert np.linalg.matrix_rank(drop.transform(t)) == 4
+    assert np.linalg.matrix_rank(drop.w_) == 9 and np.linalg.matrix_rank(small.w_) == 30
+    assert np.abs(small.transform(t)).max() < 50  # never 1/sqrt(epsilon) ~ 1000
+    # a -cor fit with a column constant in the controls: left unscaled, no division by zero
+    c[:, 3] = 2.0
+    out = Spherize(method="ZCA-cor").fit(c).transform(t)
+    assert np.isfinite(out).all()
+    with pytest.raises(EvaluationError, match="null"):
+        Spherize(null="zero")
