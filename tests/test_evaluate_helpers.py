@@ -90,7 +90,7 @@ def simulate_screen(n_moa: int = 4, compounds_per_moa: int = 3, n_batches: int =
 
     comp_i = 0
     for m in range(n_moa):
-        for c in range(compounds_per_moa):
+        for _c in range(compounds_per_moa):
             jitter = rng.normal(size=dim) * 0.3 * signal
             b = comp_i % n_batches
             for r in range(wells_per_treatment):

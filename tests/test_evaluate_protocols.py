@@ -10,8 +10,15 @@ import pytest
 from test_evaluate_helpers import bbbc021_metadata, random_embeddings, simulate_screen
 
 from cytodata.errors import EvaluationError
-from cytodata.evaluate import (PROTOCOLS, aggregate, center_crop_boxes, chain, nscb,
-                               run_protocol, write_report)
+from cytodata.evaluate import (
+    PROTOCOLS,
+    aggregate,
+    center_crop_boxes,
+    chain,
+    nscb,
+    run_protocol,
+    write_report,
+)
 from cytodata.evaluate.features import intensity_texture_features, timm_embeddings
 
 
@@ -111,15 +118,27 @@ def test_numpy_embeddings_and_profile_chain():
 
 @pytest.mark.parametrize("fmt", ["md", "html"])
 def test_report(tmp_path, ando, fmt):
+    from cytodata.evaluate.report import _pca
+
     path = write_report(ando, tmp_path, format=fmt)
     text = path.read_text()
-    assert "NSCB" in text and "PCA (umap not installed)" in text
-    assert (tmp_path / "nsc_confusion.png").read_bytes()[:4] == b"\x89PNG"
-    assert (tmp_path / "profiles_moa.png").stat().st_size > 1000
+    assert "NSCB" in text and "Wilson" in text and "chance" in text
+    assert "not-same-compound" in text  # definitions for a reader
+    assert "taxol@0.3" in text and "no admissible neighbour" in text  # names and reasons
+    assert "umap not installed" not in text.lower() or "UMAP not drawn" in text
+    assert "100.0 +/- 0.0" not in text
+    for png in ("nsc_confusion.png", "nsc_per_class.png", "profiles_pca_moa.png"):
+        assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["metrics"]["nsc"]["total"] == 103
+    assert metrics["counts"]["nscb_scored"] == 91
+    assert 0 < metrics["metrics"]["nsc"]["chance"] < 0.3
     per = pd.read_csv(tmp_path / "nsc_per_class.csv")
     assert len(per) == 12 and per["total"].sum() == 103
+    preds = pd.read_csv(tmp_path / "nsc_predictions.csv")
+    assert preds["neighbour"].str.contains("@").all()
+    _, axes = _pca(np.random.default_rng(0).normal(size=(20, 4)) * [5, 1, 1, 1])
+    assert axes[0].startswith("PC1 (") and "% of variance" in axes[1]
 
 
 def test_cli(tmp_path, capsys):
@@ -132,12 +151,31 @@ def test_cli(tmp_path, capsys):
                "--metadata", str(tmp_path / "meta.csv"), "-o", str(tmp_path / "rep")])
     assert rc == 0
     assert (tmp_path / "rep" / "report.md").exists()
-    assert "NSCB" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "NSCB" in out and "{" not in out  # a table, not dicts
+    # the trainers' layout: one parquet with key, manifest columns and emb_0..emb_{D-1}
+    one = table.rename(columns={c: f"emb_{i}" for i, c in enumerate(cols)})
+    one["replicate"] = 1  # numeric metadata that must not be taken for a feature
+    one.to_parquet(tmp_path / "one.parquet")
+    rc = main(["evaluate", str(tmp_path / "one.parquet"), "--protocol", "bbbc021-ws-dino",
+               "-o", str(tmp_path / "rep1"), "--write-profiles", str(tmp_path / "prof.csv")])
+    assert rc == 0
+    assert f"{len(cols)} features" in capsys.readouterr().out
+    prof = pd.read_csv(tmp_path / "prof.csv")
+    assert {"Metadata_Compound", "Metadata_Moa", "emb_0"} <= set(prof.columns)
+    # a pycytominer image table (Metadata_* columns, bare features) through --metadata-prefix
+    from cytodata.evaluate.interop import to_metadata_names
+
+    to_metadata_names(table, cols).to_csv(tmp_path / "pyc.csv", index=False)
+    rc = main(["evaluate", str(tmp_path / "pyc.csv"), "--protocol", "bbbc021-ws-dino",
+               "--metadata-prefix", "Metadata_", "--id-column", "Metadata_Key",
+               "-o", str(tmp_path / "rep3")])
+    assert rc == 0 and "NSC" in capsys.readouterr().out
     np.save(tmp_path / "emb.npy", table[cols].to_numpy())
     rc = main(["evaluate", str(tmp_path / "emb.npy"), "--protocol", "knn",
                "-o", str(tmp_path / "rep2")])
     assert rc == 2  # .npy without --metadata is a user error
-    assert sorted(PROTOCOLS) == ["bbbc021-ando", "bbbc021-cytoimagenet", "knn", "map"]
+    assert {"bbbc021-ando", "bbbc021-cytoimagenet", "knn", "map"} <= set(PROTOCOLS)
 
 
 def test_intensity_texture_features():

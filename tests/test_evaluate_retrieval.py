@@ -77,3 +77,38 @@ def test_map_bad_input():
     with pytest.raises(EvaluationError, match="rows 3"):
         average_precision(table, features=cols, pos_sameby=["compound"], pos_diffby=["plate"],
                           neg_diffby=["compound"])
+
+
+def test_multilabel_ap_equals_copairs():
+    from copairs.map.multilabel import average_precision as cp_ml_ap
+
+    rng = np.random.default_rng(3)
+    n, d = 40, 6
+    pool = ["tubulin", "dna", "actin", "kinase"]
+    labels = [sorted(set(rng.choice(pool, size=rng.integers(1, 3)))) for _ in range(n)]
+    meta = pd.DataFrame({"compound": [f"c{i % 13}" for i in range(n)], "moa": labels,
+                         "row": np.arange(n)})
+    x = rng.normal(size=(n, d))
+    for i, labs in enumerate(labels):
+        if "tubulin" in labs:
+            x[i] += 1.0
+    cols = [f"f{i}" for i in range(d)]
+    table = pd.concat([meta, pd.DataFrame(x, columns=cols)], axis=1)
+    ref = cp_ml_ap(meta, x, pos_sameby=["moa"], pos_diffby=["compound"], neg_sameby=[],
+                   neg_diffby=["moa"], multilabel_col="moa", progress_bar=False)
+    ours = average_precision(table, features=cols, pos_sameby=["moa"], pos_diffby=["compound"],
+                             neg_diffby=["moa"], multilabel="moa")
+    ref = ref[ref["n_pos_pairs"] > 0]
+    key = ["row", "compound", "moa"]
+    ref = ref.sort_values(["moa", "row"]).reset_index(drop=True)
+    ours = ours.sort_values(["moa", "row"]).reset_index(drop=True)
+    assert len(ours) == len(ref) > 20
+    pd.testing.assert_frame_equal(ours[key], ref[key], check_dtype=False)
+    np.testing.assert_array_equal(ours["n_pos_pairs"], ref["n_pos_pairs"])
+    np.testing.assert_array_equal(ours["n_total_pairs"], ref["n_total_pairs"])
+    np.testing.assert_allclose(ours["average_precision"], ref["average_precision"], atol=1e-6)
+    res = mean_average_precision(table, features=cols, pos_sameby=["moa"],
+                                 pos_diffby=["compound"], neg_diffby=["moa"], multilabel="moa",
+                                 null_size=2000)
+    per = res.map.set_index("moa")["mean_average_precision"]
+    assert set(per.index) == set(pool) and per["tubulin"] == per.max()

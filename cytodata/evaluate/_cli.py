@@ -6,21 +6,32 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from ..errors import EvaluationError
 
 
 def _read_table(path: Path) -> pd.DataFrame:
-    readers = {".parquet": pd.read_parquet, ".csv": pd.read_csv}
+    readers = {".parquet": pd.read_parquet, ".csv": pd.read_csv, ".tsv": lambda p: pd.read_csv(
+        p, sep="\t"), ".gz": pd.read_csv}
     if path.is_dir() and (path / "manifest.parquet").exists():
         path = path / "manifest.parquet"
     reader = readers.get(path.suffix.lower())
     if reader is None:
-        raise EvaluationError(f"{path}: unsupported table format; use .parquet or .csv "
-                              "(or a manifest folder)")
+        raise EvaluationError(f"{path}: unsupported table format; use .parquet, .csv, .csv.gz "
+                              "or .tsv (or a manifest folder)")
     if not path.exists():
         raise EvaluationError(f"{path}: no such file")
     return reader(path)
+
+
+def _write_table(table: pd.DataFrame, path: Path) -> None:
+    if path.suffix.lower() == ".parquet":
+        table.to_parquet(path)
+    elif path.suffix.lower() == ".csv":
+        table.to_csv(path, index=False)
+    else:
+        raise EvaluationError(f"{path}: write profiles as .parquet or .csv")
 
 
 def _load(args) -> tuple[object, pd.DataFrame]:
@@ -35,23 +46,42 @@ def _load(args) -> tuple[object, pd.DataFrame]:
     return emb, emb  # metadata columns next to the features in one table
 
 
+def _parse_options(pairs: list[str] | None) -> dict:
+    """``key=value`` pairs; values parsed as YAML scalars/lists (``k=5``, ``x=[a, b]``)."""
+    out = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise EvaluationError(f"--option {pair!r}: expected KEY=VALUE, e.g. coral_lam=0.5")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
 def run(args) -> int:
+    from .interop import to_metadata_names
     from .protocols import run_protocol
-    from .report import write_report
+    from .report import summary_table, write_report
 
     embeddings, metadata = _load(args)
-    if embeddings is metadata:
-        feats = args.features
-        if feats is None:
-            raise EvaluationError("one table with metadata and features needs --features PREFIX")
-        embeddings = metadata[[c for c in metadata.columns
-                               if c in ("key", "image_id", "id") or c.startswith(feats)]]
-    opts = {"features": args.features} if args.features else {}
+    opts = _parse_options(args.option)
+    for key, value in (("features", args.features), ("id_column", args.id_column),
+                       ("metadata_prefix", args.metadata_prefix)):
+        if value:
+            opts[key] = value
+    if args.feature_select:
+        opts["feature_select"] = [op.strip() for op in args.feature_select.split(",")]
     results = run_protocol(args.protocol, embeddings, metadata, **opts)
     path = write_report(results, args.output, format=args.format)
+    if args.write_profiles:
+        prof = results["profiles"]
+        named = prof.reset_index(names="profile") if prof.index.name else prof
+        _write_table(to_metadata_names(named, results["features"]), Path(args.write_profiles))
     if not args.quiet:
-        for res in results["metrics"].values():
-            print(res.summary())
+        print(f"{results['protocol']}: {len(results['features'])} features")
+        with pd.option_context("display.width", 120, "display.max_colwidth", 60):
+            print(summary_table(results).to_string(index=False))
+        for note in results.get("notes", []):
+            print(f"  - {note}")
     print(f"report: {path}")
     return 0
 
@@ -61,16 +91,35 @@ def add_parser(subparsers) -> None:
 
     p = subparsers.add_parser(
         "evaluate", help="evaluate embeddings with a named protocol and write a report",
-        description="EMBEDDINGS: parquet/CSV with a key/image_id/id column + feature columns, "
-                    "or .npy rows aligned with --metadata.",
+        description="EMBEDDINGS: a table (.parquet/.csv) with an id column (key/image_id/id or "
+                    "--id-column) and feature columns, plus --metadata; or ONE table holding "
+                    "metadata and features (the trainers' layout: key, manifest columns, "
+                    "emb_0..emb_{D-1}; or a pycytominer table with --metadata-prefix "
+                    "Metadata_); or an .npy array with rows aligned to --metadata.",
     )
     p.add_argument("embeddings", help="embeddings table (.parquet/.csv) or array (.npy)")
     p.add_argument("--protocol", required=True, choices=PROTOCOLS.names(),
-                   help="bbbc021-ando for the WS-DINO/Ando NSC+NSCB numbers")
+                   help="bbbc021-ws-dino / bbbc021-ando / bbbc021-ljosa / "
+                        "bbbc021-cytoimagenet reproduce those papers' NSC/NSCB conventions; "
+                        "map for replicate/MOA retrieval; knn for label accuracy")
     p.add_argument("-o", "--out", "--output", dest="output", required=True,
                    help="report folder (--output is the old spelling)")
     p.add_argument("--metadata", help="manifest folder/parquet or CSV in the harmonized schema")
-    p.add_argument("--features", help="prefix of the feature columns (default: all numeric)")
+    p.add_argument("--features", help="prefix of the feature columns (default: emb_* columns, "
+                                      "else every numeric non-metadata column)")
+    p.add_argument("--id-column", help="column joining embeddings to metadata (default: the "
+                                       "first of key, image_id, id)")
+    p.add_argument("--metadata-prefix", help="map prefixed metadata columns onto harmonized "
+                                             "names, e.g. Metadata_ for pycytominer tables "
+                                             "(Metadata_Plate -> plate, Metadata_pert_iname "
+                                             "-> compound)")
+    p.add_argument("--feature-select", help="comma-separated pycytominer operations applied "
+                                            "before the protocol, e.g. "
+                                            "variance_threshold,correlation_threshold")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="protocol option (repeatable), e.g. --option coral_lam=0.5")
+    p.add_argument("--write-profiles", help="also write the scored profiles as a pycytominer "
+                                            "table (Metadata_* columns), .parquet or .csv")
     p.add_argument("--format", choices=("md", "html"), default="md",
                    help="report format: md (Markdown tables + PNG figures, default) or html")
     p.add_argument("-q", "--quiet", action="store_true",

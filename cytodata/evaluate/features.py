@@ -34,8 +34,11 @@ def _downsample(plane: np.ndarray, size: int) -> np.ndarray:
 
 
 def _cooccurrence(q: np.ndarray, levels: int) -> np.ndarray:
-    """Haralick-lite: contrast, homogeneity, energy, correlation of the horizontal+vertical
-    grey-level co-occurrence matrix of a plane quantized to ``levels`` grey levels."""
+    """Haralick-lite: contrast, homogeneity, energy, correlation of a plane.
+
+    From the horizontal+vertical grey-level co-occurrence matrix of a plane quantized to
+    ``levels`` grey levels.
+    """
     pairs = [(q[:, :-1], q[:, 1:]), (q[:-1, :], q[1:, :])]
     glcm = np.zeros((levels, levels))
     for a, b in pairs:

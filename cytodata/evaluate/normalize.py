@@ -9,8 +9,21 @@ Definitions follow pycytominer's ``normalize``/``Spherize``/``RobustMAD``:
   The output columns keep the input names but hold principal-axis coordinates (axis 1 first).
   Axes with lambda_k <= rank_tol * lambda_max (directions controls never vary in) are zeroed;
   each axis' sign is fixed (largest loading positive) so separate fits are comparable.
-- ``spherize``: ZCA whitening, W = U diag(1/sqrt(s + eps)) U^T of the control covariance
-  (ddof=1); ``method="ZCA-cor"`` whitens the correlation matrix and divides by the std first.
+- ``spherize`` (pycytominer ``Spherize``, any of ``ZCA``, ``ZCA-cor``, ``PCA``, ``PCA-cor``):
+  from the SVD X_c = U S V^T of the centred (``-cor``: standardized, ddof=0) controls,
+  W = V diag(sqrt(n-1) / (s + epsilon)) (PCA) or W V^T (ZCA); ``epsilon`` regularises the
+  *singular values*. With fewer control rows than features (rank r < d) the d - r null
+  directions get the smallest non-null singular value (``null="smallest"``, as pycytominer),
+  or are zeroed (``null="drop"``); they are never scaled by 1/sqrt(epsilon).
+  Variants are also registered by name: ``zca``, ``zca-cor``, ``pca``, ``pca-cor``; and
+  ``normalize(..., method="spherize", spherize_method="ZCA-cor")`` works as in pycytominer.
+- ``coral`` (CORAL, Sun et al. 2016; used per batch after TVN by Ando et al. 2017): recolour
+  each group so its control covariance matches the covariance of all control rows:
+  x -> (x - mu_g) (C_g + lam I)^(-1/2) (C_t + lam I)^(1/2) + mu_t  (``center=True``; with
+  ``center=False`` the means are left alone, Sun et al.'s original form).
+
+``normalize`` warns (:class:`EvaluationWarning`) naming feature columns that are constant in a
+group's controls, with what the method does to them (deleted by TVN, inflated by MAD, ...).
 
 ``controls`` selects the rows a normalizer is fitted on:
 ``None`` -> every row; a boolean mask/Series aligned with the table; or a query dict such as
@@ -21,12 +34,14 @@ text is compared case-insensitively, so ``"DMSO"`` matches ``"dmso"``).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import partial
 
 import numpy as np
 import pandas as pd
 
 from .._registry import Registry
 from ..errors import EvaluationError, preview
+from ._checks import constant_columns, name_columns, warn
 from .profiles import Features, feature_matrix, resolve_features
 
 NORMALIZERS: Registry[type] = Registry("normalizer")
@@ -35,15 +50,24 @@ Controls = Mapping[str, object] | pd.Series | np.ndarray | Sequence[bool] | None
 
 
 class Normalizer:
-    """fit(X_controls) -> self; transform(X) -> X'. X is (n, d) float64."""
+    """fit(X_controls) -> self; transform(X) -> X'. X is (n, d) float64.
+
+    ``on_constant`` says, for the report, what the method does to a feature that is constant
+    in the controls (``None``: nothing worth a warning).
+    """
+
+    on_constant: str | None = None
 
     def fit(self, x: np.ndarray) -> "Normalizer":
+        """Fit on the (n, d) float64 control rows; returns self."""
         raise NotImplementedError
 
     def transform(self, x: np.ndarray) -> np.ndarray:
+        """Transform (n, d) rows with the fitted statistics."""
         raise NotImplementedError
 
     def fit_transform(self, x: np.ndarray) -> np.ndarray:
+        """Fit on ``x`` and transform it."""
         return self.fit(x).transform(x)
 
 
@@ -51,13 +75,17 @@ class Normalizer:
 class Standardize(Normalizer):
     """z-score against the controls (sklearn StandardScaler definition, as pycytominer)."""
 
+    on_constant = "only centred (std 0 -> scale 1): its spread across treatments is kept as is"
+
     def fit(self, x: np.ndarray) -> "Standardize":
+        """Fit on the (n, d) float64 control rows; returns self."""
         self.mean_ = x.mean(axis=0)
         std = x.std(axis=0)
         self.scale_ = np.where(std > 0, std, 1.0)
         return self
 
     def transform(self, x: np.ndarray) -> np.ndarray:
+        """Transform (n, d) rows with the fitted statistics."""
         return (x - self.mean_) / self.scale_
 
 
@@ -65,15 +93,20 @@ class Standardize(Normalizer):
 class RobustMAD(Normalizer):
     """(x - median) / (1.4826 * MAD + epsilon) against the controls (pycytominer RobustMAD)."""
 
+    on_constant = ("inflated: its MAD is 0, so differences are divided by epsilon and reach "
+                   "~1/epsilon; drop it (select_features) or use 'standardize'")
+
     def __init__(self, epsilon: float = 1e-18):
         self.epsilon = epsilon
 
     def fit(self, x: np.ndarray) -> "RobustMAD":
+        """Fit on the (n, d) float64 control rows; returns self."""
         self.median_ = np.median(x, axis=0)
         self.mad_ = 1.4826 * np.median(np.abs(x - self.median_), axis=0)
         return self
 
     def transform(self, x: np.ndarray) -> np.ndarray:
+        """Transform (n, d) rows with the fitted statistics."""
         return (x - self.median_) / (self.mad_ + self.epsilon)
 
 
@@ -87,11 +120,15 @@ def _covariance(x: np.ndarray) -> np.ndarray:
 class TVN(Normalizer):
     """PCA whitening on controls: (x - mu) @ U / sqrt(lambda + epsilon)."""
 
+    on_constant = ("deleted: TVN zeroes directions the controls never vary in, so treatment "
+                   "differences along it are lost")
+
     def __init__(self, epsilon: float = 1e-6, rank_tol: float = 1e-10):
         self.epsilon = epsilon
         self.rank_tol = rank_tol
 
     def fit(self, x: np.ndarray) -> "TVN":
+        """Fit on the (n, d) float64 control rows; returns self."""
         self.mean_ = x.mean(axis=0)
         eigval, eigvec = np.linalg.eigh(_covariance(x))
         order = np.argsort(eigval)[::-1]  # principal axis first
@@ -101,43 +138,132 @@ class TVN(Normalizer):
         flip = np.sign(eigvec[np.abs(eigvec).argmax(axis=0), np.arange(eigvec.shape[1])])
         eigvec = eigvec * np.where(flip == 0, 1.0, flip)
         scale = 1.0 / np.sqrt(eigval + self.epsilon)
-        scale[eigval <= self.rank_tol * max(eigval.max(), 0.0)] = 0.0
+        null = eigval <= self.rank_tol * max(eigval.max(), 0.0)
+        scale[null] = 0.0
         self.components_, self.scale_ = eigvec, scale
+        self.n_null_ = int(null.sum())
         return self
 
     def transform(self, x: np.ndarray) -> np.ndarray:
+        """Transform (n, d) rows with the fitted statistics."""
         return ((x - self.mean_) @ self.components_) * self.scale_
+
+
+def _natural_rank(x: np.ndarray) -> int:
+    """Numpy's default matrix rank (SVD, tol = max(s) * max(n, d) * eps), as pycytominer."""
+    return int(np.linalg.matrix_rank(x)) if x.size else 0
 
 
 @NORMALIZERS.register("spherize")
 class Spherize(Normalizer):
-    """ZCA (or ZCA-cor) whitening on controls, as pycytominer's Spherize with center=True."""
+    """Sphering on controls, as pycytominer's ``Spherize`` (ZCA, ZCA-cor, PCA, PCA-cor).
 
-    _METHODS = ("ZCA", "ZCA-cor")
+    ``null``: what to do with directions the controls never vary in when they have fewer
+    rows than features: ``"smallest"`` (pycytominer) scales them like the smallest non-null
+    direction, ``"drop"`` zeroes them. ``-cor`` methods need non-constant control columns
+    (pycytominer raises); here a constant column is left unscaled and ``normalize`` warns.
+    """
 
-    def __init__(self, method: str = "ZCA", epsilon: float = 1e-6):
-        if method not in self._METHODS:
-            raise EvaluationError(f"unknown spherize method {method!r}; valid: {self._METHODS}")
-        self.method = method
-        self.epsilon = epsilon
+    METHODS = ("ZCA", "ZCA-cor", "PCA", "PCA-cor")
+    NULL = ("smallest", "drop")
+    on_constant = ("a null direction of the controls: scaled like the smallest non-null one "
+                   "(null='smallest', as pycytominer) or zeroed (null='drop')")
+
+    def __init__(self, method: str = "ZCA", epsilon: float = 1e-6, center: bool = True,
+                 null: str = "smallest"):
+        if method not in self.METHODS:
+            raise EvaluationError(f"unknown spherize method {method!r}; valid: {self.METHODS}")
+        if null not in self.NULL:
+            raise EvaluationError(f"unknown spherize null={null!r}; valid: {self.NULL}")
+        if method.endswith("-cor") and not center:
+            raise EvaluationError(f"spherize method {method!r} needs center=True (correlation "
+                                  "is centred); use 'ZCA'/'PCA' for uncentred sphering")
+        self.method, self.epsilon, self.center, self.null = method, epsilon, center, null
 
     def fit(self, x: np.ndarray) -> "Spherize":
-        self.mean_ = x.mean(axis=0)
-        cov = _covariance(x)
-        if self.method == "ZCA-cor":
-            std = np.sqrt(np.diag(cov))
-            std = np.where(std > 0, std, 1.0)
-            cov = cov / np.outer(std, std)
-        else:
-            std = np.ones(cov.shape[0])
-        s, u = np.linalg.eigh(cov)
-        s = np.clip(s, 0, None)
-        zca = u @ np.diag(1.0 / np.sqrt(s + self.epsilon)) @ u.T
-        self.whiten_ = zca @ np.diag(1.0 / std)
+        """Fit on the (n, d) float64 control rows; returns self."""
+        n, d = x.shape
+        if n < 2:
+            raise EvaluationError(f"spherize needs at least 2 control rows, got {n}")
+        self.mean_ = x.mean(axis=0) if self.center else np.zeros(d)
+        std = x.std(axis=0) if self.method.endswith("-cor") else np.ones(d)
+        self.std_ = np.where(std > 0, std, 1.0)
+        xc = (x - self.mean_) / self.std_
+        r = _natural_rank(xc)
+        _, s, vt = np.linalg.svd(xc, full_matrices=True)  # vt: (d, d)
+        sigma = np.zeros(d)
+        sigma[:len(s)] = s
+        keep = np.ones(d, dtype=bool)
+        if r < d:
+            if r == 0:
+                raise EvaluationError("spherize: the control rows are all identical; nothing "
+                                      "to whiten (check the controls selection)")
+            if self.null == "smallest":
+                sigma[r:] = sigma[r - 1]  # pycytominer: null directions as the smallest one
+            else:
+                keep[r:] = False
+        self.n_null_ = d - r
+        scale = np.where(keep, np.sqrt(n - 1) / (sigma + self.epsilon), 0.0)
+        w = vt.T * scale  # (d, d): PCA whitening, column k = axis k
+        if self.method.startswith("ZCA"):
+            w = w @ vt
+        self.w_ = w
+        self.whiten_ = (w / self.std_[:, None]).T  # transform = (x - mean) @ whiten_.T
         return self
 
     def transform(self, x: np.ndarray) -> np.ndarray:
-        return (x - self.mean_) @ self.whiten_.T
+        """Transform (n, d) rows with the fitted statistics."""
+        return ((x - self.mean_) / self.std_) @ self.w_
+
+
+for _name, _method in (("zca", "ZCA"), ("zca-cor", "ZCA-cor"), ("pca", "PCA"),
+                       ("pca-cor", "PCA-cor")):
+    NORMALIZERS.register(_name)(partial(Spherize, method=_method))
+
+
+def _sym_power(c: np.ndarray, power: float) -> np.ndarray:
+    """C^power of a symmetric positive-definite matrix via its eigendecomposition."""
+    val, vec = np.linalg.eigh(c)
+    return (vec * np.clip(val, 1e-300, None) ** power) @ vec.T
+
+
+@NORMALIZERS.register("coral")
+class CORAL(Normalizer):
+    """CORrelation ALignment (Sun et al. 2016) of a group's controls onto a target.
+
+    ``target_cov``/``target_mean`` are the statistics of all control rows; ``normalize``
+    fills them in (see :meth:`global_params`) when CORAL is fitted per group.
+    """
+
+    def __init__(self, lam: float = 1.0, center: bool = True, target_cov=None,
+                 target_mean=None):
+        if lam <= 0:
+            raise EvaluationError(f"CORAL needs lam > 0 (a ridge on both covariances), got {lam}")
+        self.lam, self.center = lam, center
+        self.target_cov, self.target_mean = target_cov, target_mean
+
+    @staticmethod
+    def global_params(x_controls: np.ndarray) -> dict:
+        """Target statistics from every control row (all groups together)."""
+        return {"target_cov": _covariance(x_controls), "target_mean": x_controls.mean(axis=0)}
+
+    def fit(self, x: np.ndarray) -> "CORAL":
+        """Fit on the (n, d) float64 control rows; returns self."""
+        d = x.shape[1]
+        target = self.global_params(x) if self.target_cov is None else {
+            "target_cov": np.asarray(self.target_cov), "target_mean": self.target_mean}
+        ridge = self.lam * np.eye(d)
+        self.matrix_ = (_sym_power(_covariance(x) + ridge, -0.5)
+                        @ _sym_power(target["target_cov"] + ridge, 0.5))
+        self.mean_ = x.mean(axis=0) if self.center else np.zeros(d)
+        tm = target["target_mean"]
+        self.target_mean_ = (np.asarray(tm) if (self.center and tm is not None)
+                             else np.zeros(d))
+        return self
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        """Transform (n, d) rows with the fitted statistics."""
+        return (x - self.mean_) @ self.matrix_ + self.target_mean_
 
 
 def control_mask(table: pd.DataFrame, controls: Controls) -> np.ndarray:
@@ -179,15 +305,49 @@ def control_mask(table: pd.DataFrame, controls: Controls) -> np.ndarray:
     return arr
 
 
+#: pycytominer.normalize keyword names -> our normalizer parameters
+PYCYTOMINER_PARAMS: dict[str, str] = {
+    "spherize_method": "method", "spherize_center": "center", "spherize_epsilon": "epsilon",
+    "mad_robustize_epsilon": "epsilon",
+}
+
+
+def _normalizer_params(method: str, params: dict) -> dict:
+    out = {}
+    for key, value in params.items():
+        target = PYCYTOMINER_PARAMS.get(key)
+        if target is None:
+            out[key] = value
+        elif key.startswith("spherize_") and method not in SPHERIZE_NAMES:
+            raise EvaluationError(f"{key}= applies to method='spherize', not {method!r}")
+        else:
+            out[target] = value
+    return out
+
+
+SPHERIZE_NAMES = ("spherize", "zca", "zca-cor", "pca", "pca-cor")
+
+
+def _group_label(by, key) -> str:
+    return "all rows" if by is None else str(dict(zip(by, key, strict=False)))
+
+
 def normalize(table: pd.DataFrame, *, features: Features, method: str = "standardize",
               controls: Controls = None, by: Sequence[str] | str | None = None,
               **params) -> pd.DataFrame:
     """Fit ``method`` on the control rows of each ``by`` group and transform that group.
 
-    Returns a copy of ``table`` with the feature columns replaced (float64). A group without
-    control rows is an :class:`EvaluationError` naming the group.
+    ``params`` go to the normalizer (``epsilon=``, ``null=``, ...); pycytominer's names
+    ``spherize_method``/``spherize_center``/``spherize_epsilon``/``mad_robustize_epsilon``
+    are accepted too. Returns a copy of ``table`` with the feature columns replaced (float64).
+    A group without control rows is an :class:`EvaluationError` naming the group; features
+    constant in a group's controls, and rank-deficient whitening fits, are warned about.
     """
-    cls = NORMALIZERS.get(method)
+    try:
+        cls = NORMALIZERS.get(method)
+    except ValueError as exc:
+        raise EvaluationError(str(exc)) from None
+    params = _normalizer_params(method, params)
     cols = resolve_features(table, features)
     x = feature_matrix(table, cols)
     ctrl = control_mask(table, controls)
@@ -206,16 +366,48 @@ def normalize(table: pd.DataFrame, *, features: Features, method: str = "standar
             )
         groups = {k if isinstance(k, tuple) else (k,): v
                   for k, v in table.groupby(by, sort=True, observed=True).indices.items()}
+    global_params = getattr(cls, "global_params", None)
+    if global_params is not None and not ctrl.any():
+        raise EvaluationError(f"no control rows for {method!r}; controls={controls!r}")
+    if global_params is not None:
+        params = {**global_params(x[ctrl]), **params}
+    constant: dict[str, list[str]] = {}
+    deficient: list[str] = []
+    on_constant = None
     for key, rows in groups.items():
         fit_rows = rows[ctrl[rows]]
         if len(fit_rows) == 0:
-            where = dict(zip(by, key)) if by is not None else "all rows"
             raise EvaluationError(
-                f"no control rows in group {where} ({len(rows)} rows) for {method!r}; "
-                f"controls={controls!r}. Fit globally (by=None) or check the control labels."
+                f"no control rows in group {_group_label(by, key) if by else 'all rows'} "
+                f"({len(rows)} rows) for {method!r}; controls={controls!r}. Fit globally "
+                "(by=None) or check the control labels."
             )
         norm = cls(**params).fit(x[fit_rows])
+        on_constant = norm.on_constant
+        where = _group_label(by, key)
+        for c in constant_columns(x[fit_rows], cols):
+            constant.setdefault(c, []).append(where)
+        n_null = getattr(norm, "n_null_", 0)
+        if n_null and n_null > len(constant_columns(x[fit_rows], cols)):
+            deficient.append(f"{where}: {len(fit_rows)} control rows for {len(cols)} features, "
+                             f"{n_null} null direction(s)")
         out_x[rows] = norm.transform(x[rows])
+    if constant and on_constant:
+        groups_named = sorted({g for v in constant.values() for g in v})
+        warn(f"{method}: {len(constant)} feature column(s) are constant in the controls "
+             f"({name_columns(list(constant))}; in {preview(groups_named, 3)}): {on_constant}. "
+             "Drop them first with select_features(..., operations=['variance_threshold']).")
+    if deficient and method in ("tvn", *SPHERIZE_NAMES):
+        warn(f"{method}: controls span fewer directions than there are features "
+             f"({preview(deficient, 3)}); "
+             + ("TVN zeroes those directions." if method == "tvn" else
+                "they are scaled like the smallest non-null direction (null='smallest') or "
+                "zeroed (null='drop')."))
+    big = np.abs(out_x) > 1e6
+    if big.any():
+        bad = [c for c, b in zip(cols, big.any(axis=0), strict=False) if b]
+        warn(f"{method}: values up to {np.abs(out_x).max():.3g} after normalizing, in column(s) "
+             f"{name_columns(bad)}: a direction was inflated (near-zero spread in the controls)")
     out = table.copy()
     out[cols] = out_x
     return out

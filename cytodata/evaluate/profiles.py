@@ -50,7 +50,7 @@ def feature_columns(table: pd.DataFrame, *, prefix: str | None = None,
 
 
 def resolve_features(table: pd.DataFrame, features: Features) -> list[str]:
-    """A list of feature column names from a list, a prefix string, or None (auto)."""
+    """Return a list of feature column names from a list, a prefix string, or None (auto)."""
     if features is None:
         return feature_columns(table)
     if isinstance(features, str):
@@ -66,12 +66,13 @@ def resolve_features(table: pd.DataFrame, features: Features) -> list[str]:
 
 
 def feature_matrix(table: pd.DataFrame, features: Features) -> np.ndarray:
-    """The (n_rows, n_features) float64 matrix; NaN/inf rows are an error naming them."""
+    """Return the (n_rows, n_features) float64 matrix; NaN/inf rows are an error naming them."""
     cols = resolve_features(table, features)
     try:
         x = table[cols].to_numpy(dtype=np.float64, na_value=np.nan)
     except (TypeError, ValueError) as exc:
-        raise EvaluationError(f"feature columns are not numeric ({exc}); check {preview(cols)}") from None
+        raise EvaluationError(f"feature columns are not numeric ({exc}); check "
+                              f"{preview(cols)}") from None
     bad = ~np.isfinite(x).all(axis=1)
     if bad.any():
         raise EvaluationError(
@@ -106,6 +107,33 @@ def _join_unique(values: pd.Series) -> object:
     return "|".join(tokens)
 
 
+def _carry_columns(table: pd.DataFrame, grouped, extra: Sequence[str],
+                   index: pd.Index) -> pd.DataFrame:
+    """Per group: the one value of each carry column, or its sorted ``a|b`` join.
+
+    Vectorized for the usual case (one value per group); only groups holding several
+    distinct values go through :func:`_join_unique`.
+    """
+    codes = grouped.ngroup().to_numpy()
+    out = {}
+    for col in extra:
+        values = table[col]
+        try:
+            frame = pd.DataFrame({"g": codes, "v": values.to_numpy()}).dropna()
+            distinct = frame.drop_duplicates()
+        except TypeError:  # unhashable cells (lists): the slow, general path
+            out[col] = grouped[col].agg(_join_unique).to_numpy()
+            continue
+        n_unique = distinct.groupby("g")["v"].size()
+        first = distinct.groupby("g")["v"].first()
+        result = pd.Series(pd.NA, index=range(len(index)), dtype=object)
+        result.loc[first.index] = first.to_numpy(dtype=object)
+        for g in n_unique.index[n_unique.to_numpy() > 1]:
+            result.loc[g] = _join_unique(distinct.loc[distinct["g"] == g, "v"])
+        out[col] = result.to_numpy()
+    return pd.DataFrame(out, index=index)
+
+
 def aggregate(table: pd.DataFrame, *, features: Features, by: Sequence[str] | str,
               how: str = "mean", carry: Sequence[str] = (), count: str | None = None
               ) -> pd.DataFrame:
@@ -126,7 +154,7 @@ def aggregate(table: pd.DataFrame, *, features: Features, by: Sequence[str] | st
     extra = [c for c in carry if c in table.columns and c not in by]
     parts = [out]
     if extra:
-        parts.append(grouped[extra].agg(_join_unique))
+        parts.append(_carry_columns(table, grouped, extra, out.index))
     if count:
         parts.append(grouped.size().rename(count))
     out = pd.concat(parts, axis=1) if len(parts) > 1 else out
@@ -172,7 +200,8 @@ def chain(table: pd.DataFrame, *, features: Features, steps: Sequence[Step] = ST
     return out
 
 
-def center_crop_boxes(height: int, width: int, size: int, n: int = 4) -> list[tuple[int, int, int, int]]:
+def center_crop_boxes(height: int, width: int, size: int, n: int = 4
+                      ) -> list[tuple[int, int, int, int]]:
     """``n`` (4) ``size``x``size`` boxes tiling the image centre 2x2: (y0, x0, y1, x1) pixels.
 
     WS-DINO embeds the four centre crops of each field and takes their median as the image
@@ -188,3 +217,55 @@ def center_crop_boxes(height: int, width: int, size: int, n: int = 4) -> list[tu
     y0, x0 = (height - 2 * size) // 2, (width - 2 * size) // 2
     return [(y0 + dy, x0 + dx, y0 + dy + size, x0 + dx + size)
             for dy in (0, size) for dx in (0, size)]
+
+
+CONSENSUS = ("median", "mean", "modz")
+
+
+def _modz_weights(x: np.ndarray, method: str, min_weight: float, precision: int) -> np.ndarray:
+    """Pycytominer's MODZ weights of the (n, d) replicate rows (sum to ~1, rounded)."""
+    n = len(x)
+    if n == 1:
+        return np.ones(1)
+    if method == "pearson" and np.isfinite(x).all():
+        cor = np.corrcoef(x)
+    else:
+        cor = pd.DataFrame(x.T).corr(method=method).to_numpy()
+    cor = cor.copy()
+    np.fill_diagonal(cor, np.nan)
+    raw = np.nanmean(np.clip(cor, 0, None), axis=1)
+    raw = np.clip(np.nan_to_num(raw, nan=min_weight), min_weight, None)
+    total = raw.sum()
+    weights = raw / total if total > 0 else np.full(n, 1 / n)
+    return np.round(weights, precision)
+
+
+def consensus(table: pd.DataFrame, *, features: Features, by: Sequence[str] | str,
+              how: str = "median", carry: Sequence[str] = (), count: str | None = None,
+              modz_method: str = "spearman", min_weight: float = 0.01,
+              precision: int = 4) -> pd.DataFrame:
+    """Consensus profiles per ``by`` group, as pycytominer's ``consensus``.
+
+    ``how``: ``median``/``mean`` (as :func:`aggregate`) or ``modz`` (moderated z-score,
+    Subramanian et al. 2017): replicates weighted by their mean positive ``modz_method``
+    (Spearman) correlation with the other replicates, floored at ``min_weight``, normalized
+    and rounded to ``precision`` decimals, then summed.
+    """
+    if how not in CONSENSUS:
+        raise EvaluationError(f"unknown consensus {how!r}; valid: {CONSENSUS}")
+    if how != "modz":
+        return aggregate(table, features=features, by=by, how=how, carry=carry, count=count)
+    if modz_method not in ("pearson", "spearman", "kendall"):
+        raise EvaluationError(f"unknown modz_method {modz_method!r}; valid: pearson, "
+                              "spearman, kendall")
+    by = [by] if isinstance(by, str) else list(by)
+    base = aggregate(table, features=features, by=by, how="mean", carry=carry, count=count)
+    cols = resolve_features(table, features)
+    x = feature_matrix(table, cols)
+    grouped = table.groupby(by, sort=True, observed=True, dropna=False)
+    rows = np.empty((len(base), len(cols)))
+    for i, (_, idx) in enumerate(grouped.indices.items()):
+        block = x[idx]
+        rows[i] = _modz_weights(block, modz_method, min_weight, precision) @ block
+    base[cols] = rows
+    return base

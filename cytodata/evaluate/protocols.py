@@ -1,24 +1,54 @@
 """Named evaluation protocols: embeddings + harmonized metadata -> metrics.
 
 ``run_protocol(name, embeddings, metadata, **opts)`` returns a dict with ``protocol``,
-``options`` (resolved), ``metrics`` (name -> MatchResult/MapResult), ``profiles`` (the
-profiles the metrics were computed on), ``features`` and ``notes``.
+``options`` (resolved), ``metrics`` (name -> MatchResult/MapResult/...), ``profiles`` (the
+profiles the metrics were computed on, indexed by a readable name such as ``taxol@0.3``),
+``features``, ``counts`` (what was scored of what was given), ``excluded`` (profiles left
+out of a metric, with the reason), ``definitions`` and ``notes``.
 
-Protocols (``PROTOCOLS.names()``):
+The BBBC021 protocols, side by side (every one scores the 103 MOA-annotated, non-DMSO
+(compound, concentration) treatments for NSC):
 
-- ``bbbc021-ando`` (Ando et al. 2017, WS-DINO): crops -> image median; each ``center_by``
-  group (default ``"batch"``; ``None`` skips) is z-scored on its own DMSO images, removing
-  per-batch offsets/scales; then TVN is fitted on the DMSO images per ``tvn_by`` group (default
-  ``None``: ONE fit on all DMSO images, so every batch shares the same principal axes; a
-  per-batch PCA basis would rotate batches differently and defeat NSCB); well mean, treatment
-  median over wells, then NSC and NSCB over the MOA-annotated non-DMSO treatments (103 in
-  BBBC021; NSCB drops MOAs seen in one batch only).
+================  ===================  ======================  ====================  ======
+protocol          normalization        aggregation             NSCB multi-batch      NSCB n
+================  ===================  ======================  ====================  ======
+bbbc021-ws-dino   TVN, one fit on all  image -> (treatment,    median batch          92
+                  DMSO images          plate) mean ->          (taxol 0.3 scored)
+                                       treatment median
+bbbc021-ando      TVN on all DMSO,     image -> well mean ->   any batch (taxol 0.3  91
+                  then CORAL per batch treatment median        dropped: no neighbour)
+bbbc021-ljosa     z-score per plate    image -> treatment      (supplementary, as    91
+                  vs DMSO              mean                    ando)
+bbbc021-cytoima-  z-score over all     image -> treatment      (supplementary, as    91
+genet             images               mean                    ando)
+================  ===================  ======================  ====================  ======
+
+- ``bbbc021-ws-dino`` (Cross-Zamirski et al. 2022, WS-DINO): crops -> image median; TVN
+  (PCA whitening) fitted once on every DMSO image embedding; mean per (treatment, plate),
+  median per treatment; cosine 1-NN NSC and NSCB; a treatment imaged in several batches
+  (taxol 0.3, the positive control, in all ten weeks) counts as its median batch, so NSCB
+  scores 92 treatments (103 minus the 11 of the two MOAs imaged in one week only).
+- ``bbbc021-ando`` (Ando et al. 2017): crops -> image median; optional per-``center_by``
+  z-score on DMSO (default off); TVN fitted on all DMSO images; CORAL per ``coral_by`` batch
+  (each batch's DMSO covariance recoloured to that of all DMSO, ridge ``coral_lam``); well
+  mean, treatment median; NSC and NSCB where a treatment in several batches excludes
+  neighbours from all of them, so taxol 0.3 has no admissible neighbour (91 scored).
+- ``bbbc021-ljosa`` (Ljosa et al. 2013, "means" profiles): features z-scored per plate against
+  its DMSO images, treatment mean over images, cosine 1-NN NSC (NSCB added, not in the paper).
 - ``bbbc021-cytoimagenet`` (Hua et al. 2021): z-score each feature over all images, treatment
-  mean, NSC.
+  mean, NSC (NSCB added, not in the paper).
 - ``knn``: k-NN (k=11) accuracy of ``label`` over rows (COOS-7/CyCLOPS); ``query_split="test"``
   queries the test split against the rest.
 - ``map``: replicate retrieval (wells of a treatment vs DMSO wells, after robust MAD per plate on
-  DMSO) and same-MOA retrieval (treatment profiles, positives = same MOA, other compound).
+  DMSO and, as pycytominer's pipeline, feature selection on the normalized well profiles:
+  ``post_select`` = NaN share, variance, correlation) and same-MOA retrieval (treatment profiles,
+  positives = same MOA, other compound), with percent replicating / matching, grit,
+  precision@k, hit@k and enrichment.
+
+None of the BBBC021 papers above applied feature selection to learned embeddings, so those
+protocols do not; ``map`` follows pycytominer's pipeline and selects after normalizing. Every
+protocol accepts ``feature_select=[...]`` (operations of :mod:`cytodata.evaluate.selection`)
+to select before it starts.
 """
 
 from __future__ import annotations
@@ -30,10 +60,13 @@ import pandas as pd
 
 from .._registry import Registry
 from ..errors import EvaluationError, preview
+from ._checks import constant_columns, name_columns, warn
+from .interop import from_metadata_names, infer_features
 from .matching import knn_accuracy, nsc, nscb
 from .normalize import normalize
-from .profiles import aggregate, feature_matrix, resolve_features
+from .profiles import aggregate, resolve_features
 from .retrieval import mean_average_precision
+from .selection import select_features
 
 PROTOCOLS: Registry[Callable[..., dict]] = Registry("evaluation protocol")
 
@@ -42,16 +75,83 @@ CARRY: tuple[str, ...] = ("moa", "batch", "plate", "well", "compound", "concentr
                           "control_type", "label", "split")
 
 
+def _check_feature_columns(table: pd.DataFrame, cols: list[str], where: str) -> None:
+    """All-NaN, partly-NaN and non-numeric feature columns are errors naming the columns."""
+    block = table[cols]
+    non_numeric = [c for c in cols if not pd.api.types.is_numeric_dtype(block[c])]
+    if non_numeric:
+        raise EvaluationError(f"{where}: feature column(s) {name_columns(non_numeric)} are not "
+                              "numeric; pass features=... (a prefix or a list) to leave them out")
+    x = block.to_numpy(dtype=np.float64, na_value=np.nan)
+    finite = np.isfinite(x)
+    all_bad = [c for c, ok in zip(cols, finite.any(axis=0), strict=False) if not ok]
+    if all_bad:
+        raise EvaluationError(
+            f"{where}: feature column(s) {name_columns(all_bad)} are NaN/inf in every row; "
+            "drop them (select_features(..., operations=['drop_na_columns'])) or re-embed")
+    some_bad = ~finite.all(axis=0)
+    if some_bad.any():
+        rows = ~finite.all(axis=1)
+        bad_cols = [c for c, b in zip(cols, some_bad, strict=False) if b]
+        raise EvaluationError(
+            f"{where}: {int(rows.sum())} row(s) have NaN/inf features (rows "
+            f"{preview(table.index[rows])}; column(s) {name_columns(bad_cols)}). Drop or "
+            "re-embed those images, or drop the columns before evaluating.")
+    flat = constant_columns(x, cols)
+    if flat:
+        warn(f"{where}: feature column(s) {name_columns(flat)} are constant over all "
+             f"{len(x)} rows and carry no information; drop them (select_features)")
+
+
+def _id_index(values: pd.Series, what: str) -> pd.Index:
+    ids = values.astype(str)
+    dup = ids.duplicated(keep=False)
+    if dup.any():
+        raise EvaluationError(
+            f"{what}: id(s) {preview(ids[dup].unique())} appear more than once "
+            f"({int(dup.sum())} rows); each image must appear once or it is counted twice. "
+            "Drop the duplicates (e.g. table.drop_duplicates(subset=[id column])).")
+    return pd.Index(ids, name="id")
+
+
 def align(embeddings: pd.DataFrame | np.ndarray, metadata: pd.DataFrame, *,
           id_column: str | None = None, features=None) -> tuple[pd.DataFrame, list[str]]:
     """Join embeddings to metadata rows; returns (table indexed by id, feature columns).
 
     ``embeddings``: a DataFrame with an id column (``key``, ``image_id`` or ``id``, or
-    ``id_column``) and feature columns, or an (n, d) array aligned row by row with
-    ``metadata`` (columns ``emb_0000``...). Ids missing from the metadata, duplicate ids and
-    NaN features are errors naming the ids; metadata rows without an embedding are left out.
+    ``id_column``) and feature columns; the metadata table itself (one table holding both,
+    features found by ``features`` or :func:`~cytodata.evaluate.interop.infer_features`);
+    or an (n, d) array aligned row by row with ``metadata`` (columns ``emb_0000``...).
+    Unknown ids, duplicate ids (in either table), all-NaN/NaN features are errors naming the
+    ids/columns; metadata rows without an embedding are left out with a warning, and
+    ``table.attrs["coverage"]`` records ``{"scored", "expected", "missing"}``.
     """
     meta = metadata.reset_index(drop=True)
+    if embeddings is metadata:  # one table: metadata and features side by side
+        cols = (infer_features(meta) if features is None
+                else infer_features(meta, prefix=features) if isinstance(features, str)
+                else resolve_features(meta, features))
+        idc = id_column or next((c for c in ID_COLUMNS if c in meta.columns), None)
+        if idc is not None:
+            if idc not in meta.columns:
+                raise EvaluationError(f"id column {idc!r} not in the table; columns are "
+                                      f"{preview(meta.columns, 10)}")
+            meta.index = _id_index(meta[idc], "table")
+        else:
+            try:
+                dup = meta.duplicated(keep=False).to_numpy()
+            except TypeError:  # unhashable cells (lists): compare their text
+                dup = meta.astype(str).duplicated(keep=False).to_numpy()
+            if dup.any():
+                raise EvaluationError(
+                    f"rows {preview(np.flatnonzero(dup).tolist())} are exact duplicates (same "
+                    "metadata and features); each image must appear once or it is counted "
+                    "twice. Drop them (table.drop_duplicates()) or pass --id-column to name "
+                    "the images.")
+            meta.index = pd.Index([f"row {i}" for i in range(len(meta))], name="id")
+        _check_feature_columns(meta, cols, "embeddings")
+        meta.attrs["coverage"] = {"scored": len(meta), "expected": len(meta), "missing": []}
+        return meta, cols
     if isinstance(embeddings, np.ndarray):
         if embeddings.ndim != 2 or len(embeddings) != len(meta):
             raise EvaluationError(
@@ -62,8 +162,9 @@ def align(embeddings: pd.DataFrame | np.ndarray, metadata: pd.DataFrame, *,
         table = pd.concat([meta, pd.DataFrame(embeddings, columns=cols)], axis=1)
         idc = id_column or next((c for c in ID_COLUMNS if c in meta.columns), None)
         if idc is not None:
-            table.index = pd.Index(meta[idc].astype(str), name="id")
-        feature_matrix(table, cols)
+            table.index = _id_index(meta[idc], "metadata")
+        _check_feature_columns(table, cols, "embeddings")
+        table.attrs["coverage"] = {"scored": len(table), "expected": len(table), "missing": []}
         return table, cols
     idc = id_column or next((c for c in ID_COLUMNS if c in embeddings.columns), None)
     if idc is None or idc not in embeddings.columns:
@@ -71,18 +172,20 @@ def align(embeddings: pd.DataFrame | np.ndarray, metadata: pd.DataFrame, *,
             f"embeddings need an id column ({' or '.join(ID_COLUMNS)}, or id_column=...); "
             f"columns are {preview(embeddings.columns, 10)}"
         )
-    meta_id = idc if idc in meta.columns else next((c for c in ID_COLUMNS if c in meta.columns), None)
+    meta_id = idc if idc in meta.columns else next((c for c in ID_COLUMNS if c in meta.columns),
+                                                   None)
     if meta_id is None:
         raise EvaluationError(f"metadata has no id column to match {idc!r}; columns are "
                               f"{preview(meta.columns, 10)}")
     emb = embeddings.copy()
-    emb.index = pd.Index(emb[idc].astype(str), name="id")
+    emb.index = _id_index(emb[idc], "embeddings")
     emb = emb.drop(columns=[idc])
-    cols = resolve_features(emb, features)
-    dup = emb.index.duplicated(keep=False)
-    if dup.any():
-        raise EvaluationError(f"duplicate embedding ids {preview(emb.index[dup].unique())}")
-    meta.index = pd.Index(meta[meta_id].astype(str), name="id")
+    if features is None:
+        shared = [c for c in emb.columns if c in meta.columns]
+        cols = infer_features(emb.drop(columns=shared))
+    else:
+        cols = resolve_features(emb, features)
+    meta.index = _id_index(meta[meta_id], "metadata")
     unknown = emb.index.difference(meta.index)
     if len(unknown):
         raise EvaluationError(
@@ -90,7 +193,13 @@ def align(embeddings: pd.DataFrame | np.ndarray, metadata: pd.DataFrame, *,
             f"{preview(unknown)}. Embed the same manifest you evaluate against."
         )
     table = meta.loc[emb.index, [c for c in meta.columns if c not in cols]].join(emb[cols])
-    feature_matrix(table, cols)
+    _check_feature_columns(table, cols, "embeddings")
+    missing = meta.index.difference(emb.index)
+    if len(missing):
+        warn(f"embeddings cover {len(emb)} of {len(meta)} metadata rows; {len(missing)} "
+             f"without an embedding are not scored (e.g. {preview(missing, 3)})")
+    table.attrs["coverage"] = {"scored": len(table), "expected": len(meta),
+                               "missing": [str(m) for m in missing[:20]]}
     return table, cols
 
 
@@ -102,7 +211,9 @@ def _to_images(table: pd.DataFrame, cols: list[str], how: str) -> pd.DataFrame:
     """Crop rows -> one row per image (median by default); images pass through."""
     for key in ("parent_id", "image_id"):
         if key in table.columns and table[key].notna().all() and table[key].duplicated().any():
-            return aggregate(table, features=cols, by=key, how=how, carry=CARRY)
+            out = aggregate(table, features=cols, by=key, how=how, carry=CARRY)
+            out.index = pd.Index(out[key].astype(str), name="id")
+            return out
     return table
 
 
@@ -113,15 +224,34 @@ def _treatments(table: pd.DataFrame, o: dict) -> pd.DataFrame:
     return table[keep]
 
 
+def _fmt_conc(value) -> str:
+    try:
+        return f"{float(value):g}"
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _name_treatments(treat: pd.DataFrame, o: dict) -> pd.DataFrame:
+    """Index treatment profiles by ``compound@concentration`` (what a reader recognises)."""
+    names = (treat[o["compound"]].astype(str) + "@"
+             + treat[o["concentration"]].map(_fmt_conc))
+    treat = treat.copy()
+    treat.index = pd.Index(names, name="treatment")
+    return treat
+
+
 def _check_columns(table: pd.DataFrame, cols: list[str], protocol: str) -> None:
     missing = [c for c in cols if c not in table.columns]
     if missing:
         raise EvaluationError(f"protocol {protocol!r} needs metadata column(s) {missing}; "
-                              f"columns are {preview(table.columns, 10)}")
+                              f"columns are {preview(table.columns, 10)}. A pycytominer "
+                              "table? pass metadata_prefix='Metadata_'.")
 
 
 DEFAULTS = {"compound": "compound", "concentration": "concentration", "moa": "moa",
-            "batch": "batch", "plate": "plate", "well": "well", "control": "dmso"}
+            "batch": "batch", "plate": "plate", "well": "well", "control": "dmso",
+            "features": None, "id_column": None, "metadata_prefix": None,
+            "feature_select": None}
 
 
 def _opts(opts: dict, **extra) -> dict:
@@ -133,62 +263,202 @@ def _opts(opts: dict, **extra) -> dict:
     return out
 
 
-@PROTOCOLS.register("bbbc021-ando")
-def bbbc021_ando(embeddings, metadata, **opts) -> dict:
-    """TVN (DMSO, per batch) -> well mean -> treatment median -> NSC + NSCB."""
-    o = _opts(opts, center_by="batch", tvn_by=None, crop_how="median", well_how="mean",
-              treatment_how="median", epsilon=1e-6, features=None)
-    table, cols = align(embeddings, metadata, features=o["features"])
-    _check_columns(table, [o[k] for k in ("compound", "concentration", "moa", "batch", "plate",
-                                          "well")], "bbbc021-ando")
-    table = _to_images(table, cols, o["crop_how"])
-    controls = {o["compound"]: o["control"]}
-    if o["center_by"]:
-        table = normalize(table, features=cols, method="standardize", controls=controls,
-                          by=o["center_by"])
-    table = normalize(table, features=cols, method="tvn", controls=controls, by=o["tvn_by"],
-                      epsilon=o["epsilon"])
-    wells = aggregate(table, features=cols, by=[o["plate"], o["well"]], how=o["well_how"],
-                      carry=CARRY)
-    treat = aggregate(_treatments(wells, o), features=cols,
-                      by=[o["compound"], o["concentration"]], how=o["treatment_how"],
-                      carry=CARRY, count="n_wells")
-    metrics, notes = {"nsc": nsc(treat, features=cols, moa=o["moa"], compound=o["compound"])}, []
+def _prepare(embeddings, metadata, o: dict, protocol: str, needs: list[str]
+             ) -> tuple[pd.DataFrame, list[str], dict, list[str]]:
+    """Align, check columns, select features; returns (image table, features, counts, notes)."""
+    same = embeddings is metadata
+    if o["metadata_prefix"]:
+        metadata = from_metadata_names(metadata, o["metadata_prefix"])
+        renamed = metadata.attrs.get("renamed", {})
+        if same:
+            embeddings = metadata
+        elif isinstance(embeddings, pd.DataFrame):
+            embeddings = embeddings.rename(columns=renamed)
+        if o["id_column"] in renamed:
+            o = {**o, "id_column": renamed[o["id_column"]]}
+    table, cols = align(embeddings, metadata, id_column=o["id_column"], features=o["features"])
+    cov = table.attrs.get("coverage", {})
+    _check_columns(table, [o[k] for k in needs], protocol)
+    notes: list[str] = []
+    counts = {"rows_expected": cov.get("expected", len(table)),
+              "rows_scored": cov.get("scored", len(table)), "features": len(cols)}
+    if counts["rows_scored"] < counts["rows_expected"]:
+        notes.append(f"embeddings cover {counts['rows_scored']} of {counts['rows_expected']} "
+                     "metadata rows; the rest are not scored")
+    if o["feature_select"]:
+        spec = o["feature_select"]
+        kwargs = dict(spec) if isinstance(spec, dict) else {"operations": spec}
+        selected = select_features(table, features=cols, **kwargs)
+        dropped = selected.attrs.get("dropped_features", {})
+        gone = [c for v in dropped.values() for c in v]
+        cols = [c for c in cols if c not in set(gone)]
+        table = selected
+        counts["features_selected"] = len(cols)
+        notes.append("feature selection dropped " + (", ".join(
+            f"{len(v)} by {op}" for op, v in dropped.items()) or "nothing")
+            + f": {len(cols)} features kept")
+    return table, cols, counts, notes
+
+
+def _treatment_counts(images: pd.DataFrame, treat: pd.DataFrame, o: dict) -> dict:
+    """How many treatments the metadata holds, how many have an MOA, how many were scored."""
+    is_ctrl = _casefold_eq(images[o["compound"]], o["control"])
+    trt = images.loc[~is_ctrl, [o["compound"], o["concentration"], o["moa"]]]
+    all_t = trt.drop_duplicates([o["compound"], o["concentration"]])
+    return {"treatments_in_metadata": len(all_t),
+            "treatments_without_moa": int(all_t[o["moa"]].isna().sum()),
+            "treatments_profiled": len(treat),
+            "control_images": int(is_ctrl.sum())}
+
+
+def _score_bbbc021(treat: pd.DataFrame, cols: list[str], o: dict, multi_batch: str,
+                   nscb_note: str | None = None) -> tuple[dict, list[str], pd.DataFrame]:
+    metrics = {"nsc": nsc(treat, features=cols, moa=o["moa"], compound=o["compound"])}
+    notes: list[str] = []
+    excluded = []
     try:
         metrics["nscb"] = nscb(treat, features=cols, moa=o["moa"], compound=o["compound"],
-                               batch=o["batch"])
+                               batch=o["batch"], multi_batch=multi_batch)
+        ex = metrics["nscb"].excluded.assign(metric="NSCB")
+        excluded.append(ex)
+        if nscb_note:
+            notes.append(nscb_note)
     except EvaluationError as exc:
         notes.append(f"NSCB not computed: {exc}")
-    notes.append((f"z-scored on {o['control']!r} rows per {o['center_by']!r}; " if o["center_by"]
-                  else "") + f"TVN fitted on {o['control']!r} rows "
+    excluded = (pd.concat(excluded, ignore_index=True) if excluded
+                else pd.DataFrame(columns=["profile", o["moa"], "reason", "metric"]))
+    return metrics, notes, excluded
+
+
+def _bbbc021_result(name: str, o: dict, metrics: dict, treat: pd.DataFrame, cols: list[str],
+                    counts: dict, notes: list[str], excluded: pd.DataFrame) -> dict:
+    counts = {**counts, **{f"{k}_scored": m.total for k, m in metrics.items()}}
+    lines = [f"{counts['treatments_profiled']} treatment profiles (MOA-annotated, not "
+             f"{o['control']!r}) of {counts['treatments_in_metadata']} treatments in the "
+             f"metadata; {counts['treatments_without_moa']} have no MOA and are not scored"]
+    for _k, m in metrics.items():
+        lines.append(f"{m.name} scored {m.total} of {counts['treatments_profiled']} treatments"
+                     + (f"; dropped MOAs (one batch only): {', '.join(m.dropped)}"
+                        if m.dropped else "")
+                     + (f"; left out for lack of an admissible neighbour: "
+                        f"{', '.join(map(str, m.unmatched))}" if m.unmatched else ""))
+    return {"protocol": name, "options": o, "metrics": metrics, "profiles": treat,
+            "features": cols, "counts": counts, "excluded": excluded,
+            "definitions": {m.name: m.definition for m in metrics.values()},
+            "notes": lines + notes}
+
+
+BBBC021_NEEDS = ["compound", "concentration", "moa", "batch", "plate", "well"]
+
+
+@PROTOCOLS.register("bbbc021-ws-dino")
+def bbbc021_ws_dino(embeddings, metadata, **opts) -> dict:
+    """Global TVN on DMSO -> (treatment, plate) mean -> treatment median -> NSC, NSCB (median)."""
+    o = _opts(opts, crop_how="median", epsilon=1e-6)
+    table, cols, counts, notes = _prepare(embeddings, metadata, o, "bbbc021-ws-dino",
+                                          BBBC021_NEEDS)
+    images = _to_images(table, cols, o["crop_how"])
+    images = normalize(images, features=cols, method="tvn", controls={o["compound"]: o["control"]},
+                       epsilon=o["epsilon"])
+    trt = _treatments(images, o)
+    per_plate = aggregate(trt, features=cols, by=[o["compound"], o["concentration"], o["plate"]],
+                          how="mean", carry=CARRY, count="n_images")
+    treat = _name_treatments(aggregate(per_plate, features=cols,
+                                       by=[o["compound"], o["concentration"]], how="median",
+                                       carry=CARRY, count="n_plates"), o)
+    metrics, more, excluded = _score_bbbc021(
+        treat, cols, o, "median",
+        "NSCB: a treatment imaged in several batches counts as its median batch (WS-DINO)")
+    counts.update(_treatment_counts(images, treat, o))
+    notes = notes + [f"TVN fitted once on all {counts['control_images']} {o['control']!r} "
+                     "images"] + more
+    return _bbbc021_result("bbbc021-ws-dino", o, metrics, treat, cols, counts, notes, excluded)
+
+
+@PROTOCOLS.register("bbbc021-ando")
+def bbbc021_ando(embeddings, metadata, **opts) -> dict:
+    """TVN on DMSO -> CORAL per batch -> well mean -> treatment median -> NSC + NSCB (any)."""
+    o = _opts(opts, center_by=None, tvn_by=None, coral_by="batch", coral_lam=1.0,
+              coral_center=True, crop_how="median", well_how="mean", treatment_how="median",
+              epsilon=1e-6)
+    table, cols, counts, notes = _prepare(embeddings, metadata, o, "bbbc021-ando", BBBC021_NEEDS)
+    images = _to_images(table, cols, o["crop_how"])
+    controls = {o["compound"]: o["control"]}
+    steps = []
+    if o["center_by"]:
+        images = normalize(images, features=cols, method="standardize", controls=controls,
+                           by=o["center_by"])
+        steps.append(f"z-scored on {o['control']!r} images per {o['center_by']!r}")
+    images = normalize(images, features=cols, method="tvn", controls=controls, by=o["tvn_by"],
+                       epsilon=o["epsilon"])
+    steps.append(f"TVN fitted on {o['control']!r} images "
                  + (f"per {o['tvn_by']!r}" if o["tvn_by"] else "globally"))
-    return {"protocol": "bbbc021-ando", "options": o, "metrics": metrics, "profiles": treat,
-            "features": cols, "notes": notes}
+    if o["coral_by"]:
+        images = normalize(images, features=cols, method="coral", controls=controls,
+                           by=o["coral_by"], lam=o["coral_lam"], center=o["coral_center"])
+        steps.append(f"CORAL per {o['coral_by']!r} onto all {o['control']!r} images "
+                     f"(lam={o['coral_lam']}, center={o['coral_center']})")
+    wells = aggregate(images, features=cols, by=[o["plate"], o["well"]], how=o["well_how"],
+                      carry=CARRY)
+    treat = _name_treatments(aggregate(_treatments(wells, o), features=cols,
+                                       by=[o["compound"], o["concentration"]],
+                                       how=o["treatment_how"], carry=CARRY, count="n_wells"), o)
+    metrics, more, excluded = _score_bbbc021(
+        treat, cols, o, "any",
+        "NSCB: a treatment in several batches excludes neighbours from all of them (Ando)")
+    counts.update(_treatment_counts(images, treat, o))
+    return _bbbc021_result("bbbc021-ando", o, metrics, treat, cols, counts,
+                           notes + ["; ".join(steps)] + more, excluded)
+
+
+@PROTOCOLS.register("bbbc021-ljosa")
+def bbbc021_ljosa(embeddings, metadata, **opts) -> dict:
+    """z-score per plate on DMSO -> treatment mean -> NSC (NSCB supplementary)."""
+    o = _opts(opts, normalize_by="plate", crop_how="median")
+    table, cols, counts, notes = _prepare(embeddings, metadata, o, "bbbc021-ljosa",
+                                          BBBC021_NEEDS)
+    images = _to_images(table, cols, o["crop_how"])
+    if o["normalize_by"]:
+        images = normalize(images, features=cols, method="standardize",
+                           controls={o["compound"]: o["control"]}, by=o["normalize_by"])
+    treat = _name_treatments(aggregate(_treatments(images, o), features=cols,
+                                       by=[o["compound"], o["concentration"]], how="mean",
+                                       carry=CARRY, count="n_images"), o)
+    metrics, more, excluded = _score_bbbc021(
+        treat, cols, o, "any", "NSCB is not in Ljosa et al. 2013 (added for comparison)")
+    counts.update(_treatment_counts(images, treat, o))
+    notes = notes + [f"z-scored against {o['control']!r} images per {o['normalize_by']!r}"
+                     if o["normalize_by"] else "no normalization"] + more
+    return _bbbc021_result("bbbc021-ljosa", o, metrics, treat, cols, counts, notes, excluded)
 
 
 @PROTOCOLS.register("bbbc021-cytoimagenet")
 def bbbc021_cytoimagenet(embeddings, metadata, **opts) -> dict:
-    """z-score over all images -> treatment mean -> NSC."""
-    o = _opts(opts, features=None)
-    table, cols = align(embeddings, metadata, features=o["features"])
-    _check_columns(table, [o["compound"], o["concentration"], o["moa"]], "bbbc021-cytoimagenet")
-    table = normalize(table, features=cols, method="standardize", controls=None)
-    treat = aggregate(_treatments(table, o), features=cols,
-                      by=[o["compound"], o["concentration"]], how="mean", carry=CARRY,
-                      count="n_images")
-    return {"protocol": "bbbc021-cytoimagenet", "options": o, "profiles": treat,
-            "metrics": {"nsc": nsc(treat, features=cols, moa=o["moa"], compound=o["compound"])},
-            "features": cols, "notes": ["z-score fitted on all images"]}
+    """z-score over all images -> treatment mean -> NSC (NSCB supplementary)."""
+    o = _opts(opts, crop_how="median")
+    table, cols, counts, notes = _prepare(embeddings, metadata, o, "bbbc021-cytoimagenet",
+                                          ["compound", "concentration", "moa"])
+    images = _to_images(table, cols, o["crop_how"])
+    images = normalize(images, features=cols, method="standardize", controls=None)
+    treat = _name_treatments(aggregate(_treatments(images, o), features=cols,
+                                       by=[o["compound"], o["concentration"]], how="mean",
+                                       carry=CARRY, count="n_images"), o)
+    metrics = {"nsc": nsc(treat, features=cols, moa=o["moa"], compound=o["compound"])}
+    more, excluded = [], pd.DataFrame(columns=["profile", o["moa"], "reason", "metric"])
+    if o["batch"] in treat.columns:
+        metrics, more, excluded = _score_bbbc021(
+            treat, cols, o, "any", "NSCB is not in Hua et al. 2021 (added for comparison)")
+    counts.update(_treatment_counts(images, treat, o))
+    return _bbbc021_result("bbbc021-cytoimagenet", o, metrics, treat, cols, counts,
+                           notes + ["z-score fitted on all images"] + more, excluded)
 
 
 @PROTOCOLS.register("knn")
 def knn(embeddings, metadata, **opts) -> dict:
     """k-NN accuracy of ``label`` (leave-one-out, or ``query_split`` vs the other rows)."""
     o = _opts(opts, label="label", k=11, metric="euclidean", query_split=None,
-              split_column="split", fallback="nearest", features=None)
-    table, cols = align(embeddings, metadata, features=o["features"])
-    _check_columns(table, [o["label"]], "knn")
-    notes = []
+              split_column="split", fallback="nearest")
+    table, cols, counts, notes = _prepare(embeddings, metadata, o, "knn", ["label"])
     unlabeled = table[o["label"]].isna()
     if unlabeled.any():
         notes.append(f"{int(unlabeled.sum())} rows without {o['label']!r} left out")
@@ -203,52 +473,116 @@ def knn(embeddings, metadata, **opts) -> dict:
         mask = mask.to_numpy(bool)
     res = knn_accuracy(table, features=cols, label=o["label"], k=o["k"], metric=o["metric"],
                        fallback=o["fallback"], query_mask=mask)
+    counts["knn_scored"] = res.total
     return {"protocol": "knn", "options": o, "metrics": {"knn": res}, "profiles": table,
-            "features": cols, "notes": notes}
+            "features": cols, "counts": counts, "excluded": pd.DataFrame(),
+            "definitions": {res.name: res.definition}, "notes": notes}
 
 
 @PROTOCOLS.register("map")
 def map_protocol(embeddings, metadata, **opts) -> dict:
-    """Replicate retrieval (treatment wells vs DMSO wells) and same-MOA retrieval (treatments)."""
+    """Replicate and same-MOA retrieval: mAP, percent replicating/matching, grit, @k, enrichment."""
+    from .replicates import (
+        enrichment,
+        grit,
+        hit_at_k,
+        percent_matching,
+        percent_replicating,
+        precision_at_k,
+    )
+
     o = _opts(opts, normalize="mad", normalize_by="plate", null_size=10_000, seed=0, fdr=0.05,
-              distance="cosine", features=None)
-    table, cols = align(embeddings, metadata, features=o["features"])
-    _check_columns(table, [o[k] for k in ("compound", "concentration", "moa", "plate", "well")],
-                   "map")
+              distance="cosine", k=5, replicate_null_size=1000,
+              post_select=("drop_na_columns", "variance_threshold", "correlation_threshold"))
+    table, cols, counts, notes = _prepare(embeddings, metadata, o, "map",
+                                          ["compound", "concentration", "moa", "plate", "well"])
     table = _to_images(table, cols, "median")
     if o["normalize"]:
         table = normalize(table, features=cols, method=o["normalize"],
                           controls={o["compound"]: o["control"]}, by=o["normalize_by"])
+        notes.append(f"{o['normalize']} normalization on {o['control']!r} per "
+                     f"{o['normalize_by']}")
     wells = aggregate(table, features=cols, by=[o["plate"], o["well"]], how="mean", carry=CARRY)
+    if o["post_select"]:
+        # pycytominer's profiling pipeline: aggregate -> normalize -> feature_select
+        selected = select_features(wells, features=cols, operations=list(o["post_select"]))
+        dropped = selected.attrs.get("dropped_features", {})
+        gone = {c for v in dropped.values() for c in v}
+        if gone:
+            notes.append(f"feature selection after normalization dropped {len(gone)} of "
+                         f"{len(cols)} columns (" + ", ".join(
+                             f"{op}: {preview(v, 3)}" for op, v in dropped.items() if v) + ")")
+        cols = [c for c in cols if c not in gone]
+        wells = selected
+        counts["features_selected"] = len(cols)
+    wells = wells.copy()  # one block per dtype before adding columns (wide profiles)
     is_ctrl = _casefold_eq(wells[o["compound"]], o["control"])
     wells["treatment"] = np.where(
         is_ctrl, o["control"],
-        wells[o["compound"]].astype(str) + "@" + wells[o["concentration"]].astype(str))
+        wells[o["compound"]].astype(str) + "@" + wells[o["concentration"]].map(_fmt_conc))
     wells["is_control"] = is_ctrl
-    counts = wells.loc[~is_ctrl, "treatment"].value_counts()
-    single = counts[counts < 2]
-    if len(single):
+    wells.index = pd.Index(wells["treatment"] + " " + wells[o["plate"]].astype(str) + "/"
+                           + wells[o["well"]].astype(str), name="well")
+    counts_t = wells.loc[~is_ctrl, "treatment"].value_counts()
+    single = counts_t[counts_t < 2]
+    if len(single) == len(counts_t):
         raise EvaluationError(
-            f"{len(single)} treatment(s) have a single well, so no replicate to retrieve: "
-            f"{preview(single.index)}. Drop them or use a protocol without replicate retrieval."
-        )
+            f"all {len(single)} treatment(s) have a single well, so no replicate to retrieve: "
+            f"{preview(single.index)}. Use a protocol without replicate retrieval.")
+    if len(single):
+        notes.append(f"{len(single)} treatment(s) with a single well are not scored for "
+                     f"replicate retrieval: {preview(single.index)}")
+        warn(f"map: {len(single)} treatment(s) have a single well and are not scored: "
+             f"{preview(single.index)}")
     common = {"features": cols, "null_size": o["null_size"], "seed": o["seed"], "fdr": o["fdr"],
               "distance": o["distance"]}
     rep = mean_average_precision(wells, pos_sameby=["treatment"], neg_diffby=["is_control"],
                                  name="replicate mAP", **common)
     rep.map = rep.map[rep.map["treatment"] != o["control"]].reset_index(drop=True)
-    treat = aggregate(_treatments(wells, o), features=cols,
-                      by=[o["compound"], o["concentration"]], how="median", carry=CARRY)
-    metrics = {"replicate_map": rep}
-    notes = [f"{o['normalize']} normalization on {o['control']!r} per {o['normalize_by']}"]
+    metrics: dict = {"replicate_map": rep}
+    multi = wells[~wells["treatment"].isin(single.index)]
+    trt_wells = multi[~multi["is_control"]]
     try:
-        metrics["moa_map"] = mean_average_precision(
-            treat, pos_sameby=[o["moa"]], pos_diffby=[o["compound"]], neg_diffby=[o["moa"]],
-            name="MOA mAP", **common)
-    except EvaluationError as exc:  # e.g. no MOA with two compounds in a subset
-        notes.append(f"MOA mAP not computed: {exc}")
+        metrics["percent_replicating"] = percent_replicating(
+            trt_wells, features=cols, group_by="treatment", null_size=o["replicate_null_size"],
+            seed=o["seed"])
+        metrics["grit"] = grit(multi, features=cols, group_by="treatment",
+                               controls=multi["is_control"].to_numpy())
+    except EvaluationError as exc:
+        notes.append(f"percent replicating / grit not computed: {exc}")
+    treat = _name_treatments(aggregate(_treatments(wells, o), features=cols,
+                                       by=[o["compound"], o["concentration"]], how="median",
+                                       carry=CARRY, count="n_wells"), o)
+    moa_kw = {"features": cols, "group_by": o["moa"], "diff_by": o["compound"]}
+    for key, fn in (("moa_map", None), ("percent_matching", percent_matching),
+                    (f"precision_at_{o['k']}", precision_at_k), (f"hit_at_{o['k']}", hit_at_k)):
+        try:
+            if fn is None:
+                metrics[key] = mean_average_precision(
+                    treat, pos_sameby=[o["moa"]], pos_diffby=[o["compound"]],
+                    neg_diffby=[o["moa"]], name="MOA mAP", **common)
+            elif fn is percent_matching:
+                metrics[key] = fn(treat, null_size=o["replicate_null_size"], seed=o["seed"],
+                                  **moa_kw)
+            else:
+                metrics[key] = fn(treat, k=o["k"], similarity=o["distance"], **moa_kw)
+        except EvaluationError as exc:  # e.g. no MOA with two compounds in a subset
+            notes.append(f"{key} not computed: {exc}")
+    enrich = None
+    try:
+        enrich = enrichment(treat, **moa_kw)
+    except EvaluationError as exc:
+        notes.append(f"enrichment not computed: {exc}")
+    counts.update({"wells": len(wells), "treatment_wells": int((~is_ctrl).sum()),
+                   "treatments": len(counts_t), "treatments_single_well": len(single),
+                   "moa_profiles": len(treat)})
     return {"protocol": "map", "options": o, "metrics": metrics, "profiles": treat,
-            "features": cols, "notes": notes}
+            "features": cols, "counts": counts, "enrichment": enrich,
+            "excluded": pd.DataFrame({"profile": list(single.index),
+                                      "reason": "single well: no replicate"}),
+            "definitions": {getattr(m, "name", k): getattr(m, "definition", "")
+                            for k, m in metrics.items()},
+            "notes": notes}
 
 
 def run_protocol(name: str, embeddings, metadata: pd.DataFrame, **opts) -> dict:

@@ -11,6 +11,11 @@ mAP is the mean AP per group (``pos_sameby`` by default). Its p-value comes from
 is the sample-wise mean of its members' nulls and p = (#{null > mAP} + 1) / (null_size + 1).
 p-values are corrected with Benjamini-Hochberg. The null of one configuration is seeded from
 (seed, n_pos, n_total), so it does not depend on which other configurations occur.
+
+Multi-label (copairs ``multilabel``): with ``multilabel="moa"`` the column holds a list of
+labels per row (or ``a|b`` text); each (query, label) pair gets its own AP, positives are
+rows carrying that label (and the other positive rules), negatives rows sharing no label
+with the query (and the other negative rules); mAP is then per label.
 """
 
 from __future__ import annotations
@@ -83,10 +88,94 @@ def _check_columns(meta: pd.DataFrame, cols: list[str]) -> None:
                               f"{preview(meta.index[null])}; fill or drop them")
 
 
+def _ap_of(sim_row: np.ndarray, p_idx: np.ndarray, n_idx: np.ndarray) -> float:
+    """AP of one query: positives ranked among positives + negatives (ties: positives first)."""
+    s = np.concatenate([sim_row[p_idx], sim_row[n_idx]])
+    rel = np.concatenate([np.ones(len(p_idx)), np.zeros(len(n_idx))])
+    order = np.lexsort((-rel, -s))  # by similarity desc, positives first on ties
+    rel = rel[order]
+    hits = np.cumsum(rel)
+    return float((hits / np.arange(1, len(rel) + 1) * rel).sum() / len(p_idx))
+
+
+def label_sets(values: pd.Series) -> list[frozenset[str]]:
+    """Each cell as a set of labels: a list/tuple/array, or ``a|b`` text; NA -> empty."""
+    out = []
+    for v in values:
+        if isinstance(v, (list, tuple, set, frozenset, np.ndarray)):
+            out.append(frozenset(str(t) for t in v))
+        elif v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v)):
+            out.append(frozenset())
+        else:
+            out.append(frozenset(t for t in str(v).split("|") if t))
+    return out
+
+
+def multilabel_average_precision(table: pd.DataFrame, *, features: Features, multilabel: str,
+                                 pos_sameby=(), pos_diffby=(), neg_sameby=(), neg_diffby=(),
+                                 distance: str = "cosine") -> pd.DataFrame:
+    """Per (query, label) AP, copairs' multilabel definition (see the module docstring).
+
+    Returns the metadata columns (``multilabel`` holding the one label scored) plus
+    ``average_precision``, ``n_pos_pairs``, ``n_total_pairs``; rows whose label has no
+    other carrier are left out.
+    """
+    if multilabel not in table.columns:
+        raise EvaluationError(f"multilabel column {multilabel!r} not in the table; columns "
+                              f"are {preview(table.columns, 10)}")
+    pos_sameby = [c for c in _as_list(pos_sameby) if c != multilabel]
+    neg_diffby = [c for c in _as_list(neg_diffby) if c != multilabel]
+    pos_diffby, neg_sameby = _as_list(pos_diffby), _as_list(neg_sameby)
+    if distance not in SIMILARITIES:
+        raise EvaluationError(f"unknown distance {distance!r}; valid: {sorted(SIMILARITIES)}")
+    cols = resolve_features(table, features)
+    x = feature_matrix(table, cols)
+    _check_columns(table, sorted(set(pos_sameby + pos_diffby + neg_sameby + neg_diffby)))
+    labels = label_sets(table[multilabel])
+    all_labels = sorted(set().union(*labels))
+    carries = np.array([[lab in s for lab in all_labels] for s in labels], dtype=bool)
+    shares = (carries.astype(np.int64) @ carries.T.astype(np.int64)) > 0
+    pos_rule = pair_mask(table, pos_sameby, pos_diffby)
+    neg = pair_mask(table, neg_sameby, neg_diffby) & ~shares if (neg_sameby or neg_diffby) \
+        else ~shares
+    np.fill_diagonal(neg, False)
+    sim = SIMILARITIES[distance](x)
+    meta = table.drop(columns=[*cols, multilabel])
+    rows = []
+    for li, lab in enumerate(all_labels):
+        have = carries[:, li]
+        for i in np.flatnonzero(have):
+            p_idx = np.flatnonzero(have & pos_rule[i])
+            if len(p_idx) == 0:
+                continue
+            n_idx = np.flatnonzero(neg[i])
+            rows.append((i, lab, _ap_of(sim[i], p_idx, n_idx), len(p_idx),
+                         len(p_idx) + len(n_idx)))
+    if not rows:
+        raise EvaluationError(f"multilabel mAP: no label of {multilabel!r} is carried by two "
+                              "rows; nothing to retrieve")
+    idx = [r[0] for r in rows]
+    out = meta.iloc[idx].copy()
+    out[multilabel] = [r[1] for r in rows]
+    out["n_pos_pairs"] = [r[3] for r in rows]
+    out["n_total_pairs"] = [r[4] for r in rows]
+    out["average_precision"] = [r[2] for r in rows]
+    return out
+
+
 def average_precision(table: pd.DataFrame, *, features: Features, pos_sameby, pos_diffby=(),
-                      neg_sameby=(), neg_diffby=(), distance: str = "cosine") -> pd.DataFrame:
-    """Per-query AP: the metadata columns plus ``average_precision``, ``n_pos_pairs``,
-    ``n_total_pairs`` (positives + negatives ranked)."""
+                      neg_sameby=(), neg_diffby=(), distance: str = "cosine",
+                      multilabel: str | None = None) -> pd.DataFrame:
+    """Compute per-query AP: the metadata columns plus ``average_precision``.
+
+    Also ``n_pos_pairs``, ``n_total_pairs`` (positives + negatives ranked).
+    ``multilabel``: see the module docstring.
+    """
+    if multilabel is not None:
+        return multilabel_average_precision(
+            table, features=features, multilabel=multilabel, pos_sameby=pos_sameby,
+            pos_diffby=pos_diffby, neg_sameby=neg_sameby, neg_diffby=neg_diffby,
+            distance=distance)
     pos_sameby, pos_diffby = _as_list(pos_sameby), _as_list(pos_diffby)
     neg_sameby, neg_diffby = _as_list(neg_sameby), _as_list(neg_diffby)
     if not (pos_sameby or pos_diffby) or not (neg_sameby or neg_diffby):
@@ -110,13 +199,7 @@ def average_precision(table: pd.DataFrame, *, features: Features, pos_sameby, po
     n_pos = pos.sum(1)
     n_total = n_pos + neg.sum(1)
     for i in np.flatnonzero(n_pos > 0):
-        p_idx, n_idx = np.flatnonzero(pos[i]), np.flatnonzero(neg[i])
-        s = np.concatenate([sim[i, p_idx], sim[i, n_idx]])
-        rel = np.concatenate([np.ones(len(p_idx)), np.zeros(len(n_idx))])
-        order = np.lexsort((-rel, -s))  # by similarity desc, positives first on ties
-        rel = rel[order]
-        hits = np.cumsum(rel)
-        ap[i] = float((hits / np.arange(1, len(rel) + 1) * rel).sum() / len(p_idx))
+        ap[i] = _ap_of(sim[i], np.flatnonzero(pos[i]), np.flatnonzero(neg[i]))
     out = table.drop(columns=cols).copy()
     out["n_pos_pairs"] = n_pos
     out["n_total_pairs"] = n_total
@@ -164,6 +247,7 @@ class MapResult:
 
     @property
     def mean_map(self) -> float:
+        """Mean of the per-group mAP."""
         return float(self.map["mean_average_precision"].mean())
 
     @property
@@ -172,6 +256,7 @@ class MapResult:
         return float(self.map["below_corrected_p"].mean())
 
     def summary(self) -> dict:
+        """Plain numbers for JSON/report tables."""
         return {"metric": self.name, "mean_mAP": self.mean_map, "groups": len(self.map),
                 "fraction_retrieved": self.fraction_retrieved, "fdr": self.fdr}
 
@@ -179,22 +264,28 @@ class MapResult:
 def mean_average_precision(table: pd.DataFrame, *, features: Features, pos_sameby,
                            pos_diffby=(), neg_sameby=(), neg_diffby=(), group_by=None,
                            null_size: int = 10_000, seed: int = 0, fdr: float = 0.05,
-                           distance: str = "cosine", name: str = "mAP") -> MapResult:
-    """AP per query, then mAP, p-value and BH-corrected p-value per ``group_by`` group."""
+                           distance: str = "cosine", name: str = "mAP",
+                           multilabel: str | None = None) -> MapResult:
+    """AP per query, then mAP, p-value and BH-corrected p-value per ``group_by`` group.
+
+    With ``multilabel`` the groups default to the labels of that column.
+    """
     ap = average_precision(table, features=features, pos_sameby=pos_sameby,
                            pos_diffby=pos_diffby, neg_sameby=neg_sameby,
-                           neg_diffby=neg_diffby, distance=distance)
-    group_by = _as_list(pos_sameby if group_by is None else group_by)
+                           neg_diffby=neg_diffby, distance=distance, multilabel=multilabel)
+    default = [multilabel] if multilabel is not None else pos_sameby
+    group_by = _as_list(default if group_by is None else group_by)
     valid = ap[ap["average_precision"].notna() & (ap["n_pos_pairs"] > 0)]
-    confs = sorted(set(zip(valid["n_pos_pairs"], valid["n_total_pairs"])))
+    confs = sorted(set(zip(valid["n_pos_pairs"], valid["n_total_pairs"], strict=False)))
     nulls = {c: null_average_precision(int(c[0]), int(c[1]), null_size, seed) for c in confs}
     rows = []
     for key, grp in valid.groupby(group_by, sort=True, observed=True):
         score = float(grp["average_precision"].mean())
-        null = np.mean([nulls[c] for c in zip(grp["n_pos_pairs"], grp["n_total_pairs"])], axis=0)
+        confs = zip(grp["n_pos_pairs"], grp["n_total_pairs"], strict=True)
+        null = np.mean([nulls[c] for c in confs], axis=0)
         p = (np.sum(null > score) + 1) / (null_size + 1)
         key = key if isinstance(key, tuple) else (key,)
-        rows.append({**dict(zip(group_by, key)), "mean_average_precision": score,
+        rows.append({**dict(zip(group_by, key, strict=False)), "mean_average_precision": score,
                      "n_queries": len(grp), "p_value": float(p)})
     result = pd.DataFrame(rows, columns=[*group_by, "mean_average_precision", "n_queries",
                                          "p_value"])
