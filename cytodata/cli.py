@@ -16,6 +16,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "cytodata.curate.qc",
     "cytodata.shards",
     "cytodata.evaluate",
+    "cytodata.publish",
     "cytodata.demo",
 )
 

@@ -46,3 +46,11 @@ def preview(values, limit: int = 5) -> str:
     shown = ", ".join(repr(v) for v in values[:limit])
     more = f" (and {len(values) - limit} more)" if len(values) > limit else ""
     return shown + more
+
+
+class PublishError(CytodataError, ValueError):
+    """A shard set cannot be published as asked (names the file or DEST and the fix)."""
+
+
+class ClusterError(CytodataError, RuntimeError):
+    """A dask scheduler cannot be reached, has no workers, or lost a task (names the address)."""
