@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ..errors import PublishError
 from .checksums import SUMS_FILE, format_sums, stream_sha256, verify
-from .collect import Facts, collect, open_shard_set, split_counts
+from .collect import Facts, collect, open_fs, open_shard_set, split_counts
 
 __all__ = ["publish", "verify", "PublishWarning", "register"]
 
@@ -41,10 +41,7 @@ class PublishWarning(UserWarning):
 
 
 def _open(path, storage_options):
-    from ..loaders._shardset import is_local, open_fs
-
-    fs, root = open_fs(path, storage_options)
-    return fs, root, is_local(fs)
+    return open_fs(path, storage_options)
 
 
 def _same_place(src, dst) -> bool:

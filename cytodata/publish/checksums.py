@@ -62,9 +62,9 @@ def verify(dest, storage_options: dict | None = None, *, workers: int = 8) -> li
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from ..loaders._shardset import open_fs
+    from .collect import open_fs
 
-    fs, root = open_fs(dest, storage_options)
+    fs, root, _ = open_fs(dest, storage_options)
     try:
         text = fs.cat_file(f"{root}/{SUMS_FILE}").decode("utf-8")
     except FileNotFoundError:
@@ -74,7 +74,7 @@ def verify(dest, storage_options: dict | None = None, *, workers: int = 8) -> li
 
     def check(item: tuple[str, str]) -> str | None:
         rel, want = item
-        target_fs, path = (open_fs(rel, storage_options) if is_url(rel)
+        target_fs, path = (open_fs(rel, storage_options)[:2] if is_url(rel)
                            else (fs, rel if rel.startswith("/") else f"{root}/{rel}"))
         try:
             with target_fs.open(path, "rb") as fh:

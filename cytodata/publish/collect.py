@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import io
 import json
+import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ..errors import PublishError, ShardError
+from ..errors import PublishError
 from .sources import SourceInfo, resolve_sources
+
+WEBDATASET = "cytodata-webdataset"
 
 #: per-image provenance columns (provenance.parquet), in order
 PROVENANCE_COLUMNS: tuple[str, ...] = (
@@ -49,14 +52,74 @@ class Facts:
         return (self.manifest_provenance or {}).get("recipe") or {}
 
 
-def open_shard_set(source: str, storage_options: dict | None = None):
-    """A checked :class:`cytodata.loaders._shardset.ShardSet`, or PublishError saying why not."""
-    from ..loaders._shardset import ShardSet
+def open_fs(path, storage_options: dict | None = None):
+    """``(filesystem, root path, is_local)`` for a folder or fsspec URL."""
+    import fsspec
+    from fsspec.implementations.local import LocalFileSystem
 
-    try:
-        return ShardSet(source, storage_options)
-    except ShardError as exc:
-        raise PublishError(f"cannot publish {source}: {exc}") from None
+    fs, root = fsspec.core.url_to_fs(str(path), **(storage_options or {}))
+    return fs, root.rstrip("/") or "/", isinstance(fs, LocalFileSystem)
+
+
+class ShardSetFiles:
+    """A WebDataset shard set's metadata, checked (without importing the torch loaders).
+
+    ``meta`` (shards.json), ``index`` (index.parquet), ``fs``, ``root``, ``path(name)``.
+    Raises :class:`PublishError` when the folder is not a shard set or its files disagree.
+    """
+
+    def __init__(self, source, storage_options: dict | None = None):
+        self.source = str(source)
+        self.fs, self.root, self.local = open_fs(source, storage_options)
+        where = f"cannot publish {self.source}"
+        try:
+            self.meta = json.loads(self.fs.cat_file(self.path("shards.json")))
+        except FileNotFoundError:
+            raise PublishError(f"{where}: it has no shards.json, so it is not a cytodata shard set "
+                               "(write one with `cytodata shard MANIFEST -o OUT`)") from None
+        except ValueError as exc:
+            raise PublishError(f"{where}: shards.json is not valid JSON ({exc})") from None
+        if not isinstance(self.meta, dict) or self.meta.get("format") != WEBDATASET:
+            fmt = self.meta.get("format") if isinstance(self.meta, dict) else None
+            raise PublishError(f"{where}: shards.json has format {fmt!r}; publish takes WebDataset "
+                               f"shard sets ({WEBDATASET!r}): `cytodata shard ... --format webdataset`")
+        try:
+            self.index = pd.read_parquet(io.BytesIO(self.fs.cat_file(self.path("index.parquet"))))
+        except FileNotFoundError:
+            raise PublishError(f"{where}: index.parquet is missing; rewrite the shard set") from None
+        self._check(where)
+
+    def path(self, name: str) -> str:
+        """Full path of a file of the set."""
+        return f"{self.root}/{name}"
+
+    def _check(self, where: str) -> None:
+        shards = self.meta.get("shards") or []
+        sizes = {posixpath.basename(str(e["name"]).rstrip("/")): int(e.get("size") or 0)
+                 for e in self.fs.ls(self.root, detail=True)}
+        missing = [s["name"] for s in shards if s["name"] not in sizes]
+        if missing:
+            raise PublishError(f"{where}: shard(s) {missing[:5]} listed in shards.json are missing "
+                               f"({len(missing)} of {len(shards)}); restore them or re-run `cytodata shard`")
+        wrong = [f"{s['name']} ({sizes[s['name']]} bytes, shards.json says {s['bytes']})"
+                 for s in shards if sizes[s["name"]] != int(s["bytes"])]
+        if wrong:
+            raise PublishError(f"{where}: shard(s) no longer match shards.json: {', '.join(wrong[:5])}; "
+                               "re-run `cytodata shard` on the manifest, then publish")
+        need = {"shard", "key", "offset", "size", "meta_offset", "meta_size", "split", "source", "label"}
+        lacking = sorted(need - set(self.index.columns))
+        if lacking:
+            raise PublishError(f"{where}: index.parquet lacks columns {lacking}; rewrite the shard set")
+        counts = self.index["shard"].astype(str).value_counts().to_dict()
+        bad = [s["name"] for s in shards if counts.get(s["name"], 0) != s["samples"]]
+        if bad or len(self.index) != sum(s["samples"] for s in shards):
+            raise PublishError(f"{where}: index.parquet disagrees with shards.json on the samples of "
+                               f"{bad[:5] or 'the set'}; the index is stale, rewrite the shard set")
+
+
+def open_shard_set(source, storage_options: dict | None = None) -> ShardSetFiles:
+    """The checked shard set at ``source`` (PublishError saying why when it is not one)."""
+    return ShardSetFiles(source, storage_options)
 
 
 def load_manifest_provenance(manifest, shards_meta: dict) -> dict | None:

@@ -117,6 +117,12 @@ def _column_fields(record: str, frame: pd.DataFrame, file_id: str, list_columns=
     return fields
 
 
+def _glob(facts: Facts, names: list[str]) -> str:
+    """``shard-*.tar`` where the shards are: in DEST, or beside the first one (``--in-place``)."""
+    url = facts.shard_urls.get(names[0], names[0]) if names else "shard-*.tar"
+    return f"{url.rsplit('/', 1)[0]}/shard-*.tar" if "/" in url else "shard-*.tar"
+
+
 def build_croissant(facts: Facts, files: dict[str, tuple[str, int]]) -> dict:
     """The Croissant document. ``files``: published path -> (sha256, bytes) of every file so far."""
     meta = facts.meta
@@ -145,7 +151,7 @@ def build_croissant(facts: Facts, files: dict[str, tuple[str, int]]) -> dict:
     dist.append({"@type": "cr:FileSet", "@id": "shard-files", "name": "shard-files",
                  "description": f"all {len(shard_names)} shards (checksums on each shard's FileObject "
                                 "and in SHA256SUMS)",
-                 "encodingFormat": "application/x-tar", "includes": "shard-*.tar"})
+                 "encodingFormat": "application/x-tar", "includes": _glob(facts, shard_names)})
     codec_doc = (f"{meta.get('codec')} payloads of (C, H, W) arrays; decode with "
                  "cytodata.shards.decode or numcodecs.Blosc + the KEY.json shape/dtype")
     dist.append({"@type": "cr:FileSet", "@id": "payloads", "name": "payloads", "description": codec_doc,
