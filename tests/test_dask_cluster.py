@@ -121,8 +121,9 @@ def test_qc_runs_on_the_cluster(cluster, manifest, tmp_path):
 def test_shard_job_survives_a_killed_worker(cluster, manifest, tmp_path):
     """Kill worker wA (nanny and process, SIGKILL) while it runs shard tasks: the job finishes
     on wB with every row written exactly once, byte-identical to an in-process write."""
-    from cytodata.shards import write
     from distributed import Client
+
+    from cytodata.shards import write
 
     folder, table = manifest
     reference = tmp_path / "reference"

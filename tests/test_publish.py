@@ -139,7 +139,8 @@ def test_croissant_validates_and_mlcroissant_reads_records(corpus, tmp_path):
     meta = json.loads((corpus / "shards" / "shards.json").read_text())
     objs = {d["@id"]: d for d in doc["distribution"]}
     for s in meta["shards"]:
-        assert objs[s["name"]]["sha256"] == s["sha256"] and objs[s["name"]]["contentSize"] == f"{s['bytes']} B"
+        obj = objs[s["name"]]
+        assert obj["sha256"] == s["sha256"] and obj["contentSize"] == f"{s['bytes']} B"
     assert objs["shard-files"]["includes"] == "shard-*.tar"
 
 
@@ -231,12 +232,14 @@ def test_license_override_and_unknown_warning(tmp_path):
     write_demo_shards(tmp_path / "set", 12, (1, 8, 8), samples_per_shard=5)
     with pytest.warns(PublishWarning, match=r"no license known for source\(s\) \['demo'\]"):
         publish(tmp_path / "set", tmp_path / "a")
-    assert yaml.safe_load((tmp_path / "a" / "README.md").read_text().split("---\n")[1])["license"] == "unknown"
+    header = yaml.safe_load((tmp_path / "a" / "README.md").read_text().split("---\n")[1])
+    assert header["license"] == "unknown"
     with warnings.catch_warnings():
         warnings.simplefilter("error", PublishWarning)  # no warning once the license is given
         publish(tmp_path / "set", tmp_path / "b", licenses={"demo": "CC0-1.0"}, citations={"demo": "Us"})
     text = (tmp_path / "b" / "README.md").read_text()
-    assert "license: cc0-1.0" in text and "| demo | 12 | [CC0-1.0](https://creativecommons.org/publicdomain/zero/1.0/) | Us |" in text
+    cc0 = "[CC0-1.0](https://creativecommons.org/publicdomain/zero/1.0/)"
+    assert "license: cc0-1.0" in text and f"| demo | 12 | {cc0} | Us |" in text
     croissant = json.loads((tmp_path / "b" / "croissant.json").read_text())
     assert croissant["license"] == "https://creativecommons.org/publicdomain/zero/1.0/"
     with pytest.raises(PublishError, match="not in this shard set"):
@@ -251,7 +254,8 @@ def test_cli_publish_and_errors(corpus, tmp_path):
     assert "published 29 samples" in done.stdout and "warning" not in done.stderr
     assert verify(tmp_path / "pub") == []
     assert "pretty_name: Lab screens" in (tmp_path / "pub" / "README.md").read_text()
-    bad = subprocess.run([sys.executable, "-m", "cytodata", "publish", str(tmp_path), "-o", str(tmp_path / "x")],
+    bad = subprocess.run([sys.executable, "-m", "cytodata", "publish", str(tmp_path),
+                          "-o", str(tmp_path / "x")],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "not a cytodata shard set" in bad.stderr
     warn = subprocess.run(cmd[:6] + [str(tmp_path / "pub2"), "--manifest", str(corpus / "manifest")],

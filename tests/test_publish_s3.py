@@ -78,7 +78,8 @@ def test_publish_from_s3_in_place_and_cli(s3, tmp_path):
     doc = json.loads((tmp_path / "meta" / "croissant.json").read_text())
     urls = {d["@id"]: d.get("contentUrl") for d in doc["distribution"]}
     assert urls["shard-000003.tar"] == "s3://pub/src/shard-000003.tar"
-    assert next(d for d in doc["distribution"] if d["@id"] == "shard-files")["includes"] == "s3://pub/src/shard-*.tar"
+    shard_files = next(d for d in doc["distribution"] if d["@id"] == "shard-files")
+    assert shard_files["includes"] == "s3://pub/src/shard-*.tar"
 
     cmd = [sys.executable, "-m", "cytodata", "publish", str(local), "-o", "s3://pub/cli",
            "--storage-options", json.dumps(options), "--license", "demo=CC0-1.0"]

@@ -15,7 +15,7 @@ MAX_LABEL_ROWS = 60  # longer label lists are cut in the card (index.parquet has
 
 
 def card_header(facts: Facts) -> dict:
-    """The YAML front matter (Hugging Face dataset card conventions)."""
+    """Build the YAML front matter (Hugging Face dataset card conventions)."""
     ids = sorted({hf_license_id(s.license) for s in facts.sources.values()}) or ["unknown"]
     splits = [s for s in split_counts(facts.index)]
     header = {
@@ -112,7 +112,8 @@ def _qc(facts: Facts) -> str:
     rows_in = (meta.get("manifest") or {}).get("n_rows")
     led = facts.ledger
     lines.append("")
-    lines.append(f"Sharding: {rows_in} manifest rows in, {rows_in - len(led) if rows_in is not None else '?'} "
+    written = rows_in - len(led) if rows_in is not None else "?"
+    lines.append(f"Sharding: {rows_in} manifest rows in, {written} "
                  f"written as {len(facts.index)} samples, {len(led)} dropped"
                  + (" (by reason: " + ", ".join(f"{k}={int(v)}" for k, v in
                                                  led["reason"].value_counts().sort_index().items()) + ")"

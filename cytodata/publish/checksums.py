@@ -49,7 +49,7 @@ def stream_sha256(fh) -> tuple[str, int]:
 
 
 def is_url(path: str) -> bool:
-    """True for ``scheme://...`` paths (object stores, http)."""
+    """Tell whether ``path`` is a ``scheme://...`` URL (object stores, http)."""
     return "://" in path
 
 
@@ -96,7 +96,7 @@ def verify(dest, storage_options: dict | None = None, *, workers: int = 8) -> li
 
 
 def _expected_sizes(fs, root: str) -> dict[str, int]:
-    """Published sizes per contentUrl from croissant.json (best effort: {} when unreadable)."""
+    """Read the published size per contentUrl from croissant.json ({} when unreadable)."""
     try:
         doc = json.loads(fs.cat_file(f"{root}/croissant.json"))
     except (FileNotFoundError, ValueError, OSError):

@@ -118,7 +118,7 @@ class ShardSetFiles:
 
 
 def open_shard_set(source, storage_options: dict | None = None) -> ShardSetFiles:
-    """The checked shard set at ``source`` (PublishError saying why when it is not one)."""
+    """Open and check the shard set at ``source`` (PublishError saying why when it is not one)."""
     return ShardSetFiles(source, storage_options)
 
 
@@ -163,7 +163,7 @@ def read_image_provenance(shard_set) -> pd.DataFrame:
     ends = (index["meta_offset"] + index["meta_size"]).astype("int64").tolist()
     blobs = shard_set.fs.cat_ranges(paths, starts, ends)
     rows = []
-    for key, shard, blob in zip(index["key"], index["shard"], blobs):
+    for key, shard, blob in zip(index["key"], index["shard"], blobs, strict=True):
         try:
             meta = json.loads(bytes(blob))
         except (TypeError, ValueError) as exc:
@@ -224,15 +224,18 @@ def size_category(n: int) -> str:
 
 
 def split_counts(index: pd.DataFrame) -> dict[str, int]:
-    """Samples per split (NA split listed as ``unassigned``), in train/val/test order first."""
-    splits = index["split"].astype("string").fillna("unassigned") if len(index) else pd.Series([], dtype="string")
+    """Count samples per split (NA split listed as ``unassigned``), train/val/test first."""
+    if not len(index):
+        return {}
+    splits = index["split"].astype("string").fillna("unassigned")
     counts = splits.value_counts().to_dict()
-    order = [s for s in ("train", "val", "test") if s in counts] + sorted(set(counts) - {"train", "val", "test"})
+    usual = ("train", "val", "test")
+    order = [s for s in usual if s in counts] + sorted(set(counts) - set(usual))
     return {s: int(counts[s]) for s in order}
 
 
 def groups_across_splits(index: pd.DataFrame, group: str) -> int:
-    """Number of ``group`` values whose samples sit in more than one split (leakage check)."""
+    """Count ``group`` values whose samples sit in more than one split (leakage check)."""
     if group not in index.columns or not len(index):
         return 0
     sub = index[[group, "split"]].dropna()

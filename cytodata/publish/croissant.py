@@ -124,7 +124,7 @@ def _glob(facts: Facts, names: list[str]) -> str:
 
 
 def build_croissant(facts: Facts, files: dict[str, tuple[str, int]]) -> dict:
-    """The Croissant document. ``files``: published path -> (sha256, bytes) of every file so far."""
+    """Build the Croissant document. ``files``: published path -> (sha256, bytes) so far."""
     meta = facts.meta
     ext = meta.get("ext") or "bin"
     shard_names = [s["name"] for s in meta.get("shards", [])]
@@ -143,7 +143,8 @@ def build_croissant(facts: Facts, files: dict[str, tuple[str, int]]) -> dict:
             fmt, doc = docs[path]
         elif path.startswith("splits/"):
             fmt = "application/x-parquet" if path.endswith(".parquet") else "text/plain"
-            doc = "samples of one split (keys, one per line)" if fmt == "text/plain" else "index rows of one split"
+            doc = ("samples of one split (keys, one per line)" if fmt == "text/plain"
+                   else "index rows of one split")
         else:
             continue
         sha, size = files[path]

@@ -32,7 +32,6 @@ def run_tasks(
     if scheduler == "synchronous":
         return [fn(*args) for args in _bar(arg_lists, progress, desc)]
     from dask.distributed import Client, as_completed
-
     from distributed import KilledWorker
 
     cluster = None
@@ -72,7 +71,7 @@ def run_tasks(
 
 
 def connect(scheduler: str, timeout: float | None = None):
-    """A ``distributed.Client`` on an existing scheduler with at least one worker.
+    """Connect a ``distributed.Client`` to an existing scheduler with at least one worker.
 
     ``timeout`` (seconds; default dask's ``distributed.comm.timeouts.connect``, 30 s, settable
     with ``DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT=10s``) bounds both the connection and the
@@ -104,7 +103,7 @@ def connect(scheduler: str, timeout: float | None = None):
 
 
 def dask_config(key: str):
-    """A dask config value (``distributed.*`` keys need distributed imported first)."""
+    """Return a dask config value (``distributed.*`` keys need distributed imported first)."""
     import dask
     import distributed  # noqa: F401  (registers the distributed.* defaults)
 
