@@ -217,6 +217,11 @@ def test_refuses_bad_inputs(corpus, tmp_path):
         _publish_set(other, tmp_path / "plain")
     _publish_set(other, tmp_path / "taken", overwrite=True)
     assert verify(tmp_path / "taken") == []
+    taken = tmp_path / "taken"  # nothing of the replaced dataset is left behind
+    listed = sorted(line.split("  ", 1)[1] for line in (taken / "SHA256SUMS").read_text().splitlines())
+    assert listed == sorted(str(p.relative_to(taken)) for p in taken.rglob("*") if p.is_file()
+                            and p.name not in ("SHA256SUMS", ".cytodata-publish"))
+    assert len(list(taken.glob("shard-*.tar"))) == 3 and not (taken / "manifest-provenance.json").exists()
     # a manifest that is not the one the shards came from
     with pytest.raises(PublishError, match="not the one these shards were written from"):
         publish(other, tmp_path / "o3", manifest=corpus / "manifest")

@@ -27,7 +27,7 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 from ..errors import PublishError
-from .checksums import SUMS_FILE, format_sums, stream_sha256, verify
+from .checksums import SUMS_FILE, format_sums, is_url, parse_sums, stream_sha256, verify
 from .collect import Facts, collect, open_fs, open_shard_set, split_counts
 
 __all__ = ["publish", "verify", "PublishWarning", "register"]
@@ -76,6 +76,14 @@ def claim(dfs, droot: str, identity: str, *, same_as_source: bool, overwrite: bo
             f"{' ...' if len(names) > 5 else ''})")
     raise PublishError(f"{droot} already holds {what}; publish into an empty or new folder, or pass "
                        "overwrite=True (CLI: --overwrite) to replace the published files")
+
+
+def _published_files(dfs, droot: str) -> set[str]:
+    """Paths listed in DEST's current SHA256SUMS (empty when there is none)."""
+    try:
+        return set(parse_sums(dfs.cat_file(f"{droot}/{SUMS_FILE}").decode("utf-8", "replace"))[0])
+    except FileNotFoundError:
+        return set()
 
 
 def _write_bytes(fs, path: str, data: bytes, local: bool) -> None:
@@ -185,6 +193,7 @@ def publish(shards, dest, *, in_place: bool = False, manifest=None, name: str | 
                       PublishWarning, stacklevel=2)
     dfs, droot, dlocal = dst
     claim(dfs, droot, facts.identity, same_as_source=same, overwrite=overwrite)
+    previous = _published_files(dfs, droot)
     if dlocal:
         os.makedirs(droot, exist_ok=True)
     if not same:
@@ -232,6 +241,9 @@ def publish(shards, dest, *, in_place: bool = False, manifest=None, name: str | 
     sums = {path: sha for path, (sha, _) in files.items()}
     sums.update({facts.shard_urls[n]: sha for n, (sha, _) in shard_files.items()})
     _write_bytes(dfs, f"{droot}/{SUMS_FILE}", format_sums(sums).encode(), dlocal)
+    for stale in sorted(previous - set(sums)):  # files of a replaced publication (--overwrite)
+        if not is_url(stale) and not stale.startswith(("/", "..")) and dfs.exists(f"{droot}/{stale}"):
+            dfs.rm(f"{droot}/{stale}")
     return {"dest": str(dest), "samples": int(len(index)), "shards": len(shard_files),
             "in_place": bool(in_place or same), "files": len(sums) + 1,
             "bytes": sum(b for _, b in shard_files.values()) + sum(b for _, b in files.values()),
