@@ -176,6 +176,18 @@ def test_verify_names_truncated_altered_and_missing_files(corpus, tmp_path):
     assert "missing: splits/val.txt" in problems
     assert any(p.startswith("altered: README.md") for p in problems)
     assert verify(tmp_path / "nothing-here")[0].startswith("SHA256SUMS missing")
+    # the command-line verdict (for `cytodata verify DEST`): exit code 1 and one line per file
+    import io
+
+    from cytodata.publish.checksums import report
+
+    text = io.StringIO()
+    assert report(pub, out=text) == 1
+    assert "truncated: shard-000000.tar" in text.getvalue() and "4 problem(s)" in text.getvalue()
+    (pub / "SHA256SUMS").write_text((pub / "SHA256SUMS").read_text() + "not a checksum line\n")
+    assert any("SHA256SUMS line" in p for p in verify(pub))
+    _publish(corpus, tmp_path / "fine")
+    assert report(tmp_path / "fine", out=io.StringIO()) == 0
 
 
 def test_in_place_references_the_shards(corpus, tmp_path):
@@ -206,7 +218,15 @@ def test_refuses_bad_inputs(corpus, tmp_path):
     with pytest.raises(PublishError, match=r"shard-000002\.tar") as err:
         _publish_set(changed, tmp_path / "out2")
     assert "no longer match shards.json" in str(err.value)
-    assert not list((tmp_path / "out2").glob("shard-*.tar"))
+    assert not [p for p in (tmp_path / "out2").rglob("*") if p.is_file()]  # DEST left as it was
+    # a shard cut short or gone since writing: named before anything is published
+    (changed / "shard-000002.tar").write_bytes(data[:-512])
+    with pytest.raises(PublishError, match=r"shard-000002\.tar \(\d+ bytes, shards.json says \d+\)"):
+        _publish_set(changed, tmp_path / "out3")
+    (changed / "shard-000002.tar").unlink()
+    with pytest.raises(PublishError, match=r"\['shard-000002\.tar'\] listed in shards.json are missing"):
+        _publish_set(changed, tmp_path / "out3")
+    assert not (tmp_path / "out3").exists()
     # DEST holding another dataset / unrelated files
     _publish(corpus, tmp_path / "taken")
     other = tmp_path / "other"

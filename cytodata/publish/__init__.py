@@ -196,10 +196,17 @@ def publish(shards, dest, *, in_place: bool = False, manifest=None, name: str | 
     previous = _published_files(dfs, droot)
     if dlocal:
         os.makedirs(droot, exist_ok=True)
-    if not same:
-        _write_bytes(dfs, f"{droot}/{MARKER}", facts.identity.encode() + b"\n", dlocal)
+    marker = f"{droot}/{MARKER}"
+    claimed = not same and not dfs.exists(marker)
+    if not same:  # claim DEST first: a publish killed mid-copy resumes into it
+        _write_bytes(dfs, marker, facts.identity.encode() + b"\n", dlocal)
     facts.shard_urls = _shard_urls(facts, src, dst, in_place=in_place, same=same)
-    shard_files = _transfer_shards(facts, src, dst, in_place=in_place, same=same, workers=workers)
+    try:
+        shard_files = _transfer_shards(facts, src, dst, in_place=in_place, same=same, workers=workers)
+    except PublishError:
+        if claimed:  # nothing was published: leave DEST as it was
+            dfs.rm(marker)
+        raise
 
     import hashlib
 

@@ -95,6 +95,25 @@ def verify(dest, storage_options: dict | None = None, *, workers: int = 8) -> li
     return problems
 
 
+def report(dest, storage_options: dict | None = None, *, out=None) -> int:
+    """Print :func:`verify`'s verdict for ``dest``; return the exit code (0 all match, 1 not).
+
+    For the ``cytodata verify DEST`` command when DEST holds a SHA256SUMS file.
+    """
+    import sys
+
+    out = out or sys.stdout
+    problems = verify(dest, storage_options)
+    if not problems:
+        print(f"{dest}: every file listed in {SUMS_FILE} matches", file=out)
+        return 0
+    for problem in problems:
+        print(f"{dest}: {problem}", file=out)
+    print(f"{dest}: {len(problems)} problem(s); re-publish (cytodata publish) or restore the "
+          "files named above", file=out)
+    return 1
+
+
 def _expected_sizes(fs, root: str) -> dict[str, int]:
     """Read the published size per contentUrl from croissant.json ({} when unreadable)."""
     try:
