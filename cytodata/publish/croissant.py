@@ -184,9 +184,11 @@ def build_croissant(facts: Facts, files: dict[str, tuple[str, int]]) -> dict:
                     "description": "one record per sample (index.parquet)", "key": _ref("samples/key"),
                     "field": sample_fields})
     shape = meta.get("shape")
-    dtype = meta.get("dtype") or "uint16"
+    dtype = meta.get("dtype")  # None when samples differ (8- and 16-bit sources)
+    dtype_doc = dtype or f"one of {meta.get('dtypes')} (per sample: KEY.json dtype)"
     image = {"@type": "cr:Field", "@id": "images/image", "name": "image",
-             "description": (f"(C, H, W) {dtype} image, channels {channels or 'per sample (KEY.json)'}, "
+             "description": (f"(C, H, W) {dtype_doc} image, channels "
+                             f"{channels or 'per sample (KEY.json channels)'}, "
                              f"stored with codec {meta.get('codec')}"),
              "dataType": ELEMENT_TYPES.get(dtype, "sc:Integer"), "isArray": True,
              "arrayShape": ",".join(str(int(v)) for v in shape) if shape else "-1,-1,-1",
