@@ -183,6 +183,9 @@ def test_scheduler_that_does_not_answer(manifest, tmp_path):
     assert done.returncode == 2 and f"no dask scheduler answered at {address}" in done.stderr
     with pytest.raises(ClusterError, match="is not an address"):
         write(folder, tmp_path / "c", scheduler="127.0.0.1:8786", progress=False)
+    done = subprocess.run([sys.executable, "-m", "cytodata", "qc", str(folder), "-o", str(tmp_path / "q"),
+                           "--scheduler", address], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 2 and f"no dask scheduler answered at {address}" in done.stderr
 
 
 def test_scheduler_without_workers(manifest, tmp_path):

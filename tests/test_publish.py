@@ -294,3 +294,13 @@ def test_recipe_accepts_license_fields():
     r = parse_recipe({"name": "x", "sources": [{"adapter": "csv", "license": "CC0-1.0", "citation": "c",
                                                 "url": "https://x", "params": {}}]})
     assert (r.sources[0].license, r.sources[0].citation, r.sources[0].url) == ("CC0-1.0", "c", "https://x")
+
+
+def test_publish_into_the_shard_folder_itself(tmp_path):
+    write_demo_shards(tmp_path / "set", 11, (1, 8, 8), samples_per_shard=4)
+    tars = {p.name: p.read_bytes() for p in (tmp_path / "set").glob("shard-*.tar")}
+    summary = _publish_set(tmp_path / "set", tmp_path / "set", in_place=True)
+    assert summary["in_place"] and verify(tmp_path / "set") == []
+    assert {p.name: p.read_bytes() for p in (tmp_path / "set").glob("shard-*.tar")} == tars
+    assert "  shard-000000.tar\n" in (tmp_path / "set" / "SHA256SUMS").read_text()
+    _publish_set(tmp_path / "set", tmp_path / "set")  # same place: nothing to copy, accepted
