@@ -162,7 +162,7 @@ def _shard_urls(facts: Facts, src, dst, *, in_place: bool, same: bool) -> dict[s
     if slocal and dlocal:
         rel = os.path.relpath(sroot, droot).replace(os.sep, "/")
         return {n: f"{rel}/{n}" for n in names}
-    base = sfs.unstrip_protocol(sroot) if not slocal else sroot
+    base = sfs.unstrip_protocol(sroot)  # s3://bucket/set, or file:///abs/set for a remote DEST
     return {n: f"{base}/{n}" for n in names}
 
 
