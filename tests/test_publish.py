@@ -273,12 +273,15 @@ def test_license_override_and_unknown_warning(tmp_path):
 
 def test_cli_publish_and_errors(corpus, tmp_path):
     cmd = [sys.executable, "-m", "cytodata", "publish", str(corpus / "shards"), "-o", str(tmp_path / "pub"),
-           "--manifest", str(corpus / "manifest"), "--license", "lab2=CC0-1.0", "--name", "Lab screens"]
+           "--manifest", str(corpus / "manifest"), "--license", "lab2=CC0-1.0", "--name", "Lab screens",
+           "--url", "https://example.org/lab-screens", "--creator", "Lab One"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "published 29 samples" in done.stdout and "warning" not in done.stderr
     assert verify(tmp_path / "pub") == []
     assert "pretty_name: Lab screens" in (tmp_path / "pub" / "README.md").read_text()
+    doc = json.loads((tmp_path / "pub" / "croissant.json").read_text())
+    assert (doc["url"], doc["creator"]["name"]) == ("https://example.org/lab-screens", "Lab One")
     bad = subprocess.run([sys.executable, "-m", "cytodata", "publish", str(tmp_path),
                           "-o", str(tmp_path / "x")],
                          capture_output=True, text=True, timeout=300)

@@ -169,7 +169,8 @@ def _shard_urls(facts: Facts, src, dst, *, in_place: bool, same: bool) -> dict[s
 def publish(shards, dest, *, in_place: bool = False, manifest=None, name: str | None = None,
             description: str = "", licenses: dict[str, str] | None = None,
             citations: dict[str, str] | None = None, overwrite: bool = False,
-            storage_options: dict | None = None, workers: int = 8) -> dict:
+            storage_options: dict | None = None, workers: int = 8, url: str | None = None,
+            creator: str | None = None) -> dict:
     """Publish the WebDataset shard set ``shards`` into ``dest``; return a summary dict.
 
     ``dest``: folder or fsspec URL (``storage_options`` apply to both locations). ``in_place``:
@@ -177,7 +178,8 @@ def publish(shards, dest, *, in_place: bool = False, manifest=None, name: str | 
     folder the shards were written from (adds the recipe: split rule, QC rules, per-stage
     counts). ``licenses`` / ``citations``: per source id, override what the recipe and
     :data:`~cytodata.publish.sources.KNOWN_SOURCES` say. A source without a license makes the
-    card say "unknown" and warns (:class:`PublishWarning`).
+    card say "unknown" and warns (:class:`PublishWarning`). ``url`` / ``creator``: the
+    dataset's landing page and publisher, stated in Croissant when given.
     """
     src = _open(shards, storage_options)
     dst = _open(dest, storage_options)
@@ -186,6 +188,7 @@ def publish(shards, dest, *, in_place: bool = False, manifest=None, name: str | 
     name = name or posixpath.basename(src[1].rstrip("/")) or "cytodata dataset"
     facts = collect(shard_set, name=name, description=description, manifest=manifest,
                     licenses=licenses, citations=citations)
+    facts.url, facts.creator = url, creator
     unknown = sorted(n for n, s in facts.sources.items() if s.license is None)
     if unknown:
         warnings.warn(f"no license known for source(s) {unknown}: the dataset card says 'unknown'; "
@@ -286,6 +289,8 @@ def register(subparsers) -> None:
     p.add_argument("--license", action="append", metavar="SOURCE=SPDX",
                    help="license of a source, e.g. --license rxrx1=CC-BY-NC-SA-4.0 (repeatable)")
     p.add_argument("--citation", action="append", metavar="SOURCE=TEXT", help="citation of a source")
+    p.add_argument("--url", default=None, help="landing page of the dataset (stated in croissant.json)")
+    p.add_argument("--creator", default=None, help="person or organization publishing the dataset")
     p.add_argument("--overwrite", action="store_true", help="replace another dataset published in DEST")
     p.add_argument("--storage-options", default=None,
                    help='fsspec options as JSON, e.g. \'{"endpoint_url": "http://127.0.0.1:9000"}\'')
@@ -303,7 +308,8 @@ def _main(args) -> int:
                           name=args.name, description=args.description,
                           licenses=_pairs(args.license, "--license"),
                           citations=_pairs(args.citation, "--citation"),
-                          overwrite=args.overwrite, storage_options=options)
+                          overwrite=args.overwrite, storage_options=options, url=args.url,
+                          creator=args.creator)
     for w in caught:
         print(f"cytodata publish: warning: {w.message}", file=sys.stderr)
     print(f"published {summary['samples']} samples in {summary['shards']} shards to {summary['dest']} "

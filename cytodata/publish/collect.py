@@ -45,6 +45,8 @@ class Facts:
     identity: str = ""
     shard_urls: dict[str, str] = field(default_factory=dict)  # shard name -> contentUrl
     version: str = "1.0.0"
+    url: str | None = None           # landing page of the published dataset
+    creator: str | None = None       # person or organization publishing it
 
     @property
     def recipe(self) -> dict:

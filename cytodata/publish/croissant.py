@@ -226,8 +226,8 @@ def build_croissant(facts: Facts, files: dict[str, tuple[str, int]]) -> dict:
         "license": licenses if len(licenses) > 1 else licenses[0],
         "citeAs": "; ".join(cites) if cites else "unknown",
         "keywords": ["microscopy", "cell painting", "high-content screening", "webdataset"],
-        "url": "https://github.com/cytodata",
-        "creator": {"@type": "sc:Organization", "name": "cytodata"},
+        **({"url": facts.url} if facts.url else {}),
+        **({"creator": {"@type": "sc:Organization", "name": facts.creator}} if facts.creator else {}),
         "distribution": dist,
         "recordSet": records,
     }
