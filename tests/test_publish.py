@@ -307,3 +307,28 @@ def test_publish_into_the_shard_folder_itself(tmp_path):
     assert {p.name: p.read_bytes() for p in (tmp_path / "set").glob("shard-*.tar")} == tars
     assert "  shard-000000.tar\n" in (tmp_path / "set" / "SHA256SUMS").read_text()
     _publish_set(tmp_path / "set", tmp_path / "set")  # same place: nothing to copy, accepted
+
+
+def test_mixed_channels_and_unassigned_split_validate(tmp_path):
+    """Samples with different channel counts and rows without a split still give valid Croissant."""
+    mlc = pytest.importorskip("mlcroissant")
+    from cytodata.schema import make_key
+    from cytodata.shards import write
+
+    one = demo_manifest(tmp_path / "a", 6, (1, 8, 8))
+    two = demo_manifest(tmp_path / "b", 5, (2, 8, 8), seed=1)
+    two["image_id"] = two["image_id"] + "b"
+    two["well"] = two["well"] + "b"
+    two["key"] = [make_key(s, i) for s, i in zip(two["source"], two["image_id"], strict=True)]
+    table = pd.concat([one, two], ignore_index=True)
+    table.loc[:2, "split"] = pd.NA
+    write(table, tmp_path / "set", samples_per_shard=4, scheduler="synchronous", progress=False)
+    _publish_set(tmp_path / "set", tmp_path / "pub")
+    doc = json.loads((tmp_path / "pub" / "croissant.json").read_text())
+    image = next(f for rs in doc["recordSet"] if rs["@id"] == "images" for f in rs["field"]
+                 if f["@id"] == "images/image")
+    assert image["arrayShape"] == "-1,-1,-1" and "channels" not in {rs["@id"] for rs in doc["recordSet"]}
+    assert (tmp_path / "pub" / "splits" / "unassigned.txt").read_text().split() == list(table["key"][:3])
+    ds = mlc.Dataset(jsonld=str(tmp_path / "pub" / "croissant.json"))
+    assert len(list(ds.records(record_set="samples"))) == 11
+    assert verify(tmp_path / "pub") == []
