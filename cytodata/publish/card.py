@@ -84,8 +84,9 @@ def _splits(facts: Facts) -> str:
     text = _table(rows, ["split", "samples", "files"]) + "\n\n"
     if group:
         crossing = groups_across_splits(facts.index, group) if group in facts.index.columns else None
+        strat = split_cfg.get("stratify")
         text += (f"Splits assign whole `{group}` groups (fractions {split_cfg.get('fractions')}, "
-                 f"stratified by `{split_cfg.get('stratify')}`)")
+                 + (f"stratified by `{strat}`)" if strat else "not stratified)"))
         text += (f"; {crossing} `{group}` groups cross splits in this set." if crossing is not None
                  else ".")
     else:
@@ -183,11 +184,14 @@ def _provenance(facts: Facts) -> str:
 
 
 def _uses(facts: Facts) -> str:
-    return ("Pretraining and evaluating representation-learning models of cell morphology "
+    text = ("Pretraining and evaluating representation-learning models of cell morphology "
             "(self-supervised or weakly supervised on the weak labels), benchmarking loaders and "
             "augmentations on full-bit-depth multi-channel microscopy. Not for clinical or diagnostic "
-            "use. Respect each source's license: non-commercial (NC) terms apply to the samples "
-            "of those sources.")
+            "use. Respect each source's license.")
+    nc = sorted(n for n, s in facts.sources.items() if s.license and "-nc" in s.license.lower())
+    if nc:
+        text += f" Non-commercial terms apply to the samples of {nc}."
+    return text
 
 
 def _limitations(facts: Facts) -> str:
