@@ -17,6 +17,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "cytodata.curate.qc",
     "cytodata.shards",
     "cytodata.evaluate",
+    "cytodata.publish",
     "cytodata.demo",
     "cytodata.baselines.cli",
 )

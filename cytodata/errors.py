@@ -50,3 +50,11 @@ def preview(values, limit: int = 5) -> str:
 
 class TrainingError(CytodataError, RuntimeError):
     """A training run cannot start or continue (bad config, data, checkpoint or a NaN loss)."""
+
+
+class PublishError(CytodataError, ValueError):
+    """A shard set cannot be published as asked (names the file or DEST and the fix)."""
+
+
+class ClusterError(CytodataError, RuntimeError):
+    """A dask scheduler cannot be reached, has no workers, or lost a task (names the address)."""

@@ -30,6 +30,9 @@ class SourceSpec:
     adapter: str
     params: dict[str, Any] = field(default_factory=dict)
     source: str | None = None  # source id in the manifest (default: adapter name)
+    license: str | None = None  # SPDX id of the images' license (the dataset card states it)
+    citation: str | None = None  # how to cite the source (the dataset card lists it)
+    url: str | None = None  # the source's home page
 
 
 @dataclass

@@ -328,7 +328,12 @@ def _run_parallel(tasks: list, cfg: QCConfig, *, n_workers: int | None, schedule
         if scheduler is None:
             cluster = LocalCluster(n_workers=n_workers or os.cpu_count() or 1, threads_per_worker=1,
                                    processes=True, dashboard_address=None)
-        client = Client(scheduler if scheduler else cluster)
+        if scheduler:
+            from ..shards._run import connect  # timeout + ClusterError naming the address
+
+            client = connect(scheduler)
+        else:
+            client = Client(cluster)
         try:
             futures = client.map(_qc_batch, chunks, cfg=cfg, pure=False)
             where = {f.key: i for i, f in enumerate(futures)}

@@ -6,6 +6,8 @@ import os
 import uuid
 from typing import Any, Callable, Sequence
 
+from ..errors import ClusterError
+
 
 def run_tasks(
     fn: Callable[..., Any],
@@ -15,18 +17,22 @@ def run_tasks(
     n_workers: int | None = None,
     progress: bool = True,
     desc: str = "shards",
+    timeout: float | None = None,
 ) -> list[Any]:
     """``[fn(*args) for args in arg_lists]``, in order, executed per ``scheduler``.
 
     ``scheduler``: None -> a dask ``LocalCluster`` (``n_workers`` processes, 1 thread each:
     decoding/encoding hold the GIL in places); ``"synchronous"`` -> this process (debugging,
-    tiny jobs); ``"tcp://HOST:PORT"`` -> an existing dask scheduler.
+    tiny jobs); ``"tcp://HOST:PORT"`` -> an existing dask scheduler (see :func:`connect`;
+    ``timeout`` in seconds). Raises :class:`ClusterError` when the scheduler does not answer,
+    has no workers, or a task keeps killing its workers.
     """
     if not arg_lists:
         return []
     if scheduler == "synchronous":
         return [fn(*args) for args in _bar(arg_lists, progress, desc)]
     from dask.distributed import Client, as_completed
+    from distributed import KilledWorker
 
     cluster = None
     if scheduler is None:
@@ -34,7 +40,7 @@ def run_tasks(
         cluster = local_cluster(workers)
         client = Client(cluster)
     else:
-        client = Client(scheduler)
+        client = connect(scheduler, timeout)
     try:
         run_id = uuid.uuid4().hex[:8]  # two writes sharing one scheduler must not share task keys
         futures = [client.submit(fn, *args, pure=False, key=f"{desc}-{run_id}-{i}")
@@ -42,8 +48,17 @@ def run_tasks(
         position = {f.key: i for i, f in enumerate(futures)}
         results: list[Any] = [None] * len(futures)
         bar = _bar(None, progress, desc, total=len(futures))
+        # a task on a worker that dies is re-run by the scheduler on another worker; tasks are
+        # idempotent (temp file, then rename), so a re-run never duplicates output
         for fut in as_completed(futures):
-            results[position[fut.key]] = fut.result()
+            try:
+                results[position[fut.key]] = fut.result()
+            except KilledWorker as exc:
+                raise ClusterError(
+                    f"{desc} task {position[fut.key]} ({fut.key}) was running on workers that died "
+                    f"{dask_config('distributed.scheduler.allowed-failures')} times: {exc}. Usually out "
+                    "of memory: give workers more memory (dask worker --memory-limit) or write smaller "
+                    "shards; re-running resumes from the finished shards") from None
             if bar is not None:
                 bar.update(1)
         if bar is not None:
@@ -53,6 +68,46 @@ def run_tasks(
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+def connect(scheduler: str, timeout: float | None = None):
+    """Connect a ``distributed.Client`` to an existing scheduler with at least one worker.
+
+    ``timeout`` (seconds; default dask's ``distributed.comm.timeouts.connect``, 30 s, settable
+    with ``DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT=10s``) bounds both the connection and the
+    wait for a first worker. Raises :class:`ClusterError` naming the address and the fix.
+    """
+    from dask.utils import parse_timedelta
+    from distributed import Client
+
+    if not isinstance(scheduler, str) or "://" not in scheduler:
+        raise ClusterError(f"scheduler {scheduler!r} is not an address: give tcp://HOST:PORT (printed "
+                           "by `dask scheduler`), 'synchronous', or no scheduler for a LocalCluster")
+    seconds = float(timeout if timeout is not None
+                    else parse_timedelta(dask_config("distributed.comm.timeouts.connect"), "s"))
+    try:
+        client = Client(scheduler, timeout=seconds)
+    except (OSError, TimeoutError) as exc:
+        raise ClusterError(
+            f"no dask scheduler answered at {scheduler} within {seconds:g} s ({type(exc).__name__}). "
+            "Check the address and port that `dask scheduler` printed, that it is running and "
+            "reachable from here (firewall, --host), or omit --scheduler to use a LocalCluster") from None
+    try:
+        client.wait_for_workers(1, timeout=seconds)
+    except (OSError, TimeoutError):
+        client.close()
+        raise ClusterError(f"the dask scheduler at {scheduler} has no workers after {seconds:g} s; start "
+                           f"some with `dask worker {scheduler}` (cytodata importable on them, the "
+                           "input and output folders visible at the same paths)") from None
+    return client
+
+
+def dask_config(key: str):
+    """Return a dask config value (``distributed.*`` keys need distributed imported first)."""
+    import dask
+    import distributed  # noqa: F401  (registers the distributed.* defaults)
+
+    return dask.config.get(key)
 
 
 def local_cluster(workers: int):

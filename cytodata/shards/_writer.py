@@ -213,6 +213,8 @@ def write_webdataset(recs: list[dict], out: Path, manifest_info: dict, opts: dic
                      opts["qc"], opts["gray"]))
     results = run_tasks(write_shard, todo, scheduler=opts["scheduler"], n_workers=opts["n_workers"],
                         progress=opts["progress"], desc="shards")
+    for stale in out.glob("shard-*.tmp-*"):  # left by a task whose worker died; its re-run finished
+        stale.unlink()
     for args, stats in zip(todo, results):
         done[int(args[1][6:12])] = stats
     stats_list = [done[i] for i in sorted(done)]

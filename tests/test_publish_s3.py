@@ -1,0 +1,96 @@
+"""Publishing to and from a real S3-compatible server (moto in server mode on localhost)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+
+import pytest
+
+from cytodata.loaders.demo import write_demo_shards
+from cytodata.publish import PublishWarning, publish, verify
+
+moto_server = pytest.importorskip("moto.server")
+s3fs = pytest.importorskip("s3fs")
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    import socket
+
+    import boto3
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    options = {"endpoint_url": f"http://{host}:{port}", "key": "testing", "secret": "testing",
+               "client_kwargs": {"region_name": "us-east-1"}}
+    boto3.client("s3", endpoint_url=options["endpoint_url"], region_name="us-east-1",
+                 aws_access_key_id="testing", aws_secret_access_key="testing").create_bucket(Bucket="pub")
+    local = tmp_path_factory.mktemp("s3pub") / "set"
+    write_demo_shards(local, 17, (2, 10, 10), samples_per_shard=5)
+    yield options, local, s3fs.S3FileSystem(**options)
+    server.stop()
+
+
+def _quiet_publish(*args, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PublishWarning)
+        return publish(*args, **kw)
+
+
+def test_publish_to_s3_then_verify_catches_damage(s3, tmp_path):
+    options, local, fs = s3
+    summary = _quiet_publish(local, "s3://pub/a", storage_options=options)
+    assert summary["shards"] == 4
+    names = sorted(p.rsplit("/", 1)[1] for p in fs.find("pub/a"))
+    for name in ("README.md", "croissant.json", "SHA256SUMS", "index.parquet", "provenance.parquet",
+                 "shard-000000.tar", "shard-000003.tar", "train.txt", "val.txt"):
+        assert name in names
+    assert fs.cat_file("pub/a/shard-000001.tar") == (local / "shard-000001.tar").read_bytes()
+    assert verify("s3://pub/a", storage_options=options) == []
+    meta = {p: fs.cat_file(f"pub/a/{p}") for p in ("README.md", "croissant.json", "SHA256SUMS")}
+    _quiet_publish(local, "s3://pub/a", storage_options=options)  # unchanged set: same bytes
+    assert all(fs.cat_file(f"pub/a/{p}") == data for p, data in meta.items())
+    # the same metadata as a local publication
+    _quiet_publish(local, tmp_path / "here")
+    assert all((tmp_path / "here" / p).read_bytes() == data for p, data in meta.items())
+
+    fs.pipe_file("pub/a/shard-000002.tar", fs.cat_file("pub/a/shard-000002.tar")[:-1024])
+    fs.rm("pub/a/splits/val.txt")
+    problems = verify("s3://pub/a", storage_options=options)
+    assert sorted(p.split(" (")[0] for p in problems) == ["missing: splits/val.txt",
+                                                          "truncated: shard-000002.tar"]
+
+
+def test_publish_from_s3_in_place_and_cli(s3, tmp_path):
+    options, local, fs = s3
+    fs.put(str(local) + "/", "pub/src/", recursive=True)
+    _quiet_publish("s3://pub/src", tmp_path / "meta", in_place=True, storage_options=options)
+    sums = (tmp_path / "meta" / "SHA256SUMS").read_text()
+    assert "  s3://pub/src/shard-000000.tar\n" in sums  # referenced where they are
+    assert verify(tmp_path / "meta", storage_options=options) == []
+    doc = json.loads((tmp_path / "meta" / "croissant.json").read_text())
+    urls = {d["@id"]: d.get("contentUrl") for d in doc["distribution"]}
+    assert urls["shard-000003.tar"] == "s3://pub/src/shard-000003.tar"
+    shard_files = next(d for d in doc["distribution"] if d["@id"] == "shard-files")
+    assert shard_files["includes"] == "s3://pub/src/shard-*.tar"
+
+    cmd = [sys.executable, "-m", "cytodata", "publish", str(local), "-o", "s3://pub/cli",
+           "--storage-options", json.dumps(options), "--license", "demo=CC0-1.0"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert verify("s3://pub/cli", storage_options=options) == []
+    again = subprocess.run(cmd[:6] + ["s3://pub/a"] + cmd[7:], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0  # same dataset as pub/a: accepted
+    other = tmp_path / "other"
+    write_demo_shards(other, 5, (1, 8, 8), samples_per_shard=5)
+    refused = subprocess.run([sys.executable, "-m", "cytodata", "publish", str(other), "-o", "s3://pub/cli",
+                              "--storage-options", json.dumps(options)], capture_output=True, text=True,
+                             timeout=300)
+    assert refused.returncode == 2 and "already holds another dataset" in refused.stderr
