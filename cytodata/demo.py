@@ -216,7 +216,11 @@ def publish_and_verify(out: Path) -> dict | None:
     from . import publish
 
     dest = out / "published"
-    publish.publish(out / "shards" / "bbbc021", dest)
+    publish.publish(out / "shards" / "bbbc021", dest, manifest=out / "manifest",
+                    name="cytodata-demo-bbbc021-layout", overwrite=True,
+                    description="Synthetic BBBC021-layout screen written by `cytodata demo`.",
+                    licenses={"synth-bbbc021": "BSD-3-Clause"},
+                    citations={"synth-bbbc021": "cytodata synthetic screens (cytodata.synthetic)"})
     problems = publish.verify(dest)
     print(f"published {dest}: verify {'OK' if not problems else problems}")
     return {"dest": dest, "problems": problems}

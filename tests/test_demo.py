@@ -46,3 +46,24 @@ def test_demo_end_to_end(tmp_path):
     assert "classifier (trained)" in index_html and "classifier (random init)" in index_html
     assert (out / "report" / "training-classifier.png").exists()
     assert (out / "report" / "labels.png").exists()
+    # published: Croissant validates with mlcroissant, verify catches a truncated and a flipped shard
+    import mlcroissant as mlc
+
+    from cytodata.publish import verify
+
+    pub = out / "published"
+    mlc.Dataset(jsonld=str(pub / "croissant.json"))      # raises on validation errors
+    assert verify(pub) == []
+    shards_pub = sorted(pub.rglob("shard-*.tar"))
+    assert len(shards_pub) >= 2
+    data = shards_pub[0].read_bytes()
+    shards_pub[0].write_bytes(data[: len(data) // 2])
+    flipped = bytearray(shards_pub[1].read_bytes())
+    flipped[len(flipped) // 3] ^= 0xFF
+    shards_pub[1].write_bytes(bytes(flipped))
+    problems = verify(pub)
+    assert any(shards_pub[0].name in p and "truncated" in p for p in problems), problems
+    assert any(shards_pub[1].name in p and "altered" in p for p in problems), problems
+    # trained embeddings beat the same backbone at random initialisation on NSC
+    scores = res["results"]["evaluate"]
+    assert scores["classifier (trained)"]["nsc"] > scores["classifier (random init)"]["nsc"]
