@@ -384,8 +384,9 @@ def test_locations_table_marks_bright_nuclei(bbbc):
     assert tuple(locs.columns) == BBBC021_LOCATION_COLUMNS
     images = bbbc["images"]
     # every listed cell belongs to a written field, and object numbers count 1.. per field
-    fields = set(zip(images["plate"], images["well"], images["site"]))
-    assert set(zip(locs["Metadata_Plate"], locs["Metadata_Well"], locs["Metadata_Site"])) <= fields
+    fields = set(zip(images["plate"], images["well"], images["site"], strict=True))
+    located = zip(locs["Metadata_Plate"], locs["Metadata_Well"], locs["Metadata_Site"], strict=True)
+    assert set(located) <= fields
     for _, group in locs.groupby(["Metadata_Plate", "Metadata_Well", "Metadata_Site"]):
         assert group["ObjectNumber"].tolist() == list(range(1, len(group) + 1))
     # the DAPI signal at a listed centre is far above the field's background
