@@ -13,6 +13,7 @@ import sys
 #: modules that contribute sub-commands (each defines ``register(subparsers)``)
 COMMAND_MODULES: tuple[str, ...] = (
     "cytodata.manifest",
+    "cytodata.curate.cells",
     "cytodata.curate.qc",
     "cytodata.shards",
     "cytodata.evaluate",
