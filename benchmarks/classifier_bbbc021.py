@@ -88,11 +88,25 @@ def evaluate(embeddings: Path, fields: Path) -> dict:
 def run(out: "str | Path", *, steps: int = 150, batch_size: int = 64,
         model: str = "test_efficientnet", lr: float = 3e-3, seed: int = 0,
         screen: SyntheticScreen = SCREEN, cell_size: int = CELL_SIZE,
-        train_crop: int = TRAIN_CROP) -> dict:
-    """The whole check; returns ``{"trained": {...}, "random": {...}, "n_cells", "seconds"}``."""
+        train_crop: int = TRAIN_CROP, torch_threads: int | None = None) -> dict:
+    """The whole check; returns ``{"trained": {...}, "random": {...}, "n_cells", "seconds"}``.
+
+    ``torch_threads``: intra-op threads for the run (restored after). On a small shared machine
+    1 is much faster: OpenMP threads spin against the loader's decode threads.
+    """
+    previous = torch.get_num_threads()
+    if torch_threads:
+        torch.set_num_threads(torch_threads)
+    try:
+        return _run(Path(out), steps, batch_size, model, lr, seed, screen, cell_size, train_crop)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run(out: Path, steps: int, batch_size: int, model: str, lr: float, seed: int,
+         screen: SyntheticScreen, cell_size: int, train_crop: int) -> dict:
     from cytodata.baselines import embed, train
 
-    out = Path(out)
     t0 = time.perf_counter()
     data = prepare(out, screen, cell_size)
     t_data = time.perf_counter() - t0
@@ -135,11 +149,13 @@ def main() -> None:
     parser.add_argument("--model", default="test_efficientnet")
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--torch-threads", type=int, default=None,
+                        help="torch intra-op threads (1 is fastest on a shared 2-core machine)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out) if args.out else Path(tmp)
         results = run(out, steps=args.steps, batch_size=args.batch_size, model=args.model,
-                      lr=args.lr, seed=args.seed)
+                      lr=args.lr, seed=args.seed, torch_threads=args.torch_threads)
         (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     print(f"{results['n_cells']} cells from {results['n_fields']} fields; loss "
           f"{results['first_loss']:.3f} -> {results['last_loss']:.3f}; "
