@@ -16,6 +16,7 @@ Usage:
   python benchmarks/train.py --tiny               # CPU: classifier-tiny (test_efficientnet,
                                                   # 40 px shards, 32 crops, batch 16, fp32)
   options: --model --channels --size --crop --batch --steps --n --threads --device --precision
+           --torch-threads --resident --dir
 """
 
 from __future__ import annotations
@@ -125,7 +126,12 @@ def main() -> None:
     parser.add_argument("--resident", type=int, default=8,
                         help="distinct batches kept on the device")
     parser.add_argument("--dir", default=None, help="work folder (default: a temporary one)")
+    parser.add_argument("--torch-threads", type=int, default=None,
+                        help="torch intra-op threads for both sides (1 is fastest on a shared "
+                             "2-core machine: OpenMP threads spin against the decode threads)")
     args = parser.parse_args()
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
     for k, v in (TINY_DEFAULTS if args.tiny else CUDA_DEFAULTS).items():
         if getattr(args, k) is None:
             setattr(args, k, v)
