@@ -26,15 +26,15 @@ def _bench():
 
 def test_trained_single_cell_classifier_beats_random_init(tmp_path):
     bench = _bench()
-    results = bench.run(tmp_path, steps=100, batch_size=32, torch_threads=1)
+    results = bench.run(tmp_path, torch_threads=1)   # the benchmark's defaults: 200 steps, batch 64
     trained, random = results["trained"], results["random"]
     # the pipeline really ran on cells: per-field rows, cells from every field, loss went down
-    assert trained["fields"] == random["fields"] == 192
-    assert results["n_cells"] > 1000 and results["last_loss"] < results["first_loss"] - 0.8
+    assert trained["fields"] == random["fields"] == 288
+    assert results["n_cells"] > 1500 and results["last_loss"] < results["first_loss"] - 1.0
     cells = pd.read_parquet(tmp_path / "cells" / "manifest.parquet")
     assert cells["label"].str.fullmatch(r".+@[0-9.e+-]+").all()
     assert (cells["parent_id"] != cells["image_id"]).all()
-    # the science: a clear NSC margin over random init, and no loss on NSCB
-    assert trained["nsc"] >= random["nsc"] + 0.2, bench.table(results)
-    assert not math.isnan(trained["nscb"]), bench.table(results)
-    assert trained["nscb"] >= random["nscb"], bench.table(results)
+    # the science: clear margins over random init on NSC and NSCB (measured: +0.23 and +0.24)
+    assert not math.isnan(trained["nscb"]) and not math.isnan(random["nscb"])
+    assert trained["nsc"] >= random["nsc"] + 0.15, bench.table(results)
+    assert trained["nscb"] >= random["nscb"] + 0.15, bench.table(results)
