@@ -14,6 +14,7 @@ import sys
 COMMAND_MODULES: tuple[str, ...] = (
     "cytodata.recipe",
     "cytodata.manifest",
+    "cytodata.curate.cells",
     "cytodata.curate.qc",
     "cytodata.shards",
     "cytodata.evaluate",

@@ -277,6 +277,9 @@ def _cell_layers(rng: np.random.Generator, shape: tuple[int, int], pheno: Phenot
                  chunk: int = 64) -> dict[str, np.ndarray]:
     """Soft masks (H, W) float32 in ~[0, 1.3]: cell, nucleus, fibre texture, cortical ring.
 
+    Also ``centres``: (N, 2) float64 nucleus centres ``(x, y)`` in pixels (x = column), one per
+    cell (micronuclei fragments are not cells), clipped to the field.
+
     Cells are rotated ellipses drawn from distance maps in one square window per cell (all
     cells of a ``chunk`` at once, shape (chunk, S, S)), splatted into the field by maximum, so
     the cost scales with the cells' area, not with cells x field.
@@ -291,6 +294,11 @@ def _cell_layers(rng: np.random.Generator, shape: tuple[int, int], pheno: Phenot
     bright = np.exp(rng.normal(0, 0.15, n))
     nuc_dy, nuc_dx = rng.normal(0, 0.1, (2, n)) * radius
     phase = rng.uniform(0, 2 * np.pi, n)
+    # nucleus centres in pixel-index coordinates (x = column, y = row): the nucleus ellipse sits
+    # at (nuc_dx, nuc_dy) in the cell's rotated frame; computed from the draws, none added
+    cos_t, sin_t = np.cos(theta), np.sin(theta)
+    centres = np.stack([cx + nuc_dx * cos_t - nuc_dy * sin_t,
+                        cy + nuc_dx * sin_t + nuc_dy * cos_t], axis=1)
     half = int(np.ceil((radius * np.sqrt(elong)).max())) + 4
     top, left = np.floor(cy).astype(np.int64) - half, np.floor(cx).astype(np.int64) - half
     # float32 throughout: the distance maps dominate the cost
@@ -333,6 +341,8 @@ def _cell_layers(rng: np.random.Generator, shape: tuple[int, int], pheno: Phenot
         dx = (fleft - fx).astype(f32)[:, None, None] + fgrid[None, None, :]
         blobs = f32(1.2) * np.exp(-(dy**2 + dx**2) / f32(2 * 1.3**2))
         _splat_max(layers["nucleus"], ftop, fleft, blobs)
+    # a nucleus centre just outside the field would not be found by segmentation: clip it in
+    layers["centres"] = np.clip(centres, 0.0, [width - 1.0, height - 1.0])
     return layers
 
 
@@ -346,8 +356,13 @@ def make_cells(
     peak: float = 20000.0,
     bit_depth: int = 16,
     acquisition: Acquisition | None = None,
-) -> np.ndarray:
+    return_centres: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """One field of view, ``(C, H, W)`` uint16 camera counts.
+
+    With ``return_centres=True`` returns ``(image, centres)``: ``centres`` (N, 2) float64 are
+    the true nucleus centres ``(x, y)`` in pixels, one row per cell (the same random draws, so
+    the image is bit-identical either way).
 
     Channel 0 holds nuclei, the others cytoskeleton/cytoplasm-like compartments (``kinds``,
     names in :data:`COMPARTMENTS`; default :func:`channel_kinds`). Expected counts are
@@ -371,7 +386,8 @@ def make_cells(
         lam = (lam * acquisition.field * acquisition.gain[:, None, None].astype(np.float32)
                + acquisition.offset[:, None, None].astype(np.float32))
     counts = shot_noise(rng, lam)
-    return np.clip(counts, 0, 2**bit_depth - 1).astype(np.uint16)
+    image = np.clip(counts, 0, 2**bit_depth - 1).astype(np.uint16)
+    return (image, layers["centres"]) if return_centres else image
 
 
 def shot_noise(rng: np.random.Generator, lam: np.ndarray, exact_below: float = 30.0) -> np.ndarray:
@@ -682,9 +698,16 @@ def write_bbbc021_layout(root: str | os.PathLike, config: SyntheticScreen | None
     concentrations in uM as ``%.6f``) and ``BBBC021_v1_moa.csv`` (``compound,concentration,moa``;
     DMSO at 0.0 with moa ``DMSO``; unannotated compounds left out).
 
-    Returns ``{"root", "image_csv", "moa_csv", "images", "single_batch_moa"}`` where ``images``
-    has one row per site: table_number, image_number, batch, plate, replicate, well, site,
-    compound, concentration, moa (NA if unannotated), paths (DAPI, Tubulin, Actin; absolute).
+    ``BBBC021_cell_locations.csv`` (:data:`BBBC021_LOCATIONS_FILE`) holds the true nucleus
+    centre of every cell, one row per cell, with CellProfiler/DeepProfiler column names
+    (:data:`BBBC021_LOCATION_COLUMNS`: ``Metadata_Plate, Metadata_Well, Metadata_Site,
+    Image_FileName_DAPI, ObjectNumber, Nuclei_Location_Center_X, Nuclei_Location_Center_Y``;
+    x = column, y = row, in pixels) for single-cell mode (``cytodata cells``).
+
+    Returns ``{"root", "image_csv", "moa_csv", "images", "single_batch_moa", "locations_csv"}``
+    where ``images`` has one row per site: table_number, image_number, batch, plate, replicate,
+    well, site, compound, concentration, moa (NA if unannotated), paths (DAPI, Tubulin, Actin;
+    absolute).
     """
     config = config or SyntheticScreen()
     root = Path(root).resolve()
@@ -696,6 +719,7 @@ def write_bbbc021_layout(root: str | os.PathLike, config: SyntheticScreen | None
     lines = [bbbc021_header()]
     quoted = [c not in _BBBC021_NUMERIC for c in BBBC021_IMAGE_COLUMNS]
     truth = []
+    cells = [",".join(BBBC021_LOCATION_COLUMNS) + "\n"]
     image_number: dict[int, int] = {}
     for row in plate_map.itertuples(index=False):
         b, p = int(row.batch_index), int(row.plate_index)
@@ -708,13 +732,16 @@ def write_bbbc021_layout(root: str | os.PathLike, config: SyntheticScreen | None
         well_idx = PLATE_WELLS.index(row.well)
         for site in range(1, config.sites_per_well + 1):
             rng = _rng(config, 1, b, p, well_idx, site)
-            image = make_cells(rng, (3, *size), pheno, background=config.background,
-                               peak=config.peak, bit_depth=config.bit_depth, acquisition=acq[b, p])
+            image, centres = make_cells(rng, (3, *size), pheno, background=config.background,
+                                        peak=config.peak, bit_depth=config.bit_depth,
+                                        acquisition=acq[b, p], return_centres=True)
             names = []
             for c, (_, w) in enumerate(BBBC021_CHANNELS):
                 name = f"{row.well}_s{site}_w{w}{_uuid(rng)}.tif"
                 _write_tiff(root / rel / name, image[c])
                 names.append(name)
+            cells.extend(_location_line(plate, row.well, site, names[0], k, x, y)
+                         for k, (x, y) in enumerate(centres, 1))
             table = (b + 1) % 10
             image_number[table] = image_number.get(table, 0) + 1
             values = [table, image_number[table], names[0], rel, names[1], rel, names[2], rel,
@@ -735,10 +762,26 @@ def write_bbbc021_layout(root: str | os.PathLike, config: SyntheticScreen | None
                   for t in trt.itertuples(index=False)]
     moa_lines.append(_csv_line(["DMSO", f"{0.0:.6f}", "DMSO"], [True, False, True]))
     moa_csv.write_text("".join(moa_lines), encoding="utf-8", newline="\n")
+    locations_csv = root / BBBC021_LOCATIONS_FILE
+    locations_csv.write_text("".join(cells), encoding="utf-8", newline="\n")
     images = pd.DataFrame(truth).astype({"batch": "string", "plate": "string", "well": "string",
                                          "compound": "string", "moa": "string"})
     return {"root": root, "image_csv": image_csv, "moa_csv": moa_csv, "images": images,
-            "single_batch_moa": config.single_batch_moa}
+            "single_batch_moa": config.single_batch_moa, "locations_csv": locations_csv}
+
+
+#: the cell locations table written beside the BBBC021 CSVs (CellProfiler/DeepProfiler names)
+BBBC021_LOCATIONS_FILE = "BBBC021_cell_locations.csv"
+BBBC021_LOCATION_COLUMNS: tuple[str, ...] = (
+    "Metadata_Plate", "Metadata_Well", "Metadata_Site", "Image_FileName_DAPI", "ObjectNumber",
+    "Nuclei_Location_Center_X", "Nuclei_Location_Center_Y",
+)
+
+
+def _location_line(plate: str, well: str, site: int, dapi: str, number: int, x: float,
+                   y: float) -> str:
+    # 3 decimals: CellProfiler prints centres as floats; sub-pixel digits carry no information
+    return f"{plate},{well},{site},{dapi},{number},{x:.3f},{y:.3f}\n"
 
 
 # --------------------------------------------------------------------------------------------
@@ -898,7 +941,8 @@ def write_demo_sources(root: str | os.PathLike, seed: int = 0,
 
 
 __all__ = [
-    "Acquisition", "BBBC021_CHANNELS", "BBBC021_IMAGE_COLUMNS", "COMPARTMENTS", "PHENOTYPES",
+    "Acquisition", "BBBC021_CHANNELS", "BBBC021_IMAGE_COLUMNS", "BBBC021_LOCATIONS_FILE",
+    "BBBC021_LOCATION_COLUMNS", "COMPARTMENTS", "PHENOTYPES",
     "PLATE_WELLS", "Phenotype", "RXRX1_COLUMNS", "SyntheticScreen", "batch_gains",
     "bbbc021_header", "bbbc021_plate_map", "bbbc021_treatments", "channel_kinds", "make_cells",
     "phenotype_for", "rxrx1_sirnas", "shot_noise", "smooth_noise", "vignette",

@@ -223,7 +223,7 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
     a = _tree_digest(write_bbbc021_layout(tmp_path / "a", cfg)["root"])
     b = _tree_digest(write_bbbc021_layout(tmp_path / "b", cfg)["root"])
     c = _tree_digest(write_bbbc021_layout(tmp_path / "c", cfg.replace(seed=cfg.seed + 1))["root"])
-    assert a == b and len(a) == 2 * 4 * 3 + 2
+    assert a == b and len(a) == 2 * 4 * 3 + 3   # TIFFs + image, MOA and cell-location CSVs
     assert a["BBBC021_v1_moa.csv"] == c["BBBC021_v1_moa.csv"]
     tiffs_a = {v for k, v in a.items() if k.endswith(".tif")}
     tiffs_c = {v for k, v in c.items() if k.endswith(".tif")}
@@ -345,3 +345,60 @@ def test_folder_adapter_reads_the_layout(tmp_path):
     by_path = dict(zip(out["images"]["path"], out["images"]["class"], strict=True))
     assert [by_path[p[0]] for p in table["channel_paths"]] == list(table["phenotype"])
     assert set(table["phenotype"]) == set(TINY.folder_classes)
+
+
+# --- cell locations (single-cell mode) ---------------------------------------------------------
+
+#: sha256 over (relative path, bytes) of every TIFF of CELLS_SCREEN, from the code before the
+#: locations table existed: writing the centres must not change a single random draw
+CELLS_SCREEN = SyntheticScreen(n_batches=2, plates_per_batch=1, wells_per_plate=6,
+                               dmso_wells_per_plate=2, sites_per_well=1, image_size=48, seed=5,
+                               moas=("Actin disruptors", "DNA damage"), single_batch_moa=None)
+CELLS_SCREEN_TIFFS_SHA256 = "752f8ac0f2cdefd191a32a14cc55324e205264fb76a5b0ac1edac8a405c4b2e3"
+
+
+def test_locations_leave_the_images_bit_identical(tmp_path):
+    result = write_bbbc021_layout(tmp_path, CELLS_SCREEN)
+    h = hashlib.sha256()
+    tiffs = sorted(tmp_path.rglob("*.tif"))
+    for p in tiffs:
+        h.update(p.relative_to(tmp_path).as_posix().encode())
+        h.update(p.read_bytes())
+    assert len(tiffs) == 36 and h.hexdigest() == CELLS_SCREEN_TIFFS_SHA256
+    assert result["locations_csv"].name == "BBBC021_cell_locations.csv"
+
+
+def test_make_cells_centres_do_not_change_the_image():
+    a = make_cells(np.random.default_rng(4), (3, 64, 64), "DNA damage")
+    b, centres = make_cells(np.random.default_rng(4), (3, 64, 64), "DNA damage",
+                            return_centres=True)
+    assert np.array_equal(a, b)
+    assert centres.ndim == 2 and centres.shape[1] == 2 and len(centres) >= 1
+    assert (centres >= 0).all() and (centres <= 63).all()
+
+
+def test_locations_table_marks_bright_nuclei(bbbc):
+    from cytodata.synthetic import BBBC021_LOCATION_COLUMNS
+
+    locs = pd.read_csv(bbbc["root"] / "BBBC021_cell_locations.csv")
+    assert tuple(locs.columns) == BBBC021_LOCATION_COLUMNS
+    images = bbbc["images"]
+    # every listed cell belongs to a written field, and object numbers count 1.. per field
+    fields = set(zip(images["plate"], images["well"], images["site"], strict=True))
+    located = zip(locs["Metadata_Plate"], locs["Metadata_Well"], locs["Metadata_Site"], strict=True)
+    assert set(located) <= fields
+    for _, group in locs.groupby(["Metadata_Plate", "Metadata_Well", "Metadata_Site"]):
+        assert group["ObjectNumber"].tolist() == list(range(1, len(group) + 1))
+    # the DAPI signal at a listed centre is far above the field's background
+    hits, total = 0, 0
+    for row in images.itertuples(index=False):
+        dapi = tifffile.imread(row.paths[0]).astype(float)
+        here = locs[(locs["Metadata_Plate"] == row.plate) & (locs["Metadata_Well"] == row.well)
+                    & (locs["Metadata_Site"] == row.site)]
+        assert (here["Image_FileName_DAPI"] == Path(row.paths[0]).name).all()
+        background = np.percentile(dapi, 20)
+        ys = here["Nuclei_Location_Center_Y"].round().astype(int).to_numpy()
+        xs = here["Nuclei_Location_Center_X"].round().astype(int).to_numpy()
+        hits += int((dapi[ys, xs] > background + 0.25 * (dapi.max() - background)).sum())
+        total += len(here)
+    assert total > 50 and hits / total > 0.9

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import ImageReadError
 from ._run import run_tasks
-from ._samples import INDEX_COLUMNS, Dropped, Moments, load_samples
+from ._samples import INDEX_COLUMNS, Dropped, Moments, fit_window, load_samples, window_of
 from .._files import load_json_dict, save_json, save_parquet
 from ._writer import FORMATS, claim_folder, identity
 from .labels import COORD_NAMES, DIMS, write_labels
@@ -38,6 +38,13 @@ def _plan_rows(recs, channel_mode, tile):
             c, h, w = image_shape(rec["channel_paths"])
         except ImageReadError as exc:
             ledger.append((i, exc.reason, str(exc)))
+            continue
+        try:
+            window = window_of(rec)   # crop rows hold their window, not the field
+            if window is not None:
+                _, _, w, h = fit_window(window, h, w, rec["key"])
+        except Dropped as drop:
+            ledger.append((i, drop.reason, drop.detail))
             continue
         per = {"own": (c, 1), "merged": (1, 1), "split": (1, c)}[channel_mode]
         th, tw = (tile, tile) if tile else (h, w)
