@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from cytodata.curate.sampling import stratified_sample
+from cytodata.curate.sampling import row_hashes, sample_strata, stratum_ids
 from cytodata.curate.weak_labels import (
     BELOW_THRESHOLD,
     DEFAULT_COLUMNS,
@@ -31,7 +31,9 @@ from cytodata.curate.weak_labels import (
     NOT_SAMPLED,
     assign_weak_labels,
     cell_tokens,
+    label_names,
     label_rng,
+    label_strata,
 )
 
 
@@ -55,7 +57,8 @@ def reference_assign_weak_labels(
     cap: int = 1_000,
     sample_by: Sequence[str] = DEFAULT_SAMPLE_BY,
     seed: int = 0,
-    method: str = "balanced",
+    method: str = "proportional",
+    key: str = "key",
 ) -> pd.DataFrame:
     """The per-label pandas loop: same output contract as ``assign_weak_labels``."""
     counts = []
@@ -64,25 +67,33 @@ def reference_assign_weak_labels(
         for token, count in tally.items():
             if count >= min_count:
                 counts.append((int(count), ci, str(token)))
-    label = np.full(len(table), None, dtype=object)
-    category = np.full(len(table), None, dtype=object)
+    ids = table[key] if key in table.columns else table.index
+    assigned = np.full(len(table), -1, dtype=np.int64)
     touched = np.zeros(len(table), dtype=bool)
+    lab_col, lab_tok = [], []
     for _, ci, token in sorted(counts):
         col = columns[ci]
         carries = has_token(table[col], token)
-        pos = np.flatnonzero(carries & pd.isna(label))
+        pos = np.flatnonzero(carries & (assigned < 0))
         if pos.size < min_count:
             continue
         touched |= carries
         rng = label_rng(seed, col, token)
+        pre_by, cap_by = label_strata(col, pos.size > presample, presample_by, sample_by)
         if pos.size > presample:
-            pos = pos[stratified_sample(table.iloc[pos], presample, by=list(presample_by),
-                                        seed=rng, method=method)]
+            keys = row_hashes(np.asarray(ids)[pos], seed, col, token, "presample")
+            pos = pos[sample_strata(stratum_ids(table.iloc[pos], pre_by), presample, rng=rng,
+                                    method=method, keys=keys)]
         if pos.size > cap:
-            by = [c for c in sample_by if c != col]
-            pos = pos[stratified_sample(table.iloc[pos], cap, by=by, seed=rng, method=method)]
-        label[pos] = token
-        category[pos] = col
+            keys = row_hashes(np.asarray(ids)[pos], seed, col, token, "cap")
+            pos = pos[sample_strata(stratum_ids(table.iloc[pos], cap_by), cap, rng=rng,
+                                    method=method, keys=keys)]
+        assigned[pos] = len(lab_tok)
+        lab_col.append(col)
+        lab_tok.append(token)
+    names = label_names(lab_col, lab_tok, assigned, columns)
+    label = np.array([None] + names, dtype=object)[assigned + 1]
+    category = np.array([None] + lab_col, dtype=object)[assigned + 1]
     out = table.copy()
     out["label"] = pd.array(label, dtype="string")
     out["category"] = pd.array(category, dtype="string")

@@ -158,14 +158,18 @@ def _dense(codes: np.ndarray) -> np.ndarray:
 
 
 def sample_strata(
-    strata: np.ndarray, n: int, *, rng: RngLike = None, method: str = "balanced"
+    strata: np.ndarray, n: int, *, rng: RngLike = None, method: str = "balanced",
+    keys: np.ndarray | None = None,
 ) -> np.ndarray:
     """Positions (sorted int64) of ``n`` rows drawn uniformly within strata.
 
     ``strata`` (N,) ints are stratum ids per row (any integers; only their order matters).
     Per-stratum counts come from :func:`allocate`; rows are chosen by sorting on
     (stratum, random key) once and keeping each stratum's first ``alloc`` rows. Randomness:
-    ``allocate`` draws first, then one uniform key per row.
+    ``allocate`` draws first (over strata, which are ordered by value), then each row's sort
+    key: ``keys`` (N,) uint64 when given (e.g. :func:`row_hashes` of the rows' ``key`` and the
+    seed, so the SAME ROWS IN ANY ORDER give the same picks), else one uniform draw per row
+    position (order-dependent).
     """
     strata = np.asarray(strata)
     if n >= strata.size:
@@ -175,7 +179,11 @@ def sample_strata(
         strata, return_inverse=True)[1].reshape(-1)
     sizes = np.bincount(dense)
     alloc = allocate(sizes, n, method=method, rng=gen)
-    order = np.lexsort((gen.random(strata.size), dense))
+    if keys is None:
+        keys = gen.random(strata.size)
+    elif len(keys) != strata.size:
+        raise SchemaError(f"sample_strata: {len(keys)} keys for {strata.size} rows; pass one per row")
+    order = np.lexsort((keys, dense))
     starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
     sorted_strata = dense[order]
     rank = np.arange(strata.size) - starts[sorted_strata]
@@ -205,12 +213,59 @@ def stratified_sample(
     by: str | Sequence[str],
     seed: RngLike = 0,
     method: str = "balanced",
+    key: str | None = "key",
 ) -> np.ndarray:
     """POSITIONAL indices (sorted int64, use with ``table.iloc``) of ``min(n, len)`` rows.
 
     Rows are grouped by the ``by`` columns (NA its own stratum; list cells as their
     ``|``-joined text), the budget is split by :func:`allocate` (``method``), and rows are
-    drawn uniformly within each stratum. ``seed`` is an int, SeedSequence or Generator;
-    the same seed and table give the same rows.
+    drawn uniformly within each stratum. ``seed`` is an int, SeedSequence or Generator.
+    Which rows are drawn is a function of each row's ``key`` column (default ``"key"``; the
+    table's index when that column is absent or ``key=None``) and the seed, never of row
+    positions: the same rows in any order give the same rows (their positions in that order).
     """
-    return sample_strata(stratum_ids(table, by), n, rng=seed, method=method)
+    ids = table[key] if key is not None and key in table.columns else table.index
+    if seed is None or isinstance(seed, (int, np.integer)):
+        salt = int(seed or 0)
+    else:  # a Generator / SeedSequence: one draw from it salts the row keys
+        salt = int(_rng(seed).integers(0, 2**63))
+    return sample_strata(stratum_ids(table, by), n, rng=seed, method=method,
+                         keys=row_hashes(ids, salt))
+
+
+_M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+
+
+def mix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finalizer on a uint64 array (vectorized; a bijection with good avalanche)."""
+    x = np.asarray(x, dtype=np.uint64).copy()
+    x ^= x >> np.uint64(30)
+    x *= _M1
+    x ^= x >> np.uint64(27)
+    x *= _M2
+    x ^= x >> np.uint64(31)
+    return x
+
+
+def salt64(*parts) -> np.uint64:
+    """A uint64 salt from any text/int parts (stable across processes and Python versions)."""
+    import hashlib
+
+    text = "\x1f".join(str(p) for p in parts).encode("utf-8", "surrogatepass")
+    return np.uint64(int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little"))
+
+
+def base_hashes(ids) -> np.ndarray:
+    """uint64 hash per identifier (strings, ints or index values), vectorized
+    (``pandas.util.hash_array``); equal ids give equal hashes in any process."""
+    values = np.asarray(pd.Index(ids).astype(str), dtype=object)
+    return pd.util.hash_array(values, categorize=False).astype(np.uint64)
+
+
+def row_hashes(ids, *salt) -> np.ndarray:
+    """Per-row random sort keys (uint64) that depend only on each row's id and ``salt``.
+
+    ``mix64(hash(id) ^ salt64(*salt))``: the same row gets the same key whatever its position,
+    so draws made with these keys do not change when rows are shuffled or sources re-ordered.
+    """
+    return mix64(base_hashes(ids) ^ salt64(*salt))
