@@ -46,3 +46,7 @@ def preview(values, limit: int = 5) -> str:
     shown = ", ".join(repr(v) for v in values[:limit])
     more = f" (and {len(values) - limit} more)" if len(values) > limit else ""
     return shown + more
+
+
+class EmptyResultError(CytodataError, RuntimeError):
+    """A stage kept no rows (the message names the largest drop reason); the CLI exits non-zero."""

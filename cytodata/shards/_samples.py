@@ -129,12 +129,15 @@ def _qc_check():
 
 def load_samples(rec: dict, channel_mode: str, qc=None, gray="auto") -> list[Sample]:
     """Read one manifest row and turn it into samples; raise :class:`Dropped` for the ledger."""
-    from ..images.io import read_image
+    from ..images.rows import WindowError, read_window, window_of
 
+    if rec.get("qc_reject"):  # rejected by `cytodata qc` (see shards.write(qc_results=...))
+        raise Dropped(*rec["qc_reject"])
     n = len(rec["channel_paths"])
-    try:
-        image = read_image(rec["channel_paths"], gray=gray, expected_channels=n or None)
-    except ImageReadError as exc:
+    try:  # the one loading path shared with image QC: crop rows are cut to their window
+        image = read_window(rec["channel_paths"], window_of(rec), gray=gray,
+                            expected_channels=n or None)
+    except (ImageReadError, WindowError) as exc:
         raise Dropped(exc.reason, str(exc)) from None
     if qc is not None:
         reason = _qc_check()(image, qc)
