@@ -111,7 +111,7 @@ def _warn_few_groups(n_groups: int, n_splits: int, group: str) -> None:
             f"splits: only {n_groups} distinct {group!r} value(s) for {n_splits} splits, so "
             f"{n_splits - n_groups} split(s) stay EMPTY (everything is in "
             f"{'train' if n_groups == 1 else 'the largest splits'}); group by a finer column "
-            "(e.g. split.group: plate or parent_id) or accept it", UserWarning, stacklevel=3)
+            "(e.g. --set split.group=parent_id) or accept it", UserWarning, stacklevel=3)
 
 
 def assign_splits(
