@@ -10,11 +10,13 @@ Its cost is linear in rows x labels, so it is timed on a row subset and extrapol
 path is timed on the full table and on the same subset (a measured ratio as well).
 
     .venv/bin/python benchmarks/weak_labels.py --rows 2700000 --seed 0 --baseline-rows 270000
+    .venv/bin/python benchmarks/weak_labels.py --scaling 1000000,10000000   # linearity, memory
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -127,6 +129,9 @@ def make_table(n_rows: int = 2_700_000, seed: int = 0) -> pd.DataFrame:
     }
     data = {"name": pd.array(np.array([f"source_{i:02d}" for i in range(n_sources)],
                                       dtype=object)[source], dtype="string")}
+    # manifest row keys (what the key-based draws hash), in a shuffled order like real tables
+    ids = np.char.add("src__img", rng.permutation(n_rows).astype(str))
+    data["key"] = pd.array(ids.astype(object), dtype="string")
     for col, (vocab_size, exponent, share) in spec.items():
         vocab = np.array([f"{col[:3]}-{i}" if i % 97 else f"{col[:3]} a+b ({i})/x"
                           for i in range(vocab_size)], dtype=object)
@@ -147,13 +152,73 @@ def _timed(fn, *args, **kwargs):
     return out, time.perf_counter() - start
 
 
+def _rss() -> int:
+    """Resident set size of this process in bytes (Linux /proc)."""
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _peak_during(fn, *args, **kwargs):
+    """``(result, seconds, peak extra RSS bytes)``: RSS sampled every 5 ms on a thread."""
+    import gc
+    import threading
+
+    gc.collect()
+    base = _rss()
+    peak = [base]
+    stop = threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            peak[0] = max(peak[0], _rss())
+            stop.wait(0.005)
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    try:
+        out, seconds = _timed(fn, *args, **kwargs)
+    finally:
+        stop.set()
+        t.join()
+    return out, seconds, max(peak[0], _rss()) - base
+
+
+def scaling(sizes: list[int], seed: int, repeats: int) -> None:
+    """Linearity in rows: time and peak memory of ``assign_weak_labels`` at each size, one run.
+
+    Label thresholds stay CytoImageNet's (min_count 287, presample 10,000, cap 1,000), as on a
+    real table growing by more screens. Prints time(N)/time(first) against N/first.
+    """
+    first = None
+    for n in sizes:
+        table = make_table(n, seed)
+        best, peak = float("inf"), 0
+        for _ in range(repeats):
+            out, seconds, extra = _peak_during(assign_weak_labels, table, seed=seed)
+            best, peak = min(best, seconds), max(peak, extra)
+            del out
+        first = first or (n, best)
+        print(f"{n:>11,} rows: {best:7.1f} s (best of {repeats}), peak extra memory "
+              f"{peak / 1e9:5.2f} GB = {peak / n:5.0f} B/row; time ratio vs {first[0]:,} rows "
+              f"{best / first[1]:5.2f} for {n / first[0]:.0f}x rows (target <= "
+              f"{1.1 * n / first[0]:.0f})", flush=True)
+        del table
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=2_700_000, help="rows of the full table")
     parser.add_argument("--seed", type=int, default=0, help="table and sampling seed")
     parser.add_argument("--baseline-rows", type=int, default=270_000,
                         help="rows the per-label loop is timed on (it is linear in rows x labels)")
+    parser.add_argument("--scaling", default=None, metavar="N1,N2,...",
+                        help="instead: time assign_weak_labels at these row counts in one run "
+                             "(linearity; e.g. 1000000,10000000) and report peak memory")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per size in --scaling")
     args = parser.parse_args(argv)
+    if args.scaling:
+        scaling([int(x) for x in args.scaling.split(",")], args.seed, args.repeats)
+        return
 
     table, t_make = _timed(make_table, args.rows, args.seed)
     print(f"table: {len(table):,} rows x {table.shape[1]} columns (built in {t_make:.1f} s)")

@@ -111,3 +111,22 @@ def test_list_cells_and_missing_column():
     assert sorted(picked) == [("a",), ("b",)]
     with pytest.raises(SchemaError, match=r"\['plate'\].*available: \['g'\]"):
         stratified_sample(table, 2, by=["plate"])
+
+
+def test_keyed_draws_prefilter_is_exact(monkeypatch):
+    """Big strata sort only their likely picks; the picks equal a full sort's."""
+    import cytodata.curate.sampling as sampling
+    from cytodata.curate.sampling import row_hashes
+
+    rng = np.random.default_rng(1)
+    for trial in range(12):
+        n_rows, n_strata = int(rng.integers(2_000, 60_000)), int(rng.integers(1, 200))
+        strata = rng.integers(0, n_strata, n_rows) ** 2 % n_strata
+        keys = row_hashes(np.arange(n_rows), trial)
+        n = int(rng.integers(1, n_rows // 9))
+        for method in ("balanced", "proportional"):
+            fast = sample_strata(strata, n, rng=trial, method=method, keys=keys)
+            with monkeypatch.context() as m:
+                m.setattr(sampling, "_likely_picks", lambda *a: None)
+                full = sample_strata(strata, n, rng=trial, method=method, keys=keys)
+            assert np.array_equal(fast, full) and fast.size == n

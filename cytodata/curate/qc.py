@@ -396,10 +396,9 @@ def run_qc(
     group's first row are dropped as "duplicate pixels". Returns the qc table
     (``key, image_id, reason, hash, detail``; ``reason`` NA = passed).
     """
+    from .._stages import claim_stage_folder
     from ..schema import conform, read_manifest
     from .ledger import Ledger
-
-    from .._stages import claim_stage_folder
 
     cfg = _as_config(config)
     out = claim_stage_folder(out, "qc", inputs=(

@@ -20,7 +20,13 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ..images.crops import DEFAULT_SCALES, _restore_dtypes, _row_seed, cytoimagenet_crops, n_crops_for_class
+from ..images.crops import (
+    DEFAULT_SCALES,
+    _restore_dtypes,
+    _row_seed,
+    cytoimagenet_crops,
+    n_crops_for_class,
+)
 from ..schema import make_key
 from .ledger import Ledger
 from .sampling import row_hashes

@@ -100,6 +100,21 @@ def explode_tokens(values: pd.Series) -> tuple[np.ndarray, np.ndarray, list[str]
     return pair_rows.astype(np.int64), pair_tok, list(vocab)
 
 
+def radix_argsort(values: np.ndarray, n_values: int) -> np.ndarray:
+    """Stable argsort of ints in ``[0, n_values)`` in O(N).
+
+    numpy's stable sort is a radix sort for 16-bit ints: sort by the low 16 bits, then stably
+    by the high ones (the CSR build was an O(N log N) int64 sort, the non-linear part).
+    """
+    if n_values <= 1 << 16:
+        return np.argsort(values.astype(np.uint16), kind="stable")
+    order = np.argsort((values & 0xFFFF).astype(np.uint16), kind="stable")
+    high = values[order] >> 16
+    if n_values <= 1 << 32:
+        high = high.astype(np.uint16)
+    return order[np.argsort(high, kind="stable")]
+
+
 def _check_inputs(table: pd.DataFrame, columns, presample_by, sample_by, min_count, presample,
                   cap, seed) -> None:
     wanted = list(dict.fromkeys([*columns, *presample_by, *sample_by]))
@@ -216,12 +231,14 @@ def assign_weak_labels(
     counts = np.bincount(labels_all, minlength=n_labels)
     order = candidate_order(counts, np.asarray(label_col), label_tok, min_count)
 
-    # CSR index label -> rows (ascending), candidates only
-    keep = counts[labels_all] >= min_count
-    rows_all, labels_all = rows_all[keep], labels_all[keep]
-    by_label = np.argsort(labels_all, kind="stable")
-    label_rows = rows_all[by_label]
-    ptr = np.concatenate(([0], np.cumsum(np.bincount(labels_all, minlength=n_labels))))
+    # CSR index candidate label -> rows (ascending), built with a radix sort: O(pairs)
+    compact = np.full(n_labels, -1, dtype=np.int64)
+    compact[order] = np.arange(len(order))
+    cand = compact[labels_all]
+    keep = cand >= 0
+    rows_all, cand = rows_all[keep], cand[keep]
+    label_rows = rows_all[radix_argsort(cand, len(order))]
+    ptr = np.concatenate(([0], np.cumsum(np.bincount(cand, minlength=len(order)))))
 
     strata_cols = list(dict.fromkeys([*presample_by, *sample_by]))
     codes = {c: column_codes(table[c]) for c in strata_cols}
@@ -230,8 +247,8 @@ def assign_weak_labels(
     used = np.zeros(n_rows, dtype=bool)
     touched = np.zeros(n_rows, dtype=bool)
     assigned = np.full(n_rows, -1, dtype=np.int64)
-    for lab in order:
-        rows = label_rows[ptr[lab]:ptr[lab + 1]]
+    for i, lab in enumerate(order):
+        rows = label_rows[ptr[i]:ptr[i + 1]]
         avail = rows[~used[rows]]
         if avail.size < min_count:
             continue
