@@ -218,11 +218,14 @@ def assign_weak_labels(
     _check_inputs(table, columns, presample_by, sample_by, min_count, presample, cap, seed)
     n_rows = len(table)
 
+    # int32 pairs while they fit: the (row, label) pairs are the bulk of the peak memory
+    small = np.int32 if n_rows < 2**31 - 1 else np.int64
     pair_rows, pair_labels, label_col, label_tok = [], [], [], []
     for ci, col in enumerate(columns):
         rows, toks, vocab = explode_tokens(table[col])
-        pair_rows.append(rows)
-        pair_labels.append(toks + len(label_tok))
+        pair_rows.append(rows.astype(small))
+        pair_labels.append((toks + len(label_tok)).astype(np.int64 if len(label_tok) + len(vocab)
+                                                      >= 2**31 - 1 else np.int32))
         label_col.extend([ci] * len(vocab))
         label_tok.extend(vocab)
     rows_all = np.concatenate(pair_rows) if pair_rows else np.zeros(0, np.int64)
@@ -232,12 +235,14 @@ def assign_weak_labels(
     order = candidate_order(counts, np.asarray(label_col), label_tok, min_count)
 
     # CSR index candidate label -> rows (ascending), built with a radix sort: O(pairs)
-    compact = np.full(n_labels, -1, dtype=np.int64)
+    compact = np.full(n_labels, -1, dtype=np.int32 if len(order) < 2**31 - 1 else np.int64)
     compact[order] = np.arange(len(order))
     cand = compact[labels_all]
+    del labels_all
     keep = cand >= 0
     rows_all, cand = rows_all[keep], cand[keep]
     label_rows = rows_all[radix_argsort(cand, len(order))]
+    del rows_all
     ptr = np.concatenate(([0], np.cumsum(np.bincount(cand, minlength=len(order)))))
 
     strata_cols = list(dict.fromkeys([*presample_by, *sample_by]))
