@@ -36,12 +36,14 @@ def class_counts(table: pd.DataFrame, method: str, seed: int = 0) -> pd.DataFram
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    default = Path(__file__).resolve().parents[2] / "shared" / "data"
+    parser.add_argument("--data", default=str(default))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     table = sources.read("cytoimagenet", path=Path(args.data) / "cytoimagenet-harmonized")
+    per = table["dir_name"].value_counts().items()
     print(f"{len(table):,} rows from {table['dir_name'].nunique()} sources "
-          f"({', '.join(f'{SHORT.get(k, k)}={v}' for k, v in table['dir_name'].value_counts().items())})")
+          f"({', '.join(f'{SHORT.get(k, k)}={v}' for k, v in per)})")
     prop = class_counts(table, "proportional", args.seed)
     bal = class_counts(table, "balanced", args.seed)
     labels = sorted(set(prop.index) | set(bal.index))
@@ -58,7 +60,8 @@ def main(argv: list[str] | None = None) -> None:
     for label in labels:
         print(f"| {label} | {cell(prop.loc[label])} | {cell(bal.loc[label])} |")
     print(f"\nclasses: {len(prop.index[prop.sum(axis=1) > 0])} proportional, "
-          f"{len(bal.index[bal.sum(axis=1) > 0])} balanced; rows labelled: {int(prop.values.sum())} "
+          f"{len(bal.index[bal.sum(axis=1) > 0])} balanced; rows labelled: "
+          f"{int(prop.values.sum())} "
           f"proportional, {int(bal.values.sum())} balanced")
 
 

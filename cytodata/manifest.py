@@ -331,8 +331,10 @@ def library_versions() -> dict[str, str]:
 
 
 def synonyms_provenance(extra=None) -> dict[str, Any]:
-    """sha256 of the shipped synonym table file and of the resolved table (with the recipe's
-    additions), so a changed vocabulary shows in provenance."""
+    """Checksums of the synonym table: the shipped file and the resolved table.
+
+    The resolved table includes the recipe's additions, so a changed vocabulary shows.
+    """
     from .vocab import SYNONYMS_CSV, load_synonyms
 
     resolved = load_synonyms(extra)
@@ -380,7 +382,8 @@ def _cmd_build(args) -> int:
     if args.jump_names:
         from ._files import save_parquet
 
-        save_parquet(Path(args.out) / "manifest_jump.parquet", schema.to_jump_names(result.manifest))
+        save_parquet(Path(args.out) / "manifest_jump.parquet",
+                     schema.to_jump_names(result.manifest))
     return 0
 
 

@@ -242,7 +242,7 @@ _RECIPE_KEYS = tuple(f.name for f in dataclasses.fields(Recipe) if f.name != "ra
 
 
 def set_path(data: dict, path: str, value: Any, where: str) -> None:
-    """Set ``data[a][b]...`` for the dotted ``path`` ``a.b...`` (list items by index: ``sources.0``).
+    """Set ``data[a][b]...`` for the dotted ``path`` ``a.b...`` (list items: ``sources.0``).
 
     Missing mappings on the way are created (``--set sample.n=100`` adds a ``sample`` section);
     the recipe is validated afterwards, so a wrong key still gets its error.

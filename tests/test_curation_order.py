@@ -84,10 +84,11 @@ def test_one_group_split_warns(table):
 
 
 def test_upsample_does_not_depend_on_row_order():
+    sizes_by_label = (("a", 520), ("b", 300), ("c", 90))
     rows = [dict(source="s", image_id=f"{lab}{i}", label=lab, channel_paths=["/x"],
-                 channels=["c"]) for lab, n in (("a", 520), ("b", 300), ("c", 90)) for i in range(n)]
+                 channels=["c"]) for lab, n in sizes_by_label for i in range(n)]
     t = schema.conform(pd.DataFrame(rows))
-    t["key"] = [schema.make_key(s, i) for s, i in zip(t["source"], t["image_id"])]
+    t["key"] = [schema.make_key(s, i) for s, i in zip(t["source"], t["image_id"], strict=True)]
     sizes = {k: (512, 384) for k in t["key"]}
     sizes[t["key"].iloc[0]] = (100, 100)  # too small to crop: kept whole
     la, lb = Ledger(), Ledger()
@@ -145,7 +146,8 @@ def demo_root(tmp_path_factory):
 
 def _recipe(root, order, **extra):
     srcs = {
-        "b": {"adapter": "bbbc021", "source": "synth-bbbc021", "params": {"root": f"{root}/bbbc021"}},
+        "b": {"adapter": "bbbc021", "source": "synth-bbbc021",
+              "params": {"root": f"{root}/bbbc021"}},
         "r": {"adapter": "rxrx1", "source": "synth-rxrx1",
               "params": {"root": f"{root}/rxrx1", "image_root": f"{root}/rxrx1/images"}},
         "f": {"adapter": "folder", "source": "synth-folder",

@@ -153,7 +153,8 @@ def test_qc_and_writer_see_the_same_crop_pixels(tmp_path):
         {"source": "s", "image_id": "whole-c0", "parent_id": "whole", "channel_paths": paths,
          "channels": ["a", "b"], "crop": True, "x_min": 10, "x_max": 60, "y_min": 20, "y_max": 90},
     ])
-    rows["key"] = [schema.make_key(s, i) for s, i in zip(rows["source"], rows["image_id"])]
+    rows["key"] = [schema.make_key(s, i)
+                   for s, i in zip(rows["source"], rows["image_id"], strict=True)]
     table = schema.validate(schema.conform(rows))
     recs = {r["key"]: r for r in records(table)}
     crop = load_samples(recs["s__whole-c0"], "own")[0].image

@@ -182,7 +182,8 @@ def sample_strata(
     if keys is None:
         keys = gen.random(strata.size)
     elif len(keys) != strata.size:
-        raise SchemaError(f"sample_strata: {len(keys)} keys for {strata.size} rows; pass one per row")
+        raise SchemaError(f"sample_strata: {len(keys)} keys for {strata.size} rows; "
+                          "pass one per row")
     cand = _likely_picks(keys, dense, sizes, alloc) if strata.size > 8 * n else None
     if cand is not None:  # sort only the rows that can be picked: linear in rows, not N log N
         sizes = np.bincount(dense[cand], minlength=sizes.size)

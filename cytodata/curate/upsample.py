@@ -70,7 +70,8 @@ def _sizes(table: pd.DataFrame, sizes) -> tuple[list, list]:
     from ..errors import ImageReadError
 
     out, errors = [], []
-    for key, image_id, paths in zip(table["key"], table["image_id"], table["channel_paths"]):
+    for key, image_id, paths in zip(table["key"], table["image_id"], table["channel_paths"],
+                                    strict=True):
         hw, err = None, None
         if isinstance(sizes, Mapping):
             hw = sizes.get(key, sizes.get(image_id))
@@ -94,8 +95,10 @@ def upsample_classes(
     sizes: Mapping[str, tuple[int, int]] | None = None, label_column: str = "label",
     ledger: Ledger | None = None,
 ) -> pd.DataFrame:
-    """Crop rows for each class (CytoImageNet's counts), cut classes to ``target``, drop
-    classes under ``floor``; returns the new table (whole rows + crop rows, sorted by key).
+    """Upsample weak-label classes as CytoImageNet did; returns whole rows + crops by key.
+
+    Crop rows for each class (CytoImageNet's counts), classes cut back to ``target``, classes
+    under ``floor`` dropped.
 
     ``sizes`` maps ``key``/``image_id`` -> ``(H, W)``; by default each image's first channel
     header is read. Rows without a label are returned untouched. Crop rows copy their parent
@@ -116,17 +119,18 @@ def upsample_classes(
         ledger.drop(table.iloc[idx], stage=STAGE, reason=reason,
                     detail=[errors[i][1] for i in idx])
     table = table[~bad].reset_index(drop=True)
-    hw = [s for s, b in zip(hw, bad) if not b]
+    hw = [s for s, b in zip(hw, bad, strict=True) if not b]
 
     class_size = table[label_column].map(table[label_column].value_counts()).to_numpy()
     windows: list[list] = []
-    for key, size, n_class in zip(table["key"], hw, class_size):
+    for key, size, n_class in zip(table["key"], hw, class_size, strict=True):
         if size[0] < min_image or size[1] < min_image:
             windows.append([])  # too small to crop: kept whole, as CytoImageNet did
             continue
         rng = np.random.default_rng(_row_seed(seed, key))
-        windows.append(cytoimagenet_crops(size[0], size[1], n_crops_for_class(int(n_class), target=target),
-                                          rng=rng, scales=scales, min_size=min_size))
+        n = n_crops_for_class(int(n_class), target=target)
+        windows.append(cytoimagenet_crops(size[0], size[1], n, rng=rng, scales=scales,
+                                          min_size=min_size))
     out = _expand(table, windows)
 
     # cut each class back to `target`: rank-0 crops of every image before any rank-1 crop
@@ -150,7 +154,8 @@ def upsample_classes(
         parents = np.unique(parent_pos[small])
         sizes_of = out[label_column][small].value_counts()
         detail = table[label_column].iloc[parents].map(
-            lambda lab: f"class {lab!r} has {int(sizes_of[lab])} rows after upsampling; floor {floor}")
+            lambda lab: f"class {lab!r} has {int(sizes_of[lab])} rows after upsampling; "
+                        f"floor {floor}")
         ledger.drop(table.iloc[parents], stage=STAGE, reason=BELOW_FLOOR, detail=detail.to_numpy())
         out = out[~small]
     out = pd.concat([out, rest], ignore_index=True) if len(rest) else out
@@ -177,7 +182,7 @@ def _expand(table: pd.DataFrame, windows: list[list]) -> pd.DataFrame:
     parent = out["parent_id"].astype("string").fillna(out["image_id"].astype("string"))
     out.loc[idx, "parent_id"] = parent.iloc[idx].to_numpy()
     out.loc[idx, "image_id"] = new_ids
-    out.loc[idx, "key"] = [make_key(s, i) for s, i in zip(out["source"].iloc[idx], new_ids)]
+    out.loc[idx, "key"] = [make_key(s, i) for s, i in zip(out["source"].iloc[idx], new_ids, strict=True)]
     out["crop"] = out["crop"].astype("boolean") if "crop" in out.columns else pd.array(
         [pd.NA] * len(out), dtype="boolean")
     out.loc[idx, "crop"] = True

@@ -160,9 +160,12 @@ def label_strata(column: str, presampled: bool, presample_by: Sequence[str],
 
 def label_names(label_col: Sequence[str], label_tok: Sequence[str], assigned_ids: np.ndarray,
                 columns: Sequence[str], *, merge_same_token: bool = False) -> list[str]:
-    """One class name per label id: the token, or ``"token (column)"`` when the same token is
-    an ASSIGNED label of several columns (the first column in ``columns`` order keeps the bare
-    token). ``merge_same_token=True`` keeps the bare token for all: one class on purpose."""
+    """One class name per label id: the token, or ``"token (column)"`` on a collision.
+
+    A collision is the same token ASSIGNED as a label of several columns: the first column in
+    ``columns`` order keeps the bare token. ``merge_same_token=True`` keeps the bare token for
+    all: one class on purpose.
+    """
     names = list(label_tok)
     if merge_same_token:
         return names

@@ -90,7 +90,8 @@ def _main(args) -> int:
                     codec=args.codec or (cfg.codec if cfg else "blosc-lz4"),
                     channel_mode=args.channel_mode or (cfg.channel_mode if cfg else "own"),
                     shard_size=args.shard_size or (cfg.shard_size if cfg else "256MB"),
-                    samples_per_shard=args.samples_per_shard or (cfg.samples_per_shard if cfg else None),
+                    samples_per_shard=args.samples_per_shard or (
+                        cfg.samples_per_shard if cfg else None),
                     n_workers=args.workers, scheduler=args.scheduler, overwrite=args.overwrite,
                     progress=not args.no_progress, qc=qc, qc_results=args.qc,
                     gray=recipe.images.gray if recipe is not None else "auto", **options)
