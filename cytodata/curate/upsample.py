@@ -182,7 +182,8 @@ def _expand(table: pd.DataFrame, windows: list[list]) -> pd.DataFrame:
     parent = out["parent_id"].astype("string").fillna(out["image_id"].astype("string"))
     out.loc[idx, "parent_id"] = parent.iloc[idx].to_numpy()
     out.loc[idx, "image_id"] = new_ids
-    out.loc[idx, "key"] = [make_key(s, i) for s, i in zip(out["source"].iloc[idx], new_ids, strict=True)]
+    out.loc[idx, "key"] = [make_key(s, i)
+                           for s, i in zip(out["source"].iloc[idx], new_ids, strict=True)]
     out["crop"] = out["crop"].astype("boolean") if "crop" in out.columns else pd.array(
         [pd.NA] * len(out), dtype="boolean")
     out.loc[idx, "crop"] = True
