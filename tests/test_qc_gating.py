@@ -10,6 +10,7 @@ import types
 from pathlib import Path
 
 import numpy as np
+import pytest
 import pandas as pd
 import tifffile
 import webdataset as wds
@@ -178,3 +179,28 @@ def test_window_that_does_not_fit_is_ledgered(tmp_path):
     rows["key"] = ["s__x-c0"]
     summary = write(schema.conform(rows), tmp_path / "out", scheduler="synchronous", progress=False)
     assert summary["dropped"] == {"wrong shape": 1}
+
+
+def test_class_under_the_floor_after_qc_and_a_source_emptied_by_qc(tmp_path):
+    rng = np.random.default_rng(1)
+    rows = []
+    for source, label, n_good, n_bad in (("s1", "big", 4, 1), ("s1", "small", 2, 1),
+                                         ("s2", "big", 0, 2)):
+        for i in range(n_good + n_bad):
+            p = tmp_path / f"{source}-{label}-{i}.tif"
+            pixels = rng.integers(100, 4000, (32, 32)) if i < n_good else np.full((32, 32), 9)
+            tifffile.imwrite(p, pixels.astype(np.uint16))
+            rows.append({"source": source, "image_id": f"{label}{i}", "label": label,
+                         "channel_paths": [str(p)], "channels": ["a"]})
+    table = schema.conform(pd.DataFrame(rows))
+    table["key"] = [schema.make_key(s, i)
+                    for s, i in zip(table["source"], table["image_id"], strict=True)]
+    qc = run_qc(table, tmp_path / "qc", n_workers=1, montage_per_reason=0)
+    assert int(qc["reason"].eq("uniform").sum()) == 4
+    with pytest.warns(UserWarning, match="source 's2' has no row left after image QC"):
+        summary = write(table, tmp_path / "out", qc_results=tmp_path / "qc", min_class_size=3,
+                        scheduler="synchronous", progress=False)
+    assert summary["dropped"] == {"uniform": 4, "below floor": 2}
+    assert summary["samples"] == 4
+    led = pd.read_parquet(tmp_path / "out" / "ledger.parquet")
+    assert len(led) + summary["samples"] == len(table)  # every row: a sample or a ledger row

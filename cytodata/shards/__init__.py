@@ -94,8 +94,20 @@ def _main(args) -> int:
                         cfg.samples_per_shard if cfg else None),
                     n_workers=args.workers, scheduler=args.scheduler, overwrite=args.overwrite,
                     progress=not args.no_progress, qc=qc, qc_results=args.qc,
+                    min_class_size=recipe.upsample.floor if recipe is not None and
+                    recipe.upsample is not None else None,
                     gray=recipe.images.gray if recipe is not None else "auto", **options)
     print(format_summary(summary))
+    floor = recipe.upsample.floor if recipe is not None and recipe.upsample is not None else None
+    counts = _label_counts(args.out)
+    small = {k: v for k, v in counts.items() if floor and v < floor}
+    if small and not args.qc:
+        import warnings
+
+        warnings.warn(f"{len(small)} class(es) have fewer than the recipe's floor of {floor} "
+                      f"samples after image QC (e.g. {dict(list(small.items())[:3])}); run "
+                      "`cytodata qc` first and shard with --qc QC_DIR to drop them",
+                      UserWarning, stacklevel=2)
     if summary["samples"] == 0:
         from ..errors import EmptyResultError
 
@@ -106,6 +118,14 @@ def _main(args) -> int:
             + (f"; largest drop reason: {top[0]!r} ({top[1]} rows)" if top else "")
             + f"; see {summary['out']}/ledger.parquet")
     return 0
+
+
+def _label_counts(out) -> dict:
+    import json
+    from pathlib import Path
+
+    meta = Path(out) / "shards.json"
+    return json.loads(meta.read_text()).get("label_counts", {}) if meta.exists() else {}
 
 
 def format_summary(summary: dict) -> str:
