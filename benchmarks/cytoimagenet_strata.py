@@ -45,20 +45,23 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{len(table):,} rows from {table['dir_name'].nunique()} sources "
           f"({', '.join(f'{SHORT.get(k, k)}={v}' for k, v in per)})")
     prop = class_counts(table, "proportional", args.seed)
+    cin = class_counts(table, "cytoimagenet", args.seed)
     bal = class_counts(table, "balanced", args.seed)
-    labels = sorted(set(prop.index) | set(bal.index))
+    labels = sorted(set(prop.index) | set(bal.index) | set(cin.index))
     cols = [c for c in SHORT.values() if c in set(prop.columns) | set(bal.columns)]
     prop = prop.reindex(index=labels, columns=cols, fill_value=0)
+    cin = cin.reindex(index=labels, columns=cols, fill_value=0)
     bal = bal.reindex(index=labels, columns=cols, fill_value=0)
 
     def cell(row: pd.Series) -> str:
         parts = [f"{c} {int(v)}" for c, v in row.items() if v]
         return ", ".join(parts) + f" (= {int(row.sum())})"
 
-    print("\n| class | proportional (CytoImageNet, default) | balanced |")
-    print("|---|---|---|")
+    print("\n| class | proportional (default) | cytoimagenet (CIN's rounding) | balanced |")
+    print("|---|---|---|---|")
     for label in labels:
-        print(f"| {label} | {cell(prop.loc[label])} | {cell(bal.loc[label])} |")
+        print(f"| {label} | {cell(prop.loc[label])} | {cell(cin.loc[label])} | "
+              f"{cell(bal.loc[label])} |")
     print(f"\nclasses: {len(prop.index[prop.sum(axis=1) > 0])} proportional, "
           f"{len(bal.index[bal.sum(axis=1) > 0])} balanced; rows labelled: "
           f"{int(prop.values.sum())} "

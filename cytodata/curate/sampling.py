@@ -77,6 +77,27 @@ def _proportional(sizes: np.ndarray, n: int, rng: np.random.Generator) -> np.nda
     return alloc
 
 
+@ALLOCATORS.register("cytoimagenet")
+def _cytoimagenet(sizes: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """CytoImageNet's own draw, literally: ``groupby(strata).sample(frac)``, then ``sample(n)``.
+
+    Each stratum gets ``round(frac * size)`` (round half to even, as pandas); ``frac`` starts at
+    ``n / total`` and grows by 0.03 (0.02 once half of ``n`` is reached) until the draft holds
+    ``n`` rows; the draft is then cut to ``n`` uniformly at random (a multivariate
+    hypergeometric draw). Strata of 1-2 rows are rounded away unless ``frac`` nears 0.5, so
+    sources with many small metadata combinations get less than their share.
+    """
+    total = int(sizes.sum())
+    frac = n / total
+    draft = np.minimum(np.rint(frac * sizes).astype(np.int64), sizes)
+    while draft.sum() < n:
+        frac += 0.03 if draft.sum() < n / 2 else 0.02
+        draft = np.minimum(np.rint(frac * sizes).astype(np.int64), sizes)
+    if draft.sum() > n:
+        draft = rng.multivariate_hypergeometric(draft, n)
+    return draft.astype(np.int64)
+
+
 def allocate(
     sizes: np.ndarray, n: int, *, method: str = "balanced", rng: RngLike = None
 ) -> np.ndarray:
@@ -88,6 +109,7 @@ def allocate(
     ``method="balanced"`` (default): equal share per stratum with redistribution (water-filling),
     leftovers one each to randomly chosen strata, so small strata are never rounded away.
     ``method="proportional"``: largest-remainder proportional allocation, ties broken at random.
+    ``method="cytoimagenet"``: CytoImageNet's per-stratum rounding of ``sample(frac)``.
     ``rng`` is a seed, SeedSequence or Generator (None means seed 0); the draw is deterministic.
     """
     sizes = np.asarray(sizes, dtype=np.int64)
