@@ -143,5 +143,5 @@ def test_cytoimagenet_allocation_rounds_per_stratum():
     sizes = np.array([1] * 50 + [1000])
     alloc = allocate(sizes, 100, method="cytoimagenet", rng=1)
     assert alloc.sum() == 100 and alloc[:50].sum() == 0
-    assert allocate(sizes, 100, method="proportional", rng=1)[:50].sum() == 0
+    assert allocate(sizes, 100, method="proportional", rng=1)[:50].sum() == 4  # remainders
     assert allocate(sizes, 100, method="balanced", rng=1)[:50].sum() == 50
