@@ -39,8 +39,11 @@ def main(argv: list[str] | None = None) -> None:
     default = Path(__file__).resolve().parents[2] / "shared" / "data"
     parser.add_argument("--data", default=str(default))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hpa-channels", default="split", choices=["split", "stack"],
+                        help="HPA as one row per channel (CytoImageNet, default) or per field")
     args = parser.parse_args(argv)
-    table = sources.read("cytoimagenet", path=Path(args.data) / "cytoimagenet-harmonized")
+    table = sources.read("cytoimagenet", path=Path(args.data) / "cytoimagenet-harmonized",
+                         hpa_channels=args.hpa_channels)
     per = table["dir_name"].value_counts().items()
     print(f"{len(table):,} rows from {table['dir_name'].nunique()} sources "
           f"({', '.join(f'{SHORT.get(k, k)}={v}' for k, v in per)})")
