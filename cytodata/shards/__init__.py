@@ -65,10 +65,20 @@ def _recipe_of(manifest) -> "object | None":
     prov = (p if p.is_dir() else p.parent) / "provenance.json"
     if not prov.exists():
         return None
-    data = json.loads(prov.read_text())
-    if not isinstance(data.get("recipe"), dict):
+    import warnings
+
+    from ..errors import RecipeError
+
+    try:
+        data = json.loads(prov.read_text())
+        if not isinstance(data, dict) or not isinstance(data.get("recipe"), dict):
+            return None
+        return parse_recipe(data["recipe"], where=f"{prov} (recipe)")
+    except (RecipeError, ValueError) as exc:  # an older or edited provenance: no defaults
+        warnings.warn(f"{prov}: its recipe cannot be read ({exc}); using the command-line "
+                      "options only (no recipe image_qc / shards defaults)", UserWarning,
+                      stacklevel=2)
         return None
-    return parse_recipe(data["recipe"], where=f"{prov} (recipe)")
 
 
 def _main(args) -> int:
