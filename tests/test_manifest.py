@@ -119,3 +119,13 @@ def test_stratified_sampling_ledgers_not_sampled(demo_sources, tmp_path):
     assert len(res.manifest) == 10
     assert res.manifest["phenotype"].nunique() == 3          # every stratum kept
     assert (res.ledger["reason"] == "not sampled").sum() == res.counts["inputs"] - 10
+
+
+def test_cli_dotted_set_turns_the_file_check_off(shared_data, tmp_path, capsys):
+    """The real BBBC021 metadata without images: --set metadata_qc.check_files=false keeps all."""
+    rc = cli.main(["manifest", "build", str(RECIPES / "bbbc021.yaml"), "-o", str(tmp_path), "-q",
+                   "--set", f"data={shared_data / 'bbbc021'}",
+                   "--set", "metadata_qc.check_files=false"])
+    assert rc == 0 and "kept: 13200" in capsys.readouterr().out
+    prov = json.loads((tmp_path / "provenance.json").read_text())
+    assert prov["recipe"]["metadata_qc"]["check_files"] is False
