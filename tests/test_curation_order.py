@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -201,3 +202,23 @@ def test_every_label_names_one_class_in_a_build(demo_root):
     res = manifest.build(_recipe(demo_root, "bf", sample=None), progress=False)
     labels = res.manifest.groupby("label")["category"].nunique()
     assert (labels == 1).all()  # every label string names one (column, token) class
+
+
+def test_image_size_reads_headers(tmp_path):
+    import tifffile
+    from PIL import Image
+
+    from cytodata.curate.upsample import image_size
+    from cytodata.errors import ImageReadError
+
+    tifffile.imwrite(tmp_path / "a.tif", np.zeros((3, 50, 70), np.uint16), photometric="minisblack")
+    Image.fromarray(np.zeros((40, 90), np.uint8)).save(tmp_path / "b.png")
+    assert image_size(str(tmp_path / "a.tif")) == (50, 70)
+    assert image_size(str(tmp_path / "b.png")) == (40, 90)
+    (tmp_path / "c.png").write_bytes(b"not an image")
+    with pytest.raises(ImageReadError) as err:
+        image_size(str(tmp_path / "c.png"))
+    assert err.value.reason == "unreadable"
+    with pytest.raises(ImageReadError) as err:
+        image_size(str(tmp_path / "nope.tif"))
+    assert err.value.reason == "missing file"

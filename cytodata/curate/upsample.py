@@ -45,18 +45,25 @@ def image_size(path: str) -> tuple[int, int]:
     from ..errors import ImageReadError
 
     try:
-        with open(path, "rb") as fh:
+        if "://" in path and not path.startswith("file://"):
+            import fsspec  # object stores: the header is read through a file handle
+
+            opener = fsspec.open(path, "rb")
+        else:
+            opener = open(path[len("file://"):] if path.startswith("file://") else path, "rb")
+        with opener as fh:
             magic = fh.read(4)
-        if magic in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
-            import tifffile
+            fh.seek(0)
+            if magic in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+                import tifffile
 
-            with tifffile.TiffFile(path) as tif:
-                page = tif.pages[0]
-                return int(page.imagelength), int(page.imagewidth)
-        from PIL import Image
+                with tifffile.TiffFile(fh) as tif:
+                    page = tif.pages[0]
+                    return int(page.imagelength), int(page.imagewidth)
+            from PIL import Image
 
-        with Image.open(path) as img:
-            return int(img.size[1]), int(img.size[0])
+            with Image.open(fh) as img:
+                return int(img.size[1]), int(img.size[0])
     except FileNotFoundError:
         raise ImageReadError(f"{path}: file not found; check channel_paths", path=path,
                              reason="missing file") from None
