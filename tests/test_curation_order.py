@@ -15,7 +15,7 @@ from cytodata.curate import assign_splits, stratified_sample
 from cytodata.curate.ledger import Ledger
 from cytodata.curate.upsample import upsample_classes
 from cytodata.curate.weak_labels import assign_weak_labels, label_strata
-from cytodata.errors import RecipeError
+from cytodata.errors import EmptyResultError, RecipeError
 from cytodata.synthetic import write_demo_sources
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -222,3 +222,22 @@ def test_image_size_reads_headers(tmp_path):
     with pytest.raises(ImageReadError) as err:
         image_size(str(tmp_path / "nope.tif"))
     assert err.value.reason == "missing file"
+
+
+def test_build_with_upsampling_crops_ledgers_and_keeps_crops_with_parents(demo_root, tmp_path):
+    recipe = _recipe(demo_root, "f", sample=None,
+                     weak_labels={"min_count": 8, "presample": 400, "cap": 60,
+                                  "columns": ["phenotype"]},
+                     upsample={"target": 30, "floor": 20, "min_image": 32, "min_size": 8})
+    # 12 images per class: 4 crops each (12 < 0.4 * 30), cut back to 30
+    res = manifest.build(recipe, tmp_path / "m", progress=False)
+    m = res.manifest
+    assert m["label"].value_counts().to_dict() == {"apoptotic": 30, "interphase": 30,
+                                                   "mitotic": 30}
+    assert m["crop"].fillna(False).all() and (m["x_max"] - m["x_min"] >= 8).all()
+    assert (m.groupby("parent_id")["split"].nunique() == 1).all()  # crops follow their image
+    assert res.counts["inputs"] == 36 and len(res.ledger) == 0  # every image keeps >= 1 crop
+    # a floor above the class sizes drops every class, each input row in the ledger
+    recipe["upsample"]["floor"] = 31
+    with pytest.raises(EmptyResultError, match="'below floor' at upsample \\(36 rows"):
+        manifest.build(recipe, progress=False)
