@@ -219,6 +219,7 @@ def harmonize_labels(
 
 
 __all__ = [
-    "ANY_COLUMN", "COMMA_COLUMNS", "NOT_A_LABEL", "TEXT_COLUMNS", "canonical_tokens", "harmonize_labels",
+    "ANY_COLUMN", "COMMA_COLUMNS", "NOT_A_LABEL", "TEXT_COLUMNS", "canonical_tokens",
+    "harmonize_labels",
     "load_synonyms", "normalize_token", "parse_cell",
 ]

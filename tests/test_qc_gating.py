@@ -10,8 +10,8 @@ import types
 from pathlib import Path
 
 import numpy as np
-import pytest
 import pandas as pd
+import pytest
 import tifffile
 import webdataset as wds
 import yaml

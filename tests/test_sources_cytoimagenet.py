@@ -66,7 +66,8 @@ def test_hpa_class_names(table):
     row = hpa.loc[field + "_green"]
     assert row["cell_visible"] == "intermediate filaments|nuclear bodies|nucleoplasm"   # 8|5|0
     assert row["channels"] == ["green"] and row["parent_id"] == field
-    assert row["channel_paths"] == [str(CIN / "train/5c27f04c-bb99-11e8-b2b9-ac1f6b6435d0_green.png")]
+    green = "train/5c27f04c-bb99-11e8-b2b9-ac1f6b6435d0_green.png"
+    assert row["channel_paths"] == [str(CIN / green)]
     # CytoImageNet's per-channel rows: what each reference channel stains
     assert hpa.loc[field + "_blue", "cell_visible"] == "nucleus"
     assert hpa.loc[field + "_red", "cell_visible"] == "microtubules"

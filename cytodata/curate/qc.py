@@ -492,7 +492,8 @@ def _cli(args) -> int:
     print(f"next: cytodata shard {args.manifest} --qc {args.out} -o SHARD_DIR")
     if int(qc["reason"].isna().sum()) == 0:
         failed = qc["reason"].value_counts()
-        top = f"; largest reason: {failed.index[0]!r} ({int(failed.iloc[0])} images)" if len(failed) else ""
+        top = (f"; largest reason: {failed.index[0]!r} ({int(failed.iloc[0])} images)"
+               if len(failed) else "")
         raise EmptyResultError(f"qc: no image of {args.manifest} passed ({len(qc)} checked){top}; "
                           f"see {args.out}/report.md")
     return 0

@@ -129,8 +129,8 @@ def assign_splits(
     sum to 1). ``stratify``: label column balanced across splits (None: no stratification).
     Deterministic for a seed and independent of row order (groups are sorted by value and ties
     broken by a seeded hash of the group value). Warns when there are fewer groups than
-    splits (a one-group table lands entirely in train). Raises SchemaError for an unknown column or NA group values
-    (naming the rows) and RecipeError for bad fractions.
+    splits (a one-group table lands entirely in train). Raises SchemaError for an unknown
+    column or NA group values (naming the rows) and RecipeError for bad fractions.
     """
     names, fracs = _check_fractions(DEFAULT_FRACTIONS if fractions is None else fractions)
     wanted = [group] + ([stratify] if stratify is not None else [])

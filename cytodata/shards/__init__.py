@@ -34,7 +34,8 @@ def register(subparsers) -> None:
     p.add_argument("--format", default=None, choices=FORMATS.names(),
                    help="default: the recipe's shards.format, else webdataset")
     p.add_argument("--codec", default=None, choices=CODECS.names(),
-                   help="payload codec (blosc-lz4, the default: fastest to write and read; blosc-zstd: ~5%% smaller; png16/tiff: readable by image tools)")
+                   help="payload codec (blosc-lz4, the default: fastest to write and read; "
+                        "blosc-zstd: ~5%% smaller; png16/tiff: readable by image tools)")
     p.add_argument("--channel-mode", default=None, choices=["own", "merged", "split"])
     p.add_argument("--shard-size", default=None,
                    help="target tar size; 100MB-1GB streams well from object stores (default 256MB)")

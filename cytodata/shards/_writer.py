@@ -110,8 +110,9 @@ def gate_with_qc(recs: list[dict], qc_results, min_class_size: int | None = None
     if missing_cols:
         raise ShardError(f"{where}: column(s) {sorted(missing_cols)} missing; expected the "
                          "qc.parquet written by `cytodata qc`")
-    reason = dict(zip(qc["key"].astype(str), qc["reason"]))
-    detail = dict(zip(qc["key"].astype(str), qc["detail"])) if "detail" in qc.columns else {}
+    keys = qc["key"].astype(str)
+    reason = dict(zip(keys, qc["reason"], strict=True))
+    detail = dict(zip(keys, qc["detail"], strict=True)) if "detail" in qc.columns else {}
     uncovered = [r["key"] for r in recs if r["key"] not in reason]
     if uncovered:
         raise ShardError(
