@@ -10,11 +10,13 @@ Its cost is linear in rows x labels, so it is timed on a row subset and extrapol
 path is timed on the full table and on the same subset (a measured ratio as well).
 
     .venv/bin/python benchmarks/weak_labels.py --rows 2700000 --seed 0 --baseline-rows 270000
+    .venv/bin/python benchmarks/weak_labels.py --scaling 1000000,10000000   # linearity, memory
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -22,7 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from cytodata.curate.sampling import stratified_sample
+from cytodata.curate.sampling import row_hashes, sample_strata, stratum_ids
 from cytodata.curate.weak_labels import (
     BELOW_THRESHOLD,
     DEFAULT_COLUMNS,
@@ -31,7 +33,9 @@ from cytodata.curate.weak_labels import (
     NOT_SAMPLED,
     assign_weak_labels,
     cell_tokens,
+    label_names,
     label_rng,
+    label_strata,
 )
 
 
@@ -55,7 +59,8 @@ def reference_assign_weak_labels(
     cap: int = 1_000,
     sample_by: Sequence[str] = DEFAULT_SAMPLE_BY,
     seed: int = 0,
-    method: str = "balanced",
+    method: str = "proportional",
+    key: str = "key",
 ) -> pd.DataFrame:
     """The per-label pandas loop: same output contract as ``assign_weak_labels``."""
     counts = []
@@ -64,25 +69,33 @@ def reference_assign_weak_labels(
         for token, count in tally.items():
             if count >= min_count:
                 counts.append((int(count), ci, str(token)))
-    label = np.full(len(table), None, dtype=object)
-    category = np.full(len(table), None, dtype=object)
+    ids = table[key] if key in table.columns else table.index
+    assigned = np.full(len(table), -1, dtype=np.int64)
     touched = np.zeros(len(table), dtype=bool)
+    lab_col, lab_tok = [], []
     for _, ci, token in sorted(counts):
         col = columns[ci]
         carries = has_token(table[col], token)
-        pos = np.flatnonzero(carries & pd.isna(label))
+        pos = np.flatnonzero(carries & (assigned < 0))
         if pos.size < min_count:
             continue
         touched |= carries
         rng = label_rng(seed, col, token)
+        pre_by, cap_by = label_strata(col, pos.size > presample, presample_by, sample_by)
         if pos.size > presample:
-            pos = pos[stratified_sample(table.iloc[pos], presample, by=list(presample_by),
-                                        seed=rng, method=method)]
+            keys = row_hashes(np.asarray(ids)[pos], seed, col, token, "presample")
+            pos = pos[sample_strata(stratum_ids(table.iloc[pos], pre_by), presample, rng=rng,
+                                    method=method, keys=keys)]
         if pos.size > cap:
-            by = [c for c in sample_by if c != col]
-            pos = pos[stratified_sample(table.iloc[pos], cap, by=by, seed=rng, method=method)]
-        label[pos] = token
-        category[pos] = col
+            keys = row_hashes(np.asarray(ids)[pos], seed, col, token, "cap")
+            pos = pos[sample_strata(stratum_ids(table.iloc[pos], cap_by), cap, rng=rng,
+                                    method=method, keys=keys)]
+        assigned[pos] = len(lab_tok)
+        lab_col.append(col)
+        lab_tok.append(token)
+    names = label_names(lab_col, lab_tok, assigned, columns)
+    label = np.array([None] + names, dtype=object)[assigned + 1]
+    category = np.array([None] + lab_col, dtype=object)[assigned + 1]
     out = table.copy()
     out["label"] = pd.array(label, dtype="string")
     out["category"] = pd.array(category, dtype="string")
@@ -116,6 +129,9 @@ def make_table(n_rows: int = 2_700_000, seed: int = 0) -> pd.DataFrame:
     }
     data = {"name": pd.array(np.array([f"source_{i:02d}" for i in range(n_sources)],
                                       dtype=object)[source], dtype="string")}
+    # manifest row keys (what the key-based draws hash), in a shuffled order like real tables
+    ids = np.char.add("src__img", rng.permutation(n_rows).astype(str))
+    data["key"] = pd.array(ids.astype(object), dtype="string")
     for col, (vocab_size, exponent, share) in spec.items():
         vocab = np.array([f"{col[:3]}-{i}" if i % 97 else f"{col[:3]} a+b ({i})/x"
                           for i in range(vocab_size)], dtype=object)
@@ -136,13 +152,76 @@ def _timed(fn, *args, **kwargs):
     return out, time.perf_counter() - start
 
 
+def _rss() -> int:
+    """Resident set size of this process in bytes (Linux /proc)."""
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _peak_during(fn, *args, **kwargs):
+    """``(result, seconds, peak extra RSS bytes)``: RSS sampled every 5 ms on a thread."""
+    import gc
+    import threading
+
+    gc.collect()
+    base = _rss()
+    peak = [base]
+    stop = threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            peak[0] = max(peak[0], _rss())
+            stop.wait(0.005)
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    cpu = time.process_time()
+    try:
+        out, seconds = _timed(fn, *args, **kwargs)
+    finally:
+        cpu = time.process_time() - cpu
+        stop.set()
+        t.join()
+    return out, seconds, max(peak[0], _rss()) - base, cpu
+
+
+def scaling(sizes: list[int], seed: int, repeats: int) -> None:
+    """Linearity in rows: time and peak memory of ``assign_weak_labels`` at each size, one run.
+
+    Label thresholds stay CytoImageNet's (min_count 287, presample 10,000, cap 1,000), as on a
+    real table growing by more screens. Prints time(N)/time(first) against N/first, for wall
+    time and for this process's CPU time (robust to a shared, overloaded machine).
+    """
+    first = None
+    for n in sizes:
+        table = make_table(n, seed)
+        best, best_cpu, peak = float("inf"), float("inf"), 0
+        for _ in range(repeats):
+            out, seconds, extra, cpu = _peak_during(assign_weak_labels, table, seed=seed)
+            best, best_cpu, peak = min(best, seconds), min(best_cpu, cpu), max(peak, extra)
+            del out
+        first = first or (n, best, best_cpu)
+        print(f"{n:>11,} rows: {best:7.1f} s wall, {best_cpu:7.1f} s CPU (best of {repeats}), "
+              f"peak extra memory {peak / 1e9:5.2f} GB = {peak / n:5.0f} B/row; ratio vs "
+              f"{first[0]:,} rows: wall {best / first[1]:5.2f}, CPU {best_cpu / first[2]:5.2f} "
+              f"for {n / first[0]:.0f}x rows (target <= {1.1 * n / first[0]:.0f})", flush=True)
+        del table
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=2_700_000, help="rows of the full table")
     parser.add_argument("--seed", type=int, default=0, help="table and sampling seed")
     parser.add_argument("--baseline-rows", type=int, default=270_000,
                         help="rows the per-label loop is timed on (it is linear in rows x labels)")
+    parser.add_argument("--scaling", default=None, metavar="N1,N2,...",
+                        help="instead: time assign_weak_labels at these row counts in one run "
+                             "(linearity; e.g. 1000000,10000000) and report peak memory")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per size in --scaling")
     args = parser.parse_args(argv)
+    if args.scaling:
+        scaling([int(x) for x in args.scaling.split(",")], args.seed, args.repeats)
+        return
 
     table, t_make = _timed(make_table, args.rows, args.seed)
     print(f"table: {len(table):,} rows x {table.shape[1]} columns (built in {t_make:.1f} s)")

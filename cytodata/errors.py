@@ -58,3 +58,7 @@ class PublishError(CytodataError, ValueError):
 
 class ClusterError(CytodataError, RuntimeError):
     """A dask scheduler cannot be reached, has no workers, or lost a task (names the address)."""
+
+
+class EmptyResultError(CytodataError, RuntimeError):
+    """A stage kept no rows (the message names the largest drop reason); the CLI exits non-zero."""

@@ -7,6 +7,7 @@ written to temporary names and renamed, so an interrupted build leaves no half-w
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -22,7 +23,7 @@ import pandas as pd
 from . import __version__, schema
 from ._files import file_sha256, save_json
 from .curate.ledger import Ledger
-from .errors import RecipeError, SchemaError
+from .errors import EmptyResultError, RecipeError, SchemaError
 from .recipe import Recipe, load_recipe, parse_overrides
 
 
@@ -91,7 +92,7 @@ def read_sources(recipe: Recipe, ledger: Ledger, *, progress: bool = True) -> tu
     synonyms = load_synonyms(recipe.synonyms or None)
     from tqdm.auto import tqdm
 
-    frames, n_inputs = [], 0
+    frames, n_inputs, names = [], 0, []
     for i, spec in enumerate(tqdm(recipe.sources, desc="sources", unit="source",
                                   disable=not progress)):
         if spec.adapter not in sources.available():
@@ -104,8 +105,35 @@ def read_sources(recipe: Recipe, ledger: Ledger, *, progress: bool = True) -> tu
         table = sources.read(spec.adapter, ledger=ledger, synonyms=synonyms, **params)
         n_inputs += len(table) + (len(ledger) - before)
         frames.append(table)
+        names.append(f"sources[{i}] ({spec.adapter}"
+                     + (f", source {spec.source!r}" if spec.source else "") + ")")
+    _check_keys_across_sources(frames, names)
     table = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0].reset_index(drop=True)
     return table, n_inputs
+
+
+def _check_keys_across_sources(frames: list[pd.DataFrame], names: list[str]) -> None:
+    """RecipeError naming both sources when two recipe sources yield the same row key.
+
+    Keeping "the first" would make the corpus depend on the order of the sources.
+    """
+    if len(frames) < 2:
+        return
+    keys = pd.concat([f["key"].astype("string") for f in frames], ignore_index=True)
+    which = np.repeat(np.arange(len(frames)), [len(f) for f in frames])
+    dup = keys.duplicated(keep=False).to_numpy()
+    if not dup.any():
+        return
+    frame = pd.DataFrame({"key": keys[dup].to_numpy(), "src": which[dup]}).drop_duplicates()
+    shared = frame.groupby("key")["src"].nunique()
+    shared = shared[shared > 1]
+    if len(shared):
+        key = shared.index[0]
+        pair = sorted(frame.loc[frame["key"] == key, "src"].unique())[:2]
+        raise RecipeError(
+            f"{len(shared)} row key(s) occur in two sources, e.g. {key!r} in {names[pair[0]]} and "
+            f"{names[pair[1]]}; give each source its own id (`source:` in the recipe) or remove "
+            "the duplicated source, so the corpus does not depend on the order of the sources")
 
 
 def metadata_qc(table: pd.DataFrame, cfg, ledger: Ledger) -> pd.DataFrame:
@@ -144,7 +172,7 @@ def label_rows(table: pd.DataFrame, cfg, seed: int, ledger: Ledger) -> pd.DataFr
     labelled = assign_weak_labels(
         table, columns=tuple(cfg.columns), min_count=cfg.min_count, presample=cfg.presample,
         presample_by=tuple(cfg.presample_by), cap=cfg.cap, sample_by=tuple(cfg.sample_by),
-        seed=seed, method=cfg.method)
+        seed=seed, method=cfg.method, merge_same_token=cfg.merge_same_token)
     table = table.copy()
     table["label"] = labelled["label"].astype("string")
     table["category"] = labelled["category"].astype("string")
@@ -171,12 +199,22 @@ def sample_rows(table: pd.DataFrame, cfg, seed: int, ledger: Ledger) -> pd.DataF
 
 
 def build(recipe: "str | Path | Mapping[str, Any] | Recipe", out: "str | Path | None" = None, *,
-          params: Mapping[str, Any] | None = None, progress: bool = True) -> BuildResult:
+          params: Mapping[str, Any] | None = None, progress: bool = True,
+          allow_empty: bool = False) -> BuildResult:
     """Build a manifest from ``recipe`` and write it to ``out`` (when given).
 
-    Returns a :class:`BuildResult`. Raises :class:`LedgerError` if any input row would be lost.
+    Returns a :class:`BuildResult`; the manifest's rows are sorted by key and every random
+    choice is keyed by row key and seed, so the same rows in any order (or sources in any
+    order) give the same manifest. Raises :class:`LedgerError` if any input row would be lost,
+    :class:`EmptyResultError` (after writing the ledger) when no row is kept, naming the largest
+    drop reason (``allow_empty=True`` returns the empty result), RecipeError when two sources
+    share a key, and StageFolderError when ``out`` holds another stage's files.
     """
     recipe = load_recipe(recipe, overrides=params)
+    if out is not None:
+        from ._stages import claim_stage_folder
+
+        claim_stage_folder(out, "manifest")
     t0 = time.time()
     ledger = Ledger()
     counts: dict[str, int] = {}
@@ -185,12 +223,24 @@ def build(recipe: "str | Path | Mapping[str, Any] | Recipe", out: "str | Path | 
     counts["read"] = len(table)
     table = metadata_qc(table, recipe.metadata_qc, ledger)
     counts["metadata_qc"] = len(table)
+    _warn_empty_sources(recipe, table, ledger, "metadata QC")
     if recipe.weak_labels is not None:
         table = label_rows(table, recipe.weak_labels, recipe.seed, ledger)
         counts["weak_labels"] = len(table)
     if recipe.sample is not None:
         table = sample_rows(table, recipe.sample, recipe.seed, ledger)
         counts["sample"] = len(table)
+    kept_inputs = len(table)  # input rows still represented (crops expand rows below)
+    if recipe.upsample is not None and len(table):
+        from .curate.upsample import upsample_classes
+
+        u = recipe.upsample
+        before = len(ledger)
+        table = upsample_classes(table, seed=recipe.seed, target=u.target, floor=u.floor,
+                                 scales=tuple(u.scales), min_size=u.min_size,
+                                 min_image=u.min_image, ledger=ledger)
+        kept_inputs -= len(ledger) - before
+        counts["upsample"] = len(table)
     if recipe.split is not None and len(table):
         from .curate import assign_splits
 
@@ -199,8 +249,10 @@ def build(recipe: "str | Path | Mapping[str, Any] | Recipe", out: "str | Path | 
         table = table.copy()
         table["split"] = assign_splits(table, group=s.group, fractions=dict(s.fractions),
                                        stratify=stratify, seed=recipe.seed).astype("string")
+    # rows sorted by key: the manifest is a function of its rows, not of the input order
+    table = table.sort_values("key", kind="stable") if len(table) else table
     table = schema.validate(schema.conform(table.reset_index(drop=True)), where="manifest")
-    ledger.check(n_inputs, len(table), where=f"manifest build ({recipe.name})")
+    ledger.check(n_inputs, kept_inputs, where=f"manifest build ({recipe.name})")
     counts["kept"] = len(table)
     counts["dropped"] = len(ledger)
     result = BuildResult(manifest=table, ledger=ledger.to_frame(), counts=counts)
@@ -212,6 +264,8 @@ def build(recipe: "str | Path | Mapping[str, Any] | Recipe", out: "str | Path | 
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "pandas": pd.__version__,
+        "libraries": library_versions(),
+        "synonyms": synonyms_provenance(recipe.synonyms or None),
         "source_files": {str(i): _source_files(s.params) for i, s in enumerate(recipe.sources)},
         "counts": counts,
         "ledger_by_reason": {f"{k[0]}/{k[1]}": int(v) for k, v in
@@ -225,7 +279,69 @@ def build(recipe: "str | Path | Mapping[str, Any] | Recipe", out: "str | Path | 
         ledger.write(out / "ledger.parquet")
         save_json(out / "provenance.json", result.provenance, indent=2)
         result.out = out
+    if not len(table) and not allow_empty:
+        raise EmptyResultError(
+            f"manifest build ({recipe.name}): kept 0 of {n_inputs} rows; "
+            f"{_largest_reason(result.ledger)}"
+            + (f"; the ledger is in {out}/ledger.parquet" if out is not None else ""))
     return result
+
+
+def _largest_reason(ledger: pd.DataFrame) -> str:
+    """``largest drop reason: 'missing file' at metadata (13200 rows, e.g. ...)``."""
+    if not len(ledger):
+        return "no rows were read"
+    by = ledger.groupby(["stage", "reason"]).size().sort_values(ascending=False)
+    (stage, reason), n = by.index[0], int(by.iloc[0])
+    first = ledger[(ledger["stage"] == stage) & (ledger["reason"] == reason)].iloc[0]
+    hint = {"missing file": "point the recipe at the images (e.g. --set images=DIR) or turn the "
+                            "check off with --set metadata_qc.check_files=false"}.get(reason, "")
+    return (f"largest drop reason: {reason!r} at {stage} ({n} rows, e.g. {first['input_id']}: "
+            f"{first['detail']})" + (f"; {hint}" if hint else ""))
+
+
+def _warn_empty_sources(recipe: Recipe, table: pd.DataFrame, ledger: Ledger, stage: str) -> None:
+    """Warn for each recipe source with no row left after ``stage`` (naming the top reason)."""
+    import warnings
+
+    kept = set(table["source"].astype(str)) if len(table) else set()
+    frame = ledger.to_frame()
+    for i, spec in enumerate(recipe.sources):
+        sid = spec.source or spec.adapter
+        if sid in kept:
+            continue
+        mine = frame[frame["source"] == sid]
+        why = _largest_reason(mine) if len(mine) else "it yielded no rows"
+        warnings.warn(f"sources[{i}] ({sid!r}) has no rows left after {stage}: {why}",
+                      UserWarning, stacklevel=3)
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries whose behaviour shapes a manifest or shards."""
+    from importlib import metadata
+
+    out = {}
+    for name in ("numpy", "pandas", "pyarrow", "pyyaml", "tifffile", "pillow", "dask",
+                 "distributed", "zarr", "numcodecs", "blosc2", "webdataset", "torch"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def synonyms_provenance(extra=None) -> dict[str, Any]:
+    """Checksums of the synonym table: the shipped file and the resolved table.
+
+    The resolved table includes the recipe's additions, so a changed vocabulary shows.
+    """
+    from .vocab import SYNONYMS_CSV, load_synonyms
+
+    resolved = load_synonyms(extra)
+    blob = json.dumps(resolved, sort_keys=True, ensure_ascii=False).encode("utf-8")
+    return {"file": SYNONYMS_CSV.name, "file_sha256": file_sha256(SYNONYMS_CSV),
+            "resolved_sha256": hashlib.sha256(blob).hexdigest(),
+            "entries": sum(len(v) for v in resolved.values())}
 
 
 def describe(out: "str | Path") -> str:
@@ -267,7 +383,10 @@ def _cmd_build(args) -> int:
                    progress=not args.quiet)
     print(result.summary())
     if args.jump_names:
-        schema.to_jump_names(result.manifest).to_parquet(Path(args.out) / "manifest_jump.parquet")
+        from ._files import save_parquet
+
+        save_parquet(Path(args.out) / "manifest_jump.parquet",
+                     schema.to_jump_names(result.manifest))
     return 0
 
 
@@ -292,7 +411,8 @@ def register(subparsers) -> None:
     b.add_argument("recipe", help="recipe YAML, e.g. manifests/bbbc021.yaml")
     b.add_argument("-o", "--out", required=True, help="output folder")
     b.add_argument("--set", action="append", metavar="NAME=VALUE",
-                   help="override a recipe parameter, e.g. --set data=/data/bbbc021 (repeatable)")
+                   help="override a recipe parameter (--set data=/data/bbbc021) or any recipe key "
+                        "by dotted path (--set metadata_qc.check_files=false); repeatable")
     b.add_argument("--jump-names", action="store_true",
                    help="also write manifest_jump.parquet with JUMP-style Metadata_* columns")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress bars")

@@ -8,6 +8,7 @@ later stages (image QC, shards). ``${name}`` in any string is replaced by a para
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -16,11 +17,14 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import yaml
 
 from .errors import RecipeError
+
+if TYPE_CHECKING:
+    from .curate.qc import QCConfig
 
 
 @dataclass
@@ -54,9 +58,46 @@ class WeakLabels:
     presample_by: list[str] = field(default_factory=lambda: ["name", "organism", "cell_type"])
     cap: int = 1_000
     sample_by: list[str] = field(default_factory=lambda: [
-        "organism", "cell_type", "cell_visible", "sirna", "compound", "phenotype"])
-    method: str = "balanced"
+        "name", "organism", "cell_type", "cell_visible", "sirna", "compound", "phenotype"])
+    method: str = "proportional"        # CytoImageNet's; "balanced" = equal per stratum
     drop_unlabeled: bool = True
+    merge_same_token: bool = False      # true: a token in two columns is ONE class
+
+
+@dataclass
+class Upsample:
+    """CytoImageNet's upsampling of weak-label classes by crops (``cytodata.curate.upsample``).
+
+    Crops per image by class size: 1 at >= ``target``, 2 at >= 0.55 ``target``, 3 at >= 0.4
+    ``target``, else 4 (one per quadrant); a class is cut back to ``target`` crops, and classes
+    under ``floor`` rows afterwards are dropped. Images under ``min_image`` pixels a side are kept
+    whole. Needs each image's height/width (columns, or read from the first channel's header).
+    """
+
+    target: int = 1_000
+    floor: int = 500
+    scales: list[float] = field(default_factory=lambda: [0.5, 0.25, 0.125, 0.0625])
+    min_size: int = 70
+    min_image: int = 140
+
+
+@dataclass
+class Images:
+    """How images are read (shard and QC stages): ``gray`` mode for RGB files."""
+
+    gray: str | None = "auto"
+
+
+@dataclass
+class Shards:
+    """Defaults of ``cytodata shard`` for this recipe (CLI flags override them)."""
+
+    format: str = "webdataset"
+    codec: str = "blosc-lz4"
+    channel_mode: str = "own"
+    shard_size: str = "256MB"
+    samples_per_shard: int | None = None
+    tile: int | None = None
 
 
 @dataclass
@@ -91,9 +132,10 @@ class Recipe:
     weak_labels: WeakLabels | None = None
     sample: Sample | None = None
     split: Split | None = field(default_factory=Split)
-    image_qc: dict[str, Any] = field(default_factory=dict)
-    images: dict[str, Any] = field(default_factory=dict)
-    shards: dict[str, Any] = field(default_factory=dict)
+    upsample: Upsample | None = None
+    image_qc: "QCConfig | None" = None
+    images: Images = field(default_factory=Images)
+    shards: Shards = field(default_factory=Shards)
     description: str = ""
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -145,6 +187,8 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         raise RecipeError(errors[0] if errors else f"{where}: bad value {value!r}")
     if tp is Any:
         return value
+    if hasattr(tp, "from_dict"):  # a section type with its own validation (QCConfig)
+        return tp.from_dict(value, where=where)
     if dataclasses.is_dataclass(tp):
         return _from_dict(tp, value, where)
     if origin is list:
@@ -179,7 +223,9 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
 def _from_dict(cls: type, data: Any, where: str):
     if not isinstance(data, dict):
         raise RecipeError(f"{where}: expected a mapping for {cls.__name__}, got {data!r}")
-    hints = typing.get_type_hints(cls)
+    from .curate.qc import QCConfig  # noqa: F401  (resolves the "QCConfig" annotation)
+
+    hints = typing.get_type_hints(cls, globalns={**globals(), "QCConfig": QCConfig})
     fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "raw"}
     unknown = sorted(set(data) - set(fields))
     if unknown:
@@ -195,20 +241,65 @@ def _from_dict(cls: type, data: Any, where: str):
     return cls(**kwargs)
 
 
+_RECIPE_KEYS = tuple(f.name for f in dataclasses.fields(Recipe) if f.name != "raw")
+
+
+def set_path(data: dict, path: str, value: Any, where: str) -> None:
+    """Set ``data[a][b]...`` for the dotted ``path`` ``a.b...`` (list items: ``sources.0``).
+
+    Missing mappings on the way are created (``--set sample.n=100`` adds a ``sample`` section);
+    the recipe is validated afterwards, so a wrong key still gets its error.
+    """
+    parts = path.split(".")
+    if parts[0] not in _RECIPE_KEYS:
+        raise RecipeError(f"{where}: --set {path}: {parts[0]!r} is not a recipe key; valid: "
+                          f"{list(_RECIPE_KEYS)} (or a name under 'params:')")
+    node: Any = data
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise RecipeError(f"{where}: --set {path}: {'.'.join(parts[:i])} is a list of "
+                                  f"{len(node)} item(s); use an index 0..{len(node) - 1}")
+            part = int(part)  # type: ignore[assignment]
+        elif not isinstance(node, dict):
+            raise RecipeError(f"{where}: --set {path}: {'.'.join(parts[:i])} is "
+                              f"{type(node).__name__} {node!r}, not a mapping")
+        if last:
+            node[part] = value
+        else:
+            nxt = node[part] if (isinstance(node, list) or part in node) else None
+            if nxt is None:
+                nxt = {}
+                node[part] = nxt
+            elif isinstance(nxt, (dict, list)):
+                nxt = copy.deepcopy(nxt)
+                node[part] = nxt
+            node = nxt
+
+
 def parse_recipe(data: Mapping[str, Any], *, where: str = "recipe",
                  overrides: Mapping[str, Any] | None = None) -> Recipe:
-    """Validate a recipe mapping; ``overrides`` replace entries of ``params``."""
+    """Validate a recipe mapping.
+
+    ``overrides`` (``--set NAME=VALUE``): a plain NAME defined under ``params`` replaces that
+    parameter; otherwise NAME is a dotted path to any recipe key (``metadata_qc.check_files``,
+    ``weak_labels.cap``, ``seed``, ``sources.0.params.root``).
+    """
     if not isinstance(data, Mapping):
         raise RecipeError(f"{where}: a recipe must be a YAML mapping, got {type(data).__name__}")
     data = dict(data)
     params = dict(data.get("params") or {})
-    if overrides:
-        unknown = sorted(set(overrides) - set(params))
-        if unknown:
+    for name, value in (overrides or {}).items():
+        if name in params:
+            params[name] = value
+        elif "." in name or name in _RECIPE_KEYS:
+            set_path(data, name, value, where)
+        else:
             raise RecipeError(
-                f"{where}: --set names unknown parameter(s) {unknown}; recipe parameters: "
-                f"{sorted(params)}")
-        params.update(overrides)
+                f"{where}: --set names unknown parameter {name!r}; recipe parameters: "
+                f"{sorted(params)}; or give a dotted recipe key such as "
+                "metadata_qc.check_files=false")
     data["params"] = params
     resolved = {k: (_substitute(v, params, f"{where}:{k}") if k != "params" else v)
                 for k, v in data.items()}

@@ -181,7 +181,20 @@ def to_jump_names(table: pd.DataFrame) -> pd.DataFrame:
     def jump(col: str) -> str:
         return "Metadata_" + "".join(part.capitalize() for part in col.split("_"))
 
-    return table.rename(columns={c: jump(c) for c in table.columns if c in COLUMNS})
+    # A JUMP source already carries Metadata_Source/Metadata_Batch: keep those (JUMP's own
+    # values); a harmonized column whose JUMP name is taken is dropped when it holds the same
+    # values, else kept as Metadata_<Name>_harmonized, so no column name is ever duplicated.
+    out = table.copy()
+    renames: dict[str, str] = {}
+    for col in [c for c in table.columns if c in COLUMNS]:
+        target = jump(col)
+        if target in table.columns:
+            if table[col].astype("string").equals(table[target].astype("string")):
+                out = out.drop(columns=col)
+                continue
+            target += "_harmonized"
+        renames[col] = target
+    return out.rename(columns=renames)
 
 
 def read_manifest(path) -> pd.DataFrame:

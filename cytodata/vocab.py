@@ -22,7 +22,12 @@ shipped table follows CytoImageNet's merges:
 - cell components in the plural or as adjectives -> singular noun (``nuclei`` -> ``nucleus``);
 - organisms by Latin name -> common name (``homo sapiens`` -> ``human``);
 - microscopy spellings (``bright field`` -> ``brightfield``, ``fluorescent`` -> ``fluorescence``);
-- ``dimethyl sulfoxide`` -> ``dmso``.
+- ``dimethyl sulfoxide`` -> ``dmso``;
+- one canonical actin: ``actin filament(s)``, ``f-actin``, ``filamentous actin`` -> ``actin``;
+- the HPA single-cell classes as CytoImageNet used them (``nucleoli`` -> ``nucleolus``,
+  ``nucleoli fibrillar center`` -> ``nucleolus fibrillar center``, ``intermediate filament``
+  -> ``intermediate filaments``); class 18 ``negative`` (no or unspecific staining) maps to
+  ``-``, which removes the token: it names no visible structure.
 
 Recipes extend the table with ``synonyms:`` (flat ``raw: canonical`` for all columns, or
 ``column: {raw: canonical}``); see :func:`load_synonyms`.
@@ -111,8 +116,13 @@ def _read_table() -> pd.DataFrame:
     return pd.read_csv(SYNONYMS_CSV, dtype=str, keep_default_na=False, encoding="utf-8")
 
 
+#: canonical value that removes a token (``column,raw,-`` in synonyms.csv): not a label
+NOT_A_LABEL = "-"
+
+
 def _add(out: Synonyms, column: str, raw: str, canonical: str, where: str) -> None:
-    raw_n, canon = normalize_token(raw), normalize_token(canonical)
+    raw_n = normalize_token(raw)
+    canon = NOT_A_LABEL if canonical.strip() == NOT_A_LABEL else normalize_token(canonical)
     if not raw_n or not canon:
         raise RecipeError(f"{where}: empty synonym {raw!r} -> {canonical!r}; give both sides")
     out.setdefault(column, {})[raw_n] = canon
@@ -159,6 +169,8 @@ def canonical_tokens(value, table: Mapping[str, str], suffix: str | None = None,
     seen: dict[str, None] = {}
     for tok in parse_cell(value, commas=commas):
         tok = table.get(tok, tok)
+        if tok == NOT_A_LABEL:  # e.g. HPA class 18 "negative": no visible structure
+            continue
         if suffix and not tok.endswith(suffix.strip()):
             tok = tok + suffix
         seen.setdefault(tok, None)
@@ -207,6 +219,7 @@ def harmonize_labels(
 
 
 __all__ = [
-    "ANY_COLUMN", "COMMA_COLUMNS", "TEXT_COLUMNS", "canonical_tokens", "harmonize_labels",
+    "ANY_COLUMN", "COMMA_COLUMNS", "NOT_A_LABEL", "TEXT_COLUMNS", "canonical_tokens",
+    "harmonize_labels",
     "load_synonyms", "normalize_token", "parse_cell",
 ]

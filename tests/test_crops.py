@@ -51,8 +51,10 @@ def test_seeded_determinism():
     assert a == b and a != c
 
 
-@pytest.mark.parametrize("size,expected", [(1, 4), (250, 4), (251, 4), (334, 3), (400, 3),
-                                           (500, 2), (999, 2), (1000, 1), (50000, 1), (0, 4)])
+# CytoImageNet's rule (prepare_dataset.Upsampler): 1/2/3/4 crops at >= 1000/550/400/fewer
+@pytest.mark.parametrize("size,expected", [(1, 4), (250, 4), (399, 4), (400, 3), (520, 3),
+                                           (549, 3), (550, 2), (999, 2), (1000, 1), (50000, 1),
+                                           (0, 4)])
 def test_n_crops_for_class(size, expected):
     assert n_crops_for_class(size, target=1000) == expected
 

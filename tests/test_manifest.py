@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from cytodata import cli, manifest
-from cytodata.errors import RecipeError
+from cytodata.errors import EmptyResultError, RecipeError
 from cytodata.synthetic import write_demo_sources
 
 RECIPES = Path(__file__).resolve().parents[1] / "manifests"
@@ -84,10 +84,17 @@ def test_cli_reports_recipe_errors(tmp_path, capsys):
 
 
 def test_real_bbbc021_every_row_accounted(shared_data, tmp_path):
-    """13,200 real rows; the images are not here, so every row is ledgered as a missing file."""
-    res = manifest.build(RECIPES / "bbbc021.yaml", tmp_path, progress=False,
-                         params={"data": str(shared_data / "bbbc021"),
-                                 "images": str(tmp_path / "no-images")})
+    """13,200 real rows; the images are not here, so every row is ledgered as a missing file,
+    and a build that keeps nothing is an error naming the largest drop reason."""
+    params = {"data": str(shared_data / "bbbc021"), "images": str(tmp_path / "no-images")}
+    with pytest.warns(UserWarning, match="no rows left after metadata QC"), \
+            pytest.raises(EmptyResultError, match=r"kept 0 of 13200 rows; largest drop reason: "
+                                                  r"'missing file' at metadata \(13200 rows"):
+        manifest.build(RECIPES / "bbbc021.yaml", tmp_path, progress=False, params=params)
+    assert len(pd.read_parquet(tmp_path / "ledger.parquet")) == 13_200  # written for inspection
+    with pytest.warns(UserWarning):
+        res = manifest.build(RECIPES / "bbbc021.yaml", tmp_path, progress=False, params=params,
+                             allow_empty=True)
     assert res.counts["inputs"] == 13_200
     assert len(res.manifest) == 0
     assert (res.ledger["reason"] == "missing file").sum() == 13_200
@@ -112,3 +119,13 @@ def test_stratified_sampling_ledgers_not_sampled(demo_sources, tmp_path):
     assert len(res.manifest) == 10
     assert res.manifest["phenotype"].nunique() == 3          # every stratum kept
     assert (res.ledger["reason"] == "not sampled").sum() == res.counts["inputs"] - 10
+
+
+def test_cli_dotted_set_turns_the_file_check_off(shared_data, tmp_path, capsys):
+    """The real BBBC021 metadata without images: --set metadata_qc.check_files=false keeps all."""
+    rc = cli.main(["manifest", "build", str(RECIPES / "bbbc021.yaml"), "-o", str(tmp_path), "-q",
+                   "--set", f"data={shared_data / 'bbbc021'}",
+                   "--set", "metadata_qc.check_files=false"])
+    assert rc == 0 and "kept: 13200" in capsys.readouterr().out
+    prov = json.loads((tmp_path / "provenance.json").read_text())
+    assert prov["recipe"]["metadata_qc"]["check_files"] is False

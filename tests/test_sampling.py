@@ -56,7 +56,7 @@ def test_allocation_invariants(method):
 
 
 def test_unknown_method_lists_valid_names():
-    with pytest.raises(ValueError, match="balanced, proportional"):
+    with pytest.raises(ValueError, match="balanced, cytoimagenet, proportional"):
         allocate(np.array([3, 3]), 2, method="equal")
 
 
@@ -111,3 +111,37 @@ def test_list_cells_and_missing_column():
     assert sorted(picked) == [("a",), ("b",)]
     with pytest.raises(SchemaError, match=r"\['plate'\].*available: \['g'\]"):
         stratified_sample(table, 2, by=["plate"])
+
+
+def test_keyed_draws_prefilter_is_exact(monkeypatch):
+    """Big strata sort only their likely picks; the picks equal a full sort's."""
+    import cytodata.curate.sampling as sampling
+    from cytodata.curate.sampling import row_hashes
+
+    rng = np.random.default_rng(1)
+    for trial in range(12):
+        n_rows, n_strata = int(rng.integers(2_000, 60_000)), int(rng.integers(1, 200))
+        strata = rng.integers(0, n_strata, n_rows) ** 2 % n_strata
+        keys = row_hashes(np.arange(n_rows), trial)
+        n = int(rng.integers(1, n_rows // 9))
+        for method in ("balanced", "proportional"):
+            fast = sample_strata(strata, n, rng=trial, method=method, keys=keys)
+            with monkeypatch.context() as m:
+                m.setattr(sampling, "_likely_picks", lambda *a: None)
+                full = sample_strata(strata, n, rng=trial, method=method, keys=keys)
+            assert np.array_equal(fast, full) and fast.size == n
+
+
+def test_cytoimagenet_allocation_rounds_per_stratum():
+    """CytoImageNet's groupby().sample(frac): round(frac * size) per stratum, frac raised until
+    the draft holds n rows, then cut to n at random; 1-row strata are rounded away."""
+    sizes = np.array([5000, 1, 1, 2, 300, 40])
+    alloc = allocate(sizes, 100, method="cytoimagenet", rng=0)
+    assert alloc.sum() == 100 and (alloc <= sizes).all()
+    assert alloc[1:4].sum() == 0
+    # fifty 1-row strata next to a big one: frac stays ~0.1, so all fifty are rounded away
+    sizes = np.array([1] * 50 + [1000])
+    alloc = allocate(sizes, 100, method="cytoimagenet", rng=1)
+    assert alloc.sum() == 100 and alloc[:50].sum() == 0
+    assert allocate(sizes, 100, method="proportional", rng=1)[:50].sum() == 4  # remainders
+    assert allocate(sizes, 100, method="balanced", rng=1)[:50].sum() == 50

@@ -70,7 +70,7 @@ def test_crop_rows_are_cut_to_their_window(tmp_path, fmt):
     else:
         import zarr
 
-        arr = zarr.open_array(out / "images.zarr", mode="r")
+        arr = zarr.open_array(out / "image", mode="r")
         index = pd.read_parquet(out / "index.parquet")
         got = {k.split("-", 1)[1]: arr[int(i)]
                for k, i in zip(index["image_id"], index["row"], strict=True)}

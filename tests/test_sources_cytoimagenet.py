@@ -14,7 +14,7 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CIN = DATA / "cytoimagenet-harmonized"
 ROWS = {"bbbc014_metadata.csv": 192, "bbbc026_metadata.csv": 864, "bbbc039_metadata.csv": 200,
         "cil_kinome_metadata.csv": 908, "kag_blood_cell_metadata.csv": 12_373,
-        "kag_cell_cycle_metadata.csv": 90, "kag_hpa_singlecell_2021_train.csv": 21_806,
+        "kag_cell_cycle_metadata.csv": 90, "kag_hpa_singlecell_2021_train.csv": 4 * 21_806,
         "kag_leukemia_metadata.csv": 13_766}
 
 
@@ -62,13 +62,30 @@ def test_paths_and_ids(table):
 
 def test_hpa_class_names(table):
     hpa = _by(table, "kag_hpa_singlecell_2021_train.csv").set_index("image_id")
-    row = hpa.loc["kag_hpa_singlecell_2021/train/5c27f04c-bb99-11e8-b2b9-ac1f6b6435d0"]
+    field = "kag_hpa_singlecell_2021/train/5c27f04c-bb99-11e8-b2b9-ac1f6b6435d0"
+    row = hpa.loc[field + "_green"]
     assert row["cell_visible"] == "intermediate filaments|nuclear bodies|nucleoplasm"   # 8|5|0
-    assert row["channels"] == ["red", "green", "blue", "yellow"]
-    assert row["channel_paths"][1] == str(CIN / "train/5c27f04c-bb99-11e8-b2b9-ac1f6b6435d0_green.png")
-    assert hpa.loc["kag_hpa_singlecell_2021/train/5fb643ee-bb99-11e8-b2b9-ac1f6b6435d0",
+    assert row["channels"] == ["green"] and row["parent_id"] == field
+    green = "train/5c27f04c-bb99-11e8-b2b9-ac1f6b6435d0_green.png"
+    assert row["channel_paths"] == [str(CIN / green)]
+    # CytoImageNet's per-channel rows: what each reference channel stains
+    assert hpa.loc[field + "_blue", "cell_visible"] == "nucleus"
+    assert hpa.loc[field + "_red", "cell_visible"] == "microtubules"
+    assert hpa.loc[field + "_yellow", "cell_visible"] == "endoplasmic reticulum"
+    assert hpa.loc["kag_hpa_singlecell_2021/train/5fb643ee-bb99-11e8-b2b9-ac1f6b6435d0_green",
                    "cell_visible"] == "mitochondria|nucleoplasm"                       # 14|0
     assert hpa["cell_visible"].str.contains("vesicles and punctate cytosolic patterns").any()
+    # one canonical actin (class 9 "actin filaments"), class 18 "negative" is no token
+    tokens = set(hpa["cell_visible"].dropna().str.split("|").explode())
+    assert "actin" in tokens and "actin filaments" not in tokens and "negative" not in tokens
+    assert "nucleolus" in tokens and "nucleoli" not in tokens
+
+
+def test_hpa_stacked_fields(tmp_path):
+    (tmp_path / "hpa.csv").write_text("ID,Label\nabc,9|18\nxyz,18\n")
+    t = sources.read("cytoimagenet", path=tmp_path / "hpa.csv", hpa_channels="stack")
+    assert t["channels"].iloc[0] == ["red", "green", "blue", "yellow"]
+    assert t["cell_visible"].tolist()[0] == "actin" and pd.isna(t["cell_visible"].iloc[1])
 
 
 def test_image_root_reroots_after_dir_name(tmp_path):

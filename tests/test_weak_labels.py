@@ -79,10 +79,18 @@ def test_ties_break_by_column_order_then_token():
     assert out["label"].tolist() == ["p"] * 4
 
 
-def test_same_token_in_two_columns_is_two_labels():
-    out = run(frame(6, compound=["dmso"] * 3 + [None] * 3, phenotype=[None] * 3 + ["dmso"] * 3))
-    assert out["label"].tolist() == ["dmso"] * 6
+def test_same_token_in_two_columns_is_two_classes():
+    # two classes must never share one label string: shards, samplers and splits key on label
+    table = frame(6, compound=["dmso"] * 3 + [None] * 3, phenotype=[None] * 3 + ["dmso"] * 3)
+    out = run(table)
+    # the first column in `columns` order (phenotype before compound) keeps the bare token
+    assert out["label"].tolist() == ["dmso (compound)"] * 3 + ["dmso"] * 3
     assert out["category"].tolist() == ["compound"] * 3 + ["phenotype"] * 3
+    assert out["label"].nunique() == 2
+    out = run(table, columns=["compound", "phenotype"])
+    assert out["label"].tolist() == ["dmso"] * 3 + ["dmso (phenotype)"] * 3
+    # one class on purpose
+    assert run(table, merge_same_token=True)["label"].tolist() == ["dmso"] * 6
 
 
 def test_cap_exact_and_presample_then_cap():
@@ -96,8 +104,11 @@ def test_cap_exact_and_presample_then_cap():
     # a presample smaller than the cap bounds the label
     assert (run(table, presample=2, cap=10)["label"] == "c").sum() == 2
     # presample is stratified on name: 10 of 50 with balanced -> 5 from each source
-    names = table["name"][run(table, presample=10, cap=100)["label"].notna()]
+    names = table["name"][run(table, presample=10, cap=100, method="balanced")["label"].notna()]
     assert names.value_counts().to_dict() == {"s1": 5, "s2": 5}
+    # proportional (CytoImageNet's default): 45:5 -> 9:1
+    names = table["name"][run(table, presample=10, cap=100)["label"].notna()]
+    assert names.value_counts().to_dict() == {"s1": 9, "s2": 1}
 
 
 def test_exact_tokens_not_substrings_or_regex():
@@ -113,7 +124,8 @@ def test_exact_tokens_not_substrings_or_regex():
 def test_no_small_stratum_loss():
     cell = ["hela"] * 96 + ["u2os", "a549", "mcf7", None]
     table = frame(100, compound=["c"] * 100, cell_type=cell)
-    picked = table["cell_type"][run(table, cap=5, columns=["compound"])["label"].notna()]
+    picked = table["cell_type"][run(table, cap=5, columns=["compound"],
+                                    method="balanced")["label"].notna()]
     assert sorted(picked.fillna("<NA>")) == ["<NA>", "a549", "hela", "mcf7", "u2os"]
     # proportional allocation would round the 1-row strata away
     prop = run(table, cap=5, columns=["compound"], method="proportional")

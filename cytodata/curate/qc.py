@@ -25,7 +25,7 @@ import pandas as pd
 
 from .._files import save_parquet
 from .._registry import Registry
-from ..errors import ImageReadError, RecipeError
+from ..errors import EmptyResultError, ImageReadError, RecipeError
 from ..images.normalize import channel_percentiles
 
 __all__ = [
@@ -278,20 +278,16 @@ def find_duplicates(hashes: pd.Series, labels: pd.Series | None = None) -> pd.Da
 # --- running over a manifest --------------------------------------------------------------
 
 def _window(row: Mapping):
-    from ..images.crops import CropWindow
+    from ..images.rows import window_of
 
-    if row.get("crop") is True and all(pd.notna(row.get(c)) for c in ("x_min", "x_max", "y_min", "y_max")):
-        return CropWindow(int(row["x_min"]), int(row["x_max"]), int(row["y_min"]), int(row["y_max"]),
-                          float(row["scaling"]) if pd.notna(row.get("scaling")) else float("nan"), -1)
-    return None
+    return window_of(row)
 
 
 def _load(paths, window):
-    from ..images.crops import apply_crop
-    from ..images.io import read_image
+    # the one image-loading path shared with the shard writers (cytodata.images.rows)
+    from ..images.rows import read_window
 
-    img = read_image(list(paths))
-    return img if window is None else apply_crop(img, window)
+    return read_window(list(paths), window, expected_channels=len(paths) or None)
 
 
 def _qc_one(paths, window, cfg: QCConfig) -> tuple[str | None, str | None, str | None]:
@@ -405,13 +401,15 @@ def run_qc(
     group's first row are dropped as "duplicate pixels". Returns the qc table
     (``key, image_id, reason, hash, detail``; ``reason`` NA = passed).
     """
+    from .._stages import claim_stage_folder
     from ..schema import conform, read_manifest
     from .ledger import Ledger
 
     cfg = _as_config(config)
+    out = claim_stage_folder(out, "qc", inputs=(
+        manifest if isinstance(manifest, (str, Path)) else None,))
     table = read_manifest(manifest) if isinstance(manifest, (str, Path)) else conform(manifest)
     table = table.reset_index(drop=True)
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     records = table.to_dict("records")
     tasks = [(list(r["channel_paths"]), _window(r)) for r in records]
@@ -484,12 +482,25 @@ def register(subparsers) -> None:
 
 
 def _cli(args) -> int:
-    cfg = QCConfig.from_yaml(args.config) if args.config else QCConfig()
+    if args.config:
+        cfg = QCConfig.from_yaml(args.config)
+    else:  # the rules of the recipe the manifest was built from, else the defaults
+        from ..shards import _recipe_of
+
+        recipe = _recipe_of(args.manifest)
+        cfg = recipe.image_qc if recipe is not None and recipe.image_qc is not None else QCConfig()
     qc = run_qc(args.manifest, args.out, config=cfg, n_workers=args.workers, scheduler=args.scheduler,
                 montage_per_reason=args.montage, progress=not args.quiet)
     counts = qc["reason"].fillna("passed").value_counts()
     print(f"qc: {len(qc)} images -> {args.out}")
     for reason, count in counts.items():
         print(f"  {reason:<20} {int(count)}")
+    print(f"next: cytodata shard {args.manifest} --qc {args.out} -o SHARD_DIR")
+    if int(qc["reason"].isna().sum()) == 0:
+        failed = qc["reason"].value_counts()
+        top = (f"; largest reason: {failed.index[0]!r} ({int(failed.iloc[0])} images)"
+               if len(failed) else "")
+        raise EmptyResultError(f"qc: no image of {args.manifest} passed ({len(qc)} checked){top}; "
+                          f"see {args.out}/report.md")
     return 0
 

@@ -77,6 +77,27 @@ def _proportional(sizes: np.ndarray, n: int, rng: np.random.Generator) -> np.nda
     return alloc
 
 
+@ALLOCATORS.register("cytoimagenet")
+def _cytoimagenet(sizes: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """CytoImageNet's own draw, literally: ``groupby(strata).sample(frac)``, then ``sample(n)``.
+
+    Each stratum gets ``round(frac * size)`` (round half to even, as pandas); ``frac`` starts at
+    ``n / total`` and grows by 0.03 (0.02 once half of ``n`` is reached) until the draft holds
+    ``n`` rows; the draft is then cut to ``n`` uniformly at random (a multivariate
+    hypergeometric draw). Strata of 1-2 rows are rounded away unless ``frac`` nears 0.5, so
+    sources with many small metadata combinations get less than their share.
+    """
+    total = int(sizes.sum())
+    frac = n / total
+    draft = np.minimum(np.rint(frac * sizes).astype(np.int64), sizes)
+    while draft.sum() < n:
+        frac += 0.03 if draft.sum() < n / 2 else 0.02
+        draft = np.minimum(np.rint(frac * sizes).astype(np.int64), sizes)
+    if draft.sum() > n:
+        draft = rng.multivariate_hypergeometric(draft, n)
+    return draft.astype(np.int64)
+
+
 def allocate(
     sizes: np.ndarray, n: int, *, method: str = "balanced", rng: RngLike = None
 ) -> np.ndarray:
@@ -88,6 +109,7 @@ def allocate(
     ``method="balanced"`` (default): equal share per stratum with redistribution (water-filling),
     leftovers one each to randomly chosen strata, so small strata are never rounded away.
     ``method="proportional"``: largest-remainder proportional allocation, ties broken at random.
+    ``method="cytoimagenet"``: CytoImageNet's per-stratum rounding of ``sample(frac)``.
     ``rng`` is a seed, SeedSequence or Generator (None means seed 0); the draw is deterministic.
     """
     sizes = np.asarray(sizes, dtype=np.int64)
@@ -158,14 +180,18 @@ def _dense(codes: np.ndarray) -> np.ndarray:
 
 
 def sample_strata(
-    strata: np.ndarray, n: int, *, rng: RngLike = None, method: str = "balanced"
+    strata: np.ndarray, n: int, *, rng: RngLike = None, method: str = "balanced",
+    keys: np.ndarray | None = None,
 ) -> np.ndarray:
     """Positions (sorted int64) of ``n`` rows drawn uniformly within strata.
 
     ``strata`` (N,) ints are stratum ids per row (any integers; only their order matters).
     Per-stratum counts come from :func:`allocate`; rows are chosen by sorting on
     (stratum, random key) once and keeping each stratum's first ``alloc`` rows. Randomness:
-    ``allocate`` draws first, then one uniform key per row.
+    ``allocate`` draws first (over strata, which are ordered by value), then each row's sort
+    key: ``keys`` (N,) uint64 when given (e.g. :func:`row_hashes` of the rows' ``key`` and the
+    seed, so the SAME ROWS IN ANY ORDER give the same picks), else one uniform draw per row
+    position (order-dependent).
     """
     strata = np.asarray(strata)
     if n >= strata.size:
@@ -175,11 +201,40 @@ def sample_strata(
         strata, return_inverse=True)[1].reshape(-1)
     sizes = np.bincount(dense)
     alloc = allocate(sizes, n, method=method, rng=gen)
-    order = np.lexsort((gen.random(strata.size), dense))
+    if keys is None:
+        keys = gen.random(strata.size)
+    elif len(keys) != strata.size:
+        raise SchemaError(f"sample_strata: {len(keys)} keys for {strata.size} rows; "
+                          "pass one per row")
+    cand = _likely_picks(keys, dense, sizes, alloc) if strata.size > 8 * n else None
+    if cand is not None:  # sort only the rows that can be picked: linear in rows, not N log N
+        sizes = np.bincount(dense[cand], minlength=sizes.size)
+        order = cand[np.lexsort((keys[cand], dense[cand]))]
+    else:
+        order = np.lexsort((keys, dense))
     starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
     sorted_strata = dense[order]
-    rank = np.arange(strata.size) - starts[sorted_strata]
+    rank = np.arange(order.size) - starts[sorted_strata]
     return np.sort(order[rank < alloc[sorted_strata]]).astype(np.int64)
+
+
+def _likely_picks(keys: np.ndarray, dense: np.ndarray, sizes: np.ndarray,
+                  alloc: np.ndarray) -> np.ndarray | None:
+    """Positions holding, for every stratum, at least its ``alloc`` smallest keys (uint64 keys).
+
+    Keys are uniform, so a stratum's ``a`` smallest of ``m`` lie below ~``a/m`` of the range:
+    keep rows under 3x that (+64 rows' worth), and whole strata that came up short. Exact:
+    within a stratum the kept rows are exactly its smallest keys. None for float keys.
+    """
+    if keys.dtype != np.uint64:
+        return None
+    unit = (keys >> np.uint64(11)).astype(np.float64) * 2.0 ** -53  # exact top 53 bits, [0, 1)
+    share = np.minimum((3.0 * alloc + 64.0) / np.maximum(sizes, 1), 1.0)
+    keep = unit < share[dense]
+    short = np.bincount(dense[keep], minlength=sizes.size) < alloc
+    if short.any():
+        keep |= short[dense]
+    return np.flatnonzero(keep)
 
 
 def _check_columns(table: pd.DataFrame, columns: Sequence[str], what: str) -> None:
@@ -205,12 +260,64 @@ def stratified_sample(
     by: str | Sequence[str],
     seed: RngLike = 0,
     method: str = "balanced",
+    key: str | None = "key",
 ) -> np.ndarray:
     """POSITIONAL indices (sorted int64, use with ``table.iloc``) of ``min(n, len)`` rows.
 
     Rows are grouped by the ``by`` columns (NA its own stratum; list cells as their
     ``|``-joined text), the budget is split by :func:`allocate` (``method``), and rows are
-    drawn uniformly within each stratum. ``seed`` is an int, SeedSequence or Generator;
-    the same seed and table give the same rows.
+    drawn uniformly within each stratum. ``seed`` is an int, SeedSequence or Generator.
+    Which rows are drawn is a function of each row's ``key`` column (default ``"key"``; the
+    table's index when that column is absent or ``key=None``) and the seed, never of row
+    positions: the same rows in any order give the same rows (their positions in that order).
     """
-    return sample_strata(stratum_ids(table, by), n, rng=seed, method=method)
+    ids = table[key] if key is not None and key in table.columns else table.index
+    if seed is None or isinstance(seed, (int, np.integer)):
+        salt = int(seed or 0)
+    else:  # a Generator / SeedSequence: one draw from it salts the row keys
+        salt = int(_rng(seed).integers(0, 2**63))
+    return sample_strata(stratum_ids(table, by), n, rng=seed, method=method,
+                         keys=row_hashes(ids, salt))
+
+
+_M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+
+
+def mix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finalizer on a uint64 array (vectorized; a bijection with good avalanche)."""
+    x = np.asarray(x, dtype=np.uint64).copy()
+    x ^= x >> np.uint64(30)
+    x *= _M1
+    x ^= x >> np.uint64(27)
+    x *= _M2
+    x ^= x >> np.uint64(31)
+    return x
+
+
+def salt64(*parts) -> np.uint64:
+    """A uint64 salt from any text/int parts (stable across processes and Python versions)."""
+    import hashlib
+
+    text = "\x1f".join(str(p) for p in parts).encode("utf-8", "surrogatepass")
+    return np.uint64(int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little"))
+
+
+def base_hashes(ids) -> np.ndarray:
+    """Hash each identifier to a uint64 (strings, ints or index values), vectorized.
+
+    ``pandas.util.hash_array`` (SipHash of the UTF-8 text; integers hashed as numbers), so
+    equal ids give equal hashes in any process and any row order.
+    """
+    values = ids.to_numpy() if isinstance(ids, (pd.Series, pd.Index)) else np.asarray(ids)
+    if values.dtype.kind not in "iub":
+        values = np.asarray(values, dtype=object)
+    return pd.util.hash_array(values, categorize=False).astype(np.uint64, copy=False)
+
+
+def row_hashes(ids, *salt) -> np.ndarray:
+    """Per-row random sort keys (uint64) that depend only on each row's id and ``salt``.
+
+    ``mix64(hash(id) ^ salt64(*salt))``: the same row gets the same key whatever its position,
+    so draws made with these keys do not change when rows are shuffled or sources re-ordered.
+    """
+    return mix64(base_hashes(ids) ^ salt64(*salt))

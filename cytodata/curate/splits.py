@@ -19,6 +19,7 @@ each label's groups are dealt out greedily:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 
 import numpy as np
@@ -26,7 +27,7 @@ import pandas as pd
 
 from ..errors import RecipeError, SchemaError, preview
 from ..schema import SPLITS
-from .sampling import column_codes
+from .sampling import column_codes, row_hashes
 
 DEFAULT_FRACTIONS: Mapping[str, float] = {"train": 0.8, "val": 0.1, "test": 0.1}
 SPLIT_ORDER: tuple[str, ...] = ("train", "val", "test")
@@ -61,7 +62,7 @@ def _dominant(groups: np.ndarray, labels: np.ndarray, n_groups: int) -> np.ndarr
     return dominant
 
 
-def _deal(sizes: np.ndarray, fractions: np.ndarray, rng: np.random.Generator,
+def _deal(sizes: np.ndarray, fractions: np.ndarray, tiebreak: np.ndarray,
           classes: np.ndarray) -> np.ndarray:
     """Split index per group (see the module docstring for the rule)."""
     n_splits = fractions.size
@@ -77,8 +78,9 @@ def _deal(sizes: np.ndarray, fractions: np.ndarray, rng: np.random.Generator,
     ptr = np.concatenate(([0], np.cumsum(np.bincount(class_of))))
     for c in np.lexsort((class_ids, -class_rows)):
         members = by_class[ptr[c]:ptr[c + 1]]
-        members = members[rng.permutation(members.size)]
-        members = members[np.argsort(-sizes[members], kind="stable")]  # largest first
+        # largest first; equal sizes in the order of a seeded hash of the group VALUE, so the
+        # deal does not depend on which row came first
+        members = members[np.lexsort((tiebreak[members], -sizes[members]))]
         target = fractions * sizes[members].sum()
         rows = np.zeros(n_splits)
         global_total += sizes[members].sum()
@@ -102,6 +104,16 @@ def _deal(sizes: np.ndarray, fractions: np.ndarray, rng: np.random.Generator,
     return out
 
 
+def _warn_few_groups(n_groups: int, n_splits: int, group: str) -> None:
+    """Warn when there are fewer groups than non-empty splits: some splits stay empty."""
+    if 0 < n_groups < n_splits:
+        warnings.warn(
+            f"splits: only {n_groups} distinct {group!r} value(s) for {n_splits} splits, so "
+            f"{n_splits - n_groups} split(s) stay EMPTY (everything is in "
+            f"{'train' if n_groups == 1 else 'the largest splits'}); group by a finer column "
+            "(e.g. --set split.group=parent_id) or accept it", UserWarning, stacklevel=3)
+
+
 def assign_splits(
     table: pd.DataFrame,
     *,
@@ -115,8 +127,10 @@ def assign_splits(
     ``group``: column whose equal values must share a split (parent_id, plate, batch, compound).
     ``fractions``: target share of ROWS per split (default train 0.8, val 0.1, test 0.1; must
     sum to 1). ``stratify``: label column balanced across splits (None: no stratification).
-    Deterministic for a seed. Raises SchemaError for an unknown column or NA group values
-    (naming the rows) and RecipeError for bad fractions.
+    Deterministic for a seed and independent of row order (groups are sorted by value and ties
+    broken by a seeded hash of the group value). Warns when there are fewer groups than
+    splits (a one-group table lands entirely in train). Raises SchemaError for an unknown
+    column or NA group values (naming the rows) and RecipeError for bad fractions.
     """
     names, fracs = _check_fractions(DEFAULT_FRACTIONS if fractions is None else fractions)
     wanted = [group] + ([stratify] if stratify is not None else [])
@@ -132,13 +146,15 @@ def assign_splits(
             f"splits: group column {group!r} is NA in rows {preview(table.index[na])}; every "
             "row needs a group (set parent_id to the image id for uncropped images)"
         )
-    groups, uniques = pd.factorize(table[group])
+    groups, uniques = pd.factorize(table[group], sort=True)  # sorted: row order cannot matter
     sizes = np.bincount(groups, minlength=len(uniques)).astype(float)
     if stratify is None:
         classes = np.zeros(len(uniques), dtype=np.int64)
     else:
         classes = _dominant(groups.astype(np.int64), column_codes(table[stratify]), len(uniques))
-    split_of_group = _deal(sizes, fracs, np.random.default_rng(seed), classes)
+    tiebreak = row_hashes(uniques, seed, "split", group)
+    split_of_group = _deal(sizes, fracs, tiebreak, classes)
+    _warn_few_groups(len(uniques), int((fracs > 0).sum()), group)
     values = np.asarray(names, dtype=object)[split_of_group[groups]] if len(groups) else []
     return pd.Series(pd.array(values, dtype="string"), index=table.index, name="split")
 

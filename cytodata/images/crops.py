@@ -85,15 +85,20 @@ def cytoimagenet_crops(
     return windows
 
 
-def n_crops_for_class(class_size: int, *, target: int = 1000) -> int:
-    """Crops per image for a class of ``class_size`` images: ``clip(ceil(target / size), 1, 4)``.
+#: CytoImageNet's crop counts: (minimum class size as a fraction of ``target``, crops per image)
+CROP_STEPS: tuple[tuple[float, int], ...] = ((1.0, 1), (0.55, 2), (0.40, 3))
 
-    Small classes get up to 4 crops (one per quadrant) to approach ``target`` examples;
-    classes already at or above ``target`` get 1 crop per image.
+
+def n_crops_for_class(class_size: int, *, target: int = 1000) -> int:
+    """Crops per image for a class of ``class_size`` images, CytoImageNet's rule.
+
+    1 crop at >= ``target`` (1000) images, 2 at >= 0.55 ``target`` (550), 3 at >= 0.4
+    ``target`` (400), else 4 (one per quadrant): ``n_crops_for_class(520) == 3``.
     """
-    if class_size <= 0:
-        return MAX_CROPS
-    return int(min(MAX_CROPS, max(1, math.ceil(target / class_size))))
+    for frac, n in CROP_STEPS:
+        if class_size >= math.ceil(frac * target):
+            return n
+    return MAX_CROPS
 
 
 def _row_seed(seed: int, key: str) -> np.random.SeedSequence:

@@ -128,101 +128,77 @@ def _qc_check():
     return check
 
 
-WINDOW_COLUMNS: tuple[str, ...] = ("x_min", "x_max", "y_min", "y_max")
-
-
-def window_of(rec: dict) -> tuple[int, int, int, int] | None:
-    """Return a crop row's window ``(x_min, x_max, y_min, y_max)`` (pixels, end-exclusive) or None.
-
-    Raises :class:`Dropped` ("bad window") when only some bounds are set or the window is empty.
-    """
-    vals = [rec.get(c) for c in WINDOW_COLUMNS]
-    if all(v is None for v in vals):
-        return None
-    if any(v is None for v in vals) or vals[1] <= vals[0] or vals[3] <= vals[2]:
-        raise Dropped("bad window", f"{rec['key']}: crop window x {vals[0]}..{vals[1]}, "
-                      f"y {vals[2]}..{vals[3]} is incomplete or empty; set all four of "
-                      f"{list(WINDOW_COLUMNS)} with x_min < x_max and y_min < y_max")
-    return int(vals[0]), int(vals[1]), int(vals[2]), int(vals[3])
-
-
-def cut_window(image: np.ndarray, window: tuple[int, int, int, int], key: str) -> np.ndarray:
-    """``(C, H, W)`` -> the ``(C, y_max - y_min, x_max - x_min)`` window, shifted inside the field.
-
-    A window hanging over an edge (a cell near the border) is moved inside, keeping its size, so
-    every sample of a set has one shape; a window larger than the field raises :class:`Dropped`
-    ("window does not fit").
-    """
-    x0, y0, ww, wh = fit_window(window, *image.shape[-2:], key)
-    return np.ascontiguousarray(image[..., y0:y0 + wh, x0:x0 + ww])
-
-
-def fit_window(window: tuple[int, int, int, int], h: int, w: int, key: str
-               ) -> tuple[int, int, int, int]:
-    """Return ``(x0, y0, width, height)`` of ``window`` moved inside an ``h x w`` field."""
-    x_min, x_max, y_min, y_max = window
-    wh, ww = y_max - y_min, x_max - x_min
-    if wh > h or ww > w:
-        raise Dropped("window does not fit", f"{key}: crop window {ww} x {wh} px (x {x_min}.."
-                      f"{x_max}, y {y_min}..{y_max}) is larger than its {w} x {h} px field; use a "
-                      "smaller crop size")
-    return min(max(x_min, 0), w - ww), min(max(y_min, 0), h - wh), ww, wh
-
-
-#: the last field read by this thread: crop rows of one field are neighbours in key order, so
-#: cutting N cells reads the field once, not N times (one field of memory per thread)
+#: the last field read by this thread: crop rows of one field (single cells) are neighbours in
+#: key order, so cutting N cells reads the field once, not N times (one field per thread)
 _LAST_FIELD = threading.local()
 
 
-def _read_field(rec: dict, qc, gray) -> np.ndarray:
+def _read_cached(paths: list[str], gray, n: int | None) -> np.ndarray:
     from ..images.io import read_image
 
-    paths = tuple(rec["channel_paths"])
-    cache_key = (paths, repr(qc), gray)
+    key = (tuple(paths), gray)
     last = getattr(_LAST_FIELD, "entry", None)
-    if last is not None and last[0] == cache_key:
-        if isinstance(last[1], Dropped):
-            raise Dropped(last[1].reason, last[1].detail)
+    if last is not None and last[0] == key:
+        if isinstance(last[1], ImageReadError):
+            raise last[1]
         return last[1]
     try:
-        image = read_image(list(paths), gray=gray, expected_channels=len(paths) or None)
-        if qc is not None:
-            # QC judges the acquisition, i.e. the whole field, before any window is cut
-            reason = _qc_check()(image, qc)
-            if reason:
-                raise Dropped(str(reason), f"{rec['key']}: image QC rejected the image ({reason})")
+        image = read_image(list(paths), gray=gray, expected_channels=n)
     except ImageReadError as exc:
-        _LAST_FIELD.entry = (cache_key, Dropped(exc.reason, str(exc)))
-        raise Dropped(exc.reason, str(exc)) from None
-    except Dropped as drop:
-        _LAST_FIELD.entry = (cache_key, drop)
+        _LAST_FIELD.entry = (key, exc)
         raise
-    _LAST_FIELD.entry = (cache_key, image)
+    _LAST_FIELD.entry = (key, image)
     return image
 
 
 def load_samples(rec: dict, channel_mode: str, qc=None, gray="auto") -> list[Sample]:
     """Read one manifest row and turn it into samples; raise :class:`Dropped` for the ledger.
 
-    Crop rows (window columns set, e.g. single cells from ``cytodata cells``) are cut to their
-    window (:func:`cut_window`); QC runs on the whole field.
+    The one loading path shared with image QC (``cytodata.images.rows``): crop rows are cut to
+    their window (moved inside when they hang over an edge), so QC and the writers see the same
+    pixels.
     """
     from ..images.io import read_image
+    from ..images.rows import WindowError, cut, window_of
 
-    window = window_of(rec)
-    if window is not None:
-        image = cut_window(_read_field(rec, qc, gray), window, rec["key"])
-        return CHANNEL_MODES.get(channel_mode)(image, rec)
+    if rec.get("qc_reject"):  # rejected by `cytodata qc` (see shards.write(qc_results=...))
+        raise Dropped(*rec["qc_reject"])
     n = len(rec["channel_paths"])
     try:
-        image = read_image(rec["channel_paths"], gray=gray, expected_channels=n or None)
-    except ImageReadError as exc:
+        window = window_of(rec)
+        if window is None:
+            image = read_image(rec["channel_paths"], gray=gray, expected_channels=n or None)
+        else:
+            field = _read_cached(rec["channel_paths"], gray, n or None)
+            image = cut(field, window, where=rec["key"])
+    except (ImageReadError, WindowError) as exc:
         raise Dropped(exc.reason, str(exc)) from None
     if qc is not None:
         reason = _qc_check()(image, qc)
         if reason:
             raise Dropped(str(reason), f"{rec['key']}: image QC rejected the image ({reason})")
     return CHANNEL_MODES.get(channel_mode)(image, rec)
+
+
+def window_of(rec: dict):
+    """The record's crop window (``cytodata.images.rows.window_of``); Dropped when malformed."""
+    from ..images.rows import WindowError
+    from ..images.rows import window_of as _window_of
+
+    try:
+        return _window_of(rec)
+    except WindowError as exc:
+        raise Dropped(exc.reason, str(exc)) from None
+
+
+def fit_window(window, h: int, w: int, key: str) -> tuple[int, int, int, int]:
+    """``(x0, y0, width, height)`` of ``window`` inside an ``h x w`` field; Dropped if too large."""
+    from ..images.rows import WindowError, fit
+
+    try:
+        return fit(window, h, w, key)
+    except WindowError as exc:
+        raise Dropped(exc.reason, str(exc)) from None
 
 
 # --- mergeable per-channel moments (Chan et al. parallel variance) -------------------------

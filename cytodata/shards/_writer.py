@@ -55,7 +55,8 @@ def write(manifest, out, *, format: str = "webdataset", codec: str = "blosc-lz4"
           shard_size: str | int = "256MB", samples_per_shard: int | None = None,
           channel_mode: str = "own", qc=None, scheduler: str | None = None,
           n_workers: int | None = None, progress: bool = True, overwrite: bool = False,
-          gray: str | None = "auto", **options: Any) -> dict:
+          gray: str | None = "auto", qc_results=None, min_class_size: int | None = None,
+          **options: Any) -> dict:
     """Write the images of a manifest as shards; return a summary dict (see FORMAT.md).
 
     ``manifest``: a manifest folder/``manifest.parquet`` or a harmonized DataFrame.
@@ -66,13 +67,24 @@ def write(manifest, out, *, format: str = "webdataset", codec: str = "blosc-lz4"
     ``split`` (one sample per channel). ``qc``: rules passed to ``cytodata.curate.qc.check``.
     ``scheduler``: None (dask LocalCluster of ``n_workers``), ``"synchronous"`` or a dask
     scheduler address. Unreadable images go to ``OUT/ledger.parquet``; they never crash the run.
+    ``qc_results``: the output folder of ``cytodata qc`` (or its ``qc.parquet``, or a frame with
+    ``key, reason, detail``): rows it failed are not written and go to the ledger with the QC
+    reason, so every manifest row ends as a sample or a ledger row; ``min_class_size`` then drops
+    classes left under it (``below floor``). ``OUT`` must not be the
+    manifest's folder nor hold another stage's or unrelated files.
     """
+    from .._stages import claim_stage_folder
+
     CODECS.get(codec)
     CHANNEL_MODES.get(channel_mode)
     writer = FORMATS.get(format)
+    out = claim_stage_folder(out, "shards", empty_or_own=True, inputs=(
+        manifest if not isinstance(manifest, pd.DataFrame) else None,
+        qc_results if isinstance(qc_results, (str, Path)) else None))
     table, manifest_sha = load_table(manifest)
     recs = records(table)
-    out = Path(out)
+    if qc_results is not None:
+        gate_with_qc(recs, qc_results, min_class_size)
     out.mkdir(parents=True, exist_ok=True)
     opts = dict(codec=codec, shard_size=_plan.parse_size(shard_size), samples_per_shard=samples_per_shard,
                 channel_mode=channel_mode, qc=qc, scheduler=scheduler, n_workers=n_workers,
@@ -84,6 +96,70 @@ def write(manifest, out, *, format: str = "webdataset", codec: str = "blosc-lz4"
     summary["seconds"] = round(seconds, 3)
     summary["mb_per_s"] = round(summary.get("pixel_bytes", 0) / 1e6 / max(seconds, 1e-9), 2)
     return summary
+
+
+def gate_with_qc(recs: list[dict], qc_results, min_class_size: int | None = None) -> int:
+    """Mark records that image QC failed (``rec["qc_reject"] = [reason, detail]``).
+
+    Returns how many. With ``min_class_size`` (the recipe's ``upsample.floor``), the rows of a
+    label left under it after QC are marked ``below floor`` too. Warns for a source with no
+    row left. Raises ShardError when the QC results do not cover every record.
+    """
+    if isinstance(qc_results, pd.DataFrame):
+        qc, where = qc_results, "qc_results"
+    else:
+        p = Path(qc_results)
+        f = p / "qc.parquet" if p.is_dir() else p
+        if not f.exists():
+            raise ShardError(f"QC results {f} not found; run `cytodata qc MANIFEST -o {p}` first "
+                             "or drop --qc to shard without QC gating")
+        qc, where = pd.read_parquet(f), str(f)
+    missing_cols = {"key", "reason"} - set(qc.columns)
+    if missing_cols:
+        raise ShardError(f"{where}: column(s) {sorted(missing_cols)} missing; expected the "
+                         "qc.parquet written by `cytodata qc`")
+    keys = qc["key"].astype(str)
+    reason = dict(zip(keys, qc["reason"], strict=True))
+    detail = dict(zip(keys, qc["detail"], strict=True)) if "detail" in qc.columns else {}
+    uncovered = [r["key"] for r in recs if r["key"] not in reason]
+    if uncovered:
+        raise ShardError(
+            f"{where} has no QC result for {len(uncovered)} of {len(recs)} manifest rows (e.g. "
+            f"{uncovered[:3]}); it was run on another manifest. Re-run `cytodata qc` on this one")
+    n = 0
+    for rec in recs:
+        why = reason[rec["key"]]
+        if why is not None and not pd.isna(why):
+            d = detail.get(rec["key"])
+            d = "" if d is None or pd.isna(d) else f": {d}"
+            rec["qc_reject"] = [str(why), f"{rec['key']}: rejected by image QC ({where}){d}"]
+            n += 1
+    passed = [r for r in recs if not r.get("qc_reject")]
+    if min_class_size:
+        left = Counter(r["label"] for r in passed if r["label"] is not None)
+        for rec in passed:
+            if rec["label"] is not None and left[rec["label"]] < min_class_size:
+                rec["qc_reject"] = ["below floor", f"{rec['key']}: class {rec['label']!r} has "
+                                    f"{left[rec['label']]} rows after image QC; floor "
+                                    f"{min_class_size}"]
+                n += 1
+    _warn_empty_sources(recs)
+    return n
+
+
+def _warn_empty_sources(recs: list[dict]) -> None:
+    import warnings
+
+    by_source: dict[str, Counter] = {}
+    for rec in recs:
+        c = by_source.setdefault(str(rec["source"]), Counter())
+        c[rec["qc_reject"][0] if rec.get("qc_reject") else None] += 1
+    for source, c in by_source.items():
+        if c[None] == 0:
+            reason, count = c.most_common(1)[0]
+            warnings.warn(f"source {source!r} has no row left after image QC ({count} rows "
+                          f"'{reason}'); its images will be missing from the shards",
+                          UserWarning, stacklevel=3)
 
 
 # --- identity / resume ---------------------------------------------------------------------

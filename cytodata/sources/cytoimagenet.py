@@ -10,8 +10,13 @@ Params:
           filename, idx, organism, cell_type, cell_visible, phenotype, compound, sirna, gene,
           microscopy, crop, scaling, x_min, x_max, y_min, y_max`` (one row per image or crop);
         - the HPA single-cell 2021 table (``ID,Label``, ``Label`` like ``8|5|0``): class numbers
-          become organelle names in ``cell_visible``; four channels ``red, green, blue, yellow``
-          at ``<dir>/train/<ID>_<colour>.png``.
+          become organelle names in ``cell_visible`` (class 18 "negative" becomes no token via
+          the synonym table); four channels ``red, green, blue, yellow`` at
+          ``<dir>/train/<ID>_<colour>.png``.
+    hpa_channels: ``"split"`` (default, as CytoImageNet): one single-channel row per HPA channel,
+        green labelled with the protein's classes, red ``microtubules``, blue ``nucleus``,
+        yellow ``endoplasmic reticulum`` (image_id ``.../<ID>_<colour>``, parent_id the field);
+        ``"stack"``: one 4-channel row per field labelled with the protein's classes.
     image_root: re-root image paths: ``image_root/<dir_name>/<path after dir_name>/<filename>``.
         Default: the table's own paths (Windows drive letters dropped, ``\\`` -> ``/``); HPA
         images default to ``train/`` next to the table.
@@ -44,6 +49,11 @@ HPA_CLASSES: dict[int, str] = {
     17: "vesicles and punctate cytosolic patterns", 18: "negative",
 }
 HPA_CHANNELS: tuple[str, ...] = ("red", "green", "blue", "yellow")
+#: what the three reference channels of every HPA field show (CytoImageNet labels them so):
+#: red = microtubules, blue = nucleus, yellow = endoplasmic reticulum; green is the protein
+HPA_CHANNEL_LABELS: dict[str, str] = {
+    "red": "microtubules", "blue": "nucleus", "yellow": "endoplasmic reticulum",
+}
 HPA_DIR = "kag_hpa_singlecell_2021"
 _DRIVE = re.compile(r"^[A-Za-z]:(?=/)")
 _SLASHES = re.compile(r"/{2,}")
@@ -126,36 +136,55 @@ def _per_source(table: pd.DataFrame, where: Path, image_root) -> pd.DataFrame:
     return out
 
 
-def _hpa(table: pd.DataFrame, where: Path, image_root) -> pd.DataFrame:
+def _hpa(table: pd.DataFrame, where: Path, image_root, channels: str = "split") -> pd.DataFrame:
     ids = table["ID"].astype("string").str.strip()
     names = []
     for row, cell in zip(table.index, table["Label"]):
         toks = [] if pd.isna(cell) else [x.strip() for x in str(cell).split("|") if x.strip()]
         try:
-            names.append("|".join(HPA_CLASSES[int(x)] for x in toks) or None)
+            names.append("|".join(dict.fromkeys(HPA_CLASSES[int(x)] for x in toks)) or None)
         except (ValueError, KeyError):
             raise SourceError(f"{where}: row {row}: Label {cell!r} is not '|'-joined HPA class "
                               f"numbers 0-18") from None
     base = (str(Path(image_root).absolute()) + "/" + HPA_DIR if image_root is not None
             else str(where.parent.absolute()))
+    field_id = HPA_DIR + "/train/" + ids
     out = pd.DataFrame({
-        "image_id": HPA_DIR + "/train/" + ids, "cell_visible": names,
+        "image_id": field_id, "cell_visible": names,
         "database": "Kaggle", "name": "Human Protein Atlas Single Cell Classification 2021",
         "organism": "human", "microscopy": "confocal", "dir_name": HPA_DIR,
         "path": base + "/train", "filename": ids + "_green.png",
     }, index=table.index)
-    out["channels"] = [list(HPA_CHANNELS) for _ in range(len(out))]
-    out["channel_paths"] = [
-        [f"{base}/train/{i}_{c}.png" for c in HPA_CHANNELS] if isinstance(i, str) else []
-        for i in ids.astype(object).where(ids.notna(), None)]
-    return out
+    paths = [[f"{base}/train/{i}_{c}.png" for c in HPA_CHANNELS] if isinstance(i, str) else []
+             for i in ids.astype(object).where(ids.notna(), None)]
+    if channels == "stack":
+        out["channels"] = [list(HPA_CHANNELS) for _ in range(len(out))]
+        out["channel_paths"] = paths
+        return out
+    if channels != "split":
+        raise SourceError(f"cytoimagenet: hpa_channels={channels!r}; valid: 'split' (one row per "
+                          "channel, CytoImageNet's labels) or 'stack' (one 4-channel row)")
+    # CytoImageNet's per-channel rows: the green channel carries the protein's classes, the
+    # reference channels what they stain; all four share the field as parent_id (one split)
+    parts = []
+    for k, colour in enumerate(HPA_CHANNELS):
+        part = out.copy()
+        part["parent_id"] = field_id
+        part["image_id"] = field_id + "_" + colour
+        part["filename"] = ids + f"_{colour}.png"
+        if colour in HPA_CHANNEL_LABELS:
+            part["cell_visible"] = HPA_CHANNEL_LABELS[colour]
+        part["channels"] = [[colour] for _ in range(len(part))]
+        part["channel_paths"] = [p[k:k + 1] for p in paths]
+        parts.append(part)
+    return pd.concat(parts, ignore_index=True)
 
 
-def _read_one(path: Path, image_root) -> pd.DataFrame:
+def _read_one(path: Path, image_root, hpa_channels: str = "split") -> pd.DataFrame:
     table = read_table(path, what="CytoImageNet table")
     cols = set(table.columns)
     if {"ID", "Label"} <= cols:
-        return _hpa(table, path, image_root)
+        return _hpa(table, path, image_root, hpa_channels)
     if {"path", "filename"} <= cols:
         return _per_source(table, path, image_root)
     raise SourceError(
@@ -165,7 +194,8 @@ def _read_one(path: Path, image_root) -> pd.DataFrame:
 
 
 @SOURCES.register("cytoimagenet")
-def read_cytoimagenet(path: PathLike, image_root: PathLike | None = None) -> pd.DataFrame:
+def read_cytoimagenet(path: PathLike, image_root: PathLike | None = None,
+                      hpa_channels: str = "split") -> pd.DataFrame:
     """CytoImageNet metadata table(s) -> one row per image or crop (see module docstring)."""
     p = Path(path)
     if p.is_dir():
@@ -177,7 +207,7 @@ def read_cytoimagenet(path: PathLike, image_root: PathLike | None = None) -> pd.
         files = [p]
     frames = []
     for f in files:
-        frame = _read_one(f, image_root)
+        frame = _read_one(f, image_root, hpa_channels)
         frame["table"] = f.name
         frames.append(frame)
     out = pd.concat(frames, ignore_index=True)

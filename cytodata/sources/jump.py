@@ -92,6 +92,20 @@ def _unique_lookup(table: pd.DataFrame, keys: list[str], where: str) -> pd.DataF
     return table
 
 
+def _warn_unmatched(out: pd.DataFrame, miss, path: PathLike, what: str, effect: str) -> None:
+    """Warn (naming the table, the count and examples) when LoadData rows match no table row."""
+    import warnings
+
+    n = int(miss.sum())
+    if n:
+        cols = ["plate"] + (["well"] if "well" in what else [])
+        examples = out.loc[miss, cols].drop_duplicates().head(3).astype(str).agg("/".join, axis=1)
+        warnings.warn(
+            f"jump: {n} of {len(out)} LoadData rows match no {what} in {path} (e.g. "
+            f"{', '.join(examples)}); {effect}. Check that the table covers these plates "
+            "(a subset table?) or filter the LoadData CSV", UserWarning, stacklevel=4)
+
+
 def _join_plates(out: pd.DataFrame, path: PathLike) -> pd.DataFrame:
     plates = read_table(path, required=("Metadata_Source", "Metadata_Batch", "Metadata_Plate"),
                         what="JUMP plate table")
@@ -100,6 +114,8 @@ def _join_plates(out: pd.DataFrame, path: PathLike) -> pd.DataFrame:
     plates = _unique_lookup(plates[cols], ["Metadata_Plate"], str(path))
     merged = out.merge(plates, how="left", left_on="plate", right_on="Metadata_Plate",
                        suffixes=("", "_plate"))
+    _warn_unmatched(out, merged["Metadata_Plate"].isna().to_numpy(), path, "plate",
+                    "their batch and plate type stay NA")
     for c in cols[1:]:
         if c + "_plate" in merged.columns:  # LoadData values win; the plate table fills gaps
             merged[c] = merged[c].fillna(merged.pop(c + "_plate"))
@@ -113,6 +129,8 @@ def _join_wells(out: pd.DataFrame, path: PathLike) -> pd.DataFrame:
     wells = _unique_lookup(wells, ["Metadata_Plate", "Metadata_Well"], str(path))
     merged = out.merge(wells, how="left", left_on=["plate", "well"],
                        right_on=["Metadata_Plate", "Metadata_Well"])
+    _warn_unmatched(out, merged["Metadata_Plate"].isna().to_numpy(), path, "(plate, well)",
+                    "their compound/gene and control type stay NA")
     return merged.drop(columns=["Metadata_Plate", "Metadata_Well"]).set_axis(out.index)
 
 
