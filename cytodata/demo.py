@@ -216,7 +216,7 @@ def publish_and_verify(out: Path) -> dict | None:
     from . import publish
 
     dest = out / "published"
-    publish.publish(out / "shards" / "bbbc021", dest, manifest=out / "manifest",
+    publish.publish(out / "shards" / "bbbc021", dest,
                     name="cytodata-demo-bbbc021-layout", overwrite=True,
                     description="Synthetic BBBC021-layout screen written by `cytodata demo`.",
                     licenses={"synth-bbbc021": "BSD-3-Clause"},
