@@ -64,6 +64,7 @@ def write(manifest, out, *, format: str = "webdataset", codec: str = "blosc-lz4"
     writer = FORMATS.get(format)
     table, manifest_sha = load_table(manifest)
     recs = records(table)
+    check_keys(recs)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     opts = dict(codec=codec, shard_size=_plan.parse_size(shard_size), samples_per_shard=samples_per_shard,
@@ -76,6 +77,45 @@ def write(manifest, out, *, format: str = "webdataset", codec: str = "blosc-lz4"
     summary["seconds"] = round(seconds, 3)
     summary["mb_per_s"] = round(summary.get("pixel_bytes", 0) / 1e6 / max(seconds, 1e-9), 2)
     return summary
+
+
+# --- keys ---------------------------------------------------------------------------------
+def key_problem(key) -> str | None:
+    """Why ``key`` cannot name tar members / files safely, or None when it can.
+
+    Refused: empty keys, ``/`` and ``\\`` (path separators), ``.`` anywhere (covers ``..`` and
+    a leading dot; webdataset also splits ``KEY.ext`` at the first dot), a leading ``-`` (read as
+    an option by ``tar`` and shell tools), whitespace and control/format characters.
+    """
+    import unicodedata
+
+    if not isinstance(key, str) or not key:
+        return "empty key"
+    if "/" in key or "\\" in key:
+        return "path separator"
+    if "." in key:
+        return "dot (member names are KEY.ext; '..' climbs out of a folder)"
+    if key.startswith("-"):
+        return "leading '-' (read as a command-line option)"
+    bad = [c for c in key if c.isspace() or unicodedata.category(c).startswith("C")]
+    if bad:
+        return f"whitespace or control character {bad[0]!r}"
+    return None
+
+
+def check_keys(recs: list[dict]) -> None:
+    """Refuse a manifest whose keys a tar extractor or a path join could misuse (ShardError).
+
+    Keys are refused rather than rewritten: a rewritten key would no longer match the manifest,
+    the ledger or embeddings keyed by it. ``schema.make_key`` always yields safe keys.
+    """
+    bad = [(r["key"], r.get("image_id"), why) for r in recs if (why := key_problem(r["key"])) is not None]
+    if bad:
+        shown = "; ".join(f"key {k!r} of image_id {i!r}: {why}" for k, i, why in bad[:5])
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise ShardError(f"{len(bad)} manifest key(s) are unsafe as tar member names: {shown}{more}. "
+                         "Keys may hold letters, digits, '_' and '-' (not leading); rebuild them with "
+                         "cytodata.schema.make_key(source, image_id)")
 
 
 # --- identity / resume ---------------------------------------------------------------------
