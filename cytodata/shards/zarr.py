@@ -102,9 +102,16 @@ def _write_rows(path: str, start: int, items: list, channel_mode: str, qc, gray,
 
 
 def _part_intact(arr, result: dict) -> bool:
-    """Every row a finished part recorded still holds the pixels it hashed."""
-    return all(hashlib.sha256(np.ascontiguousarray(arr[e["row"]])).hexdigest() == e["sha256"]
-               for e in result["index"])
+    """Every row a finished part recorded still holds the pixels it hashed.
+
+    A row whose chunks no longer decode (zstd "Data corruption detected", a damaged shard
+    index, a missing object) counts as damaged: the part is rewritten, the run goes on.
+    """
+    try:
+        return all(hashlib.sha256(np.ascontiguousarray(arr[e["row"]])).hexdigest() == e["sha256"]
+                   for e in result["index"])
+    except Exception:  # noqa: BLE001 - any read failure of a finished part means "redo it"
+        return False
 
 
 @FORMATS.register("zarr")
