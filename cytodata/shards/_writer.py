@@ -118,6 +118,26 @@ def check_keys(recs: list[dict]) -> None:
                          "cytodata.schema.make_key(source, image_id)")
 
 
+#: temp files a writer may leave when something dies: per-task ``NAME.tmp-<uuid>`` (tars and
+#: sidecars) and ``save_json``/``save_parquet``'s ``NAME.tmp``
+TEMP_PATTERNS = ("shard-*.tmp-*", "*.json.tmp", "*.parquet.tmp", "parts/*.tmp", "parts/*.tmp-*")
+
+
+def sweep_temps(out: Path) -> list[Path]:
+    """Delete the temp files of earlier or killed tasks under ``out``; return what was removed.
+
+    Called before tasks start and again after they all returned: a finished shard set holds
+    no temp file whatever died during the run (a killed dask worker, a killed job).
+    """
+    removed = []
+    for pattern in TEMP_PATTERNS:
+        for p in out.glob(pattern):
+            if p.is_file():
+                p.unlink(missing_ok=True)
+                removed.append(p)
+    return removed
+
+
 # --- identity / resume ---------------------------------------------------------------------
 def identity(fmt: str, manifest_info: dict, opts: dict) -> str:
     """What makes two shard sets "the same": manifest content + every option that changes bytes."""
@@ -188,8 +208,7 @@ def write_webdataset(recs: list[dict], out: Path, manifest_info: dict, opts: dic
                 "n_rows": len(recs), "manifest": manifest_info}
         save_json(out / PLAN_FILE, plan)
     groups = _plan.assign(len(recs), plan["samples_per_shard"])
-    for stale in out.glob("shard-*.tmp-*"):
-        stale.unlink()
+    sweep_temps(out)
     done: dict[int, dict] = {}
     todo: list[tuple] = []
     for i, rows in enumerate(groups):
@@ -209,6 +228,9 @@ def write_webdataset(recs: list[dict], out: Path, manifest_info: dict, opts: dic
                         progress=opts["progress"], desc="shards")
     for args, stats in zip(todo, results):
         done[int(args[1][6:12])] = stats
+    # a worker killed mid-shard leaves its temp file; dask re-ran the task elsewhere, so every
+    # temp file now is an orphan (all tasks have returned)
+    sweep_temps(out)
     stats_list = [done[i] for i in sorted(done)]
     summary = finalize_webdataset(out, stats_list, plan, manifest_info, opts, FORMAT, VERSION,
                                   resumed=len(groups) - len(todo))

@@ -18,7 +18,7 @@ from ..errors import ImageReadError
 from ._run import run_tasks
 from ._samples import INDEX_COLUMNS, Dropped, Moments, load_samples
 from .._files import load_json_dict, save_json, save_parquet
-from ._writer import FORMATS, claim_folder, identity
+from ._writer import FORMATS, claim_folder, identity, sweep_temps
 
 FORMAT = "cytodata-zarr"
 VERSION = 1
@@ -164,6 +164,7 @@ def write_zarr(recs: list[dict], out: Path, manifest_info: dict, opts: dict) -> 
                                 chunks=(1, c, chunk, chunk), shards=shard_shape,
                                 compressors=ZstdCodec(level=3), fill_value=0, overwrite=True)
     parts_dir.mkdir(exist_ok=True)
+    sweep_temps(out)
     results: dict[int, dict] = {}
     tasks, start = [], 0
     for k, g in enumerate(range(0, len(plan), per_task)):
@@ -179,6 +180,7 @@ def write_zarr(recs: list[dict], out: Path, manifest_info: dict, opts: dict) -> 
     resumed = len(results)
     fresh = run_tasks(_write_rows, [args for _, args in tasks], scheduler=opts["scheduler"],
                       n_workers=opts["n_workers"], progress=opts["progress"], desc="zarr")
+    sweep_temps(out)  # orphans of killed workers (their tasks were re-run elsewhere)
     results.update({k: r for (k, _), r in zip(tasks, fresh)})
     results = [results[k] for k in sorted(results)]
     ledger = Ledger()
