@@ -22,6 +22,7 @@ from ..errors import ShardError
 from . import _plan
 from ._run import run_tasks
 from ._samples import INDEX_COLUMNS, CHANNEL_MODES, Dropped, Moments, digest, load_samples, records
+from .checksum import COLUMN as CHECKSUM
 from .codecs import CODECS
 
 #: output formats: ``fn(recs, out, options) -> summary``
@@ -258,7 +259,10 @@ def finalize_webdataset(out: Path, stats_list: list[dict], plan: dict, manifest_
     if len(index):
         index["shard"] = index["shard"].astype("string")
         lead = ["shard", "shard_index", "key", "offset", "size", "meta_offset", "meta_size",
-                "n_channels", "height", "width"]
+                "n_channels", "height", "width", CHECKSUM]
+        # shards kept from a run of an older version have no checksum: NA (the loader warns)
+        index[CHECKSUM] = (index[CHECKSUM] if CHECKSUM in index else pd.NA)
+        index[CHECKSUM] = index[CHECKSUM].astype("string")
         index = index[lead + [c for c in INDEX_COLUMNS]]
     dup = index["key"].duplicated() if len(index) else pd.Series([], dtype=bool)
     if dup.any():

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ._samples import INDEX_COLUMNS, Dropped, Moments, Sample, load_samples
+from .checksum import COLUMN as CHECKSUM, checksum
 from .codecs import CODECS, codec_for_ext
 
 FORMAT = "cytodata-webdataset"
@@ -75,10 +76,12 @@ class _TarWriter:
         self.offset = end
 
 
-def sample_meta(sample: Sample, rec: dict, codec: str, channel_mode: str) -> dict:
-    """The ``KEY.json`` member: shape, dtype, codec, channels + the manifest columns."""
+def sample_meta(sample: Sample, rec: dict, codec: str, channel_mode: str, digest: str | None = None) -> dict:
+    """The ``KEY.json`` member: shape, dtype, codec, channels, payload checksum + the manifest columns."""
     meta = {"key": sample.key, "shape": list(sample.image.shape), "dtype": str(sample.image.dtype),
             "codec": codec, "channels": sample.channels, "channel_mode": channel_mode}
+    if digest is not None:
+        meta[CHECKSUM] = digest
     meta.update({k: v for k, v in rec.items() if k not in ("key", "channels")})
     return meta
 
@@ -105,13 +108,14 @@ def write_shard(out: str, name: str, recs: list[dict], codec: str, channel_mode:
             rows_written += 1
             for s in samples:
                 payload = enc.encode(s.image)
-                meta = json.dumps(sample_meta(s, rec, codec, channel_mode), sort_keys=True).encode()
+                digest = checksum(payload)
+                meta = json.dumps(sample_meta(s, rec, codec, channel_mode, digest), sort_keys=True).encode()
                 off = tar.add(f"{s.key}.{enc.ext}", payload)
                 meta_off = tar.add(f"{s.key}.json", meta)
                 c, h, w = s.image.shape
                 row = {"shard": name, "key": s.key, "offset": off, "size": len(payload),
                        "meta_offset": meta_off, "meta_size": len(meta),
-                       "n_channels": c, "height": h, "width": w}
+                       "n_channels": c, "height": h, "width": w, CHECKSUM: digest}
                 row.update({col: rec.get(col) for col in INDEX_COLUMNS})
                 index.append(row)
                 pixel_bytes += s.image.nbytes

@@ -17,6 +17,7 @@ import numpy as np
 from ..errors import ImageReadError
 from ._run import run_tasks
 from ._samples import INDEX_COLUMNS, Dropped, Moments, load_samples
+from .checksum import CHUNK_COLUMN as CHUNK_CHECKSUMS, COLUMN as CHECKSUM, checksum
 from .._files import load_json_dict, save_json, save_parquet
 from ._writer import FORMATS, claim_folder, identity, sweep_temps
 
@@ -86,7 +87,10 @@ def _write_rows(path: str, start: int, items: list, channel_mode: str, qc, gray,
                 entry = {"row": row, "key": s.key if len(tiles) == 1 and not y and not x and th == s.image.shape[1]
                          else f"{s.key}-t{y}-{x}", "n_channels": pix.shape[0], "height": th, "width": tw,
                          "x_min": x, "x_max": x + tw, "y_min": y, "y_max": y + th}
-                entry["sha256"] = hashlib.sha256(np.ascontiguousarray(pix)).hexdigest()
+                pix = np.ascontiguousarray(pix)
+                entry["sha256"] = hashlib.sha256(pix).hexdigest()
+                entry[CHECKSUM] = checksum(pix)
+                entry[CHUNK_CHECKSUMS] = chunk_checksums(pix, arr.chunks[2], arr.chunks[3])
                 entry.update({c: rec.get(c) for c in INDEX_COLUMNS})
                 index.append(entry)
                 moments.add({"plate": rec.get("plate"), "batch": rec.get("batch"), "all": "all"}, pix, s.channels)
@@ -99,6 +103,13 @@ def _write_rows(path: str, start: int, items: list, channel_mode: str, qc, gray,
     if done is not None:
         save_json(Path(done), result)
     return result
+
+
+def chunk_checksums(pix: np.ndarray, th: int, tw: int) -> list[str]:
+    """XXH3-64 of each ``(C, th, tw)`` chunk of a ``(C, H, W)`` row (row-major over the chunk grid;
+    edge chunks clipped to the image), the unit a random crop reads."""
+    _, h, w = pix.shape
+    return [checksum(pix[:, y:y + th, x:x + tw]) for y in range(0, h, th) for x in range(0, w, tw)]
 
 
 def _part_intact(arr, result: dict) -> bool:
@@ -194,8 +205,9 @@ def write_zarr(recs: list[dict], out: Path, manifest_info: dict, opts: dict) -> 
         moments.merge(Moments(r["moments"]))
         labels.update(r["label_counts"])
     index = pd.DataFrame([x for r in results for x in r["index"]])
-    if "sha256" in index:
-        index["sha256"] = index["sha256"].astype("string")
+    for col in ("sha256", CHECKSUM):
+        if col in index:
+            index[col] = index[col].astype("string")
     for col in ("row", "n_channels", "height", "width", "x_min", "x_max", "y_min", "y_max"):
         index[col] = pd.to_numeric(index[col]).astype("int64") if len(index) else pd.Series(dtype="int64")
     for col in INDEX_COLUMNS + ("key",):
