@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from ._writer import FORMATS, write
 from .codecs import CODECS, Codec
+from .integrity import Problem, verify
 from .webdataset import decode
 
-__all__ = ["write", "decode", "CODECS", "Codec", "FORMATS", "register"]
+__all__ = ["write", "decode", "verify", "Problem", "CODECS", "Codec", "FORMATS", "register"]
 
 
 def _import_formats() -> None:
@@ -45,6 +46,9 @@ def register(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a different shard set in OUT")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_main)
+    from .integrity import register as register_verify
+
+    register_verify(subparsers)  # `cytodata verify SHARDS [--deep]`
 
 
 def _main(args) -> int:
