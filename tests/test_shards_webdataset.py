@@ -376,3 +376,25 @@ def test_dask_worker_killed_mid_shard_leaves_no_temp_file(tmp_path):
     meta = json.loads((out / "shards.json").read_text())
     for s in meta["shards"]:
         assert file_sha256(out / s["name"]) == s["sha256"]
+
+
+def test_npy_decode_is_one_copy_into_out_and_refuses_objects():
+    """The one-copy npy decoder against np.load (the straightforward reference)."""
+    import io
+
+    codec = CODECS.get("npy")
+    rng = np.random.default_rng(3)
+    for arr in (rng.integers(0, 65535, (5, 33, 17), dtype=np.uint16),
+                np.asfortranarray(rng.integers(0, 255, (2, 9, 4), dtype=np.uint8))):
+        buf = io.BytesIO()
+        np.save(buf, arr)
+        data = buf.getvalue()
+        ref = np.load(io.BytesIO(data), allow_pickle=False)
+        out = np.empty(arr.shape, arr.dtype)
+        got = codec.decode(memoryview(bytearray(data)), arr.shape, arr.dtype, out=out)
+        assert got is out
+        np.testing.assert_array_equal(got, ref)
+    buf = io.BytesIO()
+    np.save(buf, np.array([1, "x"], dtype=object), allow_pickle=True)
+    with pytest.raises(ShardError, match="unpickle"):
+        codec.decode(buf.getvalue(), (2,), object)

@@ -123,7 +123,32 @@ def _npy_encode(arr: np.ndarray) -> bytes:
 
 
 def _npy_decode(data, shape, dtype, out):
-    return np.load(io.BytesIO(data), allow_pickle=False)
+    """One copy: parse the header, view the array bytes in place, copy them into ``out``.
+
+    (``np.load`` through ``BytesIO`` copies the payload twice before the loader's own copy.)
+    Object dtypes are refused like ``allow_pickle=False`` does.
+    """
+    from numpy.lib import format as npf
+
+    view = memoryview(data).cast("B")
+    if bytes(view[:6]) != b"\x93NUMPY" or len(view) < 10:
+        raise ShardError("npy payload has no NUMPY magic: the shard is corrupt; rewrite it with `cytodata shard`")
+    major = view[6]
+    start = 10 if major == 1 else 12
+    hlen = int.from_bytes(bytes(view[8:start]), "little")
+    head = io.BytesIO(bytes(view[:start + hlen]))
+    version = npf.read_magic(head)
+    read = npf.read_array_header_1_0 if version == (1, 0) else npf.read_array_header_2_0
+    got_shape, fortran, got_dtype = read(head)
+    if got_dtype.hasobject:
+        raise ShardError("npy payload holds Python objects; refusing to unpickle it")
+    count = int(np.prod(got_shape))
+    arr = np.frombuffer(view, dtype=got_dtype, count=count, offset=start + hlen)
+    arr = arr.reshape(got_shape[::-1]).T if fortran else arr.reshape(got_shape)
+    if out is not None and arr.shape == out.shape and arr.dtype == out.dtype:
+        np.copyto(out, arr)
+        return out
+    return arr.copy()
 
 
 _register(Codec("npy", "npy", _npy_encode, _npy_decode))
