@@ -15,8 +15,8 @@ import tifffile
 
 from cytodata.curate.qc import run_qc
 from cytodata.errors import ImageReadError, ShardError
-from cytodata.images import read_image
 from cytodata.images import io as image_io
+from cytodata.images import read_image
 from cytodata.images.io import image_shape
 from cytodata.schema import conform, make_key
 from cytodata.shards import write

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .checksum import COLUMN as CHECKSUM, checksum
+from .checksum import COLUMN as CHECKSUM
+from .checksum import checksum
 
 
 @dataclass(frozen=True)
