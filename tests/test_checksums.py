@@ -193,3 +193,20 @@ def test_zarr_set_without_checksums_warns_once(zarr_set, tmp_path):
         ds = ZarrDataset(out, crop=20)
     assert ds[0]["image"].shape == (2, 20, 20)
     assert verify(out, deep=True) == []  # falls back to the rows' sha256
+
+
+def test_plain_webdataset_decode_checks_the_json_checksum(sets, tmp_path):
+    import webdataset as wds
+
+    from cytodata.shards import decode
+
+    out = copy(sets["zstd"], tmp_path / "set")
+    row = pd.read_parquet(out / "index.parquet").iloc[1]
+    data = bytearray((out / row["shard"]).read_bytes())
+    data[int(row["offset"]) + 5] ^= 0x04
+    (out / row["shard"]).write_bytes(bytes(data))
+    raw = {s["__key__"]: s for s in wds.WebDataset(str(out / row["shard"]), shardshuffle=False)}
+    with pytest.raises(ShardError, match=f"{row['key']}.*xxh3_64"):
+        decode(raw[row["key"]])
+    others = [k for k in raw if k != row["key"]]
+    assert decode(raw[others[0]])[0].shape == (2, 16, 16)

@@ -141,10 +141,11 @@ def write_shard(out: str, name: str, recs: list[dict], codec: str, channel_mode:
     return stats
 
 
-def decode(sample: dict, out: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+def decode(sample: dict, out: np.ndarray | None = None, verify: bool = True) -> tuple[np.ndarray, dict]:
     """A raw webdataset sample (``{"__key__", "json": bytes, "<ext>": bytes}``) -> (image, meta).
 
     The image is ``(C, H, W)`` at the stored dtype; ``meta`` is the parsed ``KEY.json``.
+    ``verify``: check the payload against the JSON's ``xxh3_64`` when it has one (ShardError).
     """
     from ..errors import ShardError
 
@@ -160,5 +161,9 @@ def decode(sample: dict, out: np.ndarray | None = None) -> tuple[np.ndarray, dic
         if len(exts) != 1:
             raise ShardError(f"sample {key!r}: expected one payload member, found {exts}")
         codec = codec_for_ext(exts[0])
+    if verify and meta.get(CHECKSUM) and checksum(sample[codec.ext]) != meta[CHECKSUM]:
+        raise ShardError(f"sample {key!r}: payload xxh3_64 {checksum(sample[codec.ext])} differs from its "
+                         f"JSON member's {meta[CHECKSUM]}: the shard is corrupt; `cytodata verify --deep` "
+                         "names every bad sample")
     image = codec.decode(sample[codec.ext], meta["shape"], meta["dtype"], out=out)
     return image, meta
