@@ -149,7 +149,7 @@ def test_zarr_checksums_catch_corrupt_chunks_and_swapped_rows(zarr_set, tmp_path
     out = copy(zarr_set, tmp_path / "z")
     index = pd.read_parquet(out / "index.parquet")
     arr = zarr.open_array(out / "images.zarr", mode="r")
-    for i, r in enumerate(index.itertuples()):
+    for r in index.itertuples():
         assert r.xxh3_64 == xxhash.xxh3_64_hexdigest(np.ascontiguousarray(arr[r.row]).tobytes())
         assert len(r.chunks_xxh3_64) == 4
     assert all(ZarrDataset(out, crop=40)[i]["image"].shape == (2, 40, 40) for i in range(6))
