@@ -32,7 +32,8 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..errors import ShardError
-from ..shards.checksum import COLUMN as CHECKSUM, checksum_int, to_ints
+from ..shards.checksum import COLUMN as CHECKSUM
+from ..shards.checksum import checksum_int, to_ints
 from ..shards.codecs import single_threaded
 from . import partition as part  # noqa: F401  (module; the package does not re-export the function)
 from ._buffers import BufferPool, Scratch

@@ -20,7 +20,9 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import ShardError
-from ..shards.checksum import CHUNK_COLUMN as CHUNK_CHECKSUMS, COLUMN as CHECKSUM, checksum_int, to_ints
+from ..shards.checksum import CHUNK_COLUMN as CHUNK_CHECKSUMS
+from ..shards.checksum import COLUMN as CHECKSUM
+from ..shards.checksum import checksum_int, to_ints
 from .partition import rng_for, seed_for
 from .stream import META_COLUMNS, _label_ids, _plain
 

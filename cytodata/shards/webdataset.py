@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from ._samples import INDEX_COLUMNS, Dropped, Moments, Sample, load_samples
-from .checksum import COLUMN as CHECKSUM, checksum
+from .checksum import COLUMN as CHECKSUM
+from .checksum import checksum
 from .codecs import CODECS, codec_for_ext
 
 FORMAT = "cytodata-webdataset"
