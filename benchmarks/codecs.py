@@ -39,6 +39,9 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=1080)
     ap.add_argument("--channels", type=int, default=5)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--blosc-sweep", action="store_true",
+                    help="also sweep blosc settings (compressor, level, shuffle, block size) and the "
+                         "per-sample checksum cost")
     args = ap.parse_args()
     from numcodecs import blosc
 
@@ -67,6 +70,43 @@ def main() -> None:
     for name, (nbytes, dspeed, espeed) in rows.items():
         print(f"{name:11s} {nbytes:11d} {img.nbytes / nbytes:6.2f} {nbytes / base_bytes:9.2f} "
               f"{dspeed:12.0f} {dspeed / base_speed:8.1f} {espeed:12.0f}")
+    if args.blosc_sweep:
+        blosc_sweep(img, args.repeat)
+
+
+def blosc_sweep(img: np.ndarray, repeat: int) -> None:
+    """Decode MB/s and bytes for blosc settings, against the default (blosc-lz4: lz4, 9, bit).
+
+    Also the XXH3-64 of each payload (what the loader checks per sample), in microseconds.
+    """
+    from numcodecs import Blosc
+
+    from cytodata.shards.checksum import checksum_int
+
+    settings = [(c, lvl, sh, bs) for c, lvl in (("lz4", 9), ("lz4", 5), ("zstd", 1), ("zstd", 3))
+                for sh in (Blosc.BITSHUFFLE, Blosc.SHUFFLE) for bs in (0, 1 << 16, 1 << 18, 1 << 20)]
+    out = np.empty_like(img)
+    rows = []
+    for cname, level, shuffle, block in settings:
+        codec = Blosc(cname=cname, clevel=level, shuffle=shuffle, blocksize=block)
+        data = bytes(codec.encode(np.ascontiguousarray(img)))
+        t = time.perf_counter()
+        for _ in range(repeat):
+            codec.decode(data, out=out)
+        dec = (time.perf_counter() - t) / repeat
+        t = time.perf_counter()
+        for _ in range(repeat):
+            checksum_int(data)
+        hsh = (time.perf_counter() - t) / repeat
+        rows.append((cname, level, "bit" if shuffle == Blosc.BITSHUFFLE else "byte", block, len(data),
+                     img.nbytes / 1e6 / dec, dec * 1e6, hsh * 1e6))
+    base = next(r for r in rows if r[:4] == ("lz4", 9, "bit", 0))
+    print(f"\nblosc settings (1 thread), default = lz4 9 bit auto-block: {base[5]:.0f} MB/s, {base[4]} bytes")
+    print(f"{'cname':5s} {'lvl':>3s} {'shuf':>4s} {'block':>8s} {'bytes':>9s} {'x default':>9s} "
+          f"{'MB/s':>7s} {'x default':>9s} {'dec us':>7s} {'xxh3 us':>8s}")
+    for cname, level, sh, block, nbytes, speed, dec_us, hash_us in sorted(rows, key=lambda r: -r[5]):
+        print(f"{cname:5s} {level:3d} {sh:>4s} {block or 'auto':>8} {nbytes:9d} {nbytes / base[4]:9.2f} "
+              f"{speed:7.0f} {speed / base[5]:9.2f} {dec_us:7.0f} {hash_us:8.0f}")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,14 @@ that decodes on 2 threads of the training process ("thread"; decoders release th
   wds    plain webdataset on the same tars, decoded with cytodata.shards.decode (target >= 1.0;
          processes only: that is how webdataset parallelizes)
   bound  read whole tars + decode, no transforms, no per-sample lookup    (target ours/bound >= 0.6)
+  ours-nocheck  StreamingDataset(verify=False): the cost of per-sample checksums (target >= 0.95)
+Peers users would pick instead (the `bench` extra; skipped with a note when not installed), on
+the same pixels, each in its best layout (they parallelize with DataLoader worker processes):
+  mds        MosaicML streaming, MDS shards, raw ndarray column (no compression)
+  litdata    litdata.optimize raw numpy chunks, StreamingDataset(batch_decode=1) (its fastest)
+  litdata-default  the same chunks with litdata's default batch_decode="auto"
+  litdata-zstd     zstd-compressed chunks, batch_decode=1 (litdata with compression)
+(target: ours with checks on >= 1.2x the fastest peer configuration)
 
 Usage: python benchmarks/loader.py [--n 1000] [--workers 2] [--codec blosc-lz4] [--dir DIR]
 Timing starts at the first batch (worker start-up excluded) and covers one full pass.
@@ -144,6 +152,73 @@ def _one_decode_thread(_worker_id: int) -> None:
     single_threaded()
 
 
+class Mapped(IterableDataset):
+    """A peer's iterable dataset -> our sample dicts (torch image + the same crop/flip transform).
+
+    The peer's own ``__iter__`` runs inside each DataLoader worker, so it shards by worker itself.
+    """
+
+    def __init__(self, dataset):
+        self.dataset, self.transform = dataset, augment()
+
+    def __iter__(self):
+        import warnings
+
+        # MDS hands out read-only arrays; the crop copies anyway, so no copy is made here
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        for s in self.dataset:
+            key = str(s["key"])
+            yield self.transform({"__key__": key, "__seed__": hash(key) & 0xFFFF,
+                                  "image": torch.from_numpy(np.asarray(s["image"]))})
+
+
+def _peer_item(item: tuple[str, list[str]]) -> dict:
+    """litdata.optimize's worker function: one sample's pixels from the same PNGs ours were made of."""
+    from cytodata.images import read_image
+
+    key, paths = item
+    return {"key": key, "image": read_image(paths)}
+
+
+def prepare_peers(folder: Path, shards: Path, paths: list[list[str]]) -> dict[str, Path]:
+    """MDS and litdata copies of the same samples (keys from our index); written once, reused."""
+    import pandas as pd
+
+    keys = [k for k in sorted(pd.read_parquet(shards / "index.parquet")["key"])]
+    items = list(zip(keys, paths))
+    out: dict[str, Path] = {}
+    try:
+        from streaming import MDSWriter
+    except ImportError:
+        print("note: mosaicml-streaming not installed (pip install cytodata[bench]); mds skipped")
+    else:
+        mds = folder / "mds-raw"
+        if not (mds / "index.json").exists():
+            shutil.rmtree(mds, ignore_errors=True)
+            cols = {"key": "str", "image": f"ndarray:uint16:{','.join(map(str, SHAPE))}"}
+            with MDSWriter(out=str(mds), columns=cols, size_limit="256mb") as w:
+                for item in items:
+                    w.write(_peer_item(item))
+        out["mds"] = mds
+    try:
+        import litdata
+    except ImportError:
+        print("note: litdata not installed (pip install cytodata[bench]); litdata skipped")
+        return out
+    for name, compression in (("litdata-raw", None), ("litdata-zstd", "zstd")):
+        target = folder / name
+        if not (target / "index.json").exists():
+            shutil.rmtree(target, ignore_errors=True)
+            litdata.optimize(fn=_peer_item, inputs=items, output_dir=str(target), chunk_bytes="64MB",
+                             num_workers=1, compression=compression, mode="overwrite")
+            # optimize() switches the process to "spawn"; every pipeline here runs with fork
+            import multiprocessing
+
+            multiprocessing.set_start_method("fork", force=True)
+        out[name] = target
+    return out
+
+
 def rate(dataset, workers: int, batch: int, **kw) -> float:
     """Images/s over one pass, from the first batch to the last."""
     dl = DataLoader(dataset, batch_size=batch, num_workers=workers,
@@ -178,6 +253,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--codec", default="blosc-lz4", help="shard codec (blosc-lz4: write()'s default)")
     ap.add_argument("--fresh", action="store_true", help="rewrite the data")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved runs; best is reported")
+    ap.add_argument("--no-peers", action="store_true", help="skip MDS / litdata")
+    ap.add_argument("--only", default="", help="comma-separated pipeline names to run (e.g. ours,litdata)")
     args = ap.parse_args(argv)
     folder = Path(args.dir)
     if args.fresh and folder.exists():
@@ -191,31 +268,70 @@ def main(argv=None) -> dict:
     tars = sorted(str(p) for p in shards.glob("shard-*.tar"))
     w, b = args.workers, args.batch
 
-    def stream(threads: int) -> StreamingDataset:
-        return StreamingDataset(shards, transform=augment(), batch_size_hint=b, threads=threads)
+    def stream(threads: int, verify: bool = True) -> StreamingDataset:
+        return StreamingDataset(shards, transform=augment(), batch_size_hint=b, threads=threads, verify=verify)
+
+    peers = prepare_peers(folder, shards, paths) if not args.no_peers else {}
+
+    def mds():
+        from streaming import StreamingDataset as MDSDataset
+        from streaming.base.util import clean_stale_shared_memory
+
+        clean_stale_shared_memory()
+        return Mapped(MDSDataset(local=str(peers["mds"]), shuffle=True, shuffle_seed=0, batch_size=b))
+
+    def lit(name: str, batch_decode):
+        from litdata import StreamingDataset as LitDataset
+
+        return Mapped(LitDataset(str(peers[name]), shuffle=True, seed=0, batch_decode=batch_decode))
 
     pipelines = {
         ("ours", "thread"): lambda: rate(stream(w), 0, b),
         ("ours", "proc"): lambda: rate(stream(0), w, b),
+        ("ours-nocheck", "thread"): lambda: rate(stream(w, verify=False), 0, b),
+        ("ours-nocheck", "proc"): lambda: rate(stream(0, verify=False), w, b),
         ("png", "thread"): lambda: rate(Threaded(PngDataset(paths), w), 0, b),
         ("png", "proc"): lambda: rate(PngDataset(paths), w, b, shuffle=True),
         ("wds", "proc"): lambda: rate(wds_pipeline(tars), w, b),
         ("bound", "thread"): lambda: rate(ShardBound(shards, threads=w), 0, b),
         ("bound", "proc"): lambda: rate(ShardBound(shards), w, b),
     }
+    if "mds" in peers:
+        pipelines[("mds", "proc")] = lambda: rate(mds(), w, b)
+    if "litdata-raw" in peers:
+        pipelines[("litdata", "proc")] = lambda: rate(lit("litdata-raw", 1), w, b)
+        pipelines[("litdata-default", "proc")] = lambda: rate(lit("litdata-raw", "auto"), w, b)
+        pipelines[("litdata-zstd", "proc")] = lambda: rate(lit("litdata-zstd", 1), w, b)
+    if args.only:
+        keep = set(args.only.split(","))
+        pipelines = {k: v for k, v in pipelines.items() if k[0] in keep}
     # interleaved repeats, best of each: a noisy shared machine only ever slows a run down
     runs: dict[tuple[str, str], list[float]] = {k: [] for k in pipelines}
     for _ in range(args.repeats):
         for key, fn in pipelines.items():
             runs[key].append(fn())
     for (name, layout), values in runs.items():
-        print(f"{name:>6} {layout:>6}: {max(values):8.0f} images/s")
+        print(f"{name:>16} {layout:>6}: best {max(values):7.0f} images/s  (range {min(values):.0f}-{max(values):.0f})")
     res = {}
     for (name, layout), values in runs.items():
         if max(values) > res.get(name, (0.0, ""))[0]:
             res[name] = (max(values), layout)
     best = {k: v for k, (v, _) in res.items()}
     lay = {k: layout for k, (_, layout) in res.items()}
+    if "ours-nocheck" in best and "ours" in best:
+        same = [max(runs[("ours", lo)]) / max(runs[("ours-nocheck", lo)]) for lo in ("thread", "proc")
+                if ("ours", lo) in runs and ("ours-nocheck", lo) in runs]
+        print(f"checks on / off = {best['ours'] / best['ours-nocheck']:.2f} (target >= 0.95; per layout "
+              f"{', '.join(f'{x:.2f}' for x in same)})")
+    peer_names = [k for k in best if k.startswith(("mds", "litdata"))]
+    if "ours" in best:
+        for k in peer_names:
+            print(f"ours/{k:<15} = {best['ours'] / best[k]:.2f}x ({lay['ours']} vs {lay[k]})")
+        if peer_names:
+            top = max(peer_names, key=best.get)
+            print(f"ours (checks on) / fastest peer ({top}) = {best['ours'] / best[top]:.2f}x (target >= 1.2)")
+    if not {"ours", "png", "wds", "bound"} <= set(best):
+        return best
     print(f"ours/png   = {best['ours'] / best['png']:.2f}x (target >= 8; {lay['ours']} vs {lay['png']})")
     print(f"ours/wds   = {best['ours'] / best['wds']:.2f}x (target >= 1.0; {lay['ours']} vs {lay['wds']})")
     print(f"ours/bound = {best['ours'] / best['bound']:.2f} (target >= 0.6; {lay['ours']} vs {lay['bound']})")

@@ -310,8 +310,21 @@ def parse_recipe(data: Mapping[str, Any], *, where: str = "recipe",
     recipe = _from_dict(Recipe, resolved, where)
     if not recipe.sources:
         raise RecipeError(f"{where}: 'sources' is empty; list at least one source adapter")
+    _check_source_params(recipe, where)
     recipe.raw = resolved
     return recipe
+
+
+def _check_source_params(recipe: "Recipe", where: str) -> None:
+    """Every source's params against its adapter's signature (RecipeError naming the valid ones)."""
+    from .sources import check_params
+
+    for i, spec in enumerate(recipe.sources):
+        reserved = sorted(set(spec.params) & {"ledger", "synonyms", "source"})
+        if reserved:
+            raise RecipeError(f"{where}: sources[{i}].params sets {reserved}; 'source' is a key of the "
+                              "source entry itself, 'synonyms' a top-level recipe key")
+        check_params(spec.adapter, spec.params, where=f"{where}: sources[{i}] ({spec.adapter})")
 
 
 def load_recipe(recipe: "str | Path | Mapping[str, Any] | Recipe", *,

@@ -75,3 +75,26 @@ def test_s3_missing_shard_is_reported(s3):
     fs.rm("cyto/broken/shard-000001.tar")
     with pytest.raises(ShardError, match="shard-000001.tar"):
         StreamingDataset("s3://cyto/broken", storage_options=options)
+
+
+def test_s3_hash_mismatch_in_one_sample_is_named_and_verify_finds_it(s3):
+    """One flipped payload byte in one sample of a remote shard: same size, so only the per-sample
+    checksum can notice; the loader names shard and key, `verify --deep` too."""
+    import pandas as pd
+
+    from cytodata.shards import verify
+
+    options, local, fs = s3
+    fs.copy("cyto/set/", "cyto/flipped/", recursive=True)
+    row = pd.read_parquet(local / "index.parquet").iloc[7]
+    data = bytearray(fs.cat_file(f"cyto/flipped/{row['shard']}"))
+    data[int(row["offset"]) + int(row["size"]) // 2] ^= 0x01
+    fs.pipe_file(f"cyto/flipped/{row['shard']}", bytes(data))
+    with pytest.raises(ShardError, match=f"{row['shard']}.*{row['key']}.*checksum mismatch"):
+        list(StreamingDataset("s3://cyto/flipped", storage_options=options))
+    ds = StreamingDataset("s3://cyto/flipped", storage_options=options, on_error="skip")
+    with pytest.warns(UserWarning, match=row["key"]):
+        got = list(ds)
+    assert len(got) == 22 and ds.skipped_keys == [row["key"]]
+    problems = verify("s3://cyto/flipped", deep=True, storage_options=options)
+    assert {(p.shard, p.key) for p in problems} == {(row["shard"], None), (row["shard"], row["key"])}

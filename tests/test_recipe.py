@@ -59,3 +59,30 @@ def test_shipped_recipes_parse():
     assert {"demo", "bbbc021", "rxrx1", "jump", "cytoimagenet"} <= set(names)
     for p in folder.glob("*.yaml"):
         assert load_recipe(p).name == p.stem
+
+
+def test_source_parameter_typo_is_a_recipe_error_listing_valid_names(tmp_path):
+    """`id_colum:` used to escape as a TypeError traceback from the adapter call."""
+    import subprocess
+    import sys
+
+    bad = {**BASE, "sources": [{"adapter": "csv", "params": {"path": "/x.csv", "id_colum": "id"}}]}
+    with pytest.raises(RecipeError, match=r"no parameter\(s\) \['id_colum'\].*'id_column'.*valid parameters"):
+        load_recipe(bad)
+    with pytest.raises(RecipeError, match=r"needs parameter\(s\) \['root'\]"):
+        load_recipe({**BASE, "sources": [{"adapter": "bbbc021", "params": {}}]})
+    with pytest.raises(RecipeError, match=r"sets \['source'\]"):
+        load_recipe({**BASE, "sources": [{"adapter": "bbbc021", "params": {"root": "/d", "source": "b"}}]})
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: t\nsources:\n  - adapter: csv\n    params: {path: /x.csv, id_colum: id}\n")
+    run = subprocess.run([sys.executable, "-m", "cytodata", "manifest", "build", str(recipe), "-o",
+                          str(tmp_path / "out")], capture_output=True, text=True)
+    assert run.returncode == 2, run.stderr
+    assert "Traceback" not in run.stderr and "id_colum" in run.stderr and "id_column" in run.stderr
+
+
+def test_shipped_recipes_fit_their_adapters():
+    from pathlib import Path
+
+    for path in sorted((Path(__file__).resolve().parents[1] / "manifests").glob("*.yaml")):
+        load_recipe(path)

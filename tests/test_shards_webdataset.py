@@ -303,3 +303,98 @@ def test_resume_redoes_shards_whose_bytes_or_sidecar_are_damaged(tmp_path):
     assert again == first
     for s in again:
         assert file_sha256(out / s["name"]) == s["sha256"]
+
+
+KILL_WORKER_SCRIPT = textwrap.dedent("""
+import sys
+import pandas as pd
+from cytodata.shards import write
+if __name__ == "__main__":  # LocalCluster spawns workers that re-import this file
+    s = write(pd.read_parquet(sys.argv[1]), sys.argv[2], samples_per_shard=6, n_workers=2, progress=False)
+    print("SAMPLES", s["samples"])
+""")
+
+
+def _holders(path: Path, pids: list[int]) -> list[int]:
+    """Which of ``pids`` hold ``path`` open (from /proc/PID/fd)."""
+    found = []
+    for pid in pids:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == str(path):
+                    found.append(pid)
+        except OSError:
+            continue
+    return found
+
+
+def _descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        kids = []
+        try:  # children started by any thread of p (dask's nanny spawns from its event loop)
+            for task in os.listdir(f"/proc/{p}/task"):
+                kids += open(f"/proc/{p}/task/{task}/children").read().split()
+        except OSError:
+            pass
+        out += [int(k) for k in kids]
+        todo += [int(k) for k in kids]
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="needs /proc to find the worker")
+def test_dask_worker_killed_mid_shard_leaves_no_temp_file(tmp_path):
+    """SIGKILL the dask worker that is writing a shard: dask re-runs the task elsewhere, the
+    run succeeds, and the finished set holds no ``*.tmp-*`` file (it used to keep the orphan)."""
+    rows = [dict(source="jump", image_id=f"ph{i}", plate="BR00121482", well=f"A{i:02d}", site=1,
+                 label="dmso", channels=["Mito", "AGP", "RNA", "ER", "DNA", "BF"], channel_paths=PHENIX)
+            for i in range(12)]
+    table = make_manifest(rows)
+    out = tmp_path / "out"
+    manifest = tmp_path / "m.parquet"
+    table.to_parquet(manifest)
+    script = tmp_path / "run.py"
+    script.write_text(KILL_WORKER_SCRIPT)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    proc = subprocess.Popen([sys.executable, str(script), str(manifest), str(out)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killed, deadline = None, time.time() + 120
+    while killed is None and time.time() < deadline and proc.poll() is None:
+        for tmp in out.glob("shard-*.tar.tmp-*"):
+            holders = _holders(tmp, _descendants(proc.pid))
+            if holders:
+                os.kill(holders[0], signal.SIGKILL)
+                killed = tmp
+                break
+        time.sleep(0.005)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert killed is not None, "no worker was caught writing a shard"
+    assert proc.returncode == 0, stderr[-6000:]
+    assert "SAMPLES 12" in stdout
+    assert not list(out.glob("*.tmp*")), sorted(p.name for p in out.iterdir())
+    meta = json.loads((out / "shards.json").read_text())
+    for s in meta["shards"]:
+        assert file_sha256(out / s["name"]) == s["sha256"]
+
+
+def test_npy_decode_is_one_copy_into_out_and_refuses_objects():
+    """The one-copy npy decoder against np.load (the straightforward reference)."""
+    import io
+
+    codec = CODECS.get("npy")
+    rng = np.random.default_rng(3)
+    for arr in (rng.integers(0, 65535, (5, 33, 17), dtype=np.uint16),
+                np.asfortranarray(rng.integers(0, 255, (2, 9, 4), dtype=np.uint8))):
+        buf = io.BytesIO()
+        np.save(buf, arr)
+        data = buf.getvalue()
+        ref = np.load(io.BytesIO(data), allow_pickle=False)
+        out = np.empty(arr.shape, arr.dtype)
+        got = codec.decode(memoryview(bytearray(data)), arr.shape, arr.dtype, out=out)
+        assert got is out
+        np.testing.assert_array_equal(got, ref)
+    buf = io.BytesIO()
+    np.save(buf, np.array([1, "x"], dtype=object), allow_pickle=True)
+    with pytest.raises(ShardError, match="unpickle"):
+        codec.decode(buf.getvalue(), (2,), object)

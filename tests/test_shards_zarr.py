@@ -108,3 +108,24 @@ def test_zarr_kill_and_resume_keeps_finished_parts_and_verifies_them(tmp_path):
         expected = read_image(rows[i]["channel_paths"])
         np.testing.assert_array_equal(arr[r.row], expected)
         assert r.sha256 == hashlib.sha256(np.ascontiguousarray(expected)).hexdigest()
+
+
+def test_rerun_over_unreadable_chunk_bytes_rewrites_that_part(tmp_path):
+    """Chunk bytes of a finished Zarr part corrupted on disk: a re-run detects the part (its
+    chunks no longer decode) and rewrites it instead of crashing with zstd's error."""
+    rows = synthetic_rows(tmp_path, 8, size=64)
+    table = make_manifest(rows)
+    out = tmp_path / "z"
+    first = write(table, out, format="zarr", chunk=32, scheduler="synchronous", progress=False)
+    index = pd.read_parquet(out / "index.parquet")
+    row = int(index["row"].iloc[3])
+    shard_file = out / "images.zarr" / "c" / str(row) / "0" / "0" / "0"
+    data = bytearray(shard_file.read_bytes())
+    data[8: len(data) // 2] = b"\xff" * (len(data) // 2 - 8)  # garbage over the first chunks
+    shard_file.write_bytes(bytes(data))
+    summary = write(table, out, format="zarr", chunk=32, scheduler="synchronous", progress=False)
+    assert summary["shards_resumed"] == first["parts"] - 1
+    arr = zarr.open_array(out / "images.zarr", mode="r")
+    for r in pd.read_parquet(out / "index.parquet").itertuples():
+        i = int(r.key.split("im")[-1])
+        np.testing.assert_array_equal(arr[r.row], read_image(rows[i]["channel_paths"]))

@@ -32,6 +32,8 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..errors import ShardError
+from ..shards.checksum import COLUMN as CHECKSUM
+from ..shards.checksum import checksum_int, to_ints
 from ..shards.codecs import single_threaded
 from . import partition as part  # noqa: F401  (module; the package does not re-export the function)
 from ._buffers import BufferPool, Scratch
@@ -67,6 +69,9 @@ class StreamingDataset(IterableDataset):
     inline). With ``DataLoader(num_workers=0)`` this feeds a GPU without worker processes: no
     pickling, no per-batch shared memory (the fastest layout, benchmarks/loader.py); inside
     DataLoader workers it adds threads per worker. Output and order do not depend on it.
+    ``verify``: check every payload against its XXH3-64 in ``index.parquet`` before decoding
+    (default on; a mismatch follows ``on_error``). Sets written before checksums existed load
+    with one warning suggesting ``cytodata verify``.
     """
 
     def __init__(self, source: str | os.PathLike, *, seed: int = 0, shuffle: bool = True,
@@ -74,7 +79,7 @@ class StreamingDataset(IterableDataset):
                  transform: Callable[[dict], dict] | None = None, split: str | None = None,
                  columns: tuple[str, ...] | None = None, on_error: str = "raise",
                  batch_size_hint: int | None = None, sampler=None, storage_options: dict | None = None,
-                 as_int32: bool = False, read_ahead: int = 32, threads: int = 0):
+                 as_int32: bool = False, read_ahead: int = 32, threads: int = 0, verify: bool = True):
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error={on_error!r}; valid: {', '.join(ON_ERROR)}")
         if tail not in part.TAILS:
@@ -105,6 +110,8 @@ class StreamingDataset(IterableDataset):
         self._shape = _shapes(self.shards.meta, self.index)
         self._dtype = self.shards.meta.get("dtype")
         self._cols = _columns(self.index, self.columns)
+        self.verify = bool(verify)
+        self._sums, self._has_sum = _checksums(self.index, str(source)) if self.verify else (None, None)
 
     def __getstate__(self):  # spawn-safe: locks do not pickle
         state = dict(self.__dict__)
@@ -297,6 +304,12 @@ class StreamingDataset(IterableDataset):
                 dtype = json.loads(bytes(blob[gap: gap + int(row["meta_size"])]))["dtype"]
             buf = self._pool.get(self._shape(r), dtype)  # recycled once every view of it is gone
             payload = blob if len(blob) == size else memoryview(blob)[:size]  # no copy when exact
+            if self._sums is not None and self._has_sum[r]:
+                got = checksum_int(payload)
+                if got != int(self._sums[r]):
+                    raise ValueError(f"checksum mismatch: the payload's xxh3_64 is {got:016x}, index.parquet "
+                                     f"says {int(self._sums[r]):016x} (flipped bytes, or an index row "
+                                     "pointing at another sample's bytes); `cytodata verify --deep` lists all")
             image = self.shards.codec.decode(payload, buf.shape, buf.dtype, out=buf)
         except Exception as exc:  # noqa: BLE001 - any decode failure is a corrupt sample
             err = ShardError(f"{self.shards.source}: shard {shard} sample {key!r} is unreadable "
@@ -335,6 +348,20 @@ def _plain(value):
     if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
         return ""
     return value.item() if isinstance(value, np.generic) else value
+
+
+def _checksums(index: pd.DataFrame, source: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Per-row expected XXH3-64 (uint64) and whether the row has one; warns once when rows lack it."""
+    if CHECKSUM in index.columns:
+        sums, has = to_ints(index[CHECKSUM].tolist())
+    else:
+        sums, has = None, np.zeros(len(index), dtype=bool)
+    if len(index) and not has.all():
+        warnings.warn(f"{source}: {int((~has).sum())} of {len(index)} samples have no {CHECKSUM} checksum in "
+                      "index.parquet (written by an older cytodata): they cannot be verified while loading. "
+                      f"Check the shards with `cytodata verify {source}`, or rewrite the set with "
+                      "`cytodata shard` to add per-sample checksums", stacklevel=3)
+    return (sums, has) if has.any() else (None, None)
 
 
 def _label_ids(meta: dict, index: pd.DataFrame) -> tuple[list[str], np.ndarray]:

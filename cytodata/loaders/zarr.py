@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -19,6 +20,9 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import ShardError
+from ..shards.checksum import CHUNK_COLUMN as CHUNK_CHECKSUMS
+from ..shards.checksum import COLUMN as CHECKSUM
+from ..shards.checksum import checksum_int, to_ints
 from .partition import rng_for, seed_for
 from .stream import META_COLUMNS, _label_ids, _plain
 
@@ -31,11 +35,15 @@ class ZarrDataset(Dataset):
     ``crop``: side (px) of a random square window (None: the whole image). ``split``: keep one
     split. ``transform``: a dict -> dict callable (see ``transforms.py``). ``as_int32``: return
     int32 instead of torch.uint16. Call ``set_epoch`` each epoch to draw new crop windows.
+    ``verify``: check what is read against the XXH3-64 checksums in ``index.parquet`` (default
+    on): the whole row, or with ``crop`` the chunks the window touches (read whole, so each can
+    be hashed); a mismatch raises :class:`ShardError` naming the key and row. Sets written
+    before checksums existed load with one warning suggesting ``cytodata verify``.
     """
 
     def __init__(self, path: str | os.PathLike, *, crop: int | None = None,
                  transform: Callable[[dict], dict] | None = None, seed: int = 0, split: str | None = None,
-                 columns: tuple[str, ...] | None = None, as_int32: bool = False):
+                 columns: tuple[str, ...] | None = None, as_int32: bool = False, verify: bool = True):
         self.path = Path(path)
         meta_path = self.path / "shards.json"
         if not meta_path.exists():
@@ -56,6 +64,10 @@ class ZarrDataset(Dataset):
         self.keys = self.index["key"].astype(str).tolist()
         self._meta = {c: [_plain(v) for v in self.index[c].tolist()] for c in self.columns}
         self._arr = None
+        self.verify = bool(verify)
+        self._sums = self._chunk_sums = None
+        if self.verify:
+            self._sums, self._chunk_sums = _zarr_checksums(self.index, str(self.path))
         shape = self.meta.get("shape") or [0, 0, 0]
         if crop is not None and (crop > shape[1] or crop > shape[2]):
             raise ShardError(f"crop={crop} is larger than the stored images {shape[1]}x{shape[2]} in {self.path}")
@@ -96,9 +108,11 @@ class ZarrDataset(Dataset):
         row = int(self.rows[i])
         if self.crop is None:
             image = self.array[row]
+            if self._sums is not None:
+                self._check(i, checksum_int(image), int(self._sums[0][i]), self._sums[1][i], "row")
         else:
             y, x = self.window(i)
-            image = self.array[row, :, y: y + self.crop, x: x + self.crop]
+            image = self._read_crop(i, row, y, x)
         tensor = torch.from_numpy(np.ascontiguousarray(image))
         if self.as_int32:
             tensor = tensor.to(torch.int32)
@@ -106,3 +120,44 @@ class ZarrDataset(Dataset):
                   "image": tensor, "label": int(self.labels[i]),
                   "meta": {c: v[i] for c, v in self._meta.items()}}
         return self.transform(sample) if self.transform is not None else sample
+
+    def _read_crop(self, i: int, row: int, y: int, x: int) -> np.ndarray:
+        """``crop x crop`` window at (y, x); with checksums, read the chunk-aligned block around it,
+        check each chunk it holds, then cut the window out."""
+        c = self.crop
+        if self._chunk_sums is None or self._chunk_sums[i] is None:
+            return self.array[row, :, y: y + c, x: x + c]
+        _, h, w = self.array.shape[1:]
+        th, tw = self.array.chunks[2], self.array.chunks[3]
+        y0, x0 = y // th * th, x // tw * tw
+        y1, x1 = min(-(-(y + c) // th) * th, h), min(-(-(x + c) // tw) * tw, w)
+        block = self.array[row, :, y0:y1, x0:x1]
+        per_row = -(-w // tw)
+        sums = self._chunk_sums[i]
+        for cy in range(y0, y1, th):
+            for cx in range(x0, x1, tw):
+                k = (cy // th) * per_row + cx // tw
+                piece = block[:, cy - y0: cy - y0 + th, cx - x0: cx - x0 + tw]
+                self._check(i, checksum_int(piece), int(sums[k], 16), True, f"chunk ({cy}, {cx})")
+        return block[:, y - y0: y - y0 + c, x - x0: x - x0 + c]
+
+    def _check(self, i: int, got: int, want: int, present: bool, what: str) -> None:
+        if present and got != want:
+            raise ShardError(f"{self.path}: sample {self.keys[i]!r} (array row {int(self.rows[i])}) {what} has "
+                             f"xxh3_64 {got:016x}, index.parquet says {want:016x}: the array bytes are corrupt or "
+                             "the index points at another row; run `cytodata verify --deep` and rewrite the set")
+
+
+def _zarr_checksums(index: pd.DataFrame, source: str):
+    """((uint64 row sums, present), per-row chunk hex lists or None); one warning when missing."""
+    if CHECKSUM not in index.columns:
+        warnings.warn(f"{source}: index.parquet has no {CHECKSUM} checksums (written by an older cytodata): "
+                      f"samples cannot be verified while loading. Check the array with `cytodata verify "
+                      f"--deep {source}`, or rewrite the set with `cytodata shard --format zarr`", stacklevel=3)
+        return None, None
+    sums = to_ints(index[CHECKSUM].tolist())
+    chunks = None
+    if CHUNK_CHECKSUMS in index.columns:
+        chunks = [None if v is None or (isinstance(v, float) and np.isnan(v)) else list(v)
+                  for v in index[CHUNK_CHECKSUMS].tolist()]
+    return sums, chunks

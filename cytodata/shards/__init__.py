@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from ._writer import FORMATS, write
 from .codecs import CODECS, Codec
+from .integrity import Problem, verify
 from .labels import open_xarray
 from .webdataset import decode
 
-__all__ = ["write", "decode", "open_xarray", "CODECS", "Codec", "FORMATS", "register"]
+__all__ = ["write", "decode", "verify", "Problem", "open_xarray", "CODECS", "Codec", "FORMATS", "register"]
 
 
 def _import_formats() -> None:
@@ -61,6 +62,9 @@ def register(subparsers) -> None:
     p.add_argument("-q", "--quiet", "--no-progress", dest="quiet", action="store_true",
                    help="no progress bars (--no-progress is the old spelling)")
     p.set_defaults(func=_main)
+    from .integrity import register as register_verify
+
+    register_verify(subparsers)  # `cytodata verify SHARDS [--deep]`
 
     d = subparsers.add_parser(
         "shards", help="inspect shard sets (describe)",

@@ -67,7 +67,13 @@ def run_tasks(
     finally:
         client.close()
         if cluster is not None:
-            cluster.close()
+            try:
+                cluster.close(timeout=30)
+            except Exception as exc:  # noqa: BLE001 - e.g. a killed worker's nanny: results are in
+                import warnings
+
+                warnings.warn(f"the dask LocalCluster did not shut down cleanly ({type(exc).__name__}: "
+                              f"{exc}); every task had returned, so the output is complete", stacklevel=2)
 
 
 def connect(scheduler: str, timeout: float | None = None):

@@ -22,6 +22,7 @@ from ..errors import ShardError
 from . import _plan
 from ._run import run_tasks
 from ._samples import INDEX_COLUMNS, CHANNEL_MODES, Dropped, Moments, digest, load_samples, records
+from .checksum import COLUMN as CHECKSUM
 from .codecs import CODECS
 
 #: output formats: ``fn(recs, out, options) -> summary``
@@ -83,6 +84,7 @@ def write(manifest, out, *, format: str = "webdataset", codec: str = "blosc-lz4"
         qc_results if isinstance(qc_results, (str, Path)) else None))
     table, manifest_sha = load_table(manifest)
     recs = records(table)
+    check_keys(recs)
     if qc_results is not None:
         gate_with_qc(recs, qc_results, min_class_size)
     out.mkdir(parents=True, exist_ok=True)
@@ -160,6 +162,65 @@ def _warn_empty_sources(recs: list[dict]) -> None:
             warnings.warn(f"source {source!r} has no row left after image QC ({count} rows "
                           f"'{reason}'); its images will be missing from the shards",
                           UserWarning, stacklevel=3)
+
+
+# --- keys ---------------------------------------------------------------------------------
+def key_problem(key) -> str | None:
+    """Why ``key`` cannot name tar members / files safely, or None when it can.
+
+    Refused: empty keys, ``/`` and ``\\`` (path separators), ``.`` anywhere (covers ``..`` and
+    a leading dot; webdataset also splits ``KEY.ext`` at the first dot), a leading ``-`` (read as
+    an option by ``tar`` and shell tools), whitespace and control/format characters.
+    """
+    import unicodedata
+
+    if not isinstance(key, str) or not key:
+        return "empty key"
+    if "/" in key or "\\" in key:
+        return "path separator"
+    if "." in key:
+        return "dot (member names are KEY.ext; '..' climbs out of a folder)"
+    if key.startswith("-"):
+        return "leading '-' (read as a command-line option)"
+    bad = [c for c in key if c.isspace() or unicodedata.category(c).startswith("C")]
+    if bad:
+        return f"whitespace or control character {bad[0]!r}"
+    return None
+
+
+def check_keys(recs: list[dict]) -> None:
+    """Refuse a manifest whose keys a tar extractor or a path join could misuse (ShardError).
+
+    Keys are refused rather than rewritten: a rewritten key would no longer match the manifest,
+    the ledger or embeddings keyed by it. ``schema.make_key`` always yields safe keys.
+    """
+    bad = [(r["key"], r.get("image_id"), why) for r in recs if (why := key_problem(r["key"])) is not None]
+    if bad:
+        shown = "; ".join(f"key {k!r} of image_id {i!r}: {why}" for k, i, why in bad[:5])
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise ShardError(f"{len(bad)} manifest key(s) are unsafe as tar member names: {shown}{more}. "
+                         "Keys may hold letters, digits, '_' and '-' (not leading); rebuild them with "
+                         "cytodata.schema.make_key(source, image_id)")
+
+
+#: temp files a writer may leave when something dies: per-task ``NAME.tmp-<uuid>`` (tars and
+#: sidecars) and ``save_json``/``save_parquet``'s ``NAME.tmp``
+TEMP_PATTERNS = ("shard-*.tmp-*", "*.json.tmp", "*.parquet.tmp", "parts/*.tmp", "parts/*.tmp-*")
+
+
+def sweep_temps(out: Path) -> list[Path]:
+    """Delete the temp files of earlier or killed tasks under ``out``; return what was removed.
+
+    Called before tasks start and again after they all returned: a finished shard set holds
+    no temp file whatever died during the run (a killed dask worker, a killed job).
+    """
+    removed = []
+    for pattern in TEMP_PATTERNS:
+        for p in out.glob(pattern):
+            if p.is_file():
+                p.unlink(missing_ok=True)
+                removed.append(p)
+    return removed
 
 
 # --- identity / resume ---------------------------------------------------------------------
@@ -270,8 +331,7 @@ def write_webdataset(recs: list[dict], out: Path, manifest_info: dict, opts: dic
                 "n_rows": len(recs), "manifest": manifest_info}
         save_json(out / PLAN_FILE, plan)
     groups = _plan.assign(len(recs), plan["samples_per_shard"])
-    for stale in out.glob("shard-*.tmp-*"):
-        stale.unlink()
+    sweep_temps(out)
     done: dict[int, dict] = {}
     todo: list[tuple] = []
     for i, rows in enumerate(groups):
@@ -293,6 +353,9 @@ def write_webdataset(recs: list[dict], out: Path, manifest_info: dict, opts: dic
         stale.unlink()
     for args, stats in zip(todo, results):
         done[int(args[1][6:12])] = stats
+    # a worker killed mid-shard leaves its temp file; dask re-ran the task elsewhere, so every
+    # temp file now is an orphan (all tasks have returned)
+    sweep_temps(out)
     stats_list = [done[i] for i in sorted(done)]
     summary = finalize_webdataset(out, stats_list, plan, manifest_info, opts, FORMAT, VERSION,
                                   resumed=len(groups) - len(todo))
@@ -320,7 +383,10 @@ def finalize_webdataset(out: Path, stats_list: list[dict], plan: dict, manifest_
     if len(index):
         index["shard"] = index["shard"].astype("string")
         lead = ["shard", "shard_index", "key", "offset", "size", "meta_offset", "meta_size",
-                "n_channels", "height", "width"]
+                "n_channels", "height", "width", CHECKSUM]
+        # shards kept from a run of an older version have no checksum: NA (the loader warns)
+        index[CHECKSUM] = (index[CHECKSUM] if CHECKSUM in index else pd.NA)
+        index[CHECKSUM] = index[CHECKSUM].astype("string")
         index = index[lead + [c for c in INDEX_COLUMNS]]
     dup = index["key"].duplicated() if len(index) else pd.Series([], dtype=bool)
     if dup.any():

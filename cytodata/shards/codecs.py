@@ -96,10 +96,15 @@ _register(Codec("blosc-zstd", "blosc", lambda a: bytes(_blosc().encode(_contig(a
 def _blosc_lz4():
     from numcodecs import Blosc
 
-    # level 9 (blosc's largest blocks for lz4), bitshuffle: measured with one thread on the real
-    # Phenix field and on cell-like 16-bit images, ~4-5% more bytes than blosc-zstd (still fewer
-    # than 16-bit PNG) for ~4x faster encoding and ~1.5x faster decoding (benchmarks/codecs.py)
-    return Blosc(cname="lz4", clevel=9, shuffle=Blosc.BITSHUFFLE)
+    # level 9, bitshuffle: measured with one thread on the real Phenix field and on cell-like
+    # 16-bit images, ~4-5% more bytes than blosc-zstd (still fewer than 16-bit PNG) for ~4x
+    # faster encoding and ~1.5x faster decoding (benchmarks/codecs.py). Blocks of 256 KiB:
+    # level 9's automatic block size spans a whole 256x256x5 sample (640 KiB, past L2), and
+    # 256 KiB blocks decoded it ~3x faster for the same bytes (1.1x on a 1080x1080 field;
+    # benchmarks/codecs.py --blosc-sweep). Byte shuffle decodes faster still but costs ~7% more
+    # bytes on 16-bit fields and does not compress 8-bit ones at all, so bitshuffle stays.
+    # Frames are self-describing: sets written with the old block size read unchanged.
+    return Blosc(cname="lz4", clevel=9, shuffle=Blosc.BITSHUFFLE, blocksize=1 << 18)
 
 
 _register(Codec("blosc-lz4", "blosc", lambda a: bytes(_blosc_lz4().encode(_contig(a))), _raw_decode(_blosc_lz4)))
@@ -123,7 +128,32 @@ def _npy_encode(arr: np.ndarray) -> bytes:
 
 
 def _npy_decode(data, shape, dtype, out):
-    return np.load(io.BytesIO(data), allow_pickle=False)
+    """One copy: parse the header, view the array bytes in place, copy them into ``out``.
+
+    (``np.load`` through ``BytesIO`` copies the payload twice before the loader's own copy.)
+    Object dtypes are refused like ``allow_pickle=False`` does.
+    """
+    from numpy.lib import format as npf
+
+    view = memoryview(data).cast("B")
+    if bytes(view[:6]) != b"\x93NUMPY" or len(view) < 10:
+        raise ShardError("npy payload has no NUMPY magic: the shard is corrupt; rewrite it with `cytodata shard`")
+    major = view[6]
+    start = 10 if major == 1 else 12
+    hlen = int.from_bytes(bytes(view[8:start]), "little")
+    head = io.BytesIO(bytes(view[:start + hlen]))
+    version = npf.read_magic(head)
+    read = npf.read_array_header_1_0 if version == (1, 0) else npf.read_array_header_2_0
+    got_shape, fortran, got_dtype = read(head)
+    if got_dtype.hasobject:
+        raise ShardError("npy payload holds Python objects; refusing to unpickle it")
+    count = int(np.prod(got_shape))
+    arr = np.frombuffer(view, dtype=got_dtype, count=count, offset=start + hlen)
+    arr = arr.reshape(got_shape[::-1]).T if fortran else arr.reshape(got_shape)
+    if out is not None and arr.shape == out.shape and arr.dtype == out.dtype:
+        np.copyto(out, arr)
+        return out
+    return arr.copy()
 
 
 _register(Codec("npy", "npy", _npy_encode, _npy_decode))

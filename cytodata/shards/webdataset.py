@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from ._samples import INDEX_COLUMNS, Dropped, Moments, Sample, load_samples
+from .checksum import COLUMN as CHECKSUM
+from .checksum import checksum
 from .codecs import CODECS, codec_for_ext
 
 FORMAT = "cytodata-webdataset"
@@ -75,10 +77,12 @@ class _TarWriter:
         self.offset = end
 
 
-def sample_meta(sample: Sample, rec: dict, codec: str, channel_mode: str) -> dict:
-    """The ``KEY.json`` member: shape, dtype, codec, channels + the manifest columns."""
+def sample_meta(sample: Sample, rec: dict, codec: str, channel_mode: str, digest: str | None = None) -> dict:
+    """The ``KEY.json`` member: shape, dtype, codec, channels, payload checksum + the manifest columns."""
     meta = {"key": sample.key, "shape": list(sample.image.shape), "dtype": str(sample.image.dtype),
             "codec": codec, "channels": sample.channels, "channel_mode": channel_mode}
+    if digest is not None:
+        meta[CHECKSUM] = digest
     meta.update({k: v for k, v in rec.items() if k not in ("key", "channels")})
     return meta
 
@@ -105,13 +109,14 @@ def write_shard(out: str, name: str, recs: list[dict], codec: str, channel_mode:
             rows_written += 1
             for s in samples:
                 payload = enc.encode(s.image)
-                meta = json.dumps(sample_meta(s, rec, codec, channel_mode), sort_keys=True).encode()
+                digest = checksum(payload)
+                meta = json.dumps(sample_meta(s, rec, codec, channel_mode, digest), sort_keys=True).encode()
                 off = tar.add(f"{s.key}.{enc.ext}", payload)
                 meta_off = tar.add(f"{s.key}.json", meta)
                 c, h, w = s.image.shape
                 row = {"shard": name, "key": s.key, "offset": off, "size": len(payload),
                        "meta_offset": meta_off, "meta_size": len(meta),
-                       "n_channels": c, "height": h, "width": w}
+                       "n_channels": c, "height": h, "width": w, CHECKSUM: digest}
                 row.update({col: rec.get(col) for col in INDEX_COLUMNS})
                 index.append(row)
                 pixel_bytes += s.image.nbytes
@@ -137,10 +142,11 @@ def write_shard(out: str, name: str, recs: list[dict], codec: str, channel_mode:
     return stats
 
 
-def decode(sample: dict, out: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+def decode(sample: dict, out: np.ndarray | None = None, verify: bool = True) -> tuple[np.ndarray, dict]:
     """A raw webdataset sample (``{"__key__", "json": bytes, "<ext>": bytes}``) -> (image, meta).
 
     The image is ``(C, H, W)`` at the stored dtype; ``meta`` is the parsed ``KEY.json``.
+    ``verify``: check the payload against the JSON's ``xxh3_64`` when it has one (ShardError).
     """
     from ..errors import ShardError
 
@@ -156,5 +162,9 @@ def decode(sample: dict, out: np.ndarray | None = None) -> tuple[np.ndarray, dic
         if len(exts) != 1:
             raise ShardError(f"sample {key!r}: expected one payload member, found {exts}")
         codec = codec_for_ext(exts[0])
+    if verify and meta.get(CHECKSUM) and checksum(sample[codec.ext]) != meta[CHECKSUM]:
+        raise ShardError(f"sample {key!r}: payload xxh3_64 {checksum(sample[codec.ext])} differs from its "
+                         f"JSON member's {meta[CHECKSUM]}: the shard is corrupt; `cytodata verify --deep` "
+                         "names every bad sample")
     image = codec.decode(sample[codec.ext], meta["shape"], meta["dtype"], out=out)
     return image, meta

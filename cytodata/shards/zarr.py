@@ -17,8 +17,9 @@ import numpy as np
 from ..errors import ImageReadError
 from ._run import run_tasks
 from ._samples import INDEX_COLUMNS, Dropped, Moments, fit_window, load_samples, window_of
+from .checksum import CHUNK_COLUMN as CHUNK_CHECKSUMS, COLUMN as CHECKSUM, checksum
 from .._files import load_json_dict, save_json, save_parquet
-from ._writer import FORMATS, claim_folder, identity
+from ._writer import FORMATS, claim_folder, identity, sweep_temps
 from .labels import COORD_NAMES, DIMS, write_labels
 
 FORMAT = "cytodata-zarr"
@@ -94,7 +95,10 @@ def _write_rows(path: str, start: int, items: list, channel_mode: str, qc, gray,
                 entry = {"row": row, "key": s.key if len(tiles) == 1 and not y and not x and th == s.image.shape[1]
                          else f"{s.key}-t{y}-{x}", "n_channels": pix.shape[0], "height": th, "width": tw,
                          "x_min": x, "x_max": x + tw, "y_min": y, "y_max": y + th}
-                entry["sha256"] = hashlib.sha256(np.ascontiguousarray(pix)).hexdigest()
+                pix = np.ascontiguousarray(pix)
+                entry["sha256"] = hashlib.sha256(pix).hexdigest()
+                entry[CHECKSUM] = checksum(pix)
+                entry[CHUNK_CHECKSUMS] = chunk_checksums(pix, arr.chunks[2], arr.chunks[3])
                 entry.update({c: rec.get(c) for c in INDEX_COLUMNS})
                 index.append(entry)
                 moments.add({"plate": rec.get("plate"), "batch": rec.get("batch"), "all": "all"}, pix, s.channels)
@@ -109,10 +113,24 @@ def _write_rows(path: str, start: int, items: list, channel_mode: str, qc, gray,
     return result
 
 
+def chunk_checksums(pix: np.ndarray, th: int, tw: int) -> list[str]:
+    """XXH3-64 of each ``(C, th, tw)`` chunk of a ``(C, H, W)`` row (row-major over the chunk grid;
+    edge chunks clipped to the image), the unit a random crop reads."""
+    _, h, w = pix.shape
+    return [checksum(pix[:, y:y + th, x:x + tw]) for y in range(0, h, th) for x in range(0, w, tw)]
+
+
 def _part_intact(arr, result: dict) -> bool:
-    """Every row a finished part recorded still holds the pixels it hashed."""
-    return all(hashlib.sha256(np.ascontiguousarray(arr[e["row"]])).hexdigest() == e["sha256"]
-               for e in result["index"])
+    """Every row a finished part recorded still holds the pixels it hashed.
+
+    A row whose chunks no longer decode (zstd "Data corruption detected", a damaged shard
+    index, a missing object) counts as damaged: the part is rewritten, the run goes on.
+    """
+    try:
+        return all(hashlib.sha256(np.ascontiguousarray(arr[e["row"]])).hexdigest() == e["sha256"]
+                   for e in result["index"])
+    except Exception:  # noqa: BLE001 - any read failure of a finished part means "redo it"
+        return False
 
 
 @FORMATS.register("zarr")
@@ -169,6 +187,7 @@ def write_zarr(recs: list[dict], out: Path, manifest_info: dict, opts: dict) -> 
                                 compressors=ZstdCodec(level=3), fill_value=0, overwrite=True,
                                 dimension_names=DIMS)
     parts_dir.mkdir(exist_ok=True)
+    sweep_temps(out)
     results: dict[int, dict] = {}
     tasks, start = [], 0
     for k, g in enumerate(range(0, len(plan), per_task)):
@@ -184,6 +203,7 @@ def write_zarr(recs: list[dict], out: Path, manifest_info: dict, opts: dict) -> 
     resumed = len(results)
     fresh = run_tasks(_write_rows, [args for _, args in tasks], scheduler=opts["scheduler"],
                       n_workers=opts["n_workers"], progress=opts["progress"], desc="zarr")
+    sweep_temps(out)  # orphans of killed workers (their tasks were re-run elsewhere)
     results.update({k: r for (k, _), r in zip(tasks, fresh)})
     results = [results[k] for k in sorted(results)]
     ledger = Ledger()
@@ -197,8 +217,9 @@ def write_zarr(recs: list[dict], out: Path, manifest_info: dict, opts: dict) -> 
         moments.merge(Moments(r["moments"]))
         labels.update(r["label_counts"])
     index = pd.DataFrame([x for r in results for x in r["index"]])
-    if "sha256" in index:
-        index["sha256"] = index["sha256"].astype("string")
+    for col in ("sha256", CHECKSUM):
+        if col in index:
+            index[col] = index[col].astype("string")
     for col in ("row", "n_channels", "height", "width", "x_min", "x_max", "y_min", "y_max"):
         index[col] = pd.to_numeric(index[col]).astype("int64") if len(index) else pd.Series(dtype="int64")
     for col in INDEX_COLUMNS + ("key",):

@@ -14,7 +14,7 @@ documents its parameters. Adding one is one new module imported below.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -75,6 +75,39 @@ def _keys(sources: pd.Series, ids: pd.Series) -> pd.Series:
             + ids.str.replace(bad, "-", regex=True).str.strip("-"))
 
 
+#: parameters of :func:`read` itself (not the adapter's): a recipe sets them elsewhere
+_READ_PARAMS = ("ledger", "synonyms", "source")
+
+
+def check_params(name: str, params: Mapping[str, object], *, where: str = "source") -> None:
+    """Raise :class:`RecipeError` when ``params`` do not fit adapter ``name``'s signature.
+
+    Unknown names (a typo such as ``id_colum``) list the valid ones; required parameters
+    that are missing are named. Unknown adapters are left to :func:`read` (its registry error).
+    """
+    import difflib
+    import inspect
+
+    from ..errors import RecipeError
+
+    if name not in SOURCES:
+        return
+    sig = inspect.signature(SOURCES.get(name))
+    accepted = [p for p in sig.parameters.values() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    valid = [p.name for p in accepted]
+    if not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        unknown = [k for k in params if k not in valid]
+        if unknown:
+            hints = {k: difflib.get_close_matches(k, valid, n=1) for k in unknown}
+            hint = "; ".join(f"{k!r} -> did you mean {h[0]!r}?" for k, h in hints.items() if h)
+            raise RecipeError(f"{where}: adapter {name!r} has no parameter(s) {unknown}"
+                              f"{' (' + hint + ')' if hint else ''}; valid parameters: {valid}")
+    missing = [p.name for p in accepted if p.default is p.empty and p.name not in params]
+    if missing:
+        raise RecipeError(f"{where}: adapter {name!r} needs parameter(s) {missing}; "
+                          f"valid parameters: {valid}")
+
+
 def read(name: str, *, ledger: Ledger | None = None, synonyms=None, source: str | None = None,
          **params) -> pd.DataFrame:
     """Read source ``name`` with the adapter's ``params``; return the harmonized, validated table.
@@ -118,4 +151,4 @@ def read(name: str, *, ledger: Ledger | None = None, synonyms=None, source: str 
 # adapters register on import
 from . import bbbc021, csv, cytoimagenet, folder, jump, rxrx1  # noqa: E402,F401
 
-__all__ = ["SOURCES", "available", "read"]
+__all__ = ["SOURCES", "available", "check_params", "read"]

