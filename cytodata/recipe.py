@@ -225,7 +225,9 @@ def _from_dict(cls: type, data: Any, where: str):
         raise RecipeError(f"{where}: expected a mapping for {cls.__name__}, got {data!r}")
     from .curate.qc import QCConfig  # noqa: F401  (resolves the "QCConfig" annotation)
 
-    hints = typing.get_type_hints(cls, globalns={**globals(), "QCConfig": QCConfig})
+    # each (base) class's annotations resolve in its own module (training configs live in
+    # cytodata.baselines); QCConfig is imported lazily here, so it comes in as a local name
+    hints = typing.get_type_hints(cls, localns={"QCConfig": QCConfig})
     fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "raw"}
     unknown = sorted(set(data) - set(fields))
     if unknown:
