@@ -85,9 +85,8 @@ class WdsDecode:
         self.transform = augment()
 
     def __call__(self, raw: dict) -> dict:
-        from cytodata.shards import decode
-
         from cytodata.loaders.stream import META_COLUMNS
+        from cytodata.shards import decode
 
         image, meta = decode(raw)
         # the same content as ours yields: key, image and the same metadata fields

@@ -36,7 +36,8 @@ def save_json(path: str | os.PathLike, obj: Any, *, indent: int = 1) -> None:
 
 def load_json_dict(path: str | os.PathLike) -> dict | None:
     """A JSON object from ``path``, or None when it is missing, unreadable or not an object
-    (a sidecar a crash left half-flushed means "redo that piece", never an error)."""
+    (a sidecar a crash left half-flushed means "redo that piece", never an error).
+    """
     try:
         obj = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):

@@ -188,7 +188,7 @@ def evaluate_embeddings(out: Path, seed: int, trained: dict[str, pd.DataFrame] |
                               **{f"map_{k}": v for k, v in mapr["metrics"].items()}},
                   "notes": ando["notes"] + knn["notes"] + mapr["notes"]}
         slug = name.replace(" ", "-").replace("(", "").replace(")", "")
-        path = write_report(merged, out / "report" / slug)
+        write_report(merged, out / "report" / slug)
         m = merged["metrics"]
         nscb = m.get("nscb")
         map_moa = next((v for k, v in m.items() if k.startswith("map_") and "moa" in k), None)

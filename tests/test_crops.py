@@ -8,8 +8,14 @@ import pytest
 
 from cytodata.curate.ledger import Ledger
 from cytodata.images.crops import (
-    SMALLER_THAN_CROP, CropWindow, allowed_scales, apply_crop, crop_rows, cytoimagenet_crops,
-    n_crops_for_class, tile,
+    SMALLER_THAN_CROP,
+    CropWindow,
+    allowed_scales,
+    apply_crop,
+    crop_rows,
+    cytoimagenet_crops,
+    n_crops_for_class,
+    tile,
 )
 from cytodata.schema import conform, make_key, validate
 

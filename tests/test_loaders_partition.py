@@ -69,7 +69,8 @@ def test_same_global_order_for_one_process_and_twelve():
     many = interleave(streams(order, 4, 3, 1, "drop"), world_size=4, num_workers=3)
     np.testing.assert_array_equal(many, one[:36])
     # rank 0 worker 0 of (4 ranks, 3 workers) takes positions 0, 12, 24, 36
-    np.testing.assert_array_equal(partition(order, rank=0, world_size=4, worker=0, num_workers=3), order[[0, 12, 24, 36]])
+    np.testing.assert_array_equal(partition(order, rank=0, world_size=4, worker=0, num_workers=3),
+                                  order[[0, 12, 24, 36]])
 
 
 @pytest.mark.parametrize("before,after", list(itertools.product([(1, 1, 1), (4, 3, 2), (2, 2, 4)],

@@ -10,8 +10,7 @@ import pandas as pd
 import pytest
 from torch.utils.data import DataLoader
 
-from cytodata.loaders import (ClassBalanced, GroupedBatches, SourceMix, StreamingDataset, WeakLabelPairs,
-                              grouped_batches)
+from cytodata.loaders import ClassBalanced, GroupedBatches, SourceMix, StreamingDataset, WeakLabelPairs, grouped_batches
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,20 @@ import torch
 
 from cytodata.loaders import StreamingDataset
 from cytodata.loaders.demo import demo_manifest, sample_pixels
-from cytodata.loaders.transforms import (ChannelDropout, ChannelSubset, Compose, MultiCrop, PlateNormalize,
-                                         RandomCrop, RandomErasing, RandomFlip, RandomResizedCrop, RandomRot90,
-                                         RandomRotation, ToFloat)
+from cytodata.loaders.transforms import (
+    ChannelDropout,
+    ChannelSubset,
+    Compose,
+    MultiCrop,
+    PlateNormalize,
+    RandomCrop,
+    RandomErasing,
+    RandomFlip,
+    RandomResizedCrop,
+    RandomRot90,
+    RandomRotation,
+    ToFloat,
+)
 
 
 def sample(seed=1, c=5, size=32, dtype=torch.uint16):

@@ -8,8 +8,15 @@ import numpy as np
 import pytest
 
 from cytodata.images.normalize import (
-    PlateStats, apply_plate_norm, channel_percentiles, clip_max, correct_illumination,
-    illumination_function, merge_gray, percentile_scale, resize,
+    PlateStats,
+    apply_plate_norm,
+    channel_percentiles,
+    clip_max,
+    correct_illumination,
+    illumination_function,
+    merge_gray,
+    percentile_scale,
+    resize,
 )
 
 

@@ -11,7 +11,14 @@ import tifffile
 from PIL import Image
 
 from cytodata.curate.qc import (
-    DEFAULT_RULES, DUPLICATE_REASON, QC_RULES, QCConfig, check, find_duplicates, pixel_hash, run_qc,
+    DEFAULT_RULES,
+    DUPLICATE_REASON,
+    QC_RULES,
+    QCConfig,
+    check,
+    find_duplicates,
+    pixel_hash,
+    run_qc,
 )
 from cytodata.errors import RecipeError
 from cytodata.schema import conform, make_key, write_manifest

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import tifffile
 import zarr
+from test_shards_webdataset import PHENIX, RXRX, kill_after, make_manifest, real_rows, synthetic_rows
 
 from cytodata.images import read_image
 from cytodata.shards import write
-from test_shards_webdataset import PHENIX, RXRX, kill_after, make_manifest, real_rows, synthetic_rows
 
 
 def test_zarr_array_round_trip_and_ledger(tmp_path):

@@ -133,7 +133,8 @@ def _tiff_structure_problem(data: bytes) -> str | None:
         entries = int.from_bytes(data[offset:offset + count_size], order)
         end = offset + count_size + entries * entry_size + inline
         if end > n:
-            return f"directory {len(seen)} ({entries} tags at byte {offset}) ends at byte {end}, past the end ({n} bytes)"
+            return (f"directory {len(seen)} ({entries} tags at byte {offset}) ends at byte {end}, "
+                    f"past the end ({n} bytes)")
         for e in range(offset + count_size, offset + count_size + entries * entry_size, entry_size):
             kind = int.from_bytes(data[e + 2:e + 4], order)
             count = int.from_bytes(data[e + 4:e + 4 + inline], order)

@@ -13,8 +13,7 @@ from __future__ import annotations
 from .collate import MixedShapeError, collate, pad_collate
 from .dataloader import StreamingDataLoader
 from .partition import epoch_order, interleave
-from .samplers import (ClassBalanced, GroupedBatches, ShardShuffle, SourceMix, WeakLabelPairs,
-                       grouped_batches)
+from .samplers import ClassBalanced, GroupedBatches, ShardShuffle, SourceMix, WeakLabelPairs, grouped_batches
 from .stream import StreamingDataset
 
 __all__ = ["StreamingDataset", "StreamingDataLoader", "collate", "pad_collate", "MixedShapeError",

@@ -34,6 +34,7 @@ def generator(sample: dict, salt: str = "") -> torch.Generator:
 
 
 def uniform(g: torch.Generator, low: float = 0.0, high: float = 1.0) -> float:
+    """A float in ``[low, high)`` from ``g``."""
     return low + (high - low) * float(torch.rand((), generator=g))
 
 
@@ -124,7 +125,8 @@ class RandomRotation:
                                  dtype=x.dtype, device=x.device)[None]
             grid = F.affine_grid(theta, [1, *x.shape], align_corners=False)
             shifted = x[None] - self.fill
-            return F.grid_sample(shifted, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0] + self.fill
+            out = F.grid_sample(shifted, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+            return out[0] + self.fill
         return map_images(sample, fn)
 
 

@@ -123,7 +123,8 @@ class ZarrDataset(Dataset):
 
     def _read_crop(self, i: int, row: int, y: int, x: int) -> np.ndarray:
         """``crop x crop`` window at (y, x); with checksums, read the chunk-aligned block around it,
-        check each chunk it holds, then cut the window out."""
+        check each chunk it holds, then cut the window out.
+        """
         c = self.crop
         if self._chunk_sums is None or self._chunk_sums[i] is None:
             return self.array[row, :, y: y + c, x: x + c]

@@ -21,7 +21,7 @@ from ..curate.ledger import LEDGER_COLUMNS, Ledger
 from ..errors import ShardError
 from . import _plan
 from ._run import run_tasks
-from ._samples import INDEX_COLUMNS, CHANNEL_MODES, Dropped, Moments, digest, load_samples, records
+from ._samples import CHANNEL_MODES, INDEX_COLUMNS, Dropped, Moments, digest, load_samples, records
 from .checksum import COLUMN as CHECKSUM
 from .codecs import CODECS
 
@@ -166,9 +166,9 @@ def _warn_empty_sources(recs: list[dict]) -> None:
 
 # --- keys ---------------------------------------------------------------------------------
 def key_problem(key) -> str | None:
-    """Why ``key`` cannot name tar members / files safely, or None when it can.
+    r"""Why ``key`` cannot name tar members / files safely, or None when it can.
 
-    Refused: empty keys, ``/`` and ``\\`` (path separators), ``.`` anywhere (covers ``..`` and
+    Refused: empty keys, ``/`` and ``\`` (path separators), ``.`` anywhere (covers ``..`` and
     a leading dot; webdataset also splits ``KEY.ext`` at the first dot), a leading ``-`` (read as
     an option by ``tar`` and shell tools), whitespace and control/format characters.
     """
@@ -393,7 +393,7 @@ def finalize_webdataset(out: Path, stats_list: list[dict], plan: dict, manifest_
         raise ShardError(f"{out}: duplicate sample keys {list(index.loc[dup, 'key'][:5])}; "
                          "make manifest keys unique (schema.validate) and rewrite")
     ledger = Ledger()
-    ledger.extend(pd.DataFrame([l for s in stats_list for l in s["ledger"]], columns=list(LEDGER_COLUMNS)))
+    ledger.extend(pd.DataFrame([row for s in stats_list for row in s["ledger"]], columns=list(LEDGER_COLUMNS)))
     rows_written = sum(s["rows_written"] for s in stats_list)
     ledger.check(manifest_info["n_rows"], rows_written, where=f"shard {out}")
     moments, labels = Moments(), Counter()

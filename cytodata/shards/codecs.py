@@ -75,7 +75,8 @@ def _blosc():
 
 def single_threaded() -> None:
     """Let blosc use one thread in this process: loader/dask workers already fill every core,
-    and blosc's own threads on top of them oversubscribe the CPU."""
+    and blosc's own threads on top of them oversubscribe the CPU.
+    """
     from numcodecs import blosc
 
     blosc.use_threads = False

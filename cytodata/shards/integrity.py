@@ -157,7 +157,8 @@ def _verify_zarr(path, meta: dict, index: pd.DataFrame, deep: bool, storage_opti
     past = index.loc[(rows < 0) | (rows >= arr.shape[0]), "key"].astype(str).tolist() if len(rows) else []
     problems += [Problem(array_name, k, "index row outside the array") for k in past]
     if index["key"].duplicated().any():
-        problems += [Problem("index.parquet", str(k), "duplicate key") for k in index.loc[index["key"].duplicated(), "key"]]
+        duplicated = index.loc[index["key"].duplicated(), "key"]
+        problems += [Problem("index.parquet", str(k), "duplicate key") for k in duplicated]
     if not deep:
         return problems
     column = CHECKSUM if CHECKSUM in index.columns else "sha256" if "sha256" in index.columns else None

@@ -15,8 +15,8 @@ import re
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from ._samples import INDEX_COLUMNS, Dropped, Moments, load_samples
 from .._files import save_json, save_parquet
+from ._samples import INDEX_COLUMNS, Dropped, Moments, load_samples
 from ._writer import FORMATS, claim_folder, identity
 
 FORMAT = "cytodata-ome-zarr"
@@ -216,6 +216,7 @@ def _key_map(rows: list[dict]):
 
 
 def run_tasks_for(tasks, opts):
+    """Run the OME-Zarr write tasks on the shard writer's task runner (dask or synchronous)."""
     from ._run import run_tasks
 
     return run_tasks(_write_plate, tasks, scheduler=opts["scheduler"], n_workers=opts["n_workers"],

@@ -48,7 +48,8 @@ class _HashingWriter:
 class _TarWriter:
     """Append-only tar writer: GNU headers from ``tarfile.TarInfo.tobuf`` and one ``write`` per
     payload (``tarfile.addfile`` copies through 16 KiB chunks, a measurable cost per shard).
-    Produces the same bytes as ``tarfile`` (regular members, end blocks, record padding)."""
+    Produces the same bytes as ``tarfile`` (regular members, end blocks, record padding).
+    """
 
     def __init__(self, fh):
         self.fh, self.offset = fh, 0

@@ -14,12 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
+from .._files import load_json_dict, save_json, save_parquet
 from ..errors import ImageReadError
 from ._run import run_tasks
 from ._samples import INDEX_COLUMNS, Dropped, Moments, fit_window, load_samples, window_of
-from .checksum import CHUNK_COLUMN as CHUNK_CHECKSUMS, COLUMN as CHECKSUM, checksum
-from .._files import load_json_dict, save_json, save_parquet
 from ._writer import FORMATS, claim_folder, identity, sweep_temps
+from .checksum import CHUNK_COLUMN as CHUNK_CHECKSUMS
+from .checksum import COLUMN as CHECKSUM
+from .checksum import checksum
 from .labels import COORD_NAMES, DIMS, write_labels
 
 FORMAT = "cytodata-zarr"
@@ -115,7 +117,8 @@ def _write_rows(path: str, start: int, items: list, channel_mode: str, qc, gray,
 
 def chunk_checksums(pix: np.ndarray, th: int, tw: int) -> list[str]:
     """XXH3-64 of each ``(C, th, tw)`` chunk of a ``(C, H, W)`` row (row-major over the chunk grid;
-    edge chunks clipped to the image), the unit a random crop reads."""
+    edge chunks clipped to the image), the unit a random crop reads.
+    """
     _, h, w = pix.shape
     return [checksum(pix[:, y:y + th, x:x + tw]) for y in range(0, h, th) for x in range(0, w, tw)]
 
@@ -136,13 +139,12 @@ def _part_intact(arr, result: dict) -> bool:
 @FORMATS.register("zarr")
 def write_zarr(recs: list[dict], out: Path, manifest_info: dict, opts: dict) -> dict:
     """Plan rows, create the array, write row ranges in parallel, then index/ledger/shards.json."""
+    import pandas as pd
     import zarr
     from zarr.codecs import ZstdCodec
 
-    import pandas as pd
-
-    from ..curate.ledger import LEDGER_COLUMNS, Ledger
     from .. import __version__
+    from ..curate.ledger import LEDGER_COLUMNS, Ledger
 
     ident = identity("zarr", manifest_info, opts)
     previous = claim_folder(out, ident, opts["overwrite"],

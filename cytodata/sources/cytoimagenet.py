@@ -1,4 +1,4 @@
-"""CytoImageNet (Hua et al. 2021): per-source harmonized tables and the release ``metadata.csv``.
+r"""CytoImageNet (Hua et al. 2021): per-source harmonized tables and the release ``metadata.csv``.
 
 Params:
     path: a CSV file, or a folder whose ``*.csv``/``*.csv.gz`` files are all read (each file's
@@ -18,7 +18,7 @@ Params:
         yellow ``endoplasmic reticulum`` (image_id ``.../<ID>_<colour>``, parent_id the field);
         ``"stack"``: one 4-channel row per field labelled with the protein's classes.
     image_root: re-root image paths: ``image_root/<dir_name>/<path after dir_name>/<filename>``.
-        Default: the table's own paths (Windows drive letters dropped, ``\\`` -> ``/``); HPA
+        Default: the table's own paths (Windows drive letters dropped, ``\`` -> ``/``); HPA
         images default to ``train/`` next to the table.
 
 Each file is one image per row (a single channel file, even if it stores several stains):

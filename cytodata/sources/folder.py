@@ -1,4 +1,4 @@
-"""Folder-per-class source: ``root/<class>/<files>``, the class name as a label.
+r"""Folder-per-class source: ``root/<class>/<files>``, the class name as a label.
 
 Params:
     root: folder with one sub-folder per class (files may sit deeper inside a class folder).
@@ -6,7 +6,7 @@ Params:
     extensions: file suffixes to read, case-insensitive (default common image formats).
     channel_pattern: a regex with a named group ``channel`` (and optionally ``id``) matched
         against file names, to group per-channel files of one field into one row, e.g.
-        ``(?P<id>.+)_w(?P<channel>\\d)\\.tif``. Without it every file is one image with a single
+        ``(?P<id>.+)_w(?P<channel>\d)\.tif``. Without it every file is one image with a single
         ``gray`` channel. Image files that do not match, and fields whose channel set differs
         from the others', raise :class:`SourceError` (fix the pattern or the extensions).
 
