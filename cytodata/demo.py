@@ -182,7 +182,8 @@ def evaluate_embeddings(out: Path, seed: int, trained: dict[str, pd.DataFrame] |
         has_moa = meta["moa"].notna().to_numpy()
         knn = run_protocol("knn", emb[has_moa].reset_index(drop=True),
                            meta[has_moa].reset_index(drop=True), label="moa", k=11)
-        mapr = run_protocol("map", emb, meta, seed=seed, null_size=2000)
+        # z-scores against DMSO: MAD inflates features that are constant in the controls
+        mapr = run_protocol("map", emb, meta, seed=seed, null_size=2000, normalize="standardize")
         merged = {**ando, "protocol": "demo: bbbc021-ando + knn + map",
                   "metrics": {**ando["metrics"], **knn["metrics"],
                               **{f"map_{k}": v for k, v in mapr["metrics"].items()}},
