@@ -552,6 +552,8 @@ class Dino(Method):
         loss, stats = self.criterion(student.float(), teacher.float(), temp, len(views), n_global)
         self._watch(stats, step)
         stats.pop("n_samples")
+        if runtime.world_size() > 1:
+            extra["center_rank_spread"] = self._center_spread()
         return loss, {**stats, **extra, "teacher_temp": temp,
                       "teacher_momentum": float(self.momentum[min(step, len(self.momentum) - 1)])}
 
@@ -594,6 +596,15 @@ class Dino(Method):
 
     def _check_pairs(self, batch: dict) -> dict:
         return {}
+
+    def _center_spread(self) -> float:
+        """max - min over ranks of a float64 digest of the centre (0 when all ranks agree)."""
+        c = self.criterion.center.detach().double().flatten()
+        digest = (c * torch.arange(1, c.numel() + 1, dtype=torch.float64, device=c.device)).sum()
+        v = torch.zeros(runtime.world_size(), dtype=torch.float64, device=c.device)
+        v[runtime.rank()] = digest
+        runtime.all_reduce_sum(v)
+        return float(v.max() - v.min())
 
     # --- evaluation ---
     def embed_crop(self) -> int:
