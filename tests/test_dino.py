@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import subprocess
 import sys
 import warnings
@@ -18,8 +19,14 @@ import torch
 
 from cytodata.baselines import checkpoint, embed, load_config, train
 from cytodata.baselines.data import DataInfo
-from cytodata.baselines.methods.dino import (BalancedWeakLabelPairs, DINOLoss, Dino, WSDino,
-                                             dino_cross_entropy, resized_crops)
+from cytodata.baselines.methods.dino import (
+    BalancedWeakLabelPairs,
+    Dino,
+    DINOLoss,
+    WSDino,
+    dino_cross_entropy,
+    resized_crops,
+)
 from cytodata.errors import RecipeError, TrainingError
 
 # a 1-block test_vit with 8-px patches: 16-px global crops (4 tokens), 8-px local crops (1 token)
@@ -331,9 +338,13 @@ def test_torchrun_two_ranks_share_one_centre(shards, tmp_path):
     for k, v in {**TINY, "steps": 4, "batch_size": 4, "data.train": shards}.items():
         args += ["--set", f"{k}={json.dumps(v) if isinstance(v, dict) else v}"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
+    with socket.socket() as s:      # a free port (torchrun's --master_port 0 can hang here)
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
     res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_port", "0", "-m", "cytodata", "train", "dino-tiny", "-o", str(run),
-                          "-q", *args], capture_output=True, text=True, env=env, timeout=300)
+                          "--master_addr", "127.0.0.1", "--master_port", port, "-m", "cytodata",
+                          "train", "dino-tiny", "-o", str(run), "-q", *args],
+                         capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     logged = [r for r in rows(run) if "loss" in r]
     assert len(logged) == 4 and all(r["center_rank_spread"] == 0.0 for r in logged)

@@ -96,8 +96,10 @@ class DinoConfig(TrainConfig):
                  f"{name}={lo_hi}; expected [min, max] area fractions with 0 < min <= max <= 1")
         need(self.student_temp > 0 and self.teacher_temp > 0 and self.warmup_teacher_temp > 0,
              "student_temp, teacher_temp and warmup_teacher_temp must be > 0")
-        need(0.0 <= self.center_momentum <= 1.0, f"center_momentum={self.center_momentum}; in [0, 1]")
-        need(0.0 <= self.momentum_teacher <= 1.0, f"momentum_teacher={self.momentum_teacher}; in [0, 1]")
+        need(0.0 <= self.center_momentum <= 1.0,
+             f"center_momentum={self.center_momentum}; must be in [0, 1]")
+        need(0.0 <= self.momentum_teacher <= 1.0,
+             f"momentum_teacher={self.momentum_teacher}; must be in [0, 1]")
         need(self.patch_size is None or self.patch_size >= 1, f"patch_size={self.patch_size}")
         need(self.collapse_patience >= 1, f"collapse_patience={self.collapse_patience}; >= 1")
 
@@ -215,7 +217,8 @@ class DinoModels(nn.Module):
         """-> ``(n_models, len(views) * B, out_dim)``."""
         if not self.per_channel:
             return self.nets[0](views)[None]
-        return torch.stack([net([v[:, i: i + 1] for v in views]) for i, net in enumerate(self.nets)])
+        return torch.stack([net([v[:, i: i + 1] for v in views])
+                            for i, net in enumerate(self.nets)])
 
 
 def dino_cross_entropy(student: torch.Tensor, teacher_probs: torch.Tensor, n_views: int,
@@ -308,11 +311,11 @@ def collapse_kind(stats: dict, out_dim: int) -> str | None:
 
 
 _REMEDIES = {
-    "uniform": "the centring outweighs the sharpening: lower teacher_temp (0.04; warm up to 0.07 at "
-               "most, warmup_teacher_temp_epochs), raise center_momentum towards 0.9-0.99, lower "
+    "uniform": "the centring outweighs the sharpening: lower teacher_temp (0.04; warm up to "
+               "0.07 at most, warmup_teacher_temp_epochs), raise center_momentum towards 0.9-0.99, lower "
                "optim.lr or raise momentum_teacher (0.996)",
-    "one-prototype": "the sharpening outweighs the centring: keep centring on (center_momentum 0.9; "
-                     "1.0 disables it), raise teacher_temp slightly (0.04 -> 0.07), raise "
+    "one-prototype": "the sharpening outweighs the centring: keep centring on "
+                     "(center_momentum 0.9; 1.0 disables it), raise teacher_temp slightly (0.04 -> 0.07), raise "
                      "momentum_teacher (0.996), lower optim.lr or add warm-up",
 }
 
@@ -328,8 +331,9 @@ def group_codes(index: pd.DataFrame, weak_label: str, what: str = "weak_label"
     cols = [c.strip() for c in str(weak_label).split("+") if c.strip()]
     missing = [c for c in cols if c not in index.columns]
     if not cols or missing:
-        raise TrainingError(f"{what}={weak_label!r}: the shard index has no column(s) {missing or cols}; "
-                            f"columns: {sorted(map(str, index.columns))}. Pass --set weak_label=COLUMN "
+        raise TrainingError(f"{what}={weak_label!r}: the shard index has no column(s) "
+                            f"{missing or cols}; columns: {sorted(map(str, index.columns))}. "
+                            "Pass --set weak_label=COLUMN "
                             "(e.g. compound, moa, label, or compound+concentration for treatments)")
     frame = index[cols]
     na = frame.isna().any(axis=1).to_numpy()
@@ -343,7 +347,8 @@ def group_codes(index: pd.DataFrame, weak_label: str, what: str = "weak_label"
 def image_ids(index: pd.DataFrame, column: str = "auto") -> np.ndarray:
     """Per-row image ids: rows sharing one are the same image (crops of one field never pair)."""
     if column == "auto":
-        column = "parent_id" if "parent_id" in index.columns and index["parent_id"].notna().all() else "key"
+        has_parent = "parent_id" in index.columns and index["parent_id"].notna().all()
+        column = "parent_id" if has_parent else "key"
     if column not in index.columns:
         raise TrainingError(f"pair_image_column={column!r} is not an index column; columns: "
                             f"{sorted(map(str, index.columns))}")
@@ -368,7 +373,9 @@ class BalancedWeakLabelPairs:
     self_pairs: int = field(default=0, init=False)
     lone_images: int = field(default=0, init=False)
 
-    def order(self, index: pd.DataFrame, *, seed: int, epoch: int, world_size: int = 1) -> np.ndarray:
+    def order(self, index: pd.DataFrame, *, seed: int, epoch: int, world_size: int = 1
+              ) -> np.ndarray:
+        """The ``(n, 2)`` (anchor, partner) rows of ``epoch`` (a pure function of its inputs)."""
         codes, _ = group_codes(index, self.weak_label)
         images = image_ids(index, self.image_column)
         rng = rng_for("ws-dino-pairs", seed, epoch)
@@ -382,7 +389,7 @@ class BalancedWeakLabelPairs:
         share = np.full(len(names), total // len(names))
         share[rng.permutation(len(names))[: total - share.sum()]] += 1
         pairs, self_pairs, lone = [], 0, 0
-        for name, want in zip(names, share):
+        for name, want in zip(names, share, strict=True):
             rows = np.asarray(groups[name], dtype=np.int64)
             full, rest = divmod(int(want), len(rows))
             pos = np.concatenate([np.tile(np.arange(len(rows)), full),
@@ -484,8 +491,11 @@ class Dino(Method):
 
     def _check_sizes(self) -> None:
         cfg = self.cfg
-        patch = getattr(getattr(self.student.nets[0].backbone, "patch_embed", None), "patch_size", None)
-        self.patch = int(patch[0]) if isinstance(patch, (tuple, list)) else (int(patch) if patch else None)
+        embed = getattr(self.student.nets[0].backbone, "patch_embed", None)
+        patch = getattr(embed, "patch_size", None)
+        if isinstance(patch, (tuple, list)):
+            patch = patch[0]
+        self.patch = int(patch) if patch else None
         sizes = {"data.crop (global crop)": cfg.data.crop, "local_crop": cfg.local_crop,
                  "embed_crop": self.embed_crop()}
         if self.patch:
@@ -494,15 +504,17 @@ class Dino(Method):
                 detail = ", ".join(f"{k}={v}" for k, v in bad.items())
                 raise TrainingError(f"{detail}: not a multiple of the patch size {self.patch} of "
                                     f"model={cfg.model!r}; use multiples of {self.patch} (e.g. "
-                                    f"{max(self.patch, (min(bad.values()) // self.patch) * self.patch)}) "
+                                    f"{max(self.patch, min(bad.values()) // self.patch * self.patch)}"
+                                    ") "
                                     "or set patch_size")
         shape = self.info.shape
         if shape is not None:
             h, w = shape[-2:]
-            for name, size in (("data.crop (global crop)", cfg.data.crop), ("local_crop", cfg.local_crop)):
+            for name, size in (("data.crop (global crop)", cfg.data.crop),
+                               ("local_crop", cfg.local_crop)):
                 if size > min(h, w):
-                    raise TrainingError(f"{name}={size} is larger than the training images ({h}x{w}); "
-                                        f"lower it to at most {min(h, w)} (a crop is resampled from "
+                    raise TrainingError(f"{name}={size} is larger than the training images "
+                                        f"({h}x{w}); lower it to at most {min(h, w)} (a crop is resampled from "
                                         "inside the image)")
 
     # --- engine hooks ---
@@ -516,7 +528,8 @@ class Dino(Method):
         cfg = self.cfg
         return {"method": cfg.method, "model": cfg.model, "patch_size": self.patch,
                 "model_kwargs": dict(cfg.model_kwargs),
-                "in_chans": 1 if cfg.per_channel else self.info.n_channels, "n_models": self.n_models,
+                "in_chans": 1 if cfg.per_channel else self.info.n_channels,
+                "n_models": self.n_models,
                 "out_dim": cfg.out_dim, "head": [cfg.head_hidden_dim, cfg.head_bottleneck_dim,
                                                   cfg.head_layers, cfg.norm_last_layer]}
 
@@ -691,7 +704,7 @@ class WSDino(Dino):
 
 
 def teacher_temp_schedule(start: float, end: float, warmup_steps: int, steps: int) -> np.ndarray:
-    """Linear ``start -> end`` over ``warmup_steps`` (the last warm-up step is ``end``), then ``end``."""
+    """Linear ``start -> end`` over ``warmup_steps`` (its last step is ``end``), then ``end``."""
     out = np.full(int(steps), float(end))
     w = min(int(warmup_steps), int(steps))
     if w > 0:
@@ -708,17 +721,18 @@ def _load_pretrained(backbone: nn.Module, head: DINOHead, path: str, in_chans: i
     body = {k: v for k, v in state.items() if k not in {"head." + h for h in head_state}}
     load_pretrained(backbone, path, in_chans, state=body)
     if head_state:
-        renamed = {k.replace("last_layer.weight_g", "last_layer.parametrizations.weight.original0")
-                    .replace("last_layer.weight_v", "last_layer.parametrizations.weight.original1"): v
+        wn = "last_layer.parametrizations.weight.original"
+        renamed = {k.replace("last_layer.weight_g", wn + "0").replace("last_layer.weight_v", wn + "1"): v
                    for k, v in head_state.items()}
         own = head.state_dict()
         if set(renamed) == set(own) and all(own[k].shape == v.shape for k, v in renamed.items()):
             head.load_state_dict(renamed)
         else:
-            warnings.warn(f"pretrained={path}: its DINO head does not fit (out_dim or sizes differ); "
-                          "the head starts fresh, the backbone is loaded", RuntimeWarning, stacklevel=3)
+            warnings.warn(f"pretrained={path}: its DINO head does not fit (out_dim or sizes "
+                          "differ); the head starts fresh, the backbone is loaded",
+                          RuntimeWarning, stacklevel=3)
 
 
 __all__ = ["BalancedWeakLabelPairs", "DINOHead", "DINOLoss", "Dino", "DinoConfig", "DinoModels",
-           "DinoNet", "WSDino", "WSDinoConfig", "collapse_kind", "dino_cross_entropy", "group_codes",
-           "resized_crops", "teacher_temp_schedule"]
+           "DinoNet", "WSDino", "WSDinoConfig", "collapse_kind", "dino_cross_entropy",
+           "group_codes", "resized_crops", "teacher_temp_schedule"]
