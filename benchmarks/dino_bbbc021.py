@@ -6,7 +6,7 @@ crops) -> ``bbbc021-ando`` (DMSO z-score per batch, TVN, NSC/NSCB). The baseline
 architecture at its random initialisation (the student before any step, as the engine seeds
 it), embedded the same way. Prints the three rows side by side like WS-DINO's Table 1.
 
-    python benchmarks/dino_bbbc021.py [--steps 300] [--out /tmp/dino-bbbc021] [--seed 0]
+    python benchmarks/dino_bbbc021.py [--steps 250] [--out /tmp/dino-bbbc021] [--seed 0]
 
 Every run is a real engine run (checkpoints, metrics.jsonl); the figures are from one seed on a
 shared CPU, small ViTs and a few hundred steps: an ordering check, not WS-DINO's numbers.
@@ -29,7 +29,7 @@ COMMON = {
     "out_dim": 1024, "head_hidden_dim": 256, "head_bottleneck_dim": 64, "local_crops": 4,
     "local_crop": 32, "data.crop": 64, "data.train_split": None, "data.val_split": None,
     "batch_size": 16, "device": "cpu", "precision": "fp32", "channels_last": False,
-    "optim.lr": 5e-4, "optim.scale_lr_by_batch": False, "optim.min_lr": 1e-5,
+    "optim.lr": 5e-4, "optim.scale_lr_by_batch": True, "optim.min_lr": 1e-6,
     "optim.warmup_steps": 20, "optim.weight_decay": 0.0, "optim.clip_grad": 3.0,
     "warmup_epochs": None, "freeze_last_layer": 1.0, "log_every": 25, "checkpoint_every": 10_000,
     "progress": False, "data.threads": 1,
@@ -44,8 +44,8 @@ def make_shards(out: Path, seed: int) -> Path:
 
     src = out / "sources" / "bbbc021"
     write_bbbc021_layout(src, SyntheticScreen(seed=seed))
-    recipe = {"name": "dino-bench", "seed": seed,
-              "sources": [{"adapter": "bbbc021", "source": "synth-bbbc021", "params": {"root": str(src)}}]}
+    source = {"adapter": "bbbc021", "source": "synth-bbbc021", "params": {"root": str(src)}}
+    recipe = {"name": "dino-bench", "seed": seed, "sources": [source]}
     build(recipe, out / "manifest", progress=False)
     shards.write(out / "manifest", out / "shards", format="webdataset", codec="blosc-lz4",
                  samples_per_shard=64, scheduler="synchronous", progress=False)
@@ -70,7 +70,7 @@ def main(argv=None) -> None:
     from cytodata.baselines import embed, train
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--steps", type=int, default=250)
     ap.add_argument("--out", default="/tmp/dino-bbbc021")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared machine)")
@@ -86,11 +86,13 @@ def main(argv=None) -> None:
             "WS-DINO (compound)": ("ws-dino", {"steps": args.steps, "weak_label": "compound"})}
     for name, (method, extra) in runs.items():
         t0 = time.time()
+        cfg = {**COMMON, **extra, "seed": args.seed, "data.train": str(shard_dir)}
         run = train(method, out / "runs" / method.replace("-", "_") / str(extra["steps"]),
-                    **{k.replace(".", "__"): v for k, v in {**COMMON, **extra, "seed": args.seed, "data.train": str(shard_dir)}.items()})
+                    **{k.replace(".", "__"): v for k, v in cfg.items()})
         parquet = embed(run, shard_dir, out / f"{name.split()[0].lower()}.parquet",
                               device="cpu", progress=False)
-        rows[name] = {**evaluate(parquet, out / "manifest"), "steps": extra["steps"], "seconds": time.time() - t0}
+        rows[name] = {**evaluate(parquet, out / "manifest"), "steps": extra["steps"],
+                      "seconds": time.time() - t0}
         print(f"{name}: {rows[name]}", flush=True)
     print("\n| embeddings (synthetic BBBC021, bbbc021-ando) | steps | NSC | NSCB |")
     print("|---|---|---|---|")

@@ -1,5 +1,6 @@
 """DINO and WS-DINO on the engine: hand-computed loss/centre/EMA/schedules, the frozen last layer,
-WS-DINO pairs, the collapse monitor, bad input and 2-rank gloo DDP, on tiny real shard sets (CPU)."""
+WS-DINO pairs, the collapse monitor, bad input and 2-rank gloo DDP, on tiny real shard sets.
+"""
 
 from __future__ import annotations
 
@@ -109,7 +110,8 @@ def test_dino_loss_on_a_three_view_toy_batch_matches_the_hand_computation():
     assert stats["loss_over_ln_k"] == pytest.approx(expected / math.log(3), rel=1e-6)
     # the loss call updated the centre after using it: 0.9 c + 0.1 mean(teacher)
     mean_t = [(t[0][k] + t[1][k]) / 2 for k in range(3)]
-    assert crit.center.flatten().tolist() == pytest.approx([0.9 * c[k] + 0.1 * mean_t[k] for k in range(3)])
+    want = [0.9 * c[k] + 0.1 * mean_t[k] for k in range(3)]
+    assert crit.center.flatten().tolist() == pytest.approx(want)
 
 
 def test_centre_update_is_an_ema_of_the_teacher_batch_mean():
@@ -119,7 +121,8 @@ def test_centre_update_is_an_ema_of_the_teacher_batch_mean():
     assert crit.center[0, 0].tolist() == pytest.approx([0.2, 0.3, 0.4])
     assert crit.center[1, 0].tolist() == pytest.approx([0.1, 0.1, 0.1])
     crit.update_center(teacher)
-    assert crit.center[0, 0].tolist() == pytest.approx([0.9 * 0.2 + 0.2, 0.9 * 0.3 + 0.3, 0.9 * 0.4 + 0.4])
+    want = [0.9 * 0.2 + 0.2, 0.9 * 0.3 + 0.3, 0.9 * 0.4 + 0.4]
+    assert crit.center[0, 0].tolist() == pytest.approx(want)
     frozen = DINOLoss(3, center_momentum=1.0)     # 1.0 = no centring
     frozen.update_center(teacher[:1])
     assert frozen.center.abs().sum() == 0
@@ -143,7 +146,8 @@ def test_ema_teacher_update_and_schedule_end_points():
     m.after_step(19)                                 # momentum 1 at the end: no change
     assert all(torch.allclose(p, torch.full_like(p, 0.01)) for p in m.teacher.parameters())
     # lr warm-up in epochs: 1 epoch = 4 steps from 0 to the base lr
-    lrs, _ = method(steps=20, warmup_epochs=1.0, batch_size=16, **{"optim.lr": 1e-3}).schedules(20, 16)
+    m = method(steps=20, warmup_epochs=1.0, batch_size=16, **{"optim.lr": 1e-3})
+    lrs, _ = m.schedules(20, 16)
     assert lrs[0] == 0.0 and lrs[4] == pytest.approx(1e-3) and lrs[3] < 1e-3
 
 
@@ -156,7 +160,8 @@ def test_resized_crops_identity_flip_and_transpose():
     for seed in range(12):
         out = resized_crops(x, 8, (1.0, 1.0), torch.Generator().manual_seed(seed), ratio=(1.0, 1.0))
         for i in range(2):
-            for name, y in {"id": x[i], "h": x[i].flip(-1), "v": x[i].flip(-2), "hv": x[i].flip(-1, -2),
+            for name, y in {"id": x[i], "h": x[i].flip(-1), "v": x[i].flip(-2),
+                            "hv": x[i].flip(-1, -2),
                             "t": x[i].transpose(-1, -2), "ht": x[i].transpose(-1, -2).flip(-1),
                             "vt": x[i].transpose(-1, -2).flip(-2),
                             "hvt": x[i].transpose(-1, -2).flip(-1, -2)}.items():
@@ -164,7 +169,8 @@ def test_resized_crops_identity_flip_and_transpose():
                     seen.add(name)
     assert len(seen) == 8                            # every symmetry of the square, exactly
     small = resized_crops(x, 4, (0.05, 0.4), g)
-    assert small.shape == (2, 3, 4, 4) and float(small.min()) >= 0 and float(small.max()) <= float(x.max())
+    assert small.shape == (2, 3, 4, 4)
+    assert float(small.min()) >= 0 and float(small.max()) <= float(x.max())
 
 
 # ----------------------------------------------------------------------------- the engine path
@@ -192,8 +198,9 @@ def test_healthy_tiny_run_has_no_collapse_warning_and_logs_the_monitor(healthy):
 
 def test_last_layer_frozen_in_epoch_zero(shards, tmp_path):
     spe = 38 // 8                                   # 38 training rows, global batch 8 -> 4 steps
-    run = train("dino-tiny", tmp_path / "frozen", **{**TINY, "steps": spe + 1, "checkpoint_every": 1,
-                                                     "keep_checkpoints": 10, "data.train": str(shards)})
+    run = train("dino-tiny", tmp_path / "frozen",
+                **{**TINY, "steps": spe + 1, "checkpoint_every": 1, "keep_checkpoints": 10,
+                   "data.train": str(shards)})
 
     def state(step):
         return checkpoint.load(run / "checkpoints" / f"step-{step}.pt")["modules"]["student"]
@@ -218,9 +225,9 @@ def test_embed_writes_teacher_cls_per_image(healthy, shards, tmp_path):
 
 def test_broken_config_warns_of_collapse(shards, tmp_path):
     with pytest.warns(RuntimeWarning, match=r"collapse.*Remedies"):
-        train("dino-tiny", tmp_path / "broken", **{**TINY, "steps": 80, "log_every": 40,
-                                                   "teacher_temp": 1.0, "warmup_teacher_temp": 1.0,
-                                                   "center_momentum": 1.0, "data.train": str(shards)})
+        train("dino-tiny", tmp_path / "broken",
+              **{**TINY, "steps": 80, "log_every": 40, "teacher_temp": 1.0,
+                 "warmup_teacher_temp": 1.0, "center_momentum": 1.0, "data.train": str(shards)})
 
 
 # ----------------------------------------------------------------------------- WS-DINO pairs
@@ -279,7 +286,8 @@ def test_ws_dino_run_reports_fallbacks_and_checks_pairs(shards, tmp_path):
 
 
 def test_ws_dino_missing_weak_label_column_is_a_clear_error(shards, tmp_path):
-    with pytest.raises(TrainingError, match=r"weak_label='treatment'.*no column.*--set weak_label="):
+    with pytest.raises(TrainingError,
+                       match=r"weak_label='treatment'.*no column.*--set weak_label="):
         train("ws-dino-tiny", tmp_path / "x", **{**TINY, "weak_label": "treatment",
                                                   "data.train": str(shards)})
 
@@ -313,7 +321,8 @@ def test_per_channel_models_and_pretrained_weights(tmp_path):
 
 # ----------------------------------------------------------------------------- bad input
 def test_bad_sizes_and_out_dim_are_clear_errors():
-    with pytest.raises(TrainingError, match=r"local_crop=48 is larger than the training images \(32x32\)"):
+    with pytest.raises(TrainingError,
+                       match=r"local_crop=48 is larger than the training images \(32x32\)"):
         method(local_crop=48)
     with pytest.raises(TrainingError, match=r"local_crop=12.*not a multiple of the patch size 8"):
         method(local_crop=12)
