@@ -29,7 +29,7 @@ COMMON = {
     "out_dim": 1024, "head_hidden_dim": 256, "head_bottleneck_dim": 64, "local_crops": 4,
     "local_crop": 32, "data.crop": 64, "data.train_split": None, "data.val_split": None,
     "batch_size": 16, "device": "cpu", "precision": "fp32", "channels_last": False,
-    "optim.lr": 5e-4, "optim.scale_lr_by_batch": True, "optim.min_lr": 1e-6,
+    "optim.lr": 5e-4, "optim.scale_lr_by_batch": True, "optim.min_lr": 1e-5,
     "optim.warmup_steps": 20, "optim.weight_decay": 0.0, "optim.clip_grad": 3.0,
     "warmup_epochs": None, "freeze_last_layer": 1.0, "log_every": 25, "checkpoint_every": 10_000,
     "progress": False, "data.threads": 1,
