@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -360,3 +361,18 @@ def test_torchrun_two_ranks_share_one_centre(shards, tmp_path):
     assert len(logged) == 4 and all(r["center_rank_spread"] == 0.0 for r in logged)
     centre = checkpoint.load(run)["modules"]["dino_loss"]["center"]
     assert centre.abs().sum() > 0
+
+
+def test_resume_repeats_the_uninterrupted_run_exactly(shards, tmp_path):
+    common = {**TINY, "steps": 6, "checkpoint_every": 3, "data.train": str(shards)}
+    full = train("ws-dino-tiny", tmp_path / "full", **common)
+    part = tmp_path / "part"          # the same run stopped after its step-3 checkpoint
+    shutil.copytree(full, part)
+    for name in ("step-6.pt", "last.pt"):
+        (part / "checkpoints" / name).unlink()
+    train("ws-dino-tiny", part, resume=True, **common)
+    a, b = checkpoint.load(full), checkpoint.load(part)
+    assert a["step"] == b["step"] == 6
+    for name in ("student", "teacher", "dino_loss"):
+        for k, v in a["modules"][name].items():
+            assert torch.equal(v, b["modules"][name][k]), (name, k)
