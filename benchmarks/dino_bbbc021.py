@@ -38,12 +38,17 @@ COMMON = {
 
 def make_shards(out: Path, seed: int) -> Path:
     """The synthetic BBBC021-layout screen as a WebDataset shard set."""
+    return make_shards_sized(out, seed, image_size=128)
+
+
+def make_shards_sized(out: Path, seed: int, image_size: int) -> Path:
+    """:func:`make_shards` with fields of ``image_size`` pixels."""
     from cytodata import shards
     from cytodata.manifest import build
     from cytodata.synthetic import SyntheticScreen, write_bbbc021_layout
 
     src = out / "sources" / "bbbc021"
-    write_bbbc021_layout(src, SyntheticScreen(seed=seed))
+    write_bbbc021_layout(src, SyntheticScreen(seed=seed, image_size=image_size))
     source = {"adapter": "bbbc021", "source": "synth-bbbc021", "params": {"root": str(src)}}
     recipe = {"name": "dino-bench", "seed": seed, "sources": [source]}
     build(recipe, out / "manifest", progress=False)
