@@ -24,10 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 def main(argv=None) -> None:
     import torch
+    from dino_bbbc021 import make_shards_sized
 
     from cytodata.baselines import train
-
-    from dino_bbbc021 import make_shards_sized
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=300)
