@@ -195,7 +195,7 @@ class DinoNet(nn.Module):
         self.backbone, self.head = backbone, head
 
     def forward(self, views: list[torch.Tensor]) -> torch.Tensor:
-        """``views``: list of ``(B, C, s, s)`` -> ``(len(views) * B, out_dim)`` (view-major)."""
+        """Map views ``[(B, C, s, s), ...]`` to ``(len(views) * B, out_dim)`` (view-major)."""
         feats, start = [], 0
         while start < len(views):
             end = start
@@ -312,11 +312,12 @@ def collapse_kind(stats: dict, out_dim: int) -> str | None:
 
 _REMEDIES = {
     "uniform": "the centring outweighs the sharpening: lower teacher_temp (0.04; warm up to "
-               "0.07 at most, warmup_teacher_temp_epochs), raise center_momentum towards 0.9-0.99, lower "
-               "optim.lr or raise momentum_teacher (0.996)",
+               "0.07 at most, warmup_teacher_temp_epochs), raise center_momentum towards "
+               "0.9-0.99, lower optim.lr or raise momentum_teacher (0.996)",
     "one-prototype": "the sharpening outweighs the centring: keep centring on "
-                     "(center_momentum 0.9; 1.0 disables it), raise teacher_temp slightly (0.04 -> 0.07), raise "
-                     "momentum_teacher (0.996), lower optim.lr or add warm-up",
+                     "(center_momentum 0.9; 1.0 disables it), raise teacher_temp slightly "
+                     "(0.04 -> 0.07), raise momentum_teacher (0.996), lower optim.lr or add "
+                     "warm-up",
 }
 
 
@@ -375,7 +376,7 @@ class BalancedWeakLabelPairs:
 
     def order(self, index: pd.DataFrame, *, seed: int, epoch: int, world_size: int = 1
               ) -> np.ndarray:
-        """The ``(n, 2)`` (anchor, partner) rows of ``epoch`` (a pure function of its inputs)."""
+        """Return the ``(n, 2)`` (anchor, partner) rows of ``epoch`` (pure in its inputs)."""
         codes, _ = group_codes(index, self.weak_label)
         images = image_ids(index, self.image_column)
         rng = rng_for("ws-dino-pairs", seed, epoch)
@@ -502,11 +503,10 @@ class Dino(Method):
             bad = {k: v for k, v in sizes.items() if v % self.patch or v < self.patch}
             if bad:
                 detail = ", ".join(f"{k}={v}" for k, v in bad.items())
+                example = max(self.patch, min(bad.values()) // self.patch * self.patch)
                 raise TrainingError(f"{detail}: not a multiple of the patch size {self.patch} of "
                                     f"model={cfg.model!r}; use multiples of {self.patch} (e.g. "
-                                    f"{max(self.patch, min(bad.values()) // self.patch * self.patch)}"
-                                    ") "
-                                    "or set patch_size")
+                                    f"{example}) or set patch_size")
         shape = self.info.shape
         if shape is not None:
             h, w = shape[-2:]
@@ -514,7 +514,8 @@ class Dino(Method):
                                ("local_crop", cfg.local_crop)):
                 if size > min(h, w):
                     raise TrainingError(f"{name}={size} is larger than the training images "
-                                        f"({h}x{w}); lower it to at most {min(h, w)} (a crop is resampled from "
+                                        f"({h}x{w}); lower it to at most {min(h, w)} (a crop "
+                                        "is resampled from "
                                         "inside the image)")
 
     # --- engine hooks ---
@@ -541,8 +542,11 @@ class Dino(Method):
         return lr_schedule(optim, steps, global_batch), wd_schedule(optim, steps)
 
     def views(self, batch: dict, g: torch.Generator) -> tuple[list[torch.Tensor], int]:
-        """2 global crops of ``batch["image"]`` + ``local_crops`` local ones (of the partner for
-        WS-DINO), each augmented with symmetries and intensity jitter; returns (views, n_global)."""
+        """Make 2 global crops of ``batch["image"]`` + ``local_crops`` local ones.
+
+        Local crops come from the partner for WS-DINO; each view gets symmetries and intensity
+        jitter. Returns (views, n_global).
+        """
         cfg, aug = self.cfg, self.cfg.augment
         x = batch["image"]
         local_src = batch["partner"]["image"] if self.pairs else x
@@ -611,7 +615,7 @@ class Dino(Method):
         return {}
 
     def _center_spread(self) -> float:
-        """max - min over ranks of a float64 digest of the centre (0 when all ranks agree)."""
+        """Return max - min over ranks of a float64 digest of the centre (0 when all ranks agree)."""
         c = self.criterion.center.detach().double().flatten()
         digest = (c * torch.arange(1, c.numel() + 1, dtype=torch.float64, device=c.device)).sum()
         v = torch.zeros(runtime.world_size(), dtype=torch.float64, device=c.device)
@@ -679,8 +683,10 @@ class WSDino(Dino):
         return BalancedWeakLabelPairs(cfg.weak_label, cfg.pair_image_column)
 
     def _check_pairs(self, batch: dict) -> dict:
-        """The pair invariant, checked on every batch: same weak label, another image unless the
-        group has a single image. Returns the fraction of same-image fallbacks."""
+        """Check the pair invariant on a batch and return the same-image fallback fraction.
+
+        Same weak label; another image unless the group has a single image.
+        """
         if "partner" not in batch:
             raise TrainingError("ws-dino: the batch has no 'partner' images; the loader must use "
                                 "the WS-DINO pair sampler (make_sampler)")
@@ -713,8 +719,11 @@ def teacher_temp_schedule(start: float, end: float, warmup_steps: int, steps: in
 
 
 def _load_pretrained(backbone: nn.Module, head: DINOHead, path: str, in_chans: int) -> None:
-    """Local DINO/timm weights: the backbone with timm's first-conv rule; a DINO head
-    (``head.mlp.*``, ``head.last_layer.*``) when its shapes fit, else the head stays fresh."""
+    """Load local DINO/timm weights into a backbone (timm's first-conv rule) and head.
+
+    A DINO head (``head.mlp.*``, ``head.last_layer.*``) is loaded when its shapes fit, else the
+    head stays fresh (a warning says so).
+    """
     state = read_state_dict(path)
     head_state = {k[len("head."):]: v for k, v in state.items()
                   if k.startswith(("head.mlp.", "head.last_layer."))}
@@ -722,8 +731,8 @@ def _load_pretrained(backbone: nn.Module, head: DINOHead, path: str, in_chans: i
     load_pretrained(backbone, path, in_chans, state=body)
     if head_state:
         wn = "last_layer.parametrizations.weight.original"
-        renamed = {k.replace("last_layer.weight_g", wn + "0").replace("last_layer.weight_v", wn + "1"): v
-                   for k, v in head_state.items()}
+        renamed = {k.replace("last_layer.weight_g", wn + "0")
+                    .replace("last_layer.weight_v", wn + "1"): v for k, v in head_state.items()}
         own = head.state_dict()
         if set(renamed) == set(own) and all(own[k].shape == v.shape for k, v in renamed.items()):
             head.load_state_dict(renamed)
