@@ -223,8 +223,10 @@ class DinoModels(nn.Module):
 
 def dino_cross_entropy(student: torch.Tensor, teacher_probs: torch.Tensor, n_views: int,
                        n_global: int = 2, student_temp: float = 0.1) -> torch.Tensor:
-    """DINO's loss: mean over (teacher global view q, student view v != q) of
-    ``-sum_k p_t[q] log softmax(s[v] / student_temp)``, averaged over the batch.
+    """DINO's loss, averaged over the batch and the view pairs.
+
+    Mean over (teacher global view q, student view v != q) of
+    ``-sum_k p_t[q] log softmax(s[v] / student_temp)``.
 
     ``student`` ``(n_views * B, K)`` raw logits, ``teacher_probs`` ``(n_global * B, K)``
     (centred, sharpened softmax), both view-major.
@@ -615,7 +617,7 @@ class Dino(Method):
         return {}
 
     def _center_spread(self) -> float:
-        """Return max - min over ranks of a float64 digest of the centre (0 when all ranks agree)."""
+        """Return max - min over ranks of a float64 digest of the centre (0: ranks agree)."""
         c = self.criterion.center.detach().double().flatten()
         digest = (c * torch.arange(1, c.numel() + 1, dtype=torch.float64, device=c.device)).sum()
         v = torch.zeros(runtime.world_size(), dtype=torch.float64, device=c.device)
