@@ -33,7 +33,6 @@ from . import augment, checkpoint, runtime
 from .config import TrainConfig, dump, load_config, to_dict
 from .data import (DataInfo, DevicePrep, NormStats, class_ids, loader, open_dataset, relabel)
 from .methods import METHODS
-from .schedules import lr_schedule, wd_schedule
 
 #: config keys that may change between a run and its resume (they do not change the result)
 RESUMABLE_CHANGES = ("steps", "progress", "checkpoint_every", "keep_checkpoints", "log_every",
@@ -124,7 +123,8 @@ class Engine:
         if val_ds is not None and d.normalize != "none":
             vstats = NormStats(val_ds.shards.meta, d.normalize, len(channels))
         info = DataInfo(channels=list(channels), n_channels=len(channels), shape=shape,
-                        classes=classes, n_train=len(train_ds.index), stats=stats)
+                        classes=classes, n_train=len(train_ds.index), stats=stats,
+                        extra={"train_index": train_ds.index})
         return train_ds, val_ds, info, vstats
 
     def _optimizer(self, module: torch.nn.Module, method) -> torch.optim.Optimizer:
@@ -179,7 +179,7 @@ class Engine:
         precision = runtime.resolve_precision(device, cfg.precision)
         scaler = torch.amp.GradScaler(device.type, enabled=precision is torch.float16)
         global_batch = cfg.batch_size * cfg.accumulate * world
-        lrs, wds = lr_schedule(cfg.optim, cfg.steps, global_batch), wd_schedule(cfg.optim, cfg.steps)
+        lrs, wds = method.schedules(cfg.steps, global_batch)
         step, epoch = 0, 0
         if state is not None:
             optimizer.load_state_dict(state["optimizer"])
@@ -247,6 +247,7 @@ class Engine:
                 loss_sum += value
                 for k, v in extra.items():
                     logs[k] = logs.get(k, 0.0) + float(v) / cfg.accumulate
+            method.before_step(module, step)
             if cfg.optim.clip_grad:
                 scaler.unscale_(optimizer)
                 logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(module.parameters(),

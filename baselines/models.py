@@ -61,11 +61,15 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_pretrained(model: torch.nn.Module, path: str, in_chans: int) -> None:
-    """Load local weights into a timm model, adapting the first conv and skipping a new head."""
+def load_pretrained(model: torch.nn.Module, path: str, in_chans: int,
+                    state: dict[str, torch.Tensor] | None = None) -> None:
+    """Load local weights into a timm model, adapting the first conv and skipping a new head.
+
+    ``state``: the tensors to load when the caller already read (and split) ``path``'s state dict.
+    """
     from timm.models import adapt_input_conv
 
-    state = read_state_dict(path)
+    state = read_state_dict(path) if state is None else dict(state)
     cfg = getattr(model, "pretrained_cfg", {}) or {}
     first = cfg.get("first_conv")
     for name in [first] if isinstance(first, str) else list(first or []):

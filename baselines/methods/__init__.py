@@ -14,5 +14,6 @@ from .base import Method
 METHODS: Registry[type[Method]] = Registry("training method")
 
 from . import classifier  # noqa: E402,F401  (registers "classifier")
+from . import dino  # noqa: E402,F401  (registers "dino", "ws-dino")
 
 __all__ = ["METHODS", "Method"]

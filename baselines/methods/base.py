@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..config import TrainConfig
+from ..schedules import lr_schedule, wd_schedule
 
 
 class Method:
@@ -52,6 +53,14 @@ class Method:
              ) -> tuple[torch.Tensor, dict]:
         """The loss of one micro-batch (``batch["image"]`` float, normalised, on the device)."""
         raise NotImplementedError
+
+    def schedules(self, steps: int, global_batch: int):
+        """Per-step ``(learning rate, weight decay)`` arrays (default: from ``cfg.optim``)."""
+        return lr_schedule(self.cfg.optim, steps, global_batch), wd_schedule(self.cfg.optim, steps)
+
+    def before_step(self, module: torch.nn.Module, step: int) -> None:
+        """Called after the backward passes, before clipping and the optimiser step (e.g. DINO
+        drops the last layer's gradients during its first epoch)."""
 
     def after_step(self, step: int) -> None:
         """Called after each optimiser step (EMA teachers, frozen layers...)."""
