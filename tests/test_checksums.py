@@ -148,7 +148,7 @@ def zarr_set(tmp_path_factory):
 def test_zarr_checksums_catch_corrupt_chunks_and_swapped_rows(zarr_set, tmp_path):
     out = copy(zarr_set, tmp_path / "z")
     index = pd.read_parquet(out / "index.parquet")
-    arr = zarr.open_array(out / "images.zarr", mode="r")
+    arr = zarr.open_array(out / "image", mode="r")
     for r in index.itertuples():
         assert r.xxh3_64 == xxhash.xxh3_64_hexdigest(np.ascontiguousarray(arr[r.row]).tobytes())
         assert len(r.chunks_xxh3_64) == 4
@@ -166,7 +166,7 @@ def test_zarr_checksums_catch_corrupt_chunks_and_swapped_rows(zarr_set, tmp_path
     assert {p.key for p in verify(out, deep=True)} == set(index["key"].iloc[[0, 1]])
     # write different pixels into one chunk of row 3 (valid zstd, wrong content)
     out2 = copy(zarr_set, tmp_path / "z2")
-    arr = zarr.open_array(out2 / "images.zarr", mode="r+")
+    arr = zarr.open_array(out2 / "image", mode="r+")
     row = int(pd.read_parquet(out2 / "index.parquet")["row"].iloc[3])
     arr[row, :, 40:41, 40:41] = 7
     ds = ZarrDataset(out2, crop=16)

@@ -119,13 +119,13 @@ def test_rerun_over_unreadable_chunk_bytes_rewrites_that_part(tmp_path):
     first = write(table, out, format="zarr", chunk=32, scheduler="synchronous", progress=False)
     index = pd.read_parquet(out / "index.parquet")
     row = int(index["row"].iloc[3])
-    shard_file = out / "images.zarr" / "c" / str(row) / "0" / "0" / "0"
+    shard_file = out / "image" / "c" / str(row) / "0" / "0" / "0"
     data = bytearray(shard_file.read_bytes())
     data[8: len(data) // 2] = b"\xff" * (len(data) // 2 - 8)  # garbage over the first chunks
     shard_file.write_bytes(bytes(data))
     summary = write(table, out, format="zarr", chunk=32, scheduler="synchronous", progress=False)
     assert summary["shards_resumed"] == first["parts"] - 1
-    arr = zarr.open_array(out / "images.zarr", mode="r")
+    arr = zarr.open_array(out / "image", mode="r")
     for r in pd.read_parquet(out / "index.parquet").itertuples():
         i = int(r.key.split("im")[-1])
         np.testing.assert_array_equal(arr[r.row], read_image(rows[i]["channel_paths"]))
