@@ -102,7 +102,7 @@ class NormStats:
             ids.append(i)
         return torch.tensor(ids, dtype=torch.long)
 
-    def groups(self, meta: dict) -> list[str]:
+    def batch_groups(self, meta: dict) -> list[str]:
         """Return the statistics group of each sample of a batch's ``meta`` lists."""
         if self.column not in meta:
             raise TrainingError(f"data.normalize={self.level}: the batches carry no "
@@ -170,7 +170,7 @@ class DevicePrep:
     def __call__(self, images: torch.Tensor, meta: dict) -> torch.Tensor:
         x = to_device_float(images, self.device)
         if self.stats is not None:
-            x = self.stats.apply(x, self.stats.groups(meta))
+            x = self.stats.apply(x, self.stats.batch_groups(meta))
         else:
             x = x / 65535.0
         return x

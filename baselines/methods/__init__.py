@@ -14,5 +14,6 @@ from .base import Method
 METHODS: Registry[type[Method]] = Registry("training method")
 
 from . import classifier  # noqa: E402,F401  (registers "classifier")
+from . import mean_teacher  # noqa: E402,F401  (registers "mean-teacher")
 
 __all__ = ["METHODS", "Method"]
