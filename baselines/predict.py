@@ -124,7 +124,10 @@ def per_well(index: pd.DataFrame, probs: np.ndarray) -> tuple[pd.DataFrame, np.n
     counts = np.bincount(codes, minlength=len(uniques))
     table = index.assign(_well=codes).groupby("_well", sort=True)
     first = table.first().reset_index(drop=True)
-    first["keys"] = table["key"].agg(list).reset_index(drop=True)
+    members: list[list[str]] = [[] for _ in range(len(uniques))]
+    for code, key in zip(codes, index["key"].astype(str).tolist(), strict=True):
+        members[code].append(key)
+    first["keys"] = pd.Series(members, dtype=object)
     first["n_sites"] = counts
     first["key"] = list(uniques)
     return first, (sums / counts[:, None]).astype(np.float32)

@@ -296,11 +296,11 @@ class MeanTeacher(Method):
                 continue
             p_s = F.softmax(logits.float(), dim=1)
             cons = ((p_s - t_probs[k]) ** 2).sum(1).mean()
-            logs[f"consistency_{k}"] = float(cons)
+            logs[f"consistency_{k}"] = float(cons.detach())
             total = total + cfg.consistency * ramp * cons
             if cfg.pseudo_label > 0 and keep.any():
                 pl = -(pseudo[keep] * F.log_softmax(logits[keep].float(), dim=1)).sum(1).mean()
-                logs[f"pseudo_{k}"] = float(pl)
+                logs[f"pseudo_{k}"] = float(pl.detach())
                 total = total + cfg.pseudo_label * ramp * pl
         return total, logs
 
