@@ -84,13 +84,14 @@ def register(subparsers) -> None:
     e.set_defaults(func=_embed)
 
     r = subparsers.add_parser(
-        "predict", help="class predictions of a trained run on a shard set -> predictions.parquet",
+        "predict", help="class predictions of a trained run on a shard set -> parquet",
         description="One row per key (or per well: its sites averaged) with key, plate, well, "
                     "prediction, probability, top5, the argmax before the prior, all class "
-                    "probabilities and the index metadata. --prior plate: each class at most once "
-                    "per plate (DeepNoise), by an exact linear assignment or iterative balancing; "
-                    "plates with more rows than classes keep the argmax (warning). Accuracy before "
-                    "and after is printed when the shards carry labels (OUT.summary.json).")
+                    "probabilities and the index metadata. --prior plate: each class at most "
+                    "once per plate (DeepNoise), by an exact linear assignment or iterative "
+                    "balancing; plates with more rows than classes keep the argmax (warning). "
+                    "Accuracy before and after is printed when the shards carry labels "
+                    "(OUT.summary.json).")
     r.add_argument("run", help="run folder or checkpoint file")
     r.add_argument("shards", help="shard set (folder or URL)")
     r.add_argument("-o", "--out", required=True, help="output parquet file")

@@ -1,4 +1,4 @@
-"""``cytodata predict``: a trained classifier run + a shard set -> class predictions per image or well.
+"""``cytodata predict``: a trained run + a shard set -> class predictions per image or well.
 
 Per image: the class probabilities averaged over the embed views (four centre crops of the
 training crop size, one when the field is small), from the method's ``predict_proba`` (mean
@@ -114,7 +114,8 @@ def per_well(index: pd.DataFrame, probs: np.ndarray) -> tuple[pd.DataFrame, np.n
     """Average the sites of each (plate, well): one row per well, ``n_sites``, ``keys``."""
     for col in ("plate", "well"):
         if col not in index.columns or index[col].isna().any():
-            bad = "missing" if col not in index.columns else f"NA in {int(index[col].isna().sum())} rows"
+            bad = ("missing" if col not in index.columns
+                   else f"NA in {int(index[col].isna().sum())} rows")
             raise TrainingError(f"--per well needs a {col!r} for every row ({bad}); predict "
                                 "--per key, or re-shard with plate and well columns")
     keys = index["plate"].astype(str) + "/" + index["well"].astype(str)

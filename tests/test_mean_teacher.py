@@ -19,8 +19,12 @@ import torch.nn.functional as F
 from cytodata.baselines import checkpoint, embed, load_config, train
 from cytodata.baselines.arcface import ArcFace, Softmax, arc_margin
 from cytodata.baselines.data import NormStats, cell_type_table
-from cytodata.baselines.methods.mean_teacher import (ema_decay_at, ema_update, random_erasing,
-                                                     sigmoid_rampup)
+from cytodata.baselines.methods.mean_teacher import (
+    ema_decay_at,
+    ema_update,
+    random_erasing,
+    sigmoid_rampup,
+)
 from cytodata.baselines.predict import predict
 from cytodata.baselines.prior import apply_prior, assign_exact, balance_iterative
 from cytodata.baselines.schedules import lr_schedule
@@ -86,7 +90,7 @@ def test_sigmoid_rampup_end_points():
     assert sigmoid_rampup(100, 100) == 1.0 and sigmoid_rampup(250, 100) == 1.0
     assert sigmoid_rampup(50, 100) == pytest.approx(math.exp(-5 * 0.25))
     values = [sigmoid_rampup(t, 100) for t in range(0, 101, 5)]
-    assert all(a < b for a, b in zip(values, values[1:]))
+    assert all(a < b for a, b in zip(values, values[1:], strict=False))
     assert sigmoid_rampup(0, 0) == 1.0
 
 
@@ -302,7 +306,8 @@ def test_predict_cli_per_well_with_the_plate_prior(run, sets, tmp_path):
         assert col in table.columns
     assert table.groupby("plate")["prediction"].apply(lambda s: s.is_unique).all()
     assert set(table["prediction"]) <= {"l0", "l1", "l2", "l3"}
-    assert all(len(t) == 4 and t[0] == a for t, a in zip(table["top5"], table["prediction_argmax"]))
+    pairs = zip(table["top5"], table["prediction_argmax"], strict=True)
+    assert all(len(t) == 4 and t[0] == a for t, a in pairs)
     probs = np.stack(table["probabilities"].to_numpy())
     assert np.allclose(probs.sum(1), 1, atol=1e-4)
     summary = json.loads((tmp_path / "pred.summary.json").read_text())

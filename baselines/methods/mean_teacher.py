@@ -66,7 +66,7 @@ class MeanTeacherConfig(TrainConfig):
 
 
 def sigmoid_rampup(step: float, length: float) -> float:
-    """Tarvainen & Valpola's ramp-up: ``exp(-5 (1 - t)^2)``, ``t = step / length`` clipped to [0, 1].
+    """Return Tarvainen & Valpola's ramp-up ``exp(-5 (1 - t)^2)``, ``t = step / length`` in [0, 1].
 
     Starts at ``exp(-5)`` (~0.0067) and is exactly 1 from ``step >= length`` on (1 when
     ``length`` is 0).
@@ -87,7 +87,7 @@ def ema_update(teacher: torch.nn.Module, student: torch.nn.Module, decay: float)
 
 
 def ema_decay_at(step: int, decay: float) -> float:
-    """The decay of the update after optimiser step ``step`` (0-based): ``min(1 - 1/(step+2), decay)``.
+    """Return the EMA decay after optimiser step ``step`` (0-based): ``min(1 - 1/(step+2), decay)``.
 
     Tarvainen & Valpola's warm-up: the teacher follows the student closely at first (0.5 after
     the first step), then averages over ever longer windows up to ``decay``.
@@ -138,7 +138,7 @@ class Ensemble(torch.nn.Module):
 
 def random_scale_crop(x: torch.Tensor, crop: int, scale: tuple[float, float],
                       g: torch.Generator) -> torch.Tensor:
-    """A random window of side ``crop * f`` (``f ~ U(scale)``, one per batch) resized to ``crop``."""
+    """Crop a window of side ``crop * f`` (``f ~ U(scale)``, one per batch), resize to ``crop``."""
     h, w = x.shape[-2:]
     lo, hi = scale
     f = lo + (hi - lo) * float(torch.rand((), generator=g))
@@ -216,7 +216,7 @@ class MeanTeacher(Method):
         ds.set_epoch(0)
 
     def _next_unlabelled(self) -> torch.Tensor:
-        """The next normalised unlabelled batch (a new epoch of the stream when one ends)."""
+        """Return the next normalised unlabelled batch (a new epoch when the stream ends)."""
         ds = self.unlabelled
         if self._u_iter is None:
             self._u_iter = iter(torch.utils.data.DataLoader(
@@ -232,20 +232,25 @@ class MeanTeacher(Method):
 
     # ------------------------------------------------------------ engine hooks
     def modules(self):
+        """Students and teachers (both checkpointed)."""
         return {"students": self.students, "teachers": self.teachers}
 
     def trainable(self):
+        """Return the students (all members in one module, so DDP wraps them together)."""
         return self.students
 
     def signature(self):
+        """Members, head, channels and classes must match to resume or load."""
         return {"method": "mean-teacher", "members": list(self.names), "head": self.cfg.head,
                 "in_chans": self.info.n_channels, "num_classes": len(self.info.classes),
                 "classes": list(self.info.classes)}
 
     def state(self) -> dict:
+        """Return the unlabelled stream's position (exact resume)."""
         return {"unlabelled": self.unlabelled.state_dict()} if self.unlabelled is not None else {}
 
     def load_state(self, state: dict) -> None:
+        """Continue the unlabelled stream where the checkpoint left it."""
         if self.unlabelled is not None and state.get("unlabelled"):
             self.unlabelled.load_state_dict(state["unlabelled"])
             self._u_iter = None
@@ -263,6 +268,7 @@ class MeanTeacher(Method):
         return x
 
     def loss(self, model, batch, step, g):
+        """Classification + ramped consistency and pseudo-label losses, summed over members."""
         cfg = self.cfg
         x = batch["image"]
         y = batch["label"].to(x.device, non_blocking=True)
@@ -305,11 +311,12 @@ class MeanTeacher(Method):
         return total, logs
 
     def after_step(self, step: int) -> None:
+        """Move the teachers towards the students (EMA)."""
         ema_update(self.teachers, self.students, ema_decay_at(step, self.cfg.ema_decay))
 
     # ------------------------------------------------------------ evaluation
     def predictor(self) -> Ensemble:
-        """The ensemble predictions come from: the teachers (students without mean teacher)."""
+        """Return the ensemble that predicts: the teachers (students without mean teacher)."""
         return self.teachers if self.cfg.mean_teacher else self.students
 
     @torch.no_grad()
@@ -320,10 +327,12 @@ class MeanTeacher(Method):
             return net.proba(x).float()
 
     def embedder(self):
+        """Concatenated pooled features of the predicting members."""
         return _Features(self.predictor())
 
     @torch.no_grad()
     def validate(self, batches, prep):
+        """Top-1/top-5 of the predicting ensemble on the labelled validation rows."""
         net = self.predictor()
         was = net.training
         net.eval()
