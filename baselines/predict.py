@@ -78,7 +78,10 @@ def image_probabilities(run: "str | Path", shards: "str | Path", *, device: str 
                             "channels in the training order")
     cfg = load_config(state["config"])
     level = cfg.data.normalize
-    stats = None if level == "none" else NormStats(ds.shards.meta, level, len(channels))
+    try:
+        stats = None if level == "none" else NormStats(ds.shards.meta, level, len(channels))
+    except TrainingError as exc:
+        raise TrainingError(f"{shards}: {exc}") from None
     method, cfg, _ = load_method(run, dev, stats)
     proba = probability_fn(method)
     prep = DevicePrep(stats, dev, channels_last=False)

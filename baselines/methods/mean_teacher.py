@@ -208,8 +208,11 @@ class MeanTeacher(Method):
                                 f"data.train's {list(info.channels)}; use unlabelled images of "
                                 "the same stains in the same order (re-shard them), or drop "
                                 "data.unlabelled")
-        stats = (None if d.normalize == "none"
-                 else NormStats(ds.shards.meta, d.normalize, len(channels)))
+        try:
+            stats = (None if d.normalize == "none"
+                     else NormStats(ds.shards.meta, d.normalize, len(channels)))
+        except TrainingError as exc:
+            raise TrainingError(f"data.unlabelled={d.unlabelled}: {exc}") from None
         self.unlabelled = ds
         self._u_prep = DevicePrep(stats, self.device, cfg.channels_last)
         self._u_batch = max(1, int(round(cfg.batch_size * cfg.unlabelled_ratio)))
