@@ -336,6 +336,16 @@ def test_predict_bad_inputs_unseen_classes_and_crowded_plates(run, sets, tmp_pat
     assert sorted(crowded["fallback_plates"]) == ["P0", "P1", "P2"]
     with pytest.raises(TrainingError, match="channels"):
         predict(run, sets["other"], tmp_path / "o.parquet", progress=False)
+    # NaN plate statistics in the predicted set: refused, naming the set and the plate
+    import shutil
+
+    nan_set = tmp_path / "nan-stats"
+    shutil.copytree(sets["test"], nan_set)
+    meta = json.loads((nan_set / "shards.json").read_text())
+    meta["normalization"]["plate"]["P1"]["mean"][0] = float("nan")
+    (nan_set / "shards.json").write_text(json.dumps(meta))
+    with pytest.raises(TrainingError, match=r"nan-stats.*plate 'P1' has NaN/inf statistics"):
+        predict(run, nan_set, tmp_path / "n.parquet", progress=False)
 
 
 def test_embed_works_on_mean_teacher_runs(run, sets, tmp_path):
