@@ -70,7 +70,7 @@ def image_probabilities(run: "str | Path", shards: "str | Path", *, device: str 
         raise TrainingError(f"{run}: the run has no classes (not a supervised run); use "
                             "`cytodata embed` for its features")
     ds = StreamingDataset(shards, shuffle=False, threads=threads, storage_options=storage_options,
-                          columns=("plate", "batch"))
+                          columns=("plate", "batch"), rank=0, world_size=1)
     channels = ds.shards.meta.get("channels")
     if channels != list(state["channels"]):
         raise TrainingError(f"{shards}: channels {channels} differ from the run's "

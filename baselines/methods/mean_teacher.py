@@ -11,9 +11,10 @@ plates:
   ``exp(-5 (1 - t/T)^2)`` over the first ``consistency_rampup`` of the run;
 - labelled images add the ArcFace loss (``head: arcface``, m = 0.1, s = 30) or plain softmax
   cross-entropy (``head: softmax``, the ablation);
-- with several ``members`` (DeepNoise: Xception and a larger Xception), the teachers' averaged
-  softmax is a soft pseudo-label for every unlabelled image, and each student adds the soft
-  cross-entropy to it (``pseudo_label`` weight, same ramp-up); predictions average the members.
+- the teachers' softmax averaged over the ``members`` (DeepNoise: Xception and a larger
+  Xception, trained together in one run; one member: its own teacher) is a soft pseudo-label
+  for every unlabelled image, and each student adds the soft cross-entropy to it
+  (``pseudo_label`` weight, same ramp-up); predictions average the members.
 
 Unlabelled images come from ``data.unlabelled`` (a second shard set, normalised with its own
 ``shards.json`` statistics; ``unlabelled_ratio`` of them per labelled image in each micro-batch)
