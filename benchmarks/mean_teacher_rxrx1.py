@@ -95,9 +95,12 @@ def main() -> None:
     p.add_argument("--batch-effect", type=float, default=0.3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rows", default="1,2,3,4,5", help="which ablation rows to train")
+    p.add_argument("--mt-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config overrides for the mean-teacher row (e.g. ema_decay=0.9)")
     args = p.parse_args()
 
     from cytodata.baselines import train
+    from cytodata.baselines.config import parse_set
     from cytodata.baselines.predict import accuracy, predict
     from cytodata.baselines.prior import apply_prior
 
@@ -122,6 +125,7 @@ def main() -> None:
         extra = dict(over)
         if over.get("mean_teacher"):
             extra["data.unlabelled"] = str(test_set)
+            extra.update(parse_set(args.mt_set))
         t = time.perf_counter()
         if not (run / "checkpoints" / "last.pt").exists():
             train("mean-teacher-tiny", run, **{**common, **extra})
