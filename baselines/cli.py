@@ -35,8 +35,18 @@ def _embed(args) -> int:
     return 0
 
 
+def _predict(args) -> int:
+    from .predict import format_summary, predict
+
+    summary = predict(args.run, args.shards, args.out, prior=args.prior, per=args.per,
+                      prior_method=args.prior_method, device=args.device,
+                      batch_size=args.batch_size, threads=args.threads, progress=not args.quiet)
+    print(format_summary(summary))
+    return 0
+
+
 def register(subparsers) -> None:
-    """Add ``train`` and ``embed``."""
+    """Add ``train``, ``embed`` and ``predict``."""
     from .config import config_names
 
     p = subparsers.add_parser(
@@ -75,3 +85,27 @@ def register(subparsers) -> None:
                         "untrained baseline to compare trained embeddings with)")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=_embed)
+
+    r = subparsers.add_parser(
+        "predict", help="class predictions of a trained run on a shard set -> parquet",
+        description="One row per key (or per well: its sites averaged) with key, plate, well, "
+                    "prediction, probability, top5, the argmax before the prior, all class "
+                    "probabilities and the index metadata. --prior plate: each class at most "
+                    "once per plate (DeepNoise), by an exact linear assignment or iterative "
+                    "balancing; plates with more rows than classes keep the argmax (warning). "
+                    "Accuracy before and after is printed when the shards carry labels "
+                    "(OUT.summary.json).")
+    r.add_argument("run", help="run folder or checkpoint file")
+    r.add_argument("shards", help="shard set (folder or URL)")
+    r.add_argument("-o", "--out", required=True, help="output parquet file")
+    r.add_argument("--prior", default="plate", choices=["plate", "none"],
+                   help="per-plate prior: each class at most once per plate (default plate)")
+    r.add_argument("--prior-method", default="exact", choices=["exact", "iterative"],
+                   help="exact linear assignment (scipy) or DeepNoise's iterative balancing")
+    r.add_argument("--per", default="key", choices=["key", "well"],
+                   help="one row per image key, or per (plate, well) with its sites averaged")
+    r.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    r.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    r.add_argument("--threads", type=int, default=2, help="decode threads (default 2)")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=_predict)

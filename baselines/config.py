@@ -21,6 +21,8 @@ from cytodata.errors import RecipeError
 from cytodata.recipe import _from_dict
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+#: input normalisation levels (per-channel statistics from shards.json; DeepNoise's ablation)
+NORMALIZE_LEVELS = ("plate", "batch", "cell_type", "all", "none")
 
 
 @dataclass
@@ -33,11 +35,14 @@ class DataConfig:
     val_split: str | None = "val"
     label: str = "label"              # index column holding the weak label (class)
     crop: int = 224                   # training crop side (random), validation crop (centre)
-    normalize: str = "plate"          # per-channel stats from shards.json: plate|batch|all|none
+    normalize: str = "plate"          # per-channel shards.json stats: plate|batch|cell_type|all|none
     threads: int = 2                  # decode threads in the training process (0: inline)
     balanced: bool = False            # class-balanced epochs (DeepProfiler's median rule)
     read_ahead: int = 32
     storage_options: dict[str, Any] = field(default_factory=dict)
+    # second stream of unlabelled images (semi-supervised methods: mean-teacher)
+    unlabelled: str | None = None     # shard set (e.g. the test plates); labels there are ignored
+    unlabelled_split: str | None = None  # rows of this ``split`` of data.unlabelled (None: all)
 
 
 @dataclass
@@ -58,7 +63,9 @@ class OptimConfig:
     lr: float = 1e-3
     min_lr: float = 0.0               # end of the cosine
     warmup_steps: int = 0             # linear warm-up from 0
-    schedule: str = "cosine"          # cosine | constant
+    schedule: str = "cosine"          # cosine | constant | step
+    # step schedule: [[fraction of the run, lr], ...] (DeepNoise: [[0.625, 1e-4], [0.875, 1e-5]])
+    milestones: list[list[float]] = field(default_factory=list)
     weight_decay: float = 0.0
     weight_decay_end: float | None = None  # cosine weight-decay schedule end (None: constant)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
@@ -180,11 +187,13 @@ def check(cfg: TrainConfig, where: str) -> None:
     need(cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"),
          f"device={cfg.device!r}; valid: auto, cpu, cuda, cuda:N")
     need(cfg.optim.name in ("adam", "adamw", "sgd"), f"optim.name={cfg.optim.name!r}; valid: adam, adamw, sgd")
-    need(cfg.optim.schedule in ("cosine", "constant"),
-         f"optim.schedule={cfg.optim.schedule!r}; valid: cosine, constant")
+    need(cfg.optim.schedule in ("cosine", "constant", "step"),
+         f"optim.schedule={cfg.optim.schedule!r}; valid: cosine, constant, step")
+    need(all(len(m) == 2 and 0 <= m[0] <= 1 and m[1] >= 0 for m in cfg.optim.milestones),
+         f"optim.milestones={cfg.optim.milestones!r}; expected [[fraction 0..1, lr >= 0], ...]")
     need(cfg.optim.lr > 0, f"optim.lr={cfg.optim.lr}; must be > 0")
-    need(cfg.data.normalize in ("plate", "batch", "all", "none"),
-         f"data.normalize={cfg.data.normalize!r}; valid: plate, batch, all, none")
+    need(cfg.data.normalize in NORMALIZE_LEVELS,
+         f"data.normalize={cfg.data.normalize!r}; valid: {', '.join(NORMALIZE_LEVELS)}")
     need(cfg.data.crop >= 8, f"data.crop={cfg.data.crop}; must be >= 8 pixels")
 
 

@@ -9,6 +9,7 @@ and become float32 on the device.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -60,7 +61,13 @@ class NormStats:
     def __init__(self, meta: dict, level: str, n_channels: int, eps: float = 1e-6):
         norm = meta.get("normalization") or {}
         self.level = level
+        self.column, self.group_of = level, str   # index column naming a row's group, its map
         table = norm.get(level) or {}
+        if level == "cell_type" and not table and norm.get("batch"):
+            # shard sets store plate/batch/all moments; cell types pool their batches exactly
+            table = cell_type_table(norm["batch"])
+            self.column, self.group_of = "batch", cell_type_of
+        self._warned: set[str] = set()
         overall = (norm.get("all") or {}).get("all")
         if level != "none" and not table and overall is None:
             raise TrainingError(f"shards.json has no normalization statistics at level {level!r} "
@@ -87,8 +94,21 @@ class NormStats:
             if i is None:
                 raise TrainingError(f"no {self.level} statistics for {g!r} in shards.json and no "
                                     "'all' fallback")
+            if g not in self.lookup and g not in self._warned:
+                self._warned.add(g)
+                warnings.warn(f"no {self.level} statistics for {g!r} in shards.json; its images "
+                              "are normalised with the whole set's ('all') statistics",
+                              stacklevel=3)
             ids.append(i)
         return torch.tensor(ids, dtype=torch.long)
+
+    def batch_groups(self, meta: dict) -> list[str]:
+        """Return the statistics group of each sample of a batch's ``meta`` lists."""
+        if self.column not in meta:
+            raise TrainingError(f"data.normalize={self.level}: the batches carry no "
+                                f"{self.column!r} column (columns: {sorted(meta)}); re-shard with it or choose "
+                                "another level")
+        return [self.group_of(str(v)) for v in meta[self.column]]
 
     def apply(self, x: torch.Tensor, groups: list[str]) -> torch.Tensor:
         """``(x - mean[group]) / std[group]`` per sample and channel, on x's device."""
@@ -98,6 +118,35 @@ class NormStats:
         mean, std = self._dev[key]
         ids = self.rows(groups).to(x.device)
         return (x - mean[ids][:, :, None, None]) / std[ids][:, :, None, None]
+
+
+def cell_type_of(batch: str) -> str:
+    """Return the cell type of an experiment named ``<cell type>-<number>`` (RxRx1: ``HEPG2-01``).
+
+    Batches without a ``-`` are their own cell type.
+    """
+    return batch.split("-", 1)[0]
+
+
+def cell_type_table(batches: dict) -> dict:
+    """Per-cell-type ``{"mean", "std", "pixels"}`` pooled exactly from per-batch entries.
+
+    ``pixels`` weight each batch; the pooled variance adds the spread of batch means
+    (Chan et al.): ``var = sum n_b (std_b^2 + (mean_b - mean)^2) / sum n_b``.
+    """
+    groups: dict[str, list[dict]] = {}
+    for name, entry in batches.items():
+        groups.setdefault(cell_type_of(str(name)), []).append(entry)
+    out = {}
+    for cell, entries in sorted(groups.items()):
+        n = np.array([float(e.get("pixels") or 1) for e in entries])[:, None]
+        mean = np.array([e["mean"] for e in entries], dtype=np.float64)
+        std = np.array([e["std"] for e in entries], dtype=np.float64)
+        pooled = (n * mean).sum(0) / n.sum()
+        var = (n * (std ** 2 + (mean - pooled) ** 2)).sum(0) / n.sum()
+        out[cell] = {"channels": entries[0].get("channels"), "mean": pooled.tolist(),
+                     "std": np.sqrt(var).tolist(), "pixels": int(n.sum())}
+    return out
 
 
 def to_device_float(images: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -121,7 +170,7 @@ class DevicePrep:
     def __call__(self, images: torch.Tensor, meta: dict) -> torch.Tensor:
         x = to_device_float(images, self.device)
         if self.stats is not None:
-            x = self.stats.apply(x, [str(v) for v in meta[self.stats.level]])
+            x = self.stats.apply(x, self.stats.batch_groups(meta))
         else:
             x = x / 65535.0
         return x

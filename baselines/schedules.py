@@ -39,6 +39,13 @@ def lr_schedule(optim, steps: int, global_batch: int) -> np.ndarray:
     base = optim.lr * (global_batch / 256 if optim.scale_lr_by_batch else 1.0)
     if optim.schedule == "constant":
         return constant_schedule(base, steps, optim.warmup_steps)
+    if optim.schedule == "step":  # milestone lrs scale with the base (scale_lr_by_batch)
+        scale = base / optim.lr
+        out = step_schedule(base, steps, {float(f): float(v) * scale for f, v in optim.milestones})
+        if optim.warmup_steps:
+            w = min(int(optim.warmup_steps), int(steps))
+            out[:w] = np.linspace(0.0, base, w, endpoint=False)
+        return out
     return cosine_schedule(base, optim.min_lr, steps, optim.warmup_steps)
 
 

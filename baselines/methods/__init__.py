@@ -16,4 +16,7 @@ METHODS: Registry[type[Method]] = Registry("training method")
 from . import classifier  # noqa: E402,F401  (registers "classifier")
 from . import dino  # noqa: E402,F401  (registers "dino", "ws-dino")
 
+
+from . import mean_teacher  # noqa: E402,F401  (registers "mean-teacher")
+
 __all__ = ["METHODS", "Method"]

@@ -1,0 +1,389 @@
+"""Mean teacher with an ArcFace head, pseudo-labels and two-architecture ensembles (DeepNoise).
+
+DeepNoise (RxRx1 winner, 99.6%) trained students whose teachers are exponential moving averages
+of their weights (Tarvainen & Valpola 2017) on labelled training plates plus the unlabelled test
+plates:
+
+- every image (labelled or not) is seen twice, a student view and a teacher view (independent
+  random scale, crop, flips/90-degree rotations, intensity jitter, random erasing); the
+  consistency loss is the MSE between the student's and the teacher's softmax (summed over
+  classes, mean over images), weighted by ``consistency`` times a sigmoid ramp-up
+  ``exp(-5 (1 - t/T)^2)`` over the first ``consistency_rampup`` of the run;
+- labelled images add the ArcFace loss (``head: arcface``, m = 0.1, s = 30) or plain softmax
+  cross-entropy (``head: softmax``, the ablation);
+- the teachers' softmax averaged over the ``members`` (DeepNoise: Xception and a larger
+  Xception, trained together in one run; one member: its own teacher) is a soft pseudo-label
+  for every unlabelled image, and each student adds the soft cross-entropy to it
+  (``pseudo_label`` weight, same ramp-up); predictions average the members.
+
+Unlabelled images come from ``data.unlabelled`` (a second shard set, normalised with its own
+``shards.json`` statistics; ``unlabelled_ratio`` of them per labelled image in each micro-batch)
+and from rows of the training set without a label. The unlabelled stream is owned here; its
+position is checkpointed through :meth:`MeanTeacher.state`, so a resumed run sees the same
+images. Predictions and embeddings use the teachers (the students when ``mean_teacher: false``).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cytodata.errors import RecipeError, TrainingError
+
+from .. import augment, runtime
+from ..arcface import HEADS
+from ..config import TrainConfig
+from ..data import DevicePrep, NormStats, collate, open_dataset
+from ..models import create
+from ..runtime import autocast
+from . import METHODS
+from .base import Method
+
+
+@dataclass
+class MeanTeacherConfig(TrainConfig):
+    """Mean-teacher settings on top of the engine's (defaults: DeepNoise's values)."""
+
+    members: list[str] = field(default_factory=list)  # timm names (empty: [model]); 2 = ensemble
+    head: str = "arcface"             # arcface | softmax
+    arcface_s: float = 30.0
+    arcface_m: float = 0.1
+    easy_margin: bool = False
+    mean_teacher: bool = True         # false: students only (no teacher losses; the ablation)
+    ema_decay: float = 0.999          # teacher = decay * teacher + (1 - decay) * student
+    consistency: float = 10.0         # max weight of the softmax-MSE consistency loss
+    consistency_rampup: float = 0.3   # fraction of the run over which weights ramp up (sigmoid)
+    pseudo_label: float = 1.0         # weight of the soft pseudo-label loss on unlabelled images
+    pseudo_threshold: float = 0.0     # only images whose averaged teacher max prob >= this
+    unlabelled_ratio: float = 1.0     # data.unlabelled images per labelled image per micro-batch
+    erasing: float = 0.25             # probability of random erasing per image
+    scale: list[float] = field(default_factory=lambda: [0.8, 1.25])  # random scale range
+    drop_rate: float = 0.0
+
+
+def sigmoid_rampup(step: float, length: float) -> float:
+    """Return Tarvainen & Valpola's ramp-up ``exp(-5 (1 - t)^2)``, ``t = step / length`` in [0, 1].
+
+    Starts at ``exp(-5)`` (~0.0067) and is exactly 1 from ``step >= length`` on (1 when
+    ``length`` is 0).
+    """
+    if length <= 0:
+        return 1.0
+    t = float(np.clip(step / length, 0.0, 1.0))
+    return float(math.exp(-5.0 * (1.0 - t) ** 2))
+
+
+@torch.no_grad()
+def ema_update(teacher: torch.nn.Module, student: torch.nn.Module, decay: float) -> None:
+    """``teacher = decay * teacher + (1 - decay) * student`` for parameters; buffers copied."""
+    for t, s in zip(teacher.parameters(), student.parameters(), strict=True):
+        t.mul_(decay).add_(s.detach(), alpha=1.0 - decay)
+    for t, s in zip(teacher.buffers(), student.buffers(), strict=True):
+        t.copy_(s)
+
+
+def ema_decay_at(step: int, decay: float) -> float:
+    """Return the EMA decay after optimiser step ``step`` (0-based): ``min(1 - 1/(step+2), decay)``.
+
+    Tarvainen & Valpola's warm-up: the teacher follows the student closely at first (0.5 after
+    the first step), then averages over ever longer windows up to ``decay``.
+    """
+    return min(1.0 - 1.0 / (step + 2), decay)
+
+
+class Member(torch.nn.Module):
+    """One architecture: a timm backbone (pooled features) and a classification head."""
+
+    def __init__(self, name: str, in_chans: int, n_classes: int, cfg: MeanTeacherConfig):
+        super().__init__()
+        kwargs = {"drop_rate": cfg.drop_rate} if cfg.drop_rate else {}
+        self.backbone = create(name, in_chans=in_chans, num_classes=0, pretrained=cfg.pretrained,
+                               **kwargs)
+        self.head = HEADS.get(cfg.head)(self.backbone.num_features, n_classes, s=cfg.arcface_s,
+                                        m=cfg.arcface_m, easy_margin=cfg.easy_margin)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, h, w)`` -> ``(B, D)`` pooled features."""
+        return self.backbone(x)
+
+
+class Ensemble(torch.nn.Module):
+    """The members side by side; ``forward(x, labels)`` -> per member ``(logits, train_logits)``.
+
+    ``logits`` carry no margin (prediction, consistency); ``train_logits`` the ArcFace margin
+    on labelled rows (``labels`` None: no margin). One module, so DDP wraps all members.
+    """
+
+    def __init__(self, members: list[Member]):
+        super().__init__()
+        self.members = torch.nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None):
+        """Return ``[(logits, train_logits), ...]``, float32 ``(B, K)`` each."""
+        out = []
+        for m in self.members:
+            f = m(x)
+            logits = m.head.logits(f)
+            out.append((logits, m.head.train_logits(f, labels) if labels is not None else logits))
+        return out
+
+    def proba(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, K)`` softmax averaged over the members."""
+        return torch.stack([F.softmax(m.head.logits(m(x)), dim=1) for m in self.members]).mean(0)
+
+
+def random_scale_crop(x: torch.Tensor, crop: int, scale: tuple[float, float],
+                      g: torch.Generator) -> torch.Tensor:
+    """Crop a window of side ``crop * f`` (``f ~ U(scale)``, one per batch), resize to ``crop``."""
+    h, w = x.shape[-2:]
+    lo, hi = scale
+    f = lo + (hi - lo) * float(torch.rand((), generator=g))
+    side = int(round(min(max(8, crop * f), h, w)))
+    x = augment.random_crop(x, side, g)
+    if side != crop:
+        x = F.interpolate(x, size=(crop, crop), mode="bilinear", align_corners=False)
+    return x
+
+
+def random_erasing(x: torch.Tensor, p: float, g: torch.Generator,
+                   area: tuple[float, float] = (0.02, 0.25),
+                   ratio: tuple[float, float] = (0.3, 3.3)) -> torch.Tensor:
+    """Zhong et al.'s random erasing: with probability ``p`` a rectangle per image is set to 0.
+
+    0 is the mean of normalised images. Rectangle area ``U(area)`` of the image, aspect ratio
+    log-uniform in ``ratio``; one masked op for the whole batch.
+    """
+    if p <= 0:
+        return x
+    b, _, h, w = x.shape
+    on = torch.rand(b, generator=g) < p
+    a = (area[0] + (area[1] - area[0]) * torch.rand(b, generator=g)) * h * w
+    r = torch.exp(math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0]))
+                  * torch.rand(b, generator=g))
+    eh = torch.sqrt(a * r).clamp(1, h).long()
+    ew = torch.sqrt(a / r).clamp(1, w).long()
+    top = (torch.rand(b, generator=g) * (h - eh + 1).float()).long()
+    left = (torch.rand(b, generator=g) * (w - ew + 1).float()).long()
+    ys = torch.arange(h)[None, :, None]
+    xs = torch.arange(w)[None, None, :]
+    mask = ((ys >= top[:, None, None]) & (ys < (top + eh)[:, None, None])
+            & (xs >= left[:, None, None]) & (xs < (left + ew)[:, None, None]) & on[:, None, None])
+    return x.masked_fill(mask[:, None].to(x.device), 0.0)
+
+
+@METHODS.register("mean-teacher")
+class MeanTeacher(Method):
+    """Students + EMA teachers, ArcFace or softmax heads, consistency and pseudo-label losses."""
+
+    config_class = MeanTeacherConfig
+
+    def __init__(self, cfg: MeanTeacherConfig, info, device):
+        super().__init__(cfg, info, device)
+        _check(cfg)
+        names = list(cfg.members) or [cfg.model]
+        self.names = names
+        self.students = Ensemble([Member(n, info.n_channels, len(info.classes), cfg)
+                                  for n in names]).to(device)
+        self.teachers = copy.deepcopy(self.students)
+        for p in self.teachers.parameters():
+            p.requires_grad_(False)
+        self.unlabelled = None        # the second stream (training only)
+        self._u_iter, self._u_prep, self._u_batch = None, None, 0
+        if info.n_train and cfg.data.unlabelled and cfg.mean_teacher and cfg.unlabelled_ratio > 0:
+            self._open_unlabelled(info)
+
+    # ------------------------------------------------------------ the unlabelled stream
+    def _open_unlabelled(self, info) -> None:
+        cfg, d = self.cfg, self.cfg.data
+        ds = open_dataset(d.unlabelled, split=d.unlabelled_split, cfg=d, seed=cfg.seed + 1,
+                          shuffle=True, rank=runtime.rank(), world_size=runtime.world_size(),
+                          what="data.unlabelled")
+        channels = ds.shards.meta.get("channels")
+        if channels != list(info.channels):
+            raise TrainingError(f"data.unlabelled={d.unlabelled}: channels {channels} differ from "
+                                f"data.train's {list(info.channels)}; use unlabelled images of "
+                                "the same stains in the same order (re-shard them), or drop "
+                                "data.unlabelled")
+        try:
+            stats = (None if d.normalize == "none"
+                     else NormStats(ds.shards.meta, d.normalize, len(channels)))
+        except TrainingError as exc:
+            raise TrainingError(f"data.unlabelled={d.unlabelled}: {exc}") from None
+        self.unlabelled = ds
+        self._u_prep = DevicePrep(stats, self.device, cfg.channels_last)
+        self._u_batch = max(1, int(round(cfg.batch_size * cfg.unlabelled_ratio)))
+        ds.set_epoch(0)
+
+    def _next_unlabelled(self) -> torch.Tensor:
+        """Return the next normalised unlabelled batch (a new epoch when the stream ends)."""
+        ds = self.unlabelled
+        if self._u_iter is None:
+            self._u_iter = iter(torch.utils.data.DataLoader(
+                ds, batch_size=self._u_batch, num_workers=0, collate_fn=collate))
+        try:
+            batch = next(self._u_iter)
+        except StopIteration:
+            ds.set_epoch(ds.epoch + 1)
+            self._u_iter = iter(torch.utils.data.DataLoader(
+                ds, batch_size=self._u_batch, num_workers=0, collate_fn=collate))
+            batch = next(self._u_iter)
+        return self._u_prep(batch["image"], batch["meta"])
+
+    # ------------------------------------------------------------ engine hooks
+    def modules(self):
+        """Students and teachers (both checkpointed)."""
+        return {"students": self.students, "teachers": self.teachers}
+
+    def trainable(self):
+        """Return the students (all members in one module, so DDP wraps them together)."""
+        return self.students
+
+    def signature(self):
+        """Members, head, channels and classes must match to resume or load."""
+        return {"method": "mean-teacher", "members": list(self.names), "head": self.cfg.head,
+                "in_chans": self.info.n_channels, "num_classes": len(self.info.classes),
+                "classes": list(self.info.classes)}
+
+    def state(self) -> dict:
+        """Return the unlabelled stream's position (exact resume)."""
+        return {"unlabelled": self.unlabelled.state_dict()} if self.unlabelled is not None else {}
+
+    def load_state(self, state: dict) -> None:
+        """Continue the unlabelled stream where the checkpoint left it."""
+        if self.unlabelled is not None and state.get("unlabelled"):
+            self.unlabelled.load_state_dict(state["unlabelled"])
+            self._u_iter = None
+
+    def _view(self, parts: list[torch.Tensor], g: torch.Generator) -> torch.Tensor:
+        """One augmented view of the concatenated parts (each scaled and cropped on its own)."""
+        crop, a = self.cfg.data.crop, self.cfg.augment
+        lo, hi = self.cfg.scale
+        x = torch.cat([random_scale_crop(p, crop, (lo, hi), g) for p in parts])
+        x = augment.flips_rot90(x, g, flips=a.flips, rot90=a.rot90)
+        x = augment.intensity_jitter(x, g, a.intensity, a.shift)
+        x = random_erasing(x, self.cfg.erasing, g)
+        if self.cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def loss(self, model, batch, step, g):
+        """Classification + ramped consistency and pseudo-label losses, summed over members."""
+        cfg = self.cfg
+        x = batch["image"]
+        y = batch["label"].to(x.device, non_blocking=True)
+        parts = [x]
+        if self.unlabelled is not None:
+            xu = self._next_unlabelled()
+            parts.append(xu)
+            y = torch.cat([y, torch.full((len(xu),), -1, dtype=y.dtype, device=y.device)])
+        labelled = y >= 0
+        student_view = self._view(parts, g)
+        outs = model(student_view, y)
+        ramp = sigmoid_rampup(step, cfg.consistency_rampup * cfg.steps)
+        logs = {"ramp": ramp, "labelled_frac": float(labelled.float().mean())}
+        total = student_view.new_zeros((), dtype=torch.float32)
+        if cfg.mean_teacher:
+            with torch.no_grad():
+                t_outs = self.teachers(self._view(parts, g), None)
+            t_probs = [F.softmax(t[0].float(), dim=1) for t in t_outs]
+            pseudo = torch.stack(t_probs).mean(0)
+            keep = ~labelled & (pseudo.max(1).values >= cfg.pseudo_threshold)
+        for k, (logits, train_logits) in enumerate(outs):
+            if labelled.any():
+                cls = F.cross_entropy(train_logits[labelled], y[labelled])
+                acc = (logits[labelled].argmax(1) == y[labelled]).float().mean()
+                logs[f"train_top1_{k}"] = float(acc)
+            else:
+                cls = train_logits.sum() * 0.0
+            logs[f"cls_{k}"] = float(cls.detach())
+            total = total + cls
+            if not cfg.mean_teacher:
+                continue
+            p_s = F.softmax(logits.float(), dim=1)
+            cons = ((p_s - t_probs[k]) ** 2).sum(1).mean()
+            logs[f"consistency_{k}"] = float(cons.detach())
+            total = total + cfg.consistency * ramp * cons
+            if cfg.pseudo_label > 0 and keep.any():
+                pl = -(pseudo[keep] * F.log_softmax(logits[keep].float(), dim=1)).sum(1).mean()
+                logs[f"pseudo_{k}"] = float(pl.detach())
+                total = total + cfg.pseudo_label * ramp * pl
+        return total, logs
+
+    def after_step(self, step: int) -> None:
+        """Move the teachers towards the students (EMA)."""
+        ema_update(self.teachers, self.students, ema_decay_at(step, self.cfg.ema_decay))
+
+    # ------------------------------------------------------------ evaluation
+    def predictor(self) -> Ensemble:
+        """Return the ensemble that predicts: the teachers (students without mean teacher)."""
+        return self.teachers if self.cfg.mean_teacher else self.students
+
+    @torch.no_grad()
+    def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, h, w)`` normalised crops -> ``(B, K)`` class probabilities (member mean)."""
+        net = self.predictor().eval()
+        with autocast(x.device, self.cfg.precision):
+            return net.proba(x).float()
+
+    def embedder(self):
+        """Concatenated pooled features of the predicting members."""
+        return _Features(self.predictor())
+
+    @torch.no_grad()
+    def validate(self, batches, prep):
+        """Top-1/top-5 of the predicting ensemble on the labelled validation rows."""
+        net = self.predictor()
+        was = net.training
+        net.eval()
+        n, top1, top5 = 0, 0, 0
+        k = min(5, len(self.info.classes))
+        for batch in batches:
+            y = batch["label"]
+            keep = y >= 0
+            if not keep.any():
+                continue
+            x = augment.center_crop(prep(batch["image"], batch["meta"]), self.cfg.data.crop)
+            with autocast(x.device, self.cfg.precision):
+                p = net.proba(x).float().cpu()
+            best = p[keep].topk(k, dim=1).indices
+            top1 += int((best[:, 0] == y[keep]).sum())
+            top5 += int((best == y[keep][:, None]).any(1).sum())
+            n += int(keep.sum())
+        net.train(was)
+        return {"val_top1": top1 / n, "val_top5": top5 / n, "val_samples": n} if n else {}
+
+
+class _Features(torch.nn.Module):
+    """The members' pooled features, concatenated: ``(B, sum D_m)``."""
+
+    def __init__(self, ensemble: Ensemble):
+        super().__init__()
+        self.ensemble = ensemble
+
+    def forward(self, x):
+        return torch.cat([m(x) for m in self.ensemble.members], dim=1)
+
+
+def _check(cfg: MeanTeacherConfig) -> None:
+    """Value checks (each names the key and the valid values)."""
+    def need(ok: bool, msg: str) -> None:
+        if not ok:
+            raise RecipeError(f"mean-teacher config: {msg}")
+
+    need(cfg.head in HEADS, f"head={cfg.head!r}; valid: {', '.join(HEADS.names())}")
+    need(0 <= cfg.ema_decay < 1, f"ema_decay={cfg.ema_decay}; use 0 <= decay < 1 (e.g. 0.999)")
+    need(cfg.arcface_s > 0 and 0 <= cfg.arcface_m < math.pi / 2,
+         f"arcface_s={cfg.arcface_s}, arcface_m={cfg.arcface_m}; need s > 0, 0 <= m < pi/2")
+    need(cfg.consistency >= 0 and cfg.pseudo_label >= 0,
+         "consistency and pseudo_label weights must be >= 0")
+    need(0 <= cfg.consistency_rampup <= 1,
+         f"consistency_rampup={cfg.consistency_rampup}; a fraction of the run in [0, 1]")
+    need(cfg.unlabelled_ratio >= 0, f"unlabelled_ratio={cfg.unlabelled_ratio}; must be >= 0")
+    need(0 <= cfg.erasing <= 1, f"erasing={cfg.erasing}; a probability in [0, 1]")
+    need(len(cfg.scale) == 2 and 0 < cfg.scale[0] <= cfg.scale[1],
+         f"scale={cfg.scale}; expected [low, high] with 0 < low <= high")
