@@ -19,6 +19,7 @@ demo: $(STAMP)
 	$(BIN)/cytodata demo -o $(DEMO_OUT)
 
 test: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

@@ -1,5 +1,6 @@
 """Checkpoints: written to a temp name then renamed (a full disk never costs the previous one),
-loaded with ``torch.load(weights_only=True)`` (tensors, numbers, strings and containers only)."""
+loaded with ``torch.load(weights_only=True)`` (tensors, numbers, strings and containers only).
+"""
 
 from __future__ import annotations
 

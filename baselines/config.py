@@ -91,6 +91,8 @@ class TrainConfig:
     precision: str = "auto"           # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32
     channels_last: bool = True
     compile: bool = False             # torch.compile the trained module
+    torch_threads: int | None = None  # torch intra-op threads (None: torch's default); on small
+                                      # CPUs 1 leaves the cores to the decode threads
     seed: int = 0
     checkpoint_every: int = 500       # steps; a checkpoint is also written at the end
     keep_checkpoints: int = 3         # step-N.pt files kept (last.pt always)

@@ -31,12 +31,12 @@ from cytodata.loaders.partition import seed_for
 
 from . import augment, checkpoint, runtime
 from .config import TrainConfig, dump, load_config, to_dict
-from .data import (DataInfo, DevicePrep, NormStats, class_ids, loader, open_dataset, relabel)
+from .data import DataInfo, DevicePrep, NormStats, class_ids, loader, open_dataset, relabel
 from .methods import METHODS
 
 #: config keys that may change between a run and its resume (they do not change the result)
 RESUMABLE_CHANGES = ("steps", "progress", "checkpoint_every", "keep_checkpoints", "log_every",
-                     "val_every", "description", "data.threads", "data.read_ahead")
+                     "val_every", "description", "data.threads", "data.read_ahead", "torch_threads")
 
 
 def train(config: "str | Path | Mapping[str, Any] | TrainConfig", out: "str | Path", *,
@@ -143,6 +143,8 @@ class Engine:
     def run(self) -> Path:
         cfg = self.cfg
         device = runtime.resolve_device(cfg.device)
+        if cfg.torch_threads:
+            torch.set_num_threads(int(cfg.torch_threads))
         started_dist = not runtime.is_dist() and runtime.init_distributed(device)
         try:
             return self._run(device)
@@ -391,7 +393,8 @@ class _MetricsLog:
 
 def _keep_metrics_row(row: dict, start: int) -> bool:
     """On resume from ``start``: keep training rows up to it; validation/summary rows written at
-    ``start`` itself are written again by the resumed run."""
+    ``start`` itself are written again by the resumed run.
+    """
     step = row.get("step", 0)
     return step < start or (step == start and "loss" in row)
 

@@ -12,22 +12,27 @@ from cytodata.errors import TrainingError
 
 
 def is_dist() -> bool:
+    """Whether a torch.distributed process group is up."""
     return dist.is_available() and dist.is_initialized()
 
 
 def rank() -> int:
+    """The rank of this process (0 in one process)."""
     return dist.get_rank() if is_dist() else 0
 
 
 def world_size() -> int:
+    """Number of ranks (1 in one process)."""
     return dist.get_world_size() if is_dist() else 1
 
 
 def is_main() -> bool:
+    """Whether this is rank 0 (the one that writes files)."""
     return rank() == 0
 
 
 def barrier() -> None:
+    """Wait for every rank (no-op in one process)."""
     if is_dist():
         dist.barrier()
 
@@ -41,6 +46,7 @@ def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks (in place); identity in one process."""
     if is_dist():
         dist.all_reduce(t)
     return t

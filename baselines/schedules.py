@@ -8,7 +8,8 @@ import numpy as np
 def cosine_schedule(base: float, final: float, steps: int, warmup_steps: int = 0,
                     start_warmup: float = 0.0) -> np.ndarray:
     """``steps`` values: linear ``start_warmup -> base`` over ``warmup_steps``, then a cosine
-    from ``base`` to ``final`` over the rest (the last step is exactly ``final``)."""
+    from ``base`` to ``final`` over the rest (the last step is exactly ``final``).
+    """
     warmup_steps = min(int(warmup_steps), int(steps))
     warm = np.linspace(start_warmup, base, warmup_steps, endpoint=False) if warmup_steps else np.empty(0)
     rest = steps - warmup_steps

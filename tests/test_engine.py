@@ -304,3 +304,17 @@ def test_torchrun_ddp_two_ranks_stay_equal_and_cover_each_sample_once(shards, tm
     index = pd.read_parquet(shards / "index.parquet")
     train_keys = sorted(index.loc[index["split"] == "train", "key"])
     assert sorted(seen) == train_keys  # every training sample exactly once in epoch 0
+
+
+def test_classifier_skips_training_rows_without_a_label(tmp_path):
+    """Rows with no label (NA -> -1) in the training split are not a class: they are skipped."""
+    from cytodata.loaders.demo import demo_manifest
+    from cytodata.shards import write
+
+    table = demo_manifest(tmp_path / "img", 30, (3, 32, 32), pixels="cells", label_na=8)
+    table["split"] = pd.array(["train"] * 30, dtype="string")
+    write(table, tmp_path / "shards", samples_per_shard=10, scheduler="synchronous", progress=False)
+    run = train("classifier-tiny", tmp_path / "run", **{**TINY, "steps": 4, "data.train": str(tmp_path / "shards"),
+                                                         "data.val_split": None})
+    assert all(np.isfinite(v) for v in losses(run).values())
+    assert "" not in checkpoint.load(run)["classes"]

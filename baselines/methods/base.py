@@ -60,7 +60,8 @@ class Method:
 
     def before_step(self, module: torch.nn.Module, step: int) -> None:
         """Called after the backward passes, before clipping and the optimiser step (e.g. DINO
-        drops the last layer's gradients during its first epoch)."""
+        drops the last layer's gradients during its first epoch).
+        """
 
     def after_step(self, step: int) -> None:
         """Called after each optimiser step (EMA teachers, frozen layers...)."""

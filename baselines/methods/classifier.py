@@ -71,9 +71,13 @@ class Classifier(Method):
             x = x.contiguous(memory_format=torch.channels_last)
         y = batch["label"].to(x.device, non_blocking=True)
         logits = model(x)
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=self.cfg.label_smoothing)
-        acc = (logits.argmax(1) == y).float().mean()
-        return loss, {"train_top1": acc}
+        labelled = y >= 0   # rows without a label (-1) in the training split carry no class
+        if not bool(labelled.any()):
+            return logits.sum() * 0.0, {"train_top1": 0.0, "labelled": 0.0}
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=self.cfg.label_smoothing,
+                               ignore_index=-1)
+        acc = (logits.argmax(1) == y)[labelled].float().mean()
+        return loss, {"train_top1": acc, "labelled": labelled.float().mean()}
 
     def embedder(self):
         return _Pooled(self.model)
@@ -86,6 +90,10 @@ class Classifier(Method):
         for batch in batches:
             x = augment.center_crop(prep(batch["image"], batch["meta"]), self.cfg.data.crop)
             y = batch["label"].to(x.device)
+            keep = y >= 0  # unlabelled validation rows are not scored
+            if not bool(keep.any()):
+                continue
+            x, y = x[keep], y[keep]
             with autocast(x.device, self.cfg.precision):
                 logits = self.model(x).float()
             loss += float(F.cross_entropy(logits, y, reduction="sum"))
