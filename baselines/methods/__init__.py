@@ -14,8 +14,6 @@ from .base import Method
 METHODS: Registry[type[Method]] = Registry("training method")
 
 # importing a method module registers it (after METHODS exists: hence below the registry)
-from . import classifier  # noqa: E402,F401  (registers "classifier")
-from . import dino  # noqa: E402,F401  (registers "dino", "ws-dino")
-from . import mean_teacher  # noqa: E402,F401  (registers "mean-teacher")
+from . import classifier, dino, mean_teacher  # noqa: E402,F401  (classifier, dino, ws-dino, mean-teacher)
 
 __all__ = ["METHODS", "Method"]
