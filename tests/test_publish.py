@@ -295,7 +295,7 @@ def test_recipe_accepts_license_fields():
     from cytodata.recipe import parse_recipe
 
     r = parse_recipe({"name": "x", "sources": [{"adapter": "csv", "license": "CC0-1.0", "citation": "c",
-                                                "url": "https://x", "params": {}}]})
+                                                "url": "https://x", "params": {"path": "x.csv"}}]})
     assert (r.sources[0].license, r.sources[0].citation, r.sources[0].url) == ("CC0-1.0", "c", "https://x")
 
 

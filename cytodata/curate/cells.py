@@ -388,8 +388,9 @@ def _cmd(args) -> int:
     c = prov["counts"]
     print(f"{c['cells']} cells from {c['fields_with_cells']}/{c['fields']} fields "
           f"({args.size} px windows) -> {args.out}")
-    for reason, n in prov["ledger_by_reason"].items():
-        print(f"  dropped: {reason:<20} {n}")
+    if not args.quiet:
+        for reason, n in prov["ledger_by_reason"].items():
+            print(f"  dropped: {reason:<20} {n}")
     return 0
 
 
@@ -408,7 +409,8 @@ def register(subparsers) -> None:
                    help="crop side in pixels (Cell Painting CNN / DeepProfiler: 96-128 at 20x)")
     p.add_argument("--max-cells-per-field", type=int, default=None,
                    help="keep at most this many cells per field (seeded, order-free choice)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the --max-cells-per-field choice")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the summary line")
     p.add_argument("--label", default=None, metavar="COL[,COL...]",
                    help="set the weak label to these manifest columns joined by '@', e.g. "
                         "compound,concentration (the treatment)")
