@@ -294,6 +294,7 @@ def register(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace another dataset published in DEST")
     p.add_argument("--storage-options", default=None,
                    help='fsspec options as JSON, e.g. \'{"endpoint_url": "http://127.0.0.1:9000"}\'')
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the one-line summary")
     p.set_defaults(func=_main)
 
 
@@ -315,6 +316,7 @@ def _main(args) -> int:
     print(f"published {summary['samples']} samples in {summary['shards']} shards to {summary['dest']} "
           f"({'shards referenced in place' if summary['in_place'] else 'shards copied'}); "
           f"splits: {', '.join(f'{k}={v}' for k, v in summary['splits'].items())}")
-    print(f"wrote README.md, croissant.json, {SUMS_FILE} ({summary['files'] - 1} files listed); "
-          f"check with: cytodata verify {summary['dest']}")
+    if not args.quiet:
+        print(f"wrote README.md, croissant.json, {SUMS_FILE} ({summary['files'] - 1} files listed); "
+              f"check with: cytodata verify {summary['dest']}")
     return 0
