@@ -11,7 +11,7 @@ Baseline, measured in the same run: the same backbone at random initialisation, 
 run's checkpoint with the model weights replaced by timm's initialisation under the run's seed
 (BatchNorm running statistics at their initial 0/1); embedded and evaluated by the same code.
 
-Usage: python benchmarks/classifier_bbbc021.py [--out DIR] [--steps 200] [--model test_efficientnet]
+Usage: python benchmarks/classifier_bbbc021.py [--out DIR] [--steps 200] [--model resnet10t]
        [--torch-threads 1]
 Prints one markdown table (NSC, NSCB for both) and writes OUT/results.json.
 """
@@ -92,7 +92,7 @@ def evaluate(embeddings: Path, fields: Path) -> dict:
 
 
 def run(out: "str | Path", *, steps: int = 200, batch_size: int = 64,
-        model: str = "test_efficientnet", lr: float = 3e-3, seed: int = 0,
+        model: str = "resnet10t", lr: float = 3e-3, seed: int = 0,
         screen: SyntheticScreen = SCREEN, cell_size: int = CELL_SIZE,
         train_crop: int = TRAIN_CROP, torch_threads: int | None = None) -> dict:
     """The whole check; returns ``{"trained": {...}, "random": {...}, "n_cells", "seconds"}``.
@@ -152,7 +152,7 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="work folder (default: a temporary one)")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--model", default="test_efficientnet")
+    parser.add_argument("--model", default="resnet10t")
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--torch-threads", type=int, default=None,
