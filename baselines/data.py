@@ -18,6 +18,7 @@ import torch
 
 from cytodata.errors import ShardError, TrainingError
 from cytodata.loaders import ClassBalanced, StreamingDataset
+from cytodata.loaders.collate import check_shapes
 
 
 @dataclass
@@ -36,16 +37,10 @@ class DataInfo:
 def collate(samples: list[dict]) -> dict:
     """Stack one batch: ``image`` (B, C, H, W) uint16, ``label`` (B,) long, ``key``, ``meta`` lists.
 
-    Images of different shapes cannot share a batch: the error names two keys and their shapes.
+    Images of different shapes cannot share a batch: the loaders' ``MixedShapeError`` names
+    the keys, their shapes and the ways out.
     """
-    shapes = {tuple(s["image"].shape) for s in samples}
-    if len(shapes) > 1:
-        by_shape = {}
-        for s in samples:
-            by_shape.setdefault(tuple(s["image"].shape), s["__key__"])
-        detail = ", ".join(f"{k!r}: {list(sh)}" for sh, k in list(by_shape.items())[:3])
-        raise ShardError(f"a batch mixes image shapes ({detail}); train on a shard set of one "
-                         "shape (one source, or sharded with --channel-mode merged and one size)")
+    check_shapes(samples, "image")
     out = {"image": torch.stack([s["image"] for s in samples]),
            "label": torch.tensor([s["label"] for s in samples], dtype=torch.long),
            "key": [s["__key__"] for s in samples],
@@ -191,29 +186,28 @@ def open_dataset(path: str, *, split: str | None, cfg, seed: int, shuffle: bool,
                             "`cytodata shard MANIFEST_DIR -o OUT`")
     columns = tuple({"plate", "batch", "well", "site", "source", "split", "label", "parent_id",
                      "compound", "moa", cfg.label})
-    try:
-        ds = StreamingDataset(path, seed=seed, shuffle=shuffle, split=None, sampler=sampler,
-                              threads=cfg.threads, read_ahead=cfg.read_ahead, columns=columns,
-                              storage_options=cfg.storage_options or None, rank=rank,
-                              world_size=world_size)
-    except ShardError as exc:
-        raise TrainingError(f"{what}={path}: {exc}") from None
-    if split is not None:
-        if "split" not in ds.index.columns:
-            raise TrainingError(f"{what}={path}: index.parquet has no 'split' column to select "
-                                f"{split!r}; pass --set {what}_split=null to use every row")
+    try:  # one read of index.parquet; the loader refuses a split the index has no column for
         ds = StreamingDataset(path, seed=seed, shuffle=shuffle, split=split, sampler=sampler,
                               threads=cfg.threads, read_ahead=cfg.read_ahead, columns=columns,
                               storage_options=cfg.storage_options or None, rank=rank,
                               world_size=world_size)
+    except ShardError as exc:
+        hint = (f"; pass --set {what}_split=null to use every row"
+                if split is not None and "'split' column" in str(exc) else "")
+        raise TrainingError(f"{what}={path}: {exc}{hint}") from None
+    if split is not None:
         if len(ds.index) == 0:
             raise TrainingError(f"{what}={path}: no rows with split={split!r}; splits present: "
                                 f"{sorted(ds.shards.index['split'].dropna().unique().tolist())}")
     return ds
 
 
-def class_ids(ds: StreamingDataset, column: str, classes: list[str] | None, what: str) -> np.ndarray:
-    """Per-row class ids of ``column`` in ``classes`` (NA -> -1); unknown classes are an error."""
+def class_ids(ds: StreamingDataset, column: str, classes: list[str] | None, what: str
+              ) -> tuple[np.ndarray, list[str]]:
+    """Per-row class ids of ``column`` in ``classes`` (NA -> -1) and the classes used.
+
+    ``classes=None``: the sorted labels present. Labels outside ``classes`` are an error.
+    """
     if column not in ds.index.columns:
         raise TrainingError(f"{what}: index.parquet has no {column!r} column; a supervised "
                             f"baseline needs labels (columns: {sorted(ds.index.columns)})")
@@ -226,7 +220,8 @@ def class_ids(ds: StreamingDataset, column: str, classes: list[str] | None, what
     if unknown:
         raise TrainingError(f"{what}: classes {unknown[:10]} have no training samples; re-split "
                             "with stratify on the label or drop them from the validation set")
-    return np.array([-1 if pd.isna(v) else lookup[v] for v in values.tolist()], dtype=np.int64)
+    ids = np.array([-1 if pd.isna(v) else lookup[v] for v in values.tolist()], dtype=np.int64)
+    return ids, classes
 
 
 def relabel(ds: StreamingDataset, ids: np.ndarray, classes: list[str]) -> None:

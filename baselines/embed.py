@@ -39,14 +39,14 @@ class _FixedOrder:
         return self.rows
 
 
-def load_method(ckpt: "str | Path", device: torch.device, stats: NormStats | None = None,
+def load_method(ckpt: "str | Path | dict", device: torch.device, stats: NormStats | None = None,
                 random_init: bool = False):
     """Rebuild the method of a checkpoint with its trained weights (eval mode).
 
     ``random_init``: the same architecture, channels and classes at its seeded random
     initialisation instead (the baseline every trained embedding is compared with).
     """
-    state = checkpoint.load(ckpt, map_location="cpu")
+    state = ckpt if isinstance(ckpt, dict) else checkpoint.load(ckpt, map_location="cpu")
     cfg = load_config(state["config"])
     info = DataInfo(channels=list(state["channels"]), n_channels=len(state["channels"]), shape=None,
                     classes=list(state.get("classes") or []), n_train=0, stats=stats)
@@ -90,14 +90,15 @@ def embed(checkpoint_or_run: "str | Path", shards: "str | Path", out: "str | Pat
     out = Path(out)
     ds = StreamingDataset(shards, shuffle=False, threads=threads, storage_options=storage_options,
                           columns=("plate",))
-    state_channels = checkpoint.load(checkpoint_or_run)["channels"]
+    state = checkpoint.load(checkpoint_or_run)  # read once: channels, config and weights
+    state_channels = state["channels"]
     channels = ds.shards.meta.get("channels")
     if channels != list(state_channels):
         raise TrainingError(f"{shards}: channels {channels} differ from the checkpoint's "
                             f"{list(state_channels)}; embed a shard set with the training channels")
-    cfg_level = load_config(checkpoint.load(checkpoint_or_run)["config"]).data.normalize
+    cfg_level = load_config(state["config"]).data.normalize
     stats = None if cfg_level == "none" else NormStats(ds.shards.meta, cfg_level, len(channels))
-    method, cfg, _ = load_method(checkpoint_or_run, dev, stats, random_init=random_init)
+    method, cfg, _ = load_method(state, dev, stats, random_init=random_init)
     model = method.embedder().to(dev).eval()
     prep = DevicePrep(stats, dev, channels_last=False)
     crop = method.embed_crop()

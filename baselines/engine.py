@@ -91,11 +91,10 @@ class Engine:
                                 "(shard one source, or use --channel-mode merged)")
         classes: list[str] = []
         if method_cls.supervised:
-            ids = class_ids(train_ds, d.label, None, f"data.train={d.train}")
+            ids, classes = class_ids(train_ds, d.label, None, f"data.train={d.train}")
             if (ids < 0).all():
                 raise TrainingError(f"data.train={d.train}: no row has a {d.label!r} label; the "
                                     f"{cfg.method} baseline is supervised")
-            classes = sorted(train_ds.index[d.label].dropna().astype(str).unique().tolist())
             if len(classes) < 2:
                 raise TrainingError(f"data.train={d.train}: {len(classes)} class(es) {classes}; a "
                                     "classifier needs at least 2")
@@ -117,7 +116,7 @@ class Engine:
                 raise TrainingError(f"channels differ between data.train ({channels}) and data.val "
                                     f"({vmeta.get('channels')}); validate on a set with the same channels")
             if method_cls.supervised:
-                relabel(val_ds, class_ids(val_ds, d.label, classes, f"data.val={val_path}"), classes)
+                relabel(val_ds, class_ids(val_ds, d.label, classes, f"data.val={val_path}")[0], classes)
         stats = None if d.normalize == "none" else NormStats(meta, d.normalize, len(channels))
         vstats = None
         if val_ds is not None and d.normalize != "none":

@@ -82,7 +82,7 @@ def image_probabilities(run: "str | Path", shards: "str | Path", *, device: str 
         stats = None if level == "none" else NormStats(ds.shards.meta, level, len(channels))
     except TrainingError as exc:
         raise TrainingError(f"{shards}: {exc}") from None
-    method, cfg, _ = load_method(run, dev, stats)
+    method, cfg, _ = load_method(state, dev, stats)
     proba = probability_fn(method)
     prep = DevicePrep(stats, dev, channels_last=False)
     crop = method.embed_crop()
