@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from ._samples import Sample, load_samples
+
+if TYPE_CHECKING:
+    from ..curate.qc import QCConfig
 
 #: options of ``write(**options)`` that only some formats read (the others ignore them)
 FORMAT_OPTIONS: dict[str, str] = {
@@ -32,7 +35,7 @@ class SampleOptions:
     """
 
     channel_mode: str = "own"
-    qc: Any = None
+    qc: QCConfig | Mapping | None = None
     gray: str | None = "auto"
 
     def load(self, rec: Mapping) -> list[Sample]:
@@ -52,7 +55,7 @@ class WriteOptions:
     shard_size: int = 256_000_000
     samples_per_shard: int | None = None
     channel_mode: str = "own"
-    qc: Any = None
+    qc: QCConfig | Mapping | None = None
     gray: str | None = "auto"
     scheduler: str | None = None
     n_workers: int | None = None

@@ -73,6 +73,9 @@ def write(manifest, out, *, format: str = "webdataset", codec: str = "blosc-lz4"
     reason, so every manifest row ends as a sample or a ledger row; ``min_class_size`` then drops
     classes left under it (``below floor``). ``OUT`` must not be the
     manifest's folder nor hold another stage's or unrelated files.
+    ``options``: the format options of :class:`~cytodata.shards._options.WriteOptions`
+    (``tile``, ``chunk`` for zarr; ``pixel_size``, ``pyramid_levels`` for ome-zarr); another
+    name is a TypeError.
     """
     from .._stages import claim_stage_folder
 
@@ -302,10 +305,10 @@ def probe_row_bytes(recs: list[dict], codec: str, samples: SampleOptions, limit:
     unchecked = SampleOptions(samples.channel_mode, None, samples.gray)  # QC would only skip rows
     for rec in recs[:limit]:
         try:
-            samples = unchecked.load(rec)
+            loaded = unchecked.load(rec)
         except Dropped:
             continue
-        return sum(len(enc.encode(s.image)) + 1536 for s in samples)  # + tar headers, json
+        return sum(len(enc.encode(s.image)) + 1536 for s in loaded)  # + tar headers, json
     return 1
 
 

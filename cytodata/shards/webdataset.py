@@ -96,8 +96,8 @@ class ShardTask:
     """One dask task: write shard number ``index`` of the plan into the folder ``out``.
 
     ``recs``: its manifest records (``_samples.records``), in plan order; ``codec``: a
-    ``CODECS`` name. The shard number travels with the task and its result, so nothing parses
-    it back out of the file name.
+    ``CODECS`` name. The shard number travels with the task (the writer keys its result by
+    it), so nothing parses it back out of the file name.
     """
 
     out: str
