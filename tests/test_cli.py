@@ -54,6 +54,19 @@ def test_a_broken_stage_fails_loudly(monkeypatch):
         cli.build_parser()
 
 
+def test_a_stage_with_a_missing_dependency_fails_loudly(tmp_path, monkeypatch, capsys):
+    """The case a ``except ModuleNotFoundError`` around stage imports hid: the stage module is
+    there, one of its dependencies is not. The error names the dependency, for every command."""
+    (tmp_path / "cytodata_broken_stage.py").write_text(
+        "import cytodata_dependency_not_installed  # noqa: F401\n\n"
+        "def register(subparsers):\n    subparsers.add_parser('broken')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(cli, "COMMAND_MODULES", cli.COMMAND_MODULES + ("cytodata_broken_stage",))
+    with pytest.raises(ModuleNotFoundError, match="cytodata_dependency_not_installed"):
+        cli.main(["shard", "--help"])  # not only the broken stage's own command
+    assert "usage" not in capsys.readouterr().out
+
+
 def test_refusal_says_what_differs(tmp_path):
     rows = synthetic_rows(tmp_path, 3)
     out = tmp_path / "out"

@@ -123,7 +123,10 @@ def local_cluster(workers: int):
     threshold, so every image-sized buffer is mmapped and page-faulted afresh: shard tasks ran
     ~30% slower with it (benchmarks/sharding.py). Workers of an existing cluster keep their own
     settings (start them with ``MALLOC_TRIM_THRESHOLD_`` unset for the same gain). The workers'
-    statistical profiler (a stack sample every 10 ms) is off: shard tasks do not need it.
+    statistical profiler (a stack sample every 10 ms) is off: shard tasks do not need it. No
+    dashboard, and the scheduler's HTTP server (which it starts even without a dashboard, on
+    8787 by default: "Port 8787 is already in use" when another cluster holds it) takes a free
+    port on 127.0.0.1.
     """
     import dask
     from dask.distributed import LocalCluster
@@ -132,7 +135,8 @@ def local_cluster(workers: int):
                if k != "MALLOC_TRIM_THRESHOLD_"}
     with dask.config.set({"distributed.nanny.pre-spawn-environ": environ,
                           "distributed.worker.profile.enabled": False}):
-        return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+        return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
 
 
 def _bar(items, progress: bool, desc: str, total: int | None = None):

@@ -14,19 +14,19 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from .. import __version__
-from .._files import file_sha256, load_json_dict, save_json, save_parquet
+from .._files import file_sha256, load_json_dict, save_json
 from .._registry import Registry
-from ..curate.ledger import LEDGER_COLUMNS, Ledger
 from ..errors import ShardError
 from . import _plan
+from ._finalize import finalize, index_frame, sweep_temps
+from ._options import SampleOptions, WriteOptions
 from ._run import run_tasks
-from ._samples import CHANNEL_MODES, INDEX_COLUMNS, Dropped, Moments, digest, load_samples, records
+from ._samples import CHANNEL_MODES, INDEX_COLUMNS, Dropped, digest, records
 from .checksum import COLUMN as CHECKSUM
 from .codecs import CODECS
 
-#: output formats: ``fn(recs, out, options) -> summary``
-FORMATS: Registry[Callable[..., dict]] = Registry("shard format")
+#: output formats: ``fn(recs, out, manifest_info, opts: WriteOptions) -> summary``
+FORMATS: Registry[Callable[[list[dict], Path, dict, WriteOptions], dict]] = Registry("shard format")
 
 PLAN_FILE = "plan.json"
 #: what the identity digest was made of, so that a refusal can say what differs
@@ -73,12 +73,19 @@ def write(manifest, out, *, format: str = "webdataset", codec: str = "blosc-lz4"
     reason, so every manifest row ends as a sample or a ledger row; ``min_class_size`` then drops
     classes left under it (``below floor``). ``OUT`` must not be the
     manifest's folder nor hold another stage's or unrelated files.
+    ``options``: the format options of :class:`~cytodata.shards._options.WriteOptions`
+    (``tile``, ``chunk`` for zarr; ``pixel_size``, ``pyramid_levels`` for ome-zarr); another
+    name is a TypeError.
     """
     from .._stages import claim_stage_folder
 
     CODECS.get(codec)
     CHANNEL_MODES.get(channel_mode)
     writer = FORMATS.get(format)
+    opts = WriteOptions.from_write(
+        codec=codec, shard_size=_plan.parse_size(shard_size), samples_per_shard=samples_per_shard,
+        channel_mode=channel_mode, qc=qc, scheduler=scheduler, n_workers=n_workers,
+        progress=progress, overwrite=overwrite, gray=gray, **options)
     out = claim_stage_folder(out, "shards", empty_or_own=True, inputs=(
         manifest if not isinstance(manifest, pd.DataFrame) else None,
         qc_results if isinstance(qc_results, (str, Path)) else None))
@@ -88,9 +95,6 @@ def write(manifest, out, *, format: str = "webdataset", codec: str = "blosc-lz4"
     if qc_results is not None:
         gate_with_qc(recs, qc_results, min_class_size)
     out.mkdir(parents=True, exist_ok=True)
-    opts = dict(codec=codec, shard_size=_plan.parse_size(shard_size), samples_per_shard=samples_per_shard,
-                channel_mode=channel_mode, qc=qc, scheduler=scheduler, n_workers=n_workers,
-                progress=progress, overwrite=overwrite, gray=gray, **options)
     manifest_info = {"sha256": manifest_sha, "content_sha256": digest(recs), "n_rows": len(recs)}
     started = time.perf_counter()
     summary = writer(recs, out, manifest_info, opts)
@@ -203,33 +207,17 @@ def check_keys(recs: list[dict]) -> None:
                          "cytodata.schema.make_key(source, image_id)")
 
 
-#: temp files a writer may leave when something dies: per-task ``NAME.tmp-<uuid>`` (tars and
-#: sidecars) and ``save_json``/``save_parquet``'s ``NAME.tmp``
-TEMP_PATTERNS = ("shard-*.tmp-*", "*.json.tmp", "*.parquet.tmp", "parts/*.tmp", "parts/*.tmp-*")
-
-
-def sweep_temps(out: Path) -> list[Path]:
-    """Delete the temp files of earlier or killed tasks under ``out``; return what was removed.
-
-    Called before tasks start and again after they all returned: a finished shard set holds
-    no temp file whatever died during the run (a killed dask worker, a killed job).
-    """
-    removed = []
-    for pattern in TEMP_PATTERNS:
-        for p in out.glob(pattern):
-            if p.is_file():
-                p.unlink(missing_ok=True)
-                removed.append(p)
-    return removed
-
-
 # --- identity / resume ---------------------------------------------------------------------
-def identity(fmt: str, manifest_info: dict, opts: dict) -> str:
+#: the options that change a set's bytes: part of its identity (``chunk`` is checked by the
+#: Zarr writer's layout, ``pixel_size`` only changes metadata of a set that is rewritten anyway)
+IDENTITY_OPTIONS = ("codec", "channel_mode", "shard_size", "samples_per_shard", "qc", "gray", "tile",
+                    "pyramid_levels")
+
+
+def identity(fmt: str, manifest_info: dict, opts: WriteOptions) -> str:
     """What makes two shard sets "the same": manifest content + every option that changes bytes."""
-    keys = ("codec", "channel_mode", "shard_size", "samples_per_shard", "qc", "gray", "tile",
-            "pyramid_levels")
     parts = {"format": fmt, "manifest": manifest_info["content_sha256"],
-             "options": {k: repr(opts.get(k)) for k in keys}}
+             "options": {k: repr(getattr(opts, k)) for k in IDENTITY_OPTIONS}}
     ident = Identity(digest(parts))
     ident.parts = parts
     return ident
@@ -300,15 +288,27 @@ def _save_identity(out: Path, ident: str) -> None:
         save_json(out / IDENTITY_FILE, parts)
 
 
-def probe_row_bytes(recs: list[dict], codec: str, channel_mode: str, gray, limit: int = 16) -> int:
+def begin(out: Path, fmt: str, manifest_info: dict, opts: WriteOptions,
+          patterns: tuple[str, ...]) -> tuple[str, dict | None]:
+    """The first step of every format: identity, folder claim (see :func:`claim_folder`) and a
+    sweep of earlier temp files; returns ``(identity, previous plan or None)``.
+    """
+    ident = identity(fmt, manifest_info, opts)
+    plan = claim_folder(out, ident, opts.overwrite, patterns)
+    sweep_temps(out)
+    return ident, plan
+
+
+def probe_row_bytes(recs: list[dict], codec: str, samples: SampleOptions, limit: int = 16) -> int:
     """Encoded bytes of the first readable row (key order): sizes the shards up front."""
     enc = CODECS.get(codec)
+    unchecked = SampleOptions(samples.channel_mode, None, samples.gray)  # QC would only skip rows
     for rec in recs[:limit]:
         try:
-            samples = load_samples(rec, channel_mode, None, gray)
+            loaded = unchecked.load(rec)
         except Dropped:
             continue
-        return sum(len(enc.encode(s.image)) + 1536 for s in samples)  # + tar headers, json
+        return sum(len(enc.encode(s.image)) + 1536 for s in loaded)  # + tar headers, json
     return 1
 
 
@@ -318,22 +318,20 @@ _WDS_PATTERNS = ("shard-*.tar", "shard-*.tar.done.json", "shard-*.tmp-*", "index
 
 
 @FORMATS.register("webdataset")
-def write_webdataset(recs: list[dict], out: Path, manifest_info: dict, opts: dict) -> dict:
+def write_webdataset(recs: list[dict], out: Path, manifest_info: dict, opts: WriteOptions) -> dict:
     """Plan shards, skip verified ones, write the rest in parallel, then the index files."""
-    from .webdataset import FORMAT, VERSION, write_shard
+    from .webdataset import FORMAT, ShardTask, write_shard
 
-    ident = identity("webdataset", manifest_info, opts)
-    plan = claim_folder(out, ident, opts["overwrite"], _WDS_PATTERNS)
+    ident, plan = begin(out, "webdataset", manifest_info, opts, _WDS_PATTERNS)
     if plan is None:
-        per = opts["samples_per_shard"] or _plan.samples_per_shard(
-            opts["shard_size"], probe_row_bytes(recs, opts["codec"], opts["channel_mode"], opts["gray"]))
+        per = opts.samples_per_shard or _plan.samples_per_shard(
+            opts.shard_size, probe_row_bytes(recs, opts.codec, opts.samples))
         plan = {"format": FORMAT, "identity": ident, "samples_per_shard": int(per),
                 "n_rows": len(recs), "manifest": manifest_info}
         save_json(out / PLAN_FILE, plan)
     groups = _plan.assign(len(recs), plan["samples_per_shard"])
-    sweep_temps(out)
-    done: dict[int, dict] = {}
-    todo: list[tuple] = []
+    done: dict[int, dict] = {}  # shard number (from the plan) -> its stats
+    todo: list[ShardTask] = []
     for i, rows in enumerate(groups):
         name = _plan.shard_name(i)
         side = out / f"{name}.done.json"
@@ -345,89 +343,44 @@ def write_webdataset(recs: list[dict], out: Path, manifest_info: dict, opts: dic
         for p in (out / name, side):
             if p.exists():
                 p.unlink()
-        todo.append((str(out), name, [recs[r] for r in rows], opts["codec"], opts["channel_mode"],
-                     opts["qc"], opts["gray"]))
-    results = run_tasks(write_shard, todo, scheduler=opts["scheduler"], n_workers=opts["n_workers"],
-                        progress=opts["progress"], desc="shards")
-    for stale in out.glob("shard-*.tmp-*"):  # left by a task whose worker died; its re-run finished
-        stale.unlink()
-    for args, stats in zip(todo, results):
-        done[int(args[1][6:12])] = stats
-    # a worker killed mid-shard leaves its temp file; dask re-ran the task elsewhere, so every
-    # temp file now is an orphan (all tasks have returned)
-    sweep_temps(out)
-    stats_list = [done[i] for i in sorted(done)]
-    summary = finalize_webdataset(out, stats_list, plan, manifest_info, opts, FORMAT, VERSION,
-                                  resumed=len(groups) - len(todo))
+        todo.append(ShardTask(out=str(out), index=i, recs=[recs[r] for r in rows], codec=opts.codec,
+                              samples=opts.samples))
+    results = run_tasks(write_shard, [(task,) for task in todo], scheduler=opts.scheduler,
+                        n_workers=opts.n_workers, progress=opts.progress, desc="shards")
+    done.update({task.index: stats for task, stats in zip(todo, results)})
+    summary = finalize_webdataset(out, done, plan, manifest_info, opts, resumed=len(groups) - len(todo))
     summary["pixel_bytes"] = sum(r["pixel_bytes"] for r in results)  # this run's work, for MB/s
     return summary
 
 
-def _index_frame(rows: list[dict], extra_int: tuple[str, ...]) -> pd.DataFrame:
-    frame = pd.DataFrame(rows)
-    for col in extra_int:
-        frame[col] = pd.to_numeric(frame[col]).astype("int64") if len(frame) else pd.Series(dtype="int64")
-    for col in INDEX_COLUMNS + ("key",):
-        if col not in frame:
-            frame[col] = pd.NA
-        frame[col] = frame[col].astype("Int64" if col == "site" else "string")
-    return frame
+#: index.parquet's leading columns (then the manifest's INDEX_COLUMNS), FORMAT.md section 1
+_WDS_INDEX = ("shard", "shard_index", "key", "offset", "size", "meta_offset", "meta_size",
+              "n_channels", "height", "width", CHECKSUM)
+_WDS_INTS = ("shard_index", "offset", "size", "meta_offset", "meta_size", "n_channels", "height", "width")
 
 
-def finalize_webdataset(out: Path, stats_list: list[dict], plan: dict, manifest_info: dict, opts: dict,
-                        fmt: str, version: int, resumed: int = 0) -> dict:
-    """Combine per-shard stats into index.parquet, ledger.parquet and shards.json."""
-    rows = [dict(r, shard_index=int(s["name"][6:12])) for s in stats_list for r in s["index"]]
-    index = _index_frame(rows, ("shard_index", "offset", "size", "meta_offset", "meta_size",
-                                "n_channels", "height", "width"))
+def finalize_webdataset(out: Path, done: dict[int, dict], plan: dict, manifest_info: dict,
+                        opts: WriteOptions, resumed: int = 0) -> dict:
+    """index.parquet, ledger.parquet and shards.json of a WebDataset set (through :func:`finalize`).
+
+    ``done``: shard number -> its stats (a task's result or its ``.done.json`` sidecar).
+    """
+    from .webdataset import FORMAT, VERSION
+
+    shards = [done[i] for i in sorted(done)]
+    rows = [dict(r, shard_index=i) for i in sorted(done) for r in done[i]["index"]]
+    index = index_frame(rows, ints=_WDS_INTS, strings=("shard", CHECKSUM))
     if len(index):
-        index["shard"] = index["shard"].astype("string")
-        lead = ["shard", "shard_index", "key", "offset", "size", "meta_offset", "meta_size",
-                "n_channels", "height", "width", CHECKSUM]
         # shards kept from a run of an older version have no checksum: NA (the loader warns)
-        index[CHECKSUM] = (index[CHECKSUM] if CHECKSUM in index else pd.NA)
-        index[CHECKSUM] = index[CHECKSUM].astype("string")
-        index = index[lead + [c for c in INDEX_COLUMNS]]
-    dup = index["key"].duplicated() if len(index) else pd.Series([], dtype=bool)
-    if dup.any():
-        raise ShardError(f"{out}: duplicate sample keys {list(index.loc[dup, 'key'][:5])}; "
-                         "make manifest keys unique (schema.validate) and rewrite")
-    ledger = Ledger()
-    ledger.extend(pd.DataFrame([row for s in stats_list for row in s["ledger"]], columns=list(LEDGER_COLUMNS)))
-    rows_written = sum(s["rows_written"] for s in stats_list)
-    ledger.check(manifest_info["n_rows"], rows_written, where=f"shard {out}")
-    moments, labels = Moments(), Counter()
-    for s in stats_list:
-        moments.merge(Moments(s["moments"]))
-        labels.update(s["label_counts"])
+        if CHECKSUM not in index:
+            index[CHECKSUM] = pd.Series(pd.NA, index=index.index, dtype="string")
+        index = index[list(_WDS_INDEX) + [c for c in INDEX_COLUMNS]]
     shapes = {(int(c), int(h), int(w)) for c, h, w in
               index[["n_channels", "height", "width"]].itertuples(index=False)} if len(index) else set()
-    channel_sets = []
-    for s in stats_list:
-        for cs in s["channel_sets"]:
-            if cs not in channel_sets:
-                channel_sets.append(cs)
-    dtypes = sorted({d for s in stats_list for d in s["dtypes"]})
-    by_reason = ledger.to_frame()["reason"].value_counts().to_dict()
-    meta = {
-        "format": fmt, "version": version, "codec": opts["codec"], "ext": CODECS.get(opts["codec"]).ext,
-        "dtype": dtypes[0] if len(dtypes) == 1 else None, "dtypes": dtypes,
-        "channels": channel_sets[0] if len(channel_sets) == 1 else None,
-        "channel_mode": opts["channel_mode"],
-        "shape": list(next(iter(shapes))) if len(shapes) == 1 else None,
-        "n_samples": int(len(index)),
-        "samples_per_shard": plan["samples_per_shard"],
-        "shards": [{k: s[k] for k in ("name", "sha256", "samples", "bytes")} for s in stats_list],
-        "label_counts": dict(sorted(labels.items())),
-        "normalization": moments.summary(),
-        "manifest": dict(manifest_info, identity=plan["identity"]),
-        "ledger": {"rows": len(ledger), "by_reason": {str(k): int(v) for k, v in by_reason.items()}},
-        "cytodata_version": __version__,
-    }
-    save_parquet(out / "index.parquet", index)
-    ledger.write(out / "ledger.parquet")
-    save_json(out / "shards.json", meta)
-    return {"format": fmt, "out": str(out), "rows_in": manifest_info["n_rows"], "rows_written": rows_written,
-            "samples": int(len(index)), "dropped": meta["ledger"]["by_reason"], "shards": len(stats_list),
-            "shards_resumed": resumed, "bytes": sum(s["bytes"] for s in stats_list),
-            "pixel_bytes": sum(s["pixel_bytes"] for s in stats_list)}
+    meta = {"codec": opts.codec, "ext": CODECS.get(opts.codec).ext,
+            "shape": list(next(iter(shapes))) if len(shapes) == 1 else None,
+            "samples_per_shard": plan["samples_per_shard"],
+            "shards": [{k: s[k] for k in ("name", "sha256", "samples", "bytes")} for s in shards]}
+    return finalize(out, shards, index, fmt=FORMAT, version=VERSION, manifest_info=manifest_info,
+                    identity=plan["identity"], channel_mode=opts.channel_mode, meta=meta,
+                    summary={"shards_resumed": resumed, "bytes": sum(s["bytes"] for s in shards)})

@@ -12,12 +12,18 @@ Each field carries omero channel labels (the manifest's channel names) and, wher
 from __future__ import annotations
 
 import re
+import shutil
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
-from .._files import save_json, save_parquet
-from ._samples import INDEX_COLUMNS, Dropped, Moments, load_samples
-from ._writer import FORMATS, claim_folder, identity
+from .._files import save_json
+from ..errors import ShardError
+from ._finalize import finalize, index_frame
+from ._options import SampleOptions, WriteOptions
+from ._run import run_tasks
+from ._samples import INDEX_COLUMNS, Dropped, Moments
+from ._writer import FORMATS, begin
 
 FORMAT = "cytodata-ome-zarr"
 _WELL = re.compile(r"^([A-Za-z]+)0*([0-9]+)$")
@@ -75,20 +81,49 @@ def _split_well(well: str) -> tuple[str, str] | None:
     return (m.group(1).upper(), f"{int(m.group(2)):02d}") if m else None
 
 
-def _write_plate(path: str, plate: str, fields: list, channel_mode: str, qc, gray, levels: int,
-                 pixel_size=None) -> dict:
-    """Task: one plate group with all its wells and fields; returns ledger, key map, stats."""
+@dataclass(frozen=True)
+class PlateField:
+    """One manifest record placed in its plate: well row letter(s) and zero-padded column."""
+
+    rec: dict
+    row: str
+    column: str
+
+
+@dataclass(frozen=True)
+class PlateTask:
+    """One dask task: write the plate group at ``path`` (``OUT/<plate>.ome.zarr``).
+
+    ``fields`` in well then site order; ``pyramid_levels`` extra levels (each halving y, x);
+    ``pixel_size``: micrometers (or ``(y, x)``), None to read it from each field's first file.
+    """
+
+    path: str
+    plate: str
+    fields: list[PlateField]
+    samples: SampleOptions
+    pyramid_levels: int = 0
+    pixel_size: float | tuple[float, float] | None = None
+
+
+def _write_plate(task: PlateTask) -> dict:
+    """Task: one plate group with all its wells and fields; returns ledger, key map, stats.
+
+    A plate none of whose fields can be read is not written (its folder is removed): its
+    rows are all in the ledger.
+    """
     import zarr
     from ome_zarr.format import FormatV05
     from ome_zarr.writer import write_image, write_plate_metadata, write_well_metadata
 
-    fmt = FormatV05()
+    fmt, path, plate = FormatV05(), task.path, task.plate
     root = zarr.open_group(path, mode="w", zarr_format=3)
-    ledger, wells, moments, index = [], defaultdict(list), Moments(), []
-    channel_sets, dtypes = [], set()
-    for rec, row, col in fields:
+    ledger, wells, moments, index, labels = [], defaultdict(list), Moments(), [], Counter()
+    channel_sets, dtypes, pixel_bytes = [], set(), 0
+    for f in task.fields:
+        rec, row, col = f.rec, f.row, f.column
         try:
-            sample = load_samples(rec, channel_mode, qc, gray)[0]
+            sample = task.samples.load(rec)[0]  # one sample per field: write_omezarr refuses split
             image = sample.image
         except Dropped as drop:
             ledger.append({"source": rec["source"], "input_id": rec["image_id"], "stage": "shard",
@@ -96,20 +131,23 @@ def _write_plate(path: str, plate: str, fields: list, channel_mode: str, qc, gra
             continue
         field = str(len(wells[(row, col)]))
         group = root.require_group(row).require_group(col).require_group(field)
-        size = _field_pixel_size(rec, pixel_size)
+        size = _field_pixel_size(rec, task.pixel_size)
         physical = ({"scale": {"c": 1.0, "y": size[0], "x": size[1]},
                      "axes_units": {"y": "micrometer", "x": "micrometer"}} if size else {})
         names = list(sample.channels) if len(sample.channels) == len(image) else [
             f"c{i}" for i in range(len(image))]
-        write_image(image, group, scale_factors=[2 ** (k + 1) for k in range(levels)], axes="cyx",
-                    fmt=fmt, omero=_omero(names, image), **physical)
+        write_image(image, group, scale_factors=[2 ** (k + 1) for k in range(task.pyramid_levels)],
+                    axes="cyx", fmt=fmt, omero=_omero(names, image), **physical)
         group.attrs["cytodata"] = {"key": rec["key"], "source": rec["source"],
                                    "image_id": rec["image_id"], "site": rec.get("site")}
         wells[(row, col)].append(field)
-        moments.add({"plate": plate, "all": "all"}, image, names)
+        moments.add({"plate": plate, "batch": rec.get("batch"), "all": "all"}, image, names)
         if names not in channel_sets:
             channel_sets.append(names)
         dtypes.add(str(image.dtype))
+        pixel_bytes += image.nbytes
+        if rec.get("label") is not None:
+            labels[rec["label"]] += 1
         index.append({"key": rec["key"], "plate": plate, "well": rec.get("well"), "row": row,
                       "column": col, "field": int(field),
                       "path": f"{Path(path).name}/{row}/{col}/{field}",
@@ -118,15 +156,18 @@ def _write_plate(path: str, plate: str, fields: list, channel_mode: str, qc, gra
                       "pixel_size_y_um": size[0] if size else None,
                       "pixel_size_x_um": size[1] if size else None,
                       **{c: rec.get(c) for c in INDEX_COLUMNS if c not in ("plate", "well")}})
-    rows = sorted({r for r, _ in wells})
-    cols = sorted({c for _, c in wells})
-    write_plate_metadata(root, rows, cols, [f"{r}/{c}" for r, c in sorted(wells)], fmt=fmt, name=plate,
-                         field_count=max((len(v) for v in wells.values()), default=0))
-    for (r, c), fs in sorted(wells.items()):
-        write_well_metadata(root[r][c], fs, fmt=fmt)
+    if wells:
+        rows = sorted({r for r, _ in wells})
+        cols = sorted({c for _, c in wells})
+        write_plate_metadata(root, rows, cols, [f"{r}/{c}" for r, c in sorted(wells)], fmt=fmt,
+                             name=plate, field_count=max(len(v) for v in wells.values()))
+        for (r, c), fs in sorted(wells.items()):
+            write_well_metadata(root[r][c], fs, fmt=fmt)
+    else:  # an HCS plate needs a well (ome-zarr refuses an empty one): no folder at all
+        shutil.rmtree(path, ignore_errors=True)
     return {"ledger": ledger, "rows_written": sum(len(v) for v in wells.values()),
             "moments": moments.data, "index": index, "channel_sets": channel_sets,
-            "dtypes": sorted(dtypes)}
+            "dtypes": sorted(dtypes), "label_counts": dict(labels), "pixel_bytes": pixel_bytes}
 
 
 def _field_pixel_size(rec: dict, pixel_size) -> tuple[float, float] | None:
@@ -138,16 +179,17 @@ def _field_pixel_size(rec: dict, pixel_size) -> tuple[float, float] | None:
     return pixel_size_um(paths[0]) if paths else None
 
 
+_OME_PATTERNS = ("*.ome.zarr", "shards.json", "ledger.parquet", "index.parquet")
+
+
 @FORMATS.register("ome-zarr")
-def write_omezarr(recs: list[dict], out: Path, manifest_info: dict, opts: dict) -> dict:
+def write_omezarr(recs: list[dict], out: Path, manifest_info: dict, opts: WriteOptions) -> dict:
     """One OME-Zarr HCS plate per manifest plate; one dask task per plate."""
-    import pandas as pd
-
-    from ..curate.ledger import LEDGER_COLUMNS, Ledger
-
-    ident = identity("ome-zarr", manifest_info, opts)
-    claim_folder(out, ident, opts["overwrite"],
-                 ("*.ome.zarr", "shards.json", "ledger.parquet", "index.parquet"))
+    if opts.channel_mode == "split":
+        raise ShardError("format 'ome-zarr' writes one (c, y, x) image per field, so "
+                         "channel_mode='split' (one sample per channel) has no place in it; use "
+                         "channel_mode='own' or 'merged', or format='webdataset'/'zarr' for split")
+    ident, _ = begin(out, "ome-zarr", manifest_info, opts, _OME_PATTERNS)
     save_json(out / "plan.json", {"format": FORMAT, "identity": ident, "n_rows": len(recs)})
     plates, early = defaultdict(list), []
     for rec in recs:
@@ -157,67 +199,33 @@ def write_omezarr(recs: list[dict], out: Path, manifest_info: dict, opts: dict) 
                           "reason": "no plate/well", "detail": f"{rec['key']}: plate={rec.get('plate')!r} "
                           f"well={rec.get('well')!r}; OME-Zarr HCS needs both (use format='zarr')"})
             continue
-        plates[rec["plate"]].append((rec, *rc))
+        plates[rec["plate"]].append(PlateField(rec, *rc))
     safe = {p: re.sub(r"[^A-Za-z0-9_\-]+", "-", p) for p in plates}
-    tasks = [(str(out / f"{safe[p]}.ome.zarr"), p,
-              sorted(f, key=lambda t: (t[1], t[2], t[0].get("site") or 0, t[0]["key"])),
-              opts["channel_mode"], opts["qc"], opts["gray"], int(opts.get("pyramid_levels") or 0),
-              opts.get("pixel_size"))
+    tasks = [PlateTask(path=str(out / f"{safe[p]}.ome.zarr"), plate=p,
+                       fields=sorted(f, key=lambda t: (t.row, t.column, t.rec.get("site") or 0, t.rec["key"])),
+                       samples=opts.samples, pyramid_levels=int(opts.pyramid_levels or 0),
+                       pixel_size=opts.pixel_size)
              for p, f in sorted(plates.items())]
-    results = run_tasks_for(tasks, opts)
-    ledger = Ledger()
-    ledger.extend(pd.DataFrame(early + [x for r in results for x in r["ledger"]], columns=list(LEDGER_COLUMNS)))
-    written = sum(r["rows_written"] for r in results)
-    ledger.check(len(recs), written, where=f"ome-zarr {out}")
-    ledger.write(out / "ledger.parquet")
-    save_parquet(out / "index.parquet", _key_map([x for r in results for x in r["index"]]))
-    moments = Moments()
-    for r in results:
-        moments.merge(Moments(r["moments"]))
-    by_reason = {str(k): int(v) for k, v in Counter(ledger.to_frame()["reason"]).items()}
-    channel_sets = []
-    for r in results:
-        channel_sets += [c for c in r["channel_sets"] if c not in channel_sets]
-    dtypes = sorted({d for r in results for d in r["dtypes"]})
-    from .. import __version__
+    results = run_tasks(_write_plate, [(task,) for task in tasks], scheduler=opts.scheduler,
+                        n_workers=opts.n_workers, progress=opts.progress, desc="plates")
+    written = {task.plate: Path(task.path).name for task, r in zip(tasks, results) if r["rows_written"]}
+    index = _key_map([x for r in results for x in r["index"]])
+    summary = finalize(out, results, index, fmt=FORMAT, version=1, manifest_info=manifest_info,
+                       identity=ident, channel_mode=opts.channel_mode, early=early,
+                       meta={"ngff": "0.5", "plates": written},
+                       summary={"shards": len(written)})
+    summary["bytes"] = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    return summary
 
-    save_json(out / "shards.json", {"format": FORMAT, "version": 1, "ngff": "0.5",
-                                    "channels": channel_sets[0] if len(channel_sets) == 1 else None,
-                                    "channel_mode": opts["channel_mode"],
-                                    "dtype": dtypes[0] if len(dtypes) == 1 else None,
-                                    "cytodata_version": __version__,
-                                    "plates": {p: f"{safe[p]}.ome.zarr" for p in sorted(plates)},
-                                    "n_samples": written, "normalization": moments.summary(),
-                                    "manifest": dict(manifest_info, identity=ident),
-                                    "ledger": {"rows": len(ledger), "by_reason": by_reason}})
-    return {"format": FORMAT, "out": str(out), "rows_in": len(recs), "rows_written": written,
-            "samples": written, "dropped": by_reason, "shards": len(tasks), "shards_resumed": 0,
-            "bytes": sum(p.stat().st_size for p in out.rglob("*") if p.is_file()), "pixel_bytes": 0}
+
+#: index.parquet's columns (FORMAT.md section 3)
+_KEY_MAP = ("key", "plate", "well", "row", "column", "field", "path", "n_channels", "height", "width",
+            "pixel_size_y_um", "pixel_size_x_um", *[c for c in INDEX_COLUMNS if c not in ("plate", "well")])
 
 
 def _key_map(rows: list[dict]):
     """index.parquet: manifest key -> plate, well, field and the field's path (FORMAT.md 3)."""
-    import pandas as pd
-
-    frame = pd.DataFrame(rows, columns=list(rows[0]) if rows else [
-        "key", "plate", "well", "row", "column", "field", "path", "n_channels", "height", "width",
-        "pixel_size_y_um", "pixel_size_x_um",
-        *[c for c in INDEX_COLUMNS if c not in ("plate", "well")]])
-    for col in ("field", "n_channels", "height", "width"):
-        frame[col] = frame[col].astype("int64")
-    for col in ("pixel_size_y_um", "pixel_size_x_um"):
-        frame[col] = frame[col].astype("float64")
-    for col in frame.columns:
-        if col in ("site",):
-            frame[col] = frame[col].astype("Int64")
-        elif frame[col].dtype == object:
-            frame[col] = frame[col].astype("string")
+    frame = index_frame(rows, ints=("field", "n_channels", "height", "width"),
+                        floats=("pixel_size_y_um", "pixel_size_x_um"),
+                        strings=("row", "column", "path"), columns=_KEY_MAP)
     return frame.sort_values("key", kind="stable").reset_index(drop=True)
-
-
-def run_tasks_for(tasks, opts):
-    """Run the OME-Zarr write tasks on the shard writer's task runner (dask or synchronous)."""
-    from ._run import run_tasks
-
-    return run_tasks(_write_plate, tasks, scheduler=opts["scheduler"], n_workers=opts["n_workers"],
-                     progress=opts["progress"], desc="plates")

@@ -14,11 +14,14 @@ import os
 import tarfile
 import uuid
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ._samples import INDEX_COLUMNS, Dropped, Moments, Sample, load_samples
+from ._options import SampleOptions
+from ._plan import shard_name
+from ._samples import INDEX_COLUMNS, Dropped, Moments, Sample
 from .checksum import COLUMN as CHECKSUM
 from .checksum import checksum
 from .codecs import CODECS, codec_for_ext
@@ -88,11 +91,32 @@ def sample_meta(sample: Sample, rec: dict, codec: str, channel_mode: str, digest
     return meta
 
 
-def write_shard(out: str, name: str, recs: list[dict], codec: str, channel_mode: str,
-                qc=None, gray="auto") -> dict:
+@dataclass(frozen=True)
+class ShardTask:
+    """One dask task: write shard number ``index`` of the plan into the folder ``out``.
+
+    ``recs``: its manifest records (``_samples.records``), in plan order; ``codec``: a
+    ``CODECS`` name. The shard number travels with the task (the writer keys its result by
+    it), so nothing parses it back out of the file name.
+    """
+
+    out: str
+    index: int
+    recs: list[dict]
+    codec: str
+    samples: SampleOptions
+
+    @property
+    def name(self) -> str:
+        """The tar's file name, ``shard-000042.tar``."""
+        return shard_name(self.index)
+
+
+def write_shard(task: ShardTask) -> dict:
     """Write one shard from manifest records; return its stats (also saved as the sidecar)."""
+    name, recs, codec, channel_mode = task.name, task.recs, task.codec, task.samples.channel_mode
     enc = CODECS.get(codec)
-    final = Path(out) / name
+    final = Path(task.out) / name
     tmp = final.with_name(f"{name}.tmp-{uuid.uuid4().hex}")
     index, ledger, labels, moments, pixel_bytes, rows_written = [], [], Counter(), Moments(), 0, 0
     dtypes: set[str] = set()
@@ -102,7 +126,7 @@ def write_shard(out: str, name: str, recs: list[dict], codec: str, channel_mode:
         tar = _TarWriter(sink)
         for rec in recs:
             try:
-                samples = load_samples(rec, channel_mode, qc, gray)
+                samples = task.samples.load(rec)
             except Dropped as drop:
                 ledger.append({"source": rec["source"], "input_id": rec["image_id"],
                                "stage": "shard", "reason": drop.reason, "detail": drop.detail})

@@ -10,15 +10,18 @@ from __future__ import annotations
 import hashlib
 import shutil
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .._files import load_json_dict, save_json, save_parquet
+from .._files import load_json_dict, save_json
 from ..errors import ImageReadError
+from ._finalize import finalize, index_frame
+from ._options import SampleOptions, WriteOptions
 from ._run import run_tasks
-from ._samples import INDEX_COLUMNS, Dropped, Moments, fit_window, load_samples, window_of
-from ._writer import FORMATS, claim_folder, identity, sweep_temps
+from ._samples import INDEX_COLUMNS, Dropped, Moments, fit_window, window_of
+from ._writer import FORMATS, begin
 from .checksum import CHUNK_COLUMN as CHUNK_CHECKSUMS
 from .checksum import COLUMN as CHECKSUM
 from .checksum import checksum
@@ -31,66 +34,107 @@ PARTS = "parts"  # per-task sidecars: the resume bookkeeping (FORMAT.md section 
 DEFAULT_CHUNK = 256
 
 
-def _plan_rows(recs, channel_mode, tile):
-    """Header-only pass: per record its output rows, or a ledger entry. Returns (plan, ledger, shape)."""
+@dataclass(frozen=True)
+class PlannedImage:
+    """One manifest record's rows in the array: ``n_sub`` samples (``split`` mode: one per
+    channel) times ``tiles`` (``(y, x)`` origins in pixels; ``((0, 0),)`` without tiling).
+    """
+
+    rec: dict
+    n_sub: int
+    tiles: tuple[tuple[int, int], ...]
+
+    @property
+    def n_rows(self) -> int:
+        """Rows of the array this record fills (written or, if it fails to read, left zero)."""
+        return self.n_sub * len(self.tiles)
+
+
+@dataclass(frozen=True)
+class RowsTask:
+    """One dask task: write ``images`` into the array at ``path`` from row ``start`` on.
+
+    ``done``: where the task saves its result once every row is written (the resume sidecar
+    ``parts/part-XXXXXX.done.json``), or None.
+    """
+
+    path: str
+    start: int
+    images: list[PlannedImage]
+    samples: SampleOptions
+    done: str | None = None
+
+
+def _plan_rows(recs: list[dict], channel_mode: str, tile: int | None
+               ) -> tuple[list[PlannedImage], list[dict], tuple[int, int, int] | None]:
+    """Header-only pass: the records' rows, ledger rows for the rest, and the row shape (C, H, W)."""
     from ..images.io import image_shape
 
     heads, ledger = [], []
-    for i, rec in enumerate(recs):
+
+    def drop(rec: dict, reason: str, detail: str) -> None:
+        ledger.append({"source": rec["source"], "input_id": rec["image_id"], "stage": "shard",
+                       "reason": reason, "detail": detail})
+
+    for rec in recs:
         try:
             c, h, w = image_shape(rec["channel_paths"])
         except ImageReadError as exc:
-            ledger.append((i, exc.reason, str(exc)))
+            drop(rec, exc.reason, str(exc))
             continue
         try:
             window = window_of(rec)   # crop rows hold their window, not the field
             if window is not None:
                 _, _, w, h = fit_window(window, h, w, rec["key"])
-        except Dropped as drop:
-            ledger.append((i, drop.reason, drop.detail))
+        except Dropped as exc:
+            drop(rec, exc.reason, exc.detail)
             continue
         per = {"own": (c, 1), "merged": (1, 1), "split": (1, c)}[channel_mode]
         th, tw = (tile, tile) if tile else (h, w)
-        tiles = [(y, x) for y in range(0, h - th + 1, th) for x in range(0, w - tw + 1, tw)] if tile else [(0, 0)]
-        heads.append((i, (per[0], th, tw), per[1], tiles, (c, h, w)))
+        tiles = tuple((y, x) for y in range(0, h - th + 1, th)
+                      for x in range(0, w - tw + 1, tw)) if tile else ((0, 0),)
+        heads.append((PlannedImage(rec, per[1], tiles), (per[0], th, tw), (c, h, w)))
     # the array takes the most common row shape (ties: first in key order)
-    counts = Counter(shape for _, shape, _, tiles, _ in heads if tiles)
-    ref = max(counts, key=lambda s: (counts[s], -[h[1] for h in heads].index(s))) if counts else None
+    shapes = [shape for _, shape, _ in heads]
+    counts = Counter(shape for image, shape, _ in heads if image.tiles)
+    ref = max(counts, key=lambda s: (counts[s], -shapes.index(s))) if counts else None
     plan = []
-    for i, shape, n_sub, tiles, full in heads:
-        if shape != ref or not tiles:
-            ledger.append((i, "shape mismatch", f"{recs[i]['key']}: image {full} gives rows {shape}, "
-                           f"the array holds {ref}; pass tile= to cut images to one size"))
+    for image, shape, full in heads:
+        if shape != ref or not image.tiles:
+            drop(image.rec, "shape mismatch", f"{image.rec['key']}: image {full} gives rows {shape}, "
+                 f"the array holds {ref}; pass tile= to cut images to one size")
             continue
-        plan.append((i, n_sub, tiles))
+        plan.append(image)
     return plan, ledger, ref
 
 
-def _write_rows(path: str, start: int, items: list, channel_mode: str, qc, gray,
-                done: str | None = None) -> dict:
-    """Task: read records and write their rows from ``start`` on; return index/ledger/stats.
+def _write_rows(task: RowsTask) -> dict:
+    """Task: read records and write their rows from ``task.start`` on; return index/ledger/stats.
 
-    With ``done``, the result is also saved there (atomically) once every row is written: a
-    re-run skips the part after checking its rows against the recorded pixel sha256s.
+    With ``task.done``, the result is also saved there (atomically) once every row is written:
+    a re-run skips the part after checking its rows against the recorded pixel sha256s.
     """
     import zarr
 
-    arr = zarr.open_array(path, mode="r+")
-    row, index, ledger, labels, moments, written, pixel_bytes = start, [], [], Counter(), Moments(), 0, 0
-    for rec, n_sub, tiles in items:
-        n_rows = n_sub * len(tiles)
+    arr = zarr.open_array(task.path, mode="r+")
+    row, index, ledger, labels, moments, written, pixel_bytes = task.start, [], [], Counter(), Moments(), 0, 0
+    channel_sets: list[list[str]] = []
+    for image in task.images:
+        rec, tiles = image.rec, image.tiles
         try:
-            samples = load_samples(rec, channel_mode, qc, gray)
+            samples = task.samples.load(rec)
             if samples[0].image.dtype != arr.dtype:
                 raise Dropped("dtype mismatch", f"{rec['key']}: {samples[0].image.dtype}, array is {arr.dtype}")
         except Dropped as drop:
             ledger.append({"source": rec["source"], "input_id": rec["image_id"], "stage": "shard",
                            "reason": drop.reason, "detail": drop.detail})
-            row += n_rows
+            row += image.n_rows
             continue
         written += 1
         th, tw = arr.shape[2:]
         for s in samples:
+            if s.channels not in channel_sets:
+                channel_sets.append(s.channels)
             for y, x in tiles:
                 pix = s.image[:, y:y + th, x:x + tw]
                 arr[row] = pix
@@ -109,9 +153,10 @@ def _write_rows(path: str, start: int, items: list, channel_mode: str, qc, gray,
                     labels[rec["label"]] += 1
                 row += 1
     result = {"index": index, "ledger": ledger, "label_counts": dict(labels), "moments": moments.data,
-              "rows_written": written, "pixel_bytes": pixel_bytes, "start": start, "end": row}
-    if done is not None:
-        save_json(Path(done), result)
+              "rows_written": written, "pixel_bytes": pixel_bytes, "start": task.start, "end": row,
+              "channel_sets": channel_sets, "dtypes": [str(arr.dtype)] if written else []}
+    if task.done is not None:
+        save_json(Path(task.done), result)
     return result
 
 
@@ -136,33 +181,31 @@ def _part_intact(arr, result: dict) -> bool:
         return False
 
 
+_ZARR_PATTERNS = (ARRAY, "index.parquet", "shards.json", "ledger.parquet", PARTS, "zarr.json") + COORD_NAMES
+_ZARR_INTS = ("row", "n_channels", "height", "width", "x_min", "x_max", "y_min", "y_max")
+
+
 @FORMATS.register("zarr")
-def write_zarr(recs: list[dict], out: Path, manifest_info: dict, opts: dict) -> dict:
+def write_zarr(recs: list[dict], out: Path, manifest_info: dict, opts: WriteOptions) -> dict:
     """Plan rows, create the array, write row ranges in parallel, then index/ledger/shards.json."""
-    import pandas as pd
     import zarr
     from zarr.codecs import ZstdCodec
 
-    from .. import __version__
-    from ..curate.ledger import LEDGER_COLUMNS, Ledger
-
-    ident = identity("zarr", manifest_info, opts)
-    previous = claim_folder(out, ident, opts["overwrite"],
-                            (ARRAY, "index.parquet", "shards.json", "ledger.parquet", PARTS,
-                             "zarr.json") + COORD_NAMES)
-    tile, mode = opts.get("tile"), opts["channel_mode"]
+    ident, previous = begin(out, "zarr", manifest_info, opts, _ZARR_PATTERNS)
+    tile, mode = opts.tile, opts.channel_mode
     plan, early, shape = _plan_rows(recs, mode, tile)
     dtype = np.uint16 if mode == "merged" else None
-    for i, _, _ in plan:
+    unchecked = SampleOptions(mode, None, opts.gray)  # the dtype of the first readable image
+    for image in plan:
         if dtype is not None:
             break
         try:
-            dtype = load_samples(recs[i], mode, None, opts["gray"])[0].image.dtype
+            dtype = unchecked.load(image.rec)[0].image.dtype
         except Dropped:
             continue
-    n = sum(k * len(t) for _, k, t in plan)
+    n = sum(image.n_rows for image in plan)
     c, h, w = shape or (1, 1, 1)
-    chunk = min(tile or opts.get("chunk", DEFAULT_CHUNK), h, w)
+    chunk = min(tile or opts.chunk or DEFAULT_CHUNK, h, w)
     # zarr needs shards divisible by chunks; the array edge may cut the last shard short
     shard_shape = (1, c, -(-h // chunk) * chunk, -(-w // chunk) * chunk)
     layout = {"shape": [int(n), int(c), int(h), int(w)], "dtype": np.dtype(dtype or np.uint16).str,
@@ -180,7 +223,7 @@ def write_zarr(recs: list[dict], out: Path, manifest_info: dict, opts: dict) -> 
             shutil.rmtree(parts_dir)
         if (out / "zarr.json").exists():  # its consolidated metadata describes the old array
             (out / "zarr.json").unlink()
-        per_task = max(1, len(plan) // (4 * (opts["n_workers"] or 2)) or 1)
+        per_task = max(1, len(plan) // (4 * (opts.n_workers or 2)) or 1)
         # the plan first: a folder with an array but no plan would look like someone else's
         save_json(out / "plan.json", {"format": FORMAT, "identity": ident, "n_rows": len(recs),
                                       "layout": layout, "per_task": per_task})
@@ -189,64 +232,42 @@ def write_zarr(recs: list[dict], out: Path, manifest_info: dict, opts: dict) -> 
                                 compressors=ZstdCodec(level=3), fill_value=0, overwrite=True,
                                 dimension_names=DIMS)
     parts_dir.mkdir(exist_ok=True)
-    sweep_temps(out)
-    results: dict[int, dict] = {}
-    tasks, start = [], 0
+    results: dict[int, dict] = {}  # part number -> its result
+    tasks: dict[int, RowsTask] = {}
+    start = 0
     for k, g in enumerate(range(0, len(plan), per_task)):
-        items = [(recs[i], m, t) for i, m, t in plan[g:g + per_task]]
+        images = plan[g:g + per_task]
         done = parts_dir / f"part-{k:06d}.done.json"
         finished = load_json_dict(done)
         if (finished is not None and "index" in finished and finished.get("start") == start
                 and _part_intact(arr, finished)):
             results[k] = finished
         else:
-            tasks.append((k, (str(out / ARRAY), start, items, mode, opts["qc"], opts["gray"], str(done))))
-        start += sum(m * len(t) for _, m, t in items)
+            tasks[k] = RowsTask(path=str(out / ARRAY), start=start, images=images,
+                                samples=opts.samples, done=str(done))
+        start += sum(image.n_rows for image in images)
     resumed = len(results)
-    fresh = run_tasks(_write_rows, [args for _, args in tasks], scheduler=opts["scheduler"],
-                      n_workers=opts["n_workers"], progress=opts["progress"], desc="zarr")
-    sweep_temps(out)  # orphans of killed workers (their tasks were re-run elsewhere)
-    results.update({k: r for (k, _), r in zip(tasks, fresh)})
-    results = [results[k] for k in sorted(results)]
-    ledger = Ledger()
-    ledger.extend(pd.DataFrame([{"source": recs[i]["source"], "input_id": recs[i]["image_id"], "stage": "shard",
-                                 "reason": r, "detail": d} for i, r, d in early], columns=list(LEDGER_COLUMNS)))
-    ledger.extend(pd.DataFrame([x for r in results for x in r["ledger"]], columns=list(LEDGER_COLUMNS)))
-    written = sum(r["rows_written"] for r in results)
-    ledger.check(len(recs), written, where=f"zarr {out}")
-    moments, labels = Moments(), Counter()
-    for r in results:
-        moments.merge(Moments(r["moments"]))
-        labels.update(r["label_counts"])
-    index = pd.DataFrame([x for r in results for x in r["index"]])
-    for col in ("sha256", CHECKSUM):
-        if col in index:
-            index[col] = index[col].astype("string")
-    for col in ("row", "n_channels", "height", "width", "x_min", "x_max", "y_min", "y_max"):
-        index[col] = pd.to_numeric(index[col]).astype("int64") if len(index) else pd.Series(dtype="int64")
-    for col in INDEX_COLUMNS + ("key",):
-        if col not in index:
-            index[col] = pd.NA
-        index[col] = index[col].astype("Int64" if col == "site" else "string")
-    save_parquet(out / "index.parquet", index)
-    ledger.write(out / "ledger.parquet")
-    by_reason = {str(k): int(v) for k, v in ledger.to_frame()["reason"].value_counts().items()}
-    names = next((r["index"][0] for r in results if r["index"]), None)
+    fresh = run_tasks(_write_rows, [(task,) for task in tasks.values()], scheduler=opts.scheduler,
+                      n_workers=opts.n_workers, progress=opts.progress, desc="zarr")
+    results.update(zip(tasks, fresh))
+    parts = [results[k] for k in sorted(results)]
+    index = index_frame([x for r in parts for x in r["index"]], ints=_ZARR_INTS,
+                        strings=("sha256", CHECKSUM))
+    names = next((r["index"][0] for r in parts if r["index"]), None)
     channels = None if names is None else _channels(recs, names, mode)
-    write_labels(out, ARRAY, index, channels,
-                 {"format": FORMAT, "version": VERSION, "dims": list(DIMS), "channel_mode": mode})
-    save_json(out / "shards.json", {
-        "format": FORMAT, "version": VERSION, "array": ARRAY, "dims": list(DIMS), "codec": "zstd",
-        "dtype": str(arr.dtype), "channels": channels,
-        "channel_mode": mode, "shape": [c, h, w], "chunks": [1, c, chunk, chunk], "shard_shape": list(shard_shape),
-        "n_samples": int(len(index)), "n_rows": int(n), "label_counts": dict(sorted(labels.items())),
-        "normalization": moments.summary(), "manifest": dict(manifest_info, identity=ident),
-        "ledger": {"rows": len(ledger), "by_reason": by_reason}, "cytodata_version": __version__})
-    return {"format": FORMAT, "out": str(out), "rows_in": len(recs), "rows_written": written,
-            "samples": int(len(index)), "dropped": by_reason, "shards": 1, "parts": len(results),
-            "shards_resumed": resumed,
-            "bytes": sum(p.stat().st_size for p in (out / ARRAY).rglob("*") if p.is_file()),
-            "pixel_bytes": sum(r["pixel_bytes"] for r in fresh)}
+    summary = finalize(
+        out, parts, index, fmt=FORMAT, version=VERSION, manifest_info=manifest_info, identity=ident,
+        channel_mode=mode, early=early,
+        meta={"array": ARRAY, "dims": list(DIMS), "codec": "zstd", "dtype": str(arr.dtype),
+              "channels": channels, "shape": [c, h, w], "chunks": [1, c, chunk, chunk],
+              "shard_shape": list(shard_shape), "n_rows": int(n)},
+        before_meta=lambda: write_labels(out, ARRAY, index, channels, {
+            "format": FORMAT, "version": VERSION, "dims": list(DIMS), "channel_mode": mode}),
+        summary={"shards": 1, "parts": len(parts), "shards_resumed": resumed,
+                 "pixel_bytes": sum(r["pixel_bytes"] for r in fresh)})
+    # after finalize: write_labels adds the coordinates attribute to the array's metadata
+    summary["bytes"] = sum(p.stat().st_size for p in (out / ARRAY).rglob("*") if p.is_file())
+    return summary
 
 
 def _channels(recs, first_row: dict, mode: str):
