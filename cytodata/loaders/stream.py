@@ -390,6 +390,8 @@ class StreamingDataset(IterableDataset):
             try:
                 pixels = torch.from_numpy(self._pixels(r, self._cols[r], blob, with_meta))
             except ShardError:
+                if self.on_error == "raise":
+                    raise
                 for i, _ in slots[r]:
                     ok[i] = False
                 continue
