@@ -9,6 +9,9 @@ that decodes on 2 threads of the training process ("thread"; decoders release th
          processes only: that is how webdataset parallelizes)
   bound  read whole tars + decode, no transforms, no per-sample lookup    (target ours/bound >= 0.6)
   ours-nocheck  StreamingDataset(verify=False): the cost of per-sample checksums (target >= 0.95)
+  ours-batch    StreamingDataset(...).batches(32): each crop + flips written by the decode threads
+                straight into a preallocated (B, C, h, w) batch (no per-sample copies, no stack on the
+                training thread); DataLoader(batch_size=None). ours-batch-nocheck: verify=False
 Peers users would pick instead (the `bench` extra; skipped with a note when not installed), on
 the same pixels, each in its best layout (they parallelize with DataLoader worker processes):
   mds        MosaicML streaming, MDS shards, raw ndarray column (no compression)
@@ -18,7 +21,12 @@ the same pixels, each in its best layout (they parallelize with DataLoader worke
 (target: ours with checks on >= 1.2x the fastest peer configuration)
 
 Usage: python benchmarks/loader.py [--n 1000] [--workers 2] [--codec blosc-lz4] [--dir DIR]
-Timing starts at the first batch (worker start-up excluded) and covers one full pass.
+                                   [--repeats 5] [--only ours,ours-nocheck,ours-batch,litdata]
+Timing starts at the first batch (worker start-up excluded) and covers one full pass. Every
+pipeline runs once per repeat, interleaved (the pair under comparison back to back, their order
+alternating between repeats), so a noisy shared machine slows both sides of a ratio alike.
+Ratios are per repeat, reported as the median and the range; the threaded layouts also report
+CPU time per image (all threads of this process), which other users of the machine disturb less.
 """
 
 from __future__ import annotations
@@ -137,18 +145,10 @@ class ShardBound(IterableDataset):
             return
         from concurrent.futures import ThreadPoolExecutor
 
-        _one_decode_thread(0)
         with ThreadPoolExecutor(self.threads) as pool:
             for lo in range(0, len(mine), self.threads):
                 for samples in pool.map(self._shard, mine[lo: lo + self.threads]):
                     yield from samples
-
-
-def _one_decode_thread(_worker_id: int) -> None:
-    # every pipeline gets the same treatment: one blosc thread per worker process
-    from cytodata.shards.codecs import single_threaded
-
-    single_threaded()
 
 
 class Mapped(IterableDataset):
@@ -218,18 +218,22 @@ def prepare_peers(folder: Path, shards: Path, paths: list[list[str]]) -> dict[st
     return out
 
 
-def rate(dataset, workers: int, batch: int, **kw) -> float:
-    """Images/s over one pass, from the first batch to the last."""
-    dl = DataLoader(dataset, batch_size=batch, num_workers=workers,
-                    worker_init_fn=_one_decode_thread, **kw)
+def rate(dataset, workers: int, batch: int | None, **kw) -> tuple[float, float]:
+    """(images/s, CPU us per image of this process) over one pass, from the first batch to the last.
+
+    Blosc runs one thread per decode wherever the pipelines decode in parallel (numcodecs' default
+    in worker processes and non-main threads; ours passes it per call), so no global is flipped.
+    ``batch=None``: the dataset yields whole batches.
+    """
+    dl = DataLoader(dataset, batch_size=batch, num_workers=workers, **kw)
     it = iter(dl)
     first = next(it)
-    count, t0 = 0, time.perf_counter()
+    count, t0, c0 = 0, time.perf_counter(), time.process_time()
     for b in it:
         count += len(b["image"])
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
     assert first["image"].shape[1:] in (torch.Size([5, CROP, CROP]), torch.Size(SHAPE))
-    return count / elapsed
+    return count / elapsed, cpu / count * 1e6
 
 
 def prepare(folder: Path, n: int, codec: str = "blosc-lz4") -> tuple[Path, list[list[str]]]:
@@ -251,7 +255,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--dir", default="/tmp/cytodata-bench-cells")
     ap.add_argument("--codec", default="blosc-lz4", help="shard codec (blosc-lz4: write()'s default)")
     ap.add_argument("--fresh", action="store_true", help="rewrite the data")
-    ap.add_argument("--repeats", type=int, default=3, help="interleaved runs; best is reported")
+    ap.add_argument("--repeats", type=int, default=5, help="interleaved runs (median ratio and range reported)")
     ap.add_argument("--no-peers", action="store_true", help="skip MDS / litdata")
     ap.add_argument("--only", default="", help="comma-separated pipeline names to run (e.g. ours,litdata)")
     args = ap.parse_args(argv)
@@ -270,6 +274,9 @@ def main(argv=None) -> dict:
     def stream(threads: int, verify: bool = True) -> StreamingDataset:
         return StreamingDataset(shards, transform=augment(), batch_size_hint=b, threads=threads, verify=verify)
 
+    def batches(threads: int, verify: bool = True):
+        return stream(threads, verify).batches(b)
+
     peers = prepare_peers(folder, shards, paths) if not args.no_peers else {}
 
     def mds():
@@ -285,10 +292,14 @@ def main(argv=None) -> dict:
         return Mapped(LitDataset(str(peers[name]), shuffle=True, seed=0, batch_decode=batch_decode))
 
     pipelines = {
+        # pairs under comparison back to back (checks on, then off)
         ("ours", "thread"): lambda: rate(stream(w), 0, b),
-        ("ours", "proc"): lambda: rate(stream(0), w, b),
         ("ours-nocheck", "thread"): lambda: rate(stream(w, verify=False), 0, b),
+        ("ours", "proc"): lambda: rate(stream(0), w, b),
         ("ours-nocheck", "proc"): lambda: rate(stream(0, verify=False), w, b),
+        ("ours-batch", "thread"): lambda: rate(batches(w), 0, None),
+        ("ours-batch-nocheck", "thread"): lambda: rate(batches(w, verify=False), 0, None),
+        ("ours-batch", "proc"): lambda: rate(batches(0), w, None),
         ("png", "thread"): lambda: rate(Threaded(PngDataset(paths), w), 0, b),
         ("png", "proc"): lambda: rate(PngDataset(paths), w, b, shuffle=True),
         ("wds", "proc"): lambda: rate(wds_pipeline(tars), w, b),
@@ -304,37 +315,59 @@ def main(argv=None) -> dict:
     if args.only:
         keep = set(args.only.split(","))
         pipelines = {k: v for k, v in pipelines.items() if k[0] in keep}
-    # interleaved repeats, best of each: a noisy shared machine only ever slows a run down
+    # interleaved repeats; the order alternates so a slowing machine favours no pipeline
     runs: dict[tuple[str, str], list[float]] = {k: [] for k in pipelines}
-    for _ in range(args.repeats):
-        for key, fn in pipelines.items():
-            runs[key].append(fn())
+    cpus: dict[tuple[str, str], list[float]] = {k: [] for k in pipelines}
+    order = list(pipelines)
+    for rep in range(args.repeats):
+        for key in (order if rep % 2 == 0 else order[::-1]):
+            speed, cpu = pipelines[key]()
+            runs[key].append(speed)
+            cpus[key].append(cpu)
     for (name, layout), values in runs.items():
-        print(f"{name:>16} {layout:>6}: best {max(values):7.0f} images/s  (range {min(values):.0f}-{max(values):.0f})")
+        cpu = f"; {np.median(cpus[(name, layout)]):.0f} us CPU/image" if layout == "thread" else ""
+        print(f"{name:>18} {layout:>6}: median {np.median(values):6.0f} images/s  (range {min(values):.0f}-"
+              f"{max(values):.0f}{cpu})")
     res = {}
     for (name, layout), values in runs.items():
-        if max(values) > res.get(name, (0.0, ""))[0]:
-            res[name] = (max(values), layout)
+        if np.median(values) > res.get(name, (0.0, ""))[0]:
+            res[name] = (float(np.median(values)), layout)
     best = {k: v for k, (v, _) in res.items()}
     lay = {k: layout for k, (_, layout) in res.items()}
-    if "ours-nocheck" in best and "ours" in best:
-        same = [max(runs[("ours", lo)]) / max(runs[("ours-nocheck", lo)]) for lo in ("thread", "proc")
-                if ("ours", lo) in runs and ("ours-nocheck", lo) in runs]
-        print(f"checks on / off = {best['ours'] / best['ours-nocheck']:.2f} (target >= 0.95; per layout "
-              f"{', '.join(f'{x:.2f}' for x in same)})")
+
+    def paired(a: tuple[str, str], c: tuple[str, str], of=runs) -> str:
+        """Median (range) over repeats of a/c measured in the same repeat."""
+        r = np.array(of[a]) / np.array(of[c])
+        return f"{np.median(r):.2f} (range {r.min():.2f}-{r.max():.2f}, {len(r)} repeats)"
+
+    for on, off in (("ours", "ours-nocheck"), ("ours-batch", "ours-batch-nocheck")):
+        for layout in ("thread", "proc"):
+            if (on, layout) in runs and (off, layout) in runs:
+                line = f"checks on / off, {on} {layout}: throughput {paired((on, layout), (off, layout))}"
+                if layout == "thread":  # CPU per image: off / on is the throughput the CPU allows
+                    line += f"; CPU/image off/on {paired((off, layout), (on, layout), cpus)}"
+                print(line + " (target >= 0.95)")
+    if ("ours-batch", "thread") in runs and ("ours", "thread") in runs:
+        print(f"ours-batch / ours (threads, same run): {paired(('ours-batch', 'thread'), ('ours', 'thread'))}")
+    if ("litdata", "proc") in runs:
+        for mine in (("ours-batch", "thread"), ("ours", "thread"), ("ours", "proc")):
+            if mine in runs:
+                print(f"{mine[0]} ({mine[1]}, checks on) / litdata raw batch_decode=1 (proc): "
+                      f"{paired(mine, ('litdata', 'proc'))} (target >= 1.2)")
     peer_names = [k for k in best if k.startswith(("mds", "litdata"))]
-    if "ours" in best:
+    mine = max((k for k in ("ours", "ours-batch") if k in best), key=best.get, default=None)
+    if mine:
         for k in peer_names:
-            print(f"ours/{k:<15} = {best['ours'] / best[k]:.2f}x ({lay['ours']} vs {lay[k]})")
+            print(f"{mine}/{k:<15} = {best[mine] / best[k]:.2f}x (medians; {lay[mine]} vs {lay[k]})")
         if peer_names:
             top = max(peer_names, key=best.get)
-            print(f"ours (checks on) / fastest peer ({top}) = {best['ours'] / best[top]:.2f}x (target >= 1.2)")
+            print(f"{mine} (checks on) / fastest peer ({top}) = {best[mine] / best[top]:.2f}x (target >= 1.2)")
     if not {"ours", "png", "wds", "bound"} <= set(best):
         return best
     print(f"ours/png   = {best['ours'] / best['png']:.2f}x (target >= 8; {lay['ours']} vs {lay['png']})")
     print(f"ours/wds   = {best['ours'] / best['wds']:.2f}x (target >= 1.0; {lay['ours']} vs {lay['wds']})")
     print(f"ours/bound = {best['ours'] / best['bound']:.2f} (target >= 0.6; {lay['ours']} vs {lay['bound']})")
-    proc = {k[0]: max(v) for k, v in runs.items() if k[1] == "proc"}
+    proc = {k[0]: float(np.median(v)) for k, v in runs.items() if k[1] == "proc"}
     print(f"processes only: ours/png = {proc['ours'] / proc['png']:.2f}x, ours/wds = "
           f"{proc['ours'] / proc['wds']:.2f}x, ours/bound = {proc['ours'] / proc['bound']:.2f}")
     return best
