@@ -171,6 +171,32 @@ class Mapped(IterableDataset):
                                   "image": torch.from_numpy(np.asarray(s["image"]))})
 
 
+class _Collated:
+    """A StreamingDataset batched by DataLoader(num_workers=0): the per-sample path, resumable."""
+
+    def __init__(self, ds: StreamingDataset, batch: int):
+        self.ds, self.batch = ds, batch
+
+    def __iter__(self):
+        # what DataLoader(num_workers=0) does (fetch, default_collate on this thread), closable
+        from itertools import islice
+
+        from torch.utils.data import default_collate
+
+        samples = iter(self.ds)
+        try:
+            while chunk := list(islice(samples, self.batch)):
+                yield default_collate(chunk)
+        finally:
+            samples.close()
+
+    def state_dict(self) -> dict:
+        return self.ds.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.ds.load_state_dict(state)
+
+
 def _peer_item(item: tuple[str, list[str]]) -> dict:
     """litdata.optimize's worker function: one sample's pixels from the same PNGs ours were made of."""
     from cytodata.images import read_image
@@ -236,6 +262,93 @@ def rate(dataset, workers: int, batch: int | None, **kw) -> tuple[float, float]:
     return count / elapsed, cpu / count * 1e6
 
 
+def checks_on_off(make, n: int, batch: int, segments: int, per_segment: int) -> dict:
+    """Checks on vs off in short alternating segments of the same images: a robust paired ratio.
+
+    ``make(verify)`` -> a batch iterable dataset. Segment ``i`` of each side reads the same
+    ``per_segment`` batches (starting at a position that walks through the set); the sides
+    alternate (on/off, then off/on), so a machine whose speed drifts within seconds slows both
+    sides of a pair alike. Each segment is timed from opening the stream to closing it, so work
+    left in flight never spills into the other side's segment. Returns per-side images/s, CPU
+    us/image (this process, all threads) and the per-pair ratios.
+    """
+    out: dict[bool, dict[str, list[float]]] = {v: {"rate": [], "cpu": []} for v in (True, False)}
+    span = batch * per_segment
+    for i in range(segments):
+        start = (i * span) % max(1, n - span)
+        for verify in ((True, False) if i % 2 == 0 else (False, True)):
+            ds = make(verify)
+            ds.load_state_dict(dict(ds.state_dict(), samples_seen=start))
+            t0, c0 = time.perf_counter(), time.process_time()
+            it, count = iter(ds), 0
+            for _ in range(per_segment):
+                count += len(next(it)["image"])
+            it.close()
+            out[verify]["rate"].append(count / (time.perf_counter() - t0))
+            out[verify]["cpu"].append((time.process_time() - c0) / count * 1e6)
+    on, off = (np.array(out[v]["rate"]) for v in (True, False))
+    con, coff = (np.array(out[v]["cpu"]) for v in (True, False))
+    return {"on": on, "off": off, "ratio": on / off, "cpu_on": con, "cpu_off": coff, "cpu_ratio": coff / con}
+
+
+def checks_per_batch(make, epochs: int) -> dict:
+    """Checks on vs off paired batch by batch on one decode thread: inline (``threads=0``: all of
+    a batch's work runs inside its ``next()``) on a thread of its own with one torch intra-op
+    thread (what a decode thread does; on a busy machine the main thread's OpenMP team adds
+    millisecond stalls that drown a 3% effect), the sides alternating first. Batch ``i`` holds
+    the same images on both sides. Returns per-batch wall and CPU seconds of each side and their
+    per-pair ratios (off / on: the throughput ratio on / off)."""
+    import threading
+
+    box: dict = {}
+
+    def work():
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            box["out"] = _checks_per_batch(make, epochs)
+        finally:
+            torch.set_num_threads(before)
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join()
+    return box["out"]
+
+
+def _checks_per_batch(make, epochs: int) -> dict:
+    wall: dict[bool, list[float]] = {True: [], False: []}
+    cpu: dict[bool, list[float]] = {True: [], False: []}
+    sides = {v: make(v) for v in (True, False)}
+    k = 0
+    for epoch in range(epochs):
+        its = {}
+        for v, ds in sides.items():
+            ds.set_epoch(epoch)
+            its[v] = iter(ds)
+        while True:
+            done = False
+            for v in ((True, False) if k % 2 == 0 else (False, True)):
+                t0, c0 = time.perf_counter(), time.thread_time()
+                if next(its[v], None) is None:
+                    done = True
+                    break
+                wall[v].append(time.perf_counter() - t0)
+                cpu[v].append(time.thread_time() - c0)
+            k += 1
+            if done:
+                break
+    n = min(len(wall[True]), len(wall[False]))
+    w_on, w_off, c_on, c_off = (np.array(x[:n]) for x in (wall[True], wall[False], cpu[True], cpu[False]))
+    return {"ratio": w_off / w_on, "cpu_ratio": c_off / c_on, "wall_on": w_on, "wall_off": w_off,
+            "cpu_on": c_on, "cpu_off": c_off}
+
+
+def _spread(x: np.ndarray) -> str:
+    q1, q3 = np.percentile(x, [25, 75])
+    return f"{np.median(x):.3f} (IQR {q1:.3f}-{q3:.3f}, range {x.min():.2f}-{x.max():.2f}, n={len(x)})"
+
+
 def prepare(folder: Path, n: int, codec: str = "blosc-lz4") -> tuple[Path, list[list[str]]]:
     from cytodata.shards import write
 
@@ -258,6 +371,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--repeats", type=int, default=5, help="interleaved runs (median ratio and range reported)")
     ap.add_argument("--no-peers", action="store_true", help="skip MDS / litdata")
     ap.add_argument("--only", default="", help="comma-separated pipeline names to run (e.g. ours,litdata)")
+    ap.add_argument("--checks", type=int, default=0, metavar="SEGMENTS",
+                    help="also measure checks on/off in SEGMENTS alternating pairs of short segments "
+                         "(threads layout, per-sample and batches); 0: skip")
+    ap.add_argument("--segment", type=int, default=8, help="batches per --checks segment")
     args = ap.parse_args(argv)
     folder = Path(args.dir)
     if args.fresh and folder.exists():
@@ -315,6 +432,21 @@ def main(argv=None) -> dict:
     if args.only:
         keep = set(args.only.split(","))
         pipelines = {k: v for k, v in pipelines.items() if k[0] in keep}
+    if args.checks:
+        r = checks_per_batch(lambda v: batches(0, verify=v), epochs=2)
+        per = 1e6 / b
+        print(f"checks on/off, batches on one decode thread, {len(r['ratio'])} batch pairs: on "
+              f"{np.median(r['wall_on']) * per:.0f} us/image, off {np.median(r['wall_off']) * per:.0f} us/image "
+              f"(wall, medians); throughput ratio on/off {_spread(r['ratio'])}; CPU/image on "
+              f"{np.median(r['cpu_on']) * per:.0f} us, off {np.median(r['cpu_off']) * per:.0f} us, off/on "
+              f"{_spread(r['cpu_ratio'])} (target >= 0.95)")
+        for label, make in (("batches", lambda v: batches(w, verify=v)),
+                            ("samples", lambda v: _Collated(stream(w, verify=v), b))):
+            r = checks_on_off(make, args.n, b, args.checks, args.segment)
+            print(f"checks on/off, {label} (threads={w}), {args.checks} segment pairs of {args.segment} batches: "
+                  f"on {np.median(r['on']):.0f} images/s, off {np.median(r['off']):.0f} images/s (medians); "
+                  f"paired ratio {_spread(r['ratio'])}; CPU/image on {np.median(r['cpu_on']):.0f} us, off "
+                  f"{np.median(r['cpu_off']):.0f} us, off/on {_spread(r['cpu_ratio'])} (target >= 0.95)")
     # interleaved repeats; the order alternates so a slowing machine favours no pipeline
     runs: dict[tuple[str, str], list[float]] = {k: [] for k in pipelines}
     cpus: dict[tuple[str, str], list[float]] = {k: [] for k in pipelines}

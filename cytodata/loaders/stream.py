@@ -466,7 +466,10 @@ class Batches(IterableDataset):
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
 
     def __iter__(self):
-        return self.dataset._iter_batches(self.batch_size, self.pin_memory)
+        # in DataLoader worker processes a batch travels through shared memory: pinning is the
+        # DataLoader's job there (pin_memory=True), not the worker's
+        pin = self.pin_memory and get_worker_info() is None
+        return self.dataset._iter_batches(self.batch_size, pin)
 
     def __len__(self) -> int:
         return -(-len(self.dataset) // self.batch_size)
