@@ -408,7 +408,7 @@ class StreamingDataset(IterableDataset):
             return n, None
         parts = []
         for k in range(roles):
-            fields = default_collate([{f: v for f, v in stubs[i][k].items()} for i in keep])
+            fields = default_collate([stubs[i][k] for i in keep])
             image = images[k]
             fields["image"] = image if len(keep) == n else image[torch.from_numpy(keep)]
             parts.append(fields)
