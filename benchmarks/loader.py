@@ -22,6 +22,7 @@ the same pixels, each in its best layout (they parallelize with DataLoader worke
 
 Usage: python benchmarks/loader.py [--n 1000] [--workers 2] [--codec blosc-lz4] [--dir DIR]
                                    [--repeats 5] [--only ours,ours-nocheck,ours-batch,litdata]
+                                   [--checks 16 [--segment 6]]
 Timing starts at the first batch (worker start-up excluded) and covers one full pass. Every
 pipeline runs once per repeat, interleaved (the pair under comparison back to back, their order
 alternating between repeats), so a noisy shared machine slows both sides of a ratio alike.
