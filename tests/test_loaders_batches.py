@@ -263,3 +263,14 @@ def test_codec_decodes_on_one_thread_per_call():
         with pytest.raises(ShardError, match="decoded to"):  # more room than the frame holds
             codec.decode(data, (5, 64, 96), image.dtype, threads=1)
     assert blosc.use_threads is before
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_batches_are_pinned_when_cuda_is_available(shard_set):
+    aug = Compose([RandomCrop(12), RandomFlip()])
+    pinned = list(StreamingDataset(shard_set, seed=2, transform=aug, threads=2).batches(8))
+    plain = list(StreamingDataset(shard_set, seed=2, transform=aug).batches(8, pin_memory=False))
+    assert all(b["image"].is_pinned() for b in pinned) and not plain[0]["image"].is_pinned()
+    for a, b in zip(pinned, plain):
+        assert_same_batch(a, b)
+        assert torch.equal(a["image"].cuda(non_blocking=True).cpu(), b["image"])
