@@ -42,7 +42,13 @@ def main() -> None:
     ap.add_argument("--blosc-sweep", action="store_true",
                     help="also sweep blosc settings (compressor, level, shuffle, block size) and the "
                          "per-sample checksum cost")
+    ap.add_argument("--per-call", action="store_true",
+                    help="only compare the loader's per-call single-threaded blosc decode (threads=1) "
+                         "with the old process-global switch (numcodecs use_threads=False)")
     args = ap.parse_args()
+    if args.per_call:
+        per_call_threads(args.channels, args.repeat)
+        return
     from numcodecs import blosc
 
     blosc.set_nthreads(1)  # "per core": blosc would otherwise use every core
@@ -72,6 +78,33 @@ def main() -> None:
               f"{dspeed:12.0f} {dspeed / base_speed:8.1f} {espeed:12.0f}")
     if args.blosc_sweep:
         blosc_sweep(img, args.repeat)
+
+
+def per_call_threads(channels: int, repeat: int) -> None:
+    """Decode time of ``Codec.decode(threads=1)`` (per call) vs numcodecs with the process-global
+    ``use_threads=False`` (what the loader used to flip), interleaved, same payloads."""
+    from numcodecs import blosc
+
+    before = blosc.use_threads
+    for size in (256, 1080):
+        img = cell_like(channels, size)
+        for name in ("blosc-lz4", "blosc-zstd"):
+            codec = CODECS.get(name)
+            data, out = codec.encode(img), np.empty_like(img)
+            times: dict[str, list[float]] = {"per-call": [], "global": []}
+            for rep in range(max(5, repeat) * 4):
+                for side in (("per-call", "global") if rep % 2 == 0 else ("global", "per-call")):
+                    blosc.use_threads = False if side == "global" else before
+                    threads = 1 if side == "per-call" else None
+                    t = time.perf_counter()
+                    codec.decode(data, img.shape, img.dtype, out=out, threads=threads)
+                    times[side].append(time.perf_counter() - t)
+            blosc.use_threads = before
+            ratio = np.array(times["global"]) / np.array(times["per-call"])
+            print(f"{name:10s} {img.shape}: per-call threads=1 {np.median(times['per-call']) * 1e6:7.0f} us, "
+                  f"global use_threads=False {np.median(times['global']) * 1e6:7.0f} us; speed per-call/global "
+                  f"median {np.median(ratio):.2f} (IQR {np.percentile(ratio, 25):.2f}-{np.percentile(ratio, 75):.2f},"
+                  f" n={len(ratio)})")
 
 
 def blosc_sweep(img: np.ndarray, repeat: int) -> None:

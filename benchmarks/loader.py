@@ -9,6 +9,9 @@ that decodes on 2 threads of the training process ("thread"; decoders release th
          processes only: that is how webdataset parallelizes)
   bound  read whole tars + decode, no transforms, no per-sample lookup    (target ours/bound >= 0.6)
   ours-nocheck  StreamingDataset(verify=False): the cost of per-sample checksums (target >= 0.95)
+  ours-batch    StreamingDataset(...).batches(32): each crop + flips written by the decode threads
+                straight into a preallocated (B, C, h, w) batch (no per-sample copies, no stack on the
+                training thread); DataLoader(batch_size=None). ours-batch-nocheck: verify=False
 Peers users would pick instead (the `bench` extra; skipped with a note when not installed), on
 the same pixels, each in its best layout (they parallelize with DataLoader worker processes):
   mds        MosaicML streaming, MDS shards, raw ndarray column (no compression)
@@ -18,7 +21,13 @@ the same pixels, each in its best layout (they parallelize with DataLoader worke
 (target: ours with checks on >= 1.2x the fastest peer configuration)
 
 Usage: python benchmarks/loader.py [--n 1000] [--workers 2] [--codec blosc-lz4] [--dir DIR]
-Timing starts at the first batch (worker start-up excluded) and covers one full pass.
+                                   [--repeats 5] [--only ours,ours-nocheck,ours-batch,litdata]
+                                   [--checks 16 [--segment 6]]
+Timing starts at the first batch (worker start-up excluded) and covers one full pass. Every
+pipeline runs once per repeat, interleaved (the pair under comparison back to back, their order
+alternating between repeats), so a noisy shared machine slows both sides of a ratio alike.
+Ratios are per repeat, reported as the median and the range; the threaded layouts also report
+CPU time per image (all threads of this process), which other users of the machine disturb less.
 """
 
 from __future__ import annotations
@@ -137,18 +146,10 @@ class ShardBound(IterableDataset):
             return
         from concurrent.futures import ThreadPoolExecutor
 
-        _one_decode_thread(0)
         with ThreadPoolExecutor(self.threads) as pool:
             for lo in range(0, len(mine), self.threads):
                 for samples in pool.map(self._shard, mine[lo: lo + self.threads]):
                     yield from samples
-
-
-def _one_decode_thread(_worker_id: int) -> None:
-    # every pipeline gets the same treatment: one blosc thread per worker process
-    from cytodata.shards.codecs import single_threaded
-
-    single_threaded()
 
 
 class Mapped(IterableDataset):
@@ -169,6 +170,32 @@ class Mapped(IterableDataset):
             key = str(s["key"])
             yield self.transform({"__key__": key, "__seed__": hash(key) & 0xFFFF,
                                   "image": torch.from_numpy(np.asarray(s["image"]))})
+
+
+class _Collated:
+    """A StreamingDataset batched by DataLoader(num_workers=0): the per-sample path, resumable."""
+
+    def __init__(self, ds: StreamingDataset, batch: int):
+        self.ds, self.batch = ds, batch
+
+    def __iter__(self):
+        # what DataLoader(num_workers=0) does (fetch, default_collate on this thread), closable
+        from itertools import islice
+
+        from torch.utils.data import default_collate
+
+        samples = iter(self.ds)
+        try:
+            while chunk := list(islice(samples, self.batch)):
+                yield default_collate(chunk)
+        finally:
+            samples.close()
+
+    def state_dict(self) -> dict:
+        return self.ds.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.ds.load_state_dict(state)
 
 
 def _peer_item(item: tuple[str, list[str]]) -> dict:
@@ -218,18 +245,109 @@ def prepare_peers(folder: Path, shards: Path, paths: list[list[str]]) -> dict[st
     return out
 
 
-def rate(dataset, workers: int, batch: int, **kw) -> float:
-    """Images/s over one pass, from the first batch to the last."""
-    dl = DataLoader(dataset, batch_size=batch, num_workers=workers,
-                    worker_init_fn=_one_decode_thread, **kw)
+def rate(dataset, workers: int, batch: int | None, **kw) -> tuple[float, float]:
+    """(images/s, CPU us per image of this process) over one pass, from the first batch to the last.
+
+    Blosc runs one thread per decode wherever the pipelines decode in parallel (numcodecs' default
+    in worker processes and non-main threads; ours passes it per call), so no global is flipped.
+    ``batch=None``: the dataset yields whole batches.
+    """
+    dl = DataLoader(dataset, batch_size=batch, num_workers=workers, **kw)
     it = iter(dl)
     first = next(it)
-    count, t0 = 0, time.perf_counter()
+    count, t0, c0 = 0, time.perf_counter(), time.process_time()
     for b in it:
         count += len(b["image"])
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
     assert first["image"].shape[1:] in (torch.Size([5, CROP, CROP]), torch.Size(SHAPE))
-    return count / elapsed
+    return count / elapsed, cpu / count * 1e6
+
+
+def checks_on_off(make, n: int, batch: int, segments: int, per_segment: int) -> dict:
+    """Checks on vs off in short alternating segments of the same images: a robust paired ratio.
+
+    ``make(verify)`` -> a batch iterable dataset. Segment ``i`` of each side reads the same
+    ``per_segment`` batches (starting at a position that walks through the set); the sides
+    alternate (on/off, then off/on), so a machine whose speed drifts within seconds slows both
+    sides of a pair alike. Each segment is timed from opening the stream to closing it, so work
+    left in flight never spills into the other side's segment. Returns per-side images/s, CPU
+    us/image (this process, all threads) and the per-pair ratios.
+    """
+    out: dict[bool, dict[str, list[float]]] = {v: {"rate": [], "cpu": []} for v in (True, False)}
+    span = batch * per_segment
+    for i in range(segments):
+        start = (i * span) % max(1, n - span)
+        for verify in ((True, False) if i % 2 == 0 else (False, True)):
+            ds = make(verify)
+            ds.load_state_dict(dict(ds.state_dict(), samples_seen=start))
+            t0, c0 = time.perf_counter(), time.process_time()
+            it, count = iter(ds), 0
+            for _ in range(per_segment):
+                count += len(next(it)["image"])
+            it.close()
+            out[verify]["rate"].append(count / (time.perf_counter() - t0))
+            out[verify]["cpu"].append((time.process_time() - c0) / count * 1e6)
+    on, off = (np.array(out[v]["rate"]) for v in (True, False))
+    con, coff = (np.array(out[v]["cpu"]) for v in (True, False))
+    return {"on": on, "off": off, "ratio": on / off, "cpu_on": con, "cpu_off": coff, "cpu_ratio": coff / con}
+
+
+def checks_per_batch(make, epochs: int) -> dict:
+    """Checks on vs off paired batch by batch on one decode thread: inline (``threads=0``: all of
+    a batch's work runs inside its ``next()``) on a thread of its own with one torch intra-op
+    thread (what a decode thread does; on a busy machine the main thread's OpenMP team adds
+    millisecond stalls that drown a 3% effect), the sides alternating first. Batch ``i`` holds
+    the same images on both sides. Returns per-batch wall and CPU seconds of each side and their
+    per-pair ratios (off / on: the throughput ratio on / off)."""
+    import threading
+
+    box: dict = {}
+
+    def work():
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            box["out"] = _checks_per_batch(make, epochs)
+        finally:
+            torch.set_num_threads(before)
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join()
+    return box["out"]
+
+
+def _checks_per_batch(make, epochs: int) -> dict:
+    wall: dict[bool, list[float]] = {True: [], False: []}
+    cpu: dict[bool, list[float]] = {True: [], False: []}
+    sides = {v: make(v) for v in (True, False)}
+    k = 0
+    for epoch in range(epochs):
+        its = {}
+        for v, ds in sides.items():
+            ds.set_epoch(epoch)
+            its[v] = iter(ds)
+        while True:
+            done = False
+            for v in ((True, False) if k % 2 == 0 else (False, True)):
+                t0, c0 = time.perf_counter(), time.thread_time()
+                if next(its[v], None) is None:
+                    done = True
+                    break
+                wall[v].append(time.perf_counter() - t0)
+                cpu[v].append(time.thread_time() - c0)
+            k += 1
+            if done:
+                break
+    n = min(len(wall[True]), len(wall[False]))
+    w_on, w_off, c_on, c_off = (np.array(x[:n]) for x in (wall[True], wall[False], cpu[True], cpu[False]))
+    return {"ratio": w_off / w_on, "cpu_ratio": c_off / c_on, "wall_on": w_on, "wall_off": w_off,
+            "cpu_on": c_on, "cpu_off": c_off}
+
+
+def _spread(x: np.ndarray) -> str:
+    q1, q3 = np.percentile(x, [25, 75])
+    return f"{np.median(x):.3f} (IQR {q1:.3f}-{q3:.3f}, range {x.min():.2f}-{x.max():.2f}, n={len(x)})"
 
 
 def prepare(folder: Path, n: int, codec: str = "blosc-lz4") -> tuple[Path, list[list[str]]]:
@@ -251,9 +369,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--dir", default="/tmp/cytodata-bench-cells")
     ap.add_argument("--codec", default="blosc-lz4", help="shard codec (blosc-lz4: write()'s default)")
     ap.add_argument("--fresh", action="store_true", help="rewrite the data")
-    ap.add_argument("--repeats", type=int, default=3, help="interleaved runs; best is reported")
+    ap.add_argument("--repeats", type=int, default=5, help="interleaved runs (median ratio and range reported)")
     ap.add_argument("--no-peers", action="store_true", help="skip MDS / litdata")
     ap.add_argument("--only", default="", help="comma-separated pipeline names to run (e.g. ours,litdata)")
+    ap.add_argument("--checks", type=int, default=0, metavar="SEGMENTS",
+                    help="also measure checks on/off in SEGMENTS alternating pairs of short segments "
+                         "(threads layout, per-sample and batches); 0: skip")
+    ap.add_argument("--segment", type=int, default=8, help="batches per --checks segment")
     args = ap.parse_args(argv)
     folder = Path(args.dir)
     if args.fresh and folder.exists():
@@ -270,6 +392,9 @@ def main(argv=None) -> dict:
     def stream(threads: int, verify: bool = True) -> StreamingDataset:
         return StreamingDataset(shards, transform=augment(), batch_size_hint=b, threads=threads, verify=verify)
 
+    def batches(threads: int, verify: bool = True):
+        return stream(threads, verify).batches(b)
+
     peers = prepare_peers(folder, shards, paths) if not args.no_peers else {}
 
     def mds():
@@ -285,10 +410,14 @@ def main(argv=None) -> dict:
         return Mapped(LitDataset(str(peers[name]), shuffle=True, seed=0, batch_decode=batch_decode))
 
     pipelines = {
+        # pairs under comparison back to back (checks on, then off)
         ("ours", "thread"): lambda: rate(stream(w), 0, b),
-        ("ours", "proc"): lambda: rate(stream(0), w, b),
         ("ours-nocheck", "thread"): lambda: rate(stream(w, verify=False), 0, b),
+        ("ours", "proc"): lambda: rate(stream(0), w, b),
         ("ours-nocheck", "proc"): lambda: rate(stream(0, verify=False), w, b),
+        ("ours-batch", "thread"): lambda: rate(batches(w), 0, None),
+        ("ours-batch-nocheck", "thread"): lambda: rate(batches(w, verify=False), 0, None),
+        ("ours-batch", "proc"): lambda: rate(batches(0), w, None),
         ("png", "thread"): lambda: rate(Threaded(PngDataset(paths), w), 0, b),
         ("png", "proc"): lambda: rate(PngDataset(paths), w, b, shuffle=True),
         ("wds", "proc"): lambda: rate(wds_pipeline(tars), w, b),
@@ -304,37 +433,74 @@ def main(argv=None) -> dict:
     if args.only:
         keep = set(args.only.split(","))
         pipelines = {k: v for k, v in pipelines.items() if k[0] in keep}
-    # interleaved repeats, best of each: a noisy shared machine only ever slows a run down
+    if args.checks:
+        r = checks_per_batch(lambda v: batches(0, verify=v), epochs=2)
+        per = 1e6 / b
+        print(f"checks on/off, batches on one decode thread, {len(r['ratio'])} batch pairs: on "
+              f"{np.median(r['wall_on']) * per:.0f} us/image, off {np.median(r['wall_off']) * per:.0f} us/image "
+              f"(wall, medians); throughput ratio on/off {_spread(r['ratio'])}; CPU/image on "
+              f"{np.median(r['cpu_on']) * per:.0f} us, off {np.median(r['cpu_off']) * per:.0f} us, off/on "
+              f"{_spread(r['cpu_ratio'])} (target >= 0.95)")
+        for label, make in (("batches", lambda v: batches(w, verify=v)),
+                            ("samples", lambda v: _Collated(stream(w, verify=v), b))):
+            r = checks_on_off(make, args.n, b, args.checks, args.segment)
+            print(f"checks on/off, {label} (threads={w}), {args.checks} segment pairs of {args.segment} batches: "
+                  f"on {np.median(r['on']):.0f} images/s, off {np.median(r['off']):.0f} images/s (medians); "
+                  f"paired ratio {_spread(r['ratio'])}; CPU/image on {np.median(r['cpu_on']):.0f} us, off "
+                  f"{np.median(r['cpu_off']):.0f} us, off/on {_spread(r['cpu_ratio'])} (target >= 0.95)")
+    # interleaved repeats; the order alternates so a slowing machine favours no pipeline
     runs: dict[tuple[str, str], list[float]] = {k: [] for k in pipelines}
-    for _ in range(args.repeats):
-        for key, fn in pipelines.items():
-            runs[key].append(fn())
+    cpus: dict[tuple[str, str], list[float]] = {k: [] for k in pipelines}
+    order = list(pipelines)
+    for rep in range(args.repeats):
+        for key in (order if rep % 2 == 0 else order[::-1]):
+            speed, cpu = pipelines[key]()
+            runs[key].append(speed)
+            cpus[key].append(cpu)
     for (name, layout), values in runs.items():
-        print(f"{name:>16} {layout:>6}: best {max(values):7.0f} images/s  (range {min(values):.0f}-{max(values):.0f})")
+        cpu = f"; {np.median(cpus[(name, layout)]):.0f} us CPU/image" if layout == "thread" else ""
+        print(f"{name:>18} {layout:>6}: median {np.median(values):6.0f} images/s  (range {min(values):.0f}-"
+              f"{max(values):.0f}{cpu})")
     res = {}
     for (name, layout), values in runs.items():
-        if max(values) > res.get(name, (0.0, ""))[0]:
-            res[name] = (max(values), layout)
+        if np.median(values) > res.get(name, (0.0, ""))[0]:
+            res[name] = (float(np.median(values)), layout)
     best = {k: v for k, (v, _) in res.items()}
     lay = {k: layout for k, (_, layout) in res.items()}
-    if "ours-nocheck" in best and "ours" in best:
-        same = [max(runs[("ours", lo)]) / max(runs[("ours-nocheck", lo)]) for lo in ("thread", "proc")
-                if ("ours", lo) in runs and ("ours-nocheck", lo) in runs]
-        print(f"checks on / off = {best['ours'] / best['ours-nocheck']:.2f} (target >= 0.95; per layout "
-              f"{', '.join(f'{x:.2f}' for x in same)})")
+
+    def paired(a: tuple[str, str], c: tuple[str, str], of=runs) -> str:
+        """Median (range) over repeats of a/c measured in the same repeat."""
+        r = np.array(of[a]) / np.array(of[c])
+        return f"{np.median(r):.2f} (range {r.min():.2f}-{r.max():.2f}, {len(r)} repeats)"
+
+    for on, off in (("ours", "ours-nocheck"), ("ours-batch", "ours-batch-nocheck")):
+        for layout in ("thread", "proc"):
+            if (on, layout) in runs and (off, layout) in runs:
+                line = f"checks on / off, {on} {layout}: throughput {paired((on, layout), (off, layout))}"
+                if layout == "thread":  # CPU per image: off / on is the throughput the CPU allows
+                    line += f"; CPU/image off/on {paired((off, layout), (on, layout), cpus)}"
+                print(line + " (target >= 0.95)")
+    if ("ours-batch", "thread") in runs and ("ours", "thread") in runs:
+        print(f"ours-batch / ours (threads, same run): {paired(('ours-batch', 'thread'), ('ours', 'thread'))}")
+    if ("litdata", "proc") in runs:
+        for mine in (("ours-batch", "thread"), ("ours", "thread"), ("ours", "proc")):
+            if mine in runs:
+                print(f"{mine[0]} ({mine[1]}, checks on) / litdata raw batch_decode=1 (proc): "
+                      f"{paired(mine, ('litdata', 'proc'))} (target >= 1.2)")
     peer_names = [k for k in best if k.startswith(("mds", "litdata"))]
-    if "ours" in best:
+    mine = max((k for k in ("ours", "ours-batch") if k in best), key=best.get, default=None)
+    if mine:
         for k in peer_names:
-            print(f"ours/{k:<15} = {best['ours'] / best[k]:.2f}x ({lay['ours']} vs {lay[k]})")
+            print(f"{mine}/{k:<15} = {best[mine] / best[k]:.2f}x (medians; {lay[mine]} vs {lay[k]})")
         if peer_names:
             top = max(peer_names, key=best.get)
-            print(f"ours (checks on) / fastest peer ({top}) = {best['ours'] / best[top]:.2f}x (target >= 1.2)")
+            print(f"{mine} (checks on) / fastest peer ({top}) = {best[mine] / best[top]:.2f}x (target >= 1.2)")
     if not {"ours", "png", "wds", "bound"} <= set(best):
         return best
     print(f"ours/png   = {best['ours'] / best['png']:.2f}x (target >= 8; {lay['ours']} vs {lay['png']})")
     print(f"ours/wds   = {best['ours'] / best['wds']:.2f}x (target >= 1.0; {lay['ours']} vs {lay['wds']})")
     print(f"ours/bound = {best['ours'] / best['bound']:.2f} (target >= 0.6; {lay['ours']} vs {lay['bound']})")
-    proc = {k[0]: max(v) for k, v in runs.items() if k[1] == "proc"}
+    proc = {k[0]: float(np.median(v)) for k, v in runs.items() if k[1] == "proc"}
     print(f"processes only: ours/png = {proc['ours'] / proc['png']:.2f}x, ours/wds = "
           f"{proc['ours'] / proc['wds']:.2f}x, ours/bound = {proc['ours'] / proc['bound']:.2f}")
     return best

@@ -20,6 +20,7 @@ exact when the DataLoader ``batch_size`` equals ``batch_size_hint``. In one proc
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import threading
@@ -29,21 +30,24 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
+import xxhash
+from torch.utils.data import IterableDataset, default_collate, get_worker_info
 
 from ..errors import ShardError
 from ..shards.checksum import COLUMN as CHECKSUM
-from ..shards.checksum import checksum_int, to_ints
-from ..shards.codecs import single_threaded
+from ..shards.checksum import to_ints
 from . import partition as part  # noqa: F401  (module; the package does not re-export the function)
 from ._buffers import BufferPool, Scratch
 from ._shardset import ShardSet
+from .collate import check_shapes, collate
+from .options import ON_ERROR, OrderOptions, ReadOptions, grouped  # noqa: F401  (ON_ERROR: re-export)
 from .samplers import ShardShuffle
+from .transforms import plan
 
 #: index columns passed in ``meta`` by default
 META_COLUMNS = ("plate", "well", "site", "batch", "source", "split", "label", "control_type", "compound",
                 "moa", "parent_id")
-ON_ERROR = ("raise", "skip")
+ROLES = ("anchor", "partner")
 
 
 def _dist() -> tuple[int, int]:
@@ -72,35 +76,33 @@ class StreamingDataset(IterableDataset):
     ``verify``: check every payload against its XXH3-64 in ``index.parquet`` before decoding
     (default on; a mismatch follows ``on_error``). Sets written before checksums existed load
     with one warning suggesting ``cytodata verify``.
+
+    Options come grouped (``read=ReadOptions(...)``, ``order=OrderOptions(...)``, see
+    ``options.py``) or as the flat keywords above, which override the groups' fields.
+    :meth:`batches` yields whole batches built on the decode threads straight into one
+    preallocated tensor (the fastest layout; bit-identical to collating the samples).
     """
 
-    def __init__(self, source: str | os.PathLike, *, seed: int = 0, shuffle: bool = True,
-                 rank: int | None = None, world_size: int | None = None, tail: str = "pad",
-                 transform: Callable[[dict], dict] | None = None, split: str | None = None,
-                 columns: tuple[str, ...] | None = None, on_error: str = "raise",
-                 batch_size_hint: int | None = None, sampler=None, storage_options: dict | None = None,
-                 as_int32: bool = False, read_ahead: int = 32, threads: int = 0, verify: bool = True):
-        if on_error not in ON_ERROR:
-            raise ValueError(f"on_error={on_error!r}; valid: {', '.join(ON_ERROR)}")
-        if tail not in part.TAILS:
-            raise ValueError(f"tail={tail!r}; valid: {', '.join(part.TAILS)}")
-        self.shards = ShardSet(source, storage_options)
+    def __init__(self, source: str | os.PathLike, *, transform: Callable[[dict], dict] | None = None,
+                 columns: tuple[str, ...] | None = None, read: ReadOptions | None = None,
+                 order: OrderOptions | None = None, **options: Any):
+        read, order = grouped(read, order, options)
+        self.read_options, self.order_options = read, order
+        self.shards = ShardSet(source, read.storage_options)
         index = self.shards.index
+        split = order.split
         self.rows = np.arange(len(index), dtype=np.int64)
         if split is not None:
             if "split" not in index.columns:
                 raise ShardError(f"{source}: index.parquet has no 'split' column to select {split!r}")
             self.rows = np.flatnonzero((index["split"] == split).fillna(False).to_numpy())
         self.index = index.iloc[self.rows].reset_index(drop=True)
-        self.split, self.seed, self.epoch, self.start = split, int(seed), 0, 0
-        self.sampler = sampler if sampler is not None else ShardShuffle(shuffle=shuffle)
-        self._rank, self._world = rank, world_size
-        self.tail, self.transform, self.on_error = tail, transform, on_error
-        self.batch_size_hint = int(batch_size_hint or getattr(self.sampler, "batch_size", 1))
-        self.as_int32, self.read_ahead = as_int32, max(1, int(read_ahead))
-        if int(threads) < 0:
-            raise ValueError(f"threads={threads}; use 0 (decode in the iterating thread) or more")
-        self.threads = int(threads)
+        self.split, self.seed, self.epoch, self.start = split, order.seed, 0, 0
+        self.sampler = order.sampler if order.sampler is not None else ShardShuffle(shuffle=order.shuffle)
+        self._rank, self._world = order.rank, order.world_size
+        self.tail, self.transform, self.on_error = order.tail, transform, read.on_error
+        self.batch_size_hint = int(order.batch_size_hint or getattr(self.sampler, "batch_size", 1))
+        self.as_int32, self.read_ahead, self.threads = read.as_int32, read.read_ahead, read.threads
         self._count_lock = threading.Lock()
         self._pool, self._scratch = BufferPool(), Scratch()
         self.columns = tuple(c for c in (columns or META_COLUMNS) if c in self.index.columns)
@@ -110,8 +112,9 @@ class StreamingDataset(IterableDataset):
         self._shape = _shapes(self.shards.meta, self.index)
         self._dtype = self.shards.meta.get("dtype")
         self._cols = _columns(self.index, self.columns)
-        self.verify = bool(verify)
-        self._sums, self._has_sum = _checksums(self.index, str(source)) if self.verify else (None, None)
+        self.verify = read.verify
+        self._sums = _checksums(self.index, str(source)) if self.verify else None
+        self._codec_threads: int | None = None  # set per pass: 1 inside decode threads / workers
 
     def __getstate__(self):  # spawn-safe: locks do not pickle
         state = dict(self.__dict__)
@@ -204,26 +207,43 @@ class StreamingDataset(IterableDataset):
         return part.partition(order, **kw), pos
 
     def __iter__(self):
-        if get_worker_info() is not None or self.threads:
-            single_threaded()  # parallelism comes from workers/threads; blosc's own would oversubscribe
         units, pos = self.my_units()
         self._yielded = 0  # state_dict counts from this pass's start
         step = self.read_ahead
         chunks = ((units[lo: lo + step], pos[lo: lo + step]) for lo in range(0, len(units), step))
-        for outs in self._produce(chunks):
+        for outs in self._produce(self._chunk, chunks):
             for out in outs:
                 self._yielded += 1
                 yield out
 
-    def _produce(self, chunks):
-        """Chunk results in order: inline, or ``threads`` chunks in flight on a thread pool.
+    def batches(self, batch_size: int, *, pin_memory: bool | None = None) -> "Batches":
+        """Iterate collated batches of ``batch_size`` instead of samples (see :class:`Batches`)."""
+        return Batches(self, batch_size, pin_memory=pin_memory)
 
-        Reading, blosc decoding and torch kernels release the GIL, so threads scale without
-        worker processes, pickling or shared memory; transforms are seeded per sample, so the
-        output does not depend on which thread ran what.
+    def _iter_batches(self, batch_size: int, pin_memory: bool):
+        """Batches of ``batch_size`` consecutive units of this process's stream (last may be short)."""
+        units, pos = self.my_units()
+        self._yielded = 0
+        chunks = ((units[lo: lo + batch_size], pos[lo: lo + batch_size])
+                  for lo in range(0, len(units), batch_size))
+        task = functools.partial(self._batch, pin_memory=pin_memory)
+        for consumed, batch in self._produce(task, chunks):
+            self._yielded += consumed  # units, failed ones included: a resume never repeats them
+            if batch is not None:
+                yield batch
+
+    def _produce(self, task, chunks):
+        """``task(chunk)`` results in order: inline, or ``threads`` chunks in flight on a thread pool.
+
+        Reading, hashing, blosc decoding and torch kernels release the GIL, so threads scale
+        without worker processes, pickling or shared memory; transforms are seeded per sample,
+        so the output does not depend on which thread ran what.
         """
+        # blosc's own threads on top of ours / DataLoader workers would oversubscribe the cores:
+        # one decoder thread per call there (per call: no process-global switch is flipped)
+        self._codec_threads = 1 if (self.threads or get_worker_info() is not None) else None
         if not self.threads:
-            yield from map(self._chunk, chunks)
+            yield from map(task, chunks)
             return
         from collections import deque
         from concurrent.futures import ThreadPoolExecutor
@@ -232,7 +252,7 @@ class StreamingDataset(IterableDataset):
         pending: deque = deque()
         try:
             for chunk in chunks:
-                pending.append(pool.submit(self._chunk, chunk))
+                pending.append(pool.submit(task, chunk))
                 if len(pending) > self.threads:
                     yield pending.popleft().result()
             while pending:
@@ -263,19 +283,23 @@ class StreamingDataset(IterableDataset):
                       __seed__=part.seed_for(self.seed, self.epoch, sample["__key__"], pos, role))
         return self.transform(sample) if self.transform is not None else sample
 
+    def _blobs(self, unique: np.ndarray, with_meta: bool):
+        """Payload bytes of selected-index rows ``unique``: lazily into this thread's scratch
+        (local; each blob is valid until the next one is read) or one concurrent request.
+        """
+        if self.shards.local:
+            return (self._read_local(int(self.rows[r]), with_meta) for r in unique)
+        try:  # object stores: one concurrent ranged request for the whole chunk
+            return self.shards.read(self.rows[unique], with_meta=with_meta)
+        except OSError as exc:
+            return [exc] * len(unique)
+
     def _load(self, rows: np.ndarray) -> dict[int, dict]:
         """Fetch + decode index ``rows`` (selected index numbering); failed ones are left out."""
         unique = np.unique(rows)
         with_meta = self._dtype is None
-        if self.shards.local:  # read each sample into this thread's scratch, decode, reuse
-            blobs = (self._read_local(int(self.rows[r]), with_meta) for r in unique)
-        else:  # object stores: one concurrent ranged request for the whole chunk
-            try:
-                blobs = self.shards.read(self.rows[unique], with_meta=with_meta)
-            except OSError as exc:
-                blobs = [exc] * len(unique)
         out = {}
-        for r, blob in zip(unique.tolist(), blobs):
+        for r, blob in zip(unique.tolist(), self._blobs(unique, with_meta)):
             try:
                 out[r] = self._decode(r, blob, with_meta)
             except ShardError:
@@ -291,26 +315,35 @@ class StreamingDataset(IterableDataset):
 
     def _decode(self, r: int, blob: Any, with_meta: bool) -> dict:
         row = self._cols[r]
+        tensor = torch.from_numpy(self._pixels(r, row, blob, with_meta))
+        if self.as_int32:
+            tensor = tensor.to(torch.int32)
+        meta = {c: row[c] for c in self.columns}
+        return {"__key__": row["key"], "image": tensor, "label": int(self.labels[r]), "meta": meta}
+
+    def _pixels(self, r: int, row: dict, blob: Any, with_meta: bool) -> np.ndarray:
+        """Check + decode one payload into a pooled ``(C, H, W)`` array; ShardError when unreadable."""
         key, shard = row["key"], row["shard"]
         try:
             if isinstance(blob, BaseException):
                 raise blob
-            size = int(row["size"])
+            size = row["size"]
             if len(blob) < size:
                 raise ValueError(f"read {len(blob)} of {size} payload bytes")
             dtype = self._dtype
             if with_meta:
-                gap = int(row["meta_offset"]) - int(row["offset"])
-                dtype = json.loads(bytes(blob[gap: gap + int(row["meta_size"])]))["dtype"]
-            buf = self._pool.get(self._shape(r), dtype)  # recycled once every view of it is gone
+                gap = row["meta_offset"] - row["offset"]
+                dtype = json.loads(bytes(blob[gap: gap + row["meta_size"]]))["dtype"]
             payload = blob if len(blob) == size else memoryview(blob)[:size]  # no copy when exact
-            if self._sums is not None and self._has_sum[r]:
-                got = checksum_int(payload)
-                if got != int(self._sums[r]):
+            want = self._sums[r] if self._sums is not None else None
+            if want is not None:
+                got = _xxh3(payload)
+                if got != want:
                     raise ValueError(f"checksum mismatch: the payload's xxh3_64 is {got:016x}, index.parquet "
-                                     f"says {int(self._sums[r]):016x} (flipped bytes, or an index row "
-                                     "pointing at another sample's bytes); `cytodata verify --deep` lists all")
-            image = self.shards.codec.decode(payload, buf.shape, buf.dtype, out=buf)
+                                     f"says {want:016x} (flipped bytes, or an index row pointing at "
+                                     "another sample's bytes); `cytodata verify --deep` lists all")
+            buf = self._pool.get(self._shape(r), dtype)  # recycled once every view of it is gone
+            return self.shards.codec.decode(payload, buf.shape, buf.dtype, out=buf, threads=self._codec_threads)
         except Exception as exc:  # noqa: BLE001 - any decode failure is a corrupt sample
             err = ShardError(f"{self.shards.source}: shard {shard} sample {key!r} is unreadable "
                              f"({type(exc).__name__}: {exc}); rewrite that shard or use on_error='skip'")
@@ -321,11 +354,148 @@ class StreamingDataset(IterableDataset):
                 self.skipped_keys.append(key)
             warnings.warn(f"skipped: {err}", stacklevel=2)
             raise err from exc
-        tensor = torch.from_numpy(image)
-        if self.as_int32:
-            tensor = tensor.to(torch.int32)
-        meta = {c: row[c] for c in self.columns}
-        return {"__key__": key, "image": tensor, "label": int(self.labels[r]), "meta": meta}
+
+    # --- whole batches (Batches) ---
+    def _batch(self, chunk: tuple[np.ndarray, np.ndarray], pin_memory: bool = False) -> tuple[int, dict | None]:
+        """(units consumed, collated batch or None) of one chunk, pixels written once into the batch.
+
+        Each sample's transform is planned from its index shape before any byte is read (crops
+        and flips drawn exactly as ``__call__`` draws them), then its payload is read, checked,
+        decoded into a pooled buffer and copied, cropped and flipped, straight into its slot of
+        one preallocated ``(B, C, h, w)`` tensor. Transforms that do more than move pixels run
+        per sample and their images are stacked into the preallocated tensor instead.
+        """
+        units, positions = chunk
+        flat = units.reshape(len(units), -1)
+        n, roles = flat.shape
+        stubs = [[self._stub(int(r), int(p), ROLES[k]) for k, r in enumerate(row_set)]
+                 for row_set, p in zip(flat, positions)]
+        plans = [[plan(self.transform, s, self._shape(int(r))) for s, r in zip(ss, row_set)]
+                 for ss, row_set in zip(stubs, flat)]
+        if any(g is None for gs in plans for g in gs):
+            return n, self._stack(self._chunk(chunk), pin_memory)
+        for k in range(roles):  # one shape per batch, or the collate's MixedShapeError
+            check_shapes([{"__key__": stubs[i][k]["__key__"],
+                           "image": torch.empty(plans[i][k].shape, device="meta")} for i in range(n)])
+        dtype = torch.int32 if self.as_int32 else None
+        images: list[torch.Tensor | None] = [None] * roles
+        slots: dict[int, list[tuple[int, int]]] = {}
+        for i in range(n):
+            for k in range(roles):
+                slots.setdefault(int(flat[i, k]), []).append((i, k))
+        ok = np.ones(n, dtype=bool)
+        unique = np.array(sorted(slots), dtype=np.int64)
+        with_meta = self._dtype is None
+        for r, blob in zip(unique.tolist(), self._blobs(unique, with_meta)):
+            try:
+                pixels = torch.from_numpy(self._pixels(r, self._cols[r], blob, with_meta))
+            except ShardError:
+                if self.on_error == "raise":
+                    raise
+                for i, _ in slots[r]:
+                    ok[i] = False
+                continue
+            for i, k in slots[r]:
+                if images[k] is None:
+                    images[k] = self._batch_tensor((n, *plans[i][k].shape), dtype or pixels.dtype, pin_memory)
+                elif dtype is None and images[k].dtype != pixels.dtype:
+                    raise ShardError(f"{self.shards.source}: sample {stubs[i][k]['__key__']!r} is "
+                                     f"{pixels.dtype}, earlier samples of its batch {images[k].dtype}; "
+                                     "use as_int32=True to load mixed 8/16-bit sets in batches")
+                plans[i][k].write(pixels, images[k][i])
+        keep = np.flatnonzero(ok)
+        if not len(keep):
+            return n, None
+        parts = []
+        for k in range(roles):
+            fields = default_collate([stubs[i][k] for i in keep])
+            image = images[k]
+            fields["image"] = image if len(keep) == n else image[torch.from_numpy(keep)]
+            parts.append(fields)
+        if roles > 1:
+            parts[0]["partner"] = parts[1]
+        return n, parts[0]
+
+    def _stub(self, r: int, pos: int, role: str) -> dict:
+        """A sample's dict without pixels (what ``_finish`` adds to the decoded sample)."""
+        cols = self._cols
+        key = cols.data["key"][r]
+        return {"__key__": key, "label": int(self.labels[r]),
+                "meta": {c: cols.data[c][r] for c in self.columns}, "__pos__": pos,
+                "__errors__": self.errors, "__seed__": part.seed_for(self.seed, self.epoch, key, pos, role)}
+
+    def _batch_tensor(self, shape: tuple[int, ...], dtype: torch.dtype, pin_memory: bool) -> torch.Tensor:
+        """An uninitialized batch tensor: pinned (torch's caching host allocator) or pooled."""
+        if pin_memory:
+            return torch.empty(shape, dtype=dtype, pin_memory=True)
+        return torch.from_numpy(self._pool.get(shape, _NUMPY[dtype]))
+
+    def _stack(self, outs: list[dict], pin_memory: bool) -> dict | None:
+        """Per-sample outputs -> a batch, images stacked into a preallocated tensor."""
+        if not outs:
+            return None
+        images = [o.get("image") for o in outs]
+        if not all(isinstance(x, torch.Tensor) for x in images) or images[0].dtype not in _NUMPY:
+            return collate(outs)
+        check_shapes(outs)
+        rest = collate([{f: v for f, v in o.items() if f != "image"} for o in outs])
+        out = self._batch_tensor((len(images), *images[0].shape), images[0].dtype, pin_memory)
+        torch.stack(images, out=out)
+        rest["image"] = out
+        return rest
+
+
+class Batches(IterableDataset):
+    """A :class:`StreamingDataset` that yields collated batches of ``batch_size`` (last may be short).
+
+    Use it where the samples would go through ``DataLoader(ds, batch_size=B)``:
+    ``DataLoader(ds.batches(B), batch_size=None, num_workers=0)`` or a plain ``for`` loop. Each
+    batch is assembled on the decode threads: every sample's crop and flips are written straight
+    into its slot of one ``(B, C, h, w)`` tensor (pinned when ``pin_memory``, default: when CUDA
+    is available), so the training thread only receives finished batches. Fields equal
+    ``default_collate`` of the samples (bit-identical images for the same seed); a sample that
+    fails under ``on_error="skip"`` leaves its batch one shorter. ``state_dict`` /
+    ``load_state_dict`` / ``set_epoch`` are the dataset's (units consumed, failed ones included).
+    """
+
+    def __init__(self, dataset: StreamingDataset, batch_size: int, *, pin_memory: bool | None = None):
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size={batch_size}; use 1 or more")
+        self.dataset, self.batch_size = dataset, int(batch_size)
+        dataset.batch_size_hint = self.batch_size  # workers take whole batches
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
+
+    def __iter__(self):
+        # in DataLoader worker processes a batch travels through shared memory: pinning is the
+        # DataLoader's job there (pin_memory=True), not the worker's
+        pin = self.pin_memory and get_worker_info() is None
+        return self.dataset._iter_batches(self.batch_size, pin)
+
+    def __len__(self) -> int:
+        return -(-len(self.dataset) // self.batch_size)
+
+    def __repr__(self) -> str:
+        return f"Batches({self.dataset!r}, batch_size={self.batch_size}, pin_memory={self.pin_memory})"
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
+
+    def state_dict(self, samples_seen: int | None = None) -> dict:
+        return self.dataset.state_dict(samples_seen)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.dataset.load_state_dict(state)
+
+
+_NUMPY = {torch.uint8: np.uint8, torch.uint16: np.uint16, torch.int16: np.int16, torch.int32: np.int32,
+          torch.int64: np.int64, torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16}
+
+
+def _xxh3(data) -> int:
+    """XXH3-64 of a bytes-like ``data``; the hasher object's constructor releases the GIL (the
+    one-shot ``xxh3_64_intdigest`` of xxhash 3.x holds it), so decode threads hash in parallel.
+    """
+    return xxhash.xxh3_64(data).intdigest()
 
 
 class _Rows:
@@ -350,18 +520,23 @@ def _plain(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _checksums(index: pd.DataFrame, source: str) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Per-row expected XXH3-64 (uint64) and whether the row has one; warns once when rows lack it."""
+def _checksums(index: pd.DataFrame, source: str) -> list[int | None] | None:
+    """Per-row expected XXH3-64 as Python ints (None: no checksum); warns once when rows lack it.
+
+    Python ints compare with the hasher's result without any conversion per sample.
+    """
     if CHECKSUM in index.columns:
         sums, has = to_ints(index[CHECKSUM].tolist())
     else:
-        sums, has = None, np.zeros(len(index), dtype=bool)
+        sums, has = np.zeros(len(index), dtype=np.uint64), np.zeros(len(index), dtype=bool)
     if len(index) and not has.all():
         warnings.warn(f"{source}: {int((~has).sum())} of {len(index)} samples have no {CHECKSUM} checksum in "
                       "index.parquet (written by an older cytodata): they cannot be verified while loading. "
                       f"Check the shards with `cytodata verify {source}`, or rewrite the set with "
                       "`cytodata shard` to add per-sample checksums", stacklevel=3)
-    return (sums, has) if has.any() else (None, None)
+    if not has.any():
+        return None
+    return [v if h else None for v, h in zip(sums.tolist(), has.tolist())]
 
 
 def _label_ids(meta: dict, index: pd.DataFrame) -> tuple[list[str], np.ndarray]:

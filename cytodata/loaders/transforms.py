@@ -9,6 +9,13 @@ parameters are drawn on the CPU (a few scalars), the pixel work runs where the t
 Geometric ops that only move pixels (flips, rot90, crops, channel selection) keep the dtype
 (uint16 included); interpolating ones (rotation, resized crops) and normalization need float
 input: put :class:`ToFloat` first.
+
+Batch writers: the pixel-moving transforms (:class:`RandomCrop`, :class:`RandomFlip`,
+:class:`ChannelSubset`, and a :class:`Compose` of only those) also have ``place(sample, geo)``,
+which makes the same random draws as ``__call__`` but records them in a :class:`Geometry`
+instead of touching pixels; :func:`plan` returns it and ``Geometry.write`` copies the source
+window, flipped, straight into a batch slot: one copy per sample instead of a crop/flip copy
+plus a stack (``StreamingDataset.batches``). The result is bit-identical to ``__call__``.
 """
 
 from __future__ import annotations
@@ -58,19 +65,119 @@ def _need_float(x: torch.Tensor, who: str) -> None:
         raise TypeError(f"{who} needs a float tensor, got {x.dtype}; put ToFloat() before it")
 
 
+class Geometry:
+    """Pixel moves of one sample: channels, a window of its ``(C, H, W)`` source, flips.
+
+    Built by :func:`plan` from the transforms' ``place`` steps; ``shape`` is the output
+    ``(C', h, w)`` and :meth:`write` copies the moved pixels into a preallocated tensor.
+    Flips are of the current view, so a crop after a flip maps back to the mirrored window.
+    """
+
+    __slots__ = ("channels", "top", "left", "height", "width", "flip_y", "flip_x", "_c")
+
+    def __init__(self, shape: Sequence[int]):
+        c, h, w = (int(v) for v in shape)
+        self.channels: list[int] | None = None
+        self.top, self.left, self.height, self.width, self._c = 0, 0, h, w, c
+        self.flip_y = self.flip_x = False
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (len(self.channels) if self.channels is not None else self._c, self.height, self.width)
+
+    def crop(self, y: int, x: int, h: int, w: int) -> None:
+        """Keep rows ``y:y+h`` and columns ``x:x+w`` of the current view."""
+        self.top += (self.height - y - h) if self.flip_y else y
+        self.left += (self.width - x - w) if self.flip_x else x
+        self.height, self.width = h, w
+
+    def flip(self, dims: Sequence[int]) -> None:
+        """Mirror the current view along ``dims`` (-1: left-right, -2: up-down)."""
+        for d in dims:
+            if d == -1:
+                self.flip_x = not self.flip_x
+            elif d == -2:
+                self.flip_y = not self.flip_y
+            else:
+                raise ValueError(f"Geometry.flip: dims {list(dims)}; only -1 and -2 move pixels in place")
+
+    def select(self, channels: Sequence[int]) -> None:
+        """Keep channels by position of the current view (order as given)."""
+        current = self.channels if self.channels is not None else list(range(self._c))
+        self.channels = [current[i] for i in channels]
+
+    def write(self, src: torch.Tensor, out: torch.Tensor) -> None:
+        """Copy ``src`` ``(C, H, W)`` moved by this geometry into ``out`` (``shape``; any dtype torch
+        converts to, e.g. uint16 -> int32). ``src`` must have the shape the plan was made for.
+        """
+        dims = [d for d, on in ((-2, self.flip_y), (-1, self.flip_x)) if on]
+        window = src[..., self.top: self.top + self.height, self.left: self.left + self.width]
+        if self.channels is None:
+            _move(window, out, dims)
+        else:  # one copy per kept channel: no gathered intermediate
+            for k, c in enumerate(self.channels):
+                _move(window[c], out[k], dims)
+
+
+def _move(view: torch.Tensor, out: torch.Tensor, dims: list[int]) -> None:
+    """``out[...] = view.flip(dims)``; uint16 moves run as int16 (same bits, faster kernels)."""
+    if view.dtype == torch.uint16:
+        bits = view.view(torch.int16)
+        if dims:
+            bits = bits.flip(dims)
+        if out.dtype == torch.uint16:
+            out.view(torch.int16).copy_(bits)
+        else:  # convert from the unsigned values, never from the int16 reading of their bits
+            out.copy_(bits.view(torch.uint16))
+        return
+    out.copy_(view.flip(dims) if dims else view)
+
+
+def plan(transform: Callable[[dict], dict] | None, sample: dict, shape: Sequence[int]) -> Geometry | None:
+    """The :class:`Geometry` ``transform`` would apply to ``sample``'s image of ``shape``.
+
+    None when the transform does anything but move pixels (float ops, interpolation, views):
+    then run it per sample. ``sample`` needs what ``__call__`` reads (``__seed__``, ``__key__``).
+    """
+    geo = Geometry(shape)
+    if transform is None:
+        return geo
+    if not placeable(transform):
+        return None
+    transform.place(sample, geo)
+    return geo
+
+
+def placeable(transform) -> bool:
+    """Whether ``transform`` only moves pixels (has ``place`` for every step)."""
+    if isinstance(transform, Compose):
+        return all(placeable(t) for t in transform.transforms)
+    return callable(getattr(transform, "place", None))
+
+
 class Compose:
     """Run transforms in order with one generator seeded from the sample's ``__seed__``."""
 
     def __init__(self, transforms: Sequence[Callable[[dict], dict]]):
         self.transforms = list(transforms)
 
-    def __call__(self, sample: dict) -> dict:
+    def _seeded(self, sample: dict) -> dict:
         sample = dict(sample)
         sample[RNG] = torch.Generator().manual_seed(seed_for(sample.get("__seed__", 0), "compose"))
+        return sample
+
+    def __call__(self, sample: dict) -> dict:
+        sample = self._seeded(sample)
         for t in self.transforms:
             sample = t(sample)
         sample.pop(RNG, None)
         return sample
+
+    def place(self, sample: dict, geo: Geometry) -> None:
+        """Record the steps' pixel moves in ``geo`` (same draws as ``__call__``)."""
+        sample = self._seeded(sample)
+        for t in self.transforms:
+            t.place(sample, geo)
 
 
 class ToFloat:
@@ -92,13 +199,20 @@ class RandomFlip:
     def __init__(self, p: float = 0.5, vertical: bool = True):
         self.p, self.vertical = p, vertical
 
+    def draw(self, g: torch.Generator) -> list[int]:
+        """The flipped dims of one image (-1 drawn first, then -2 when ``vertical``)."""
+        return [d for d, on in ((-1, True), (-2, self.vertical)) if on and uniform(g) < self.p]
+
     def __call__(self, sample: dict) -> dict:
         g = generator(sample, "flip")
 
         def fn(x):
-            dims = [d for d, on in ((-1, True), (-2, self.vertical)) if on and uniform(g) < self.p]
+            dims = self.draw(g)
             return x.flip(dims) if dims else x
         return map_images(sample, fn)
+
+    def place(self, sample: dict, geo: Geometry) -> None:
+        geo.flip(self.draw(generator(sample, "flip")))
 
 
 class RandomRot90:
@@ -136,16 +250,23 @@ class RandomCrop:
     def __init__(self, size: int):
         self.size = int(size)
 
+    def window(self, g: torch.Generator, h: int, w: int, key=None) -> tuple[int, int]:
+        """(top, left) of the crop in an ``h x w`` image (raises when it is smaller than ``size``)."""
+        if h < self.size or w < self.size:
+            raise ShardError(f"sample {key!r} is {h}x{w}, smaller than the {self.size} crop")
+        return randint(g, 0, h - self.size), randint(g, 0, w - self.size)
+
     def __call__(self, sample: dict) -> dict:
         g = generator(sample, "crop")
 
         def fn(x):
-            h, w = x.shape[-2:]
-            if h < self.size or w < self.size:
-                raise ShardError(f"sample {sample.get('__key__')!r} is {h}x{w}, smaller than the {self.size} crop")
-            y, xx = randint(g, 0, h - self.size), randint(g, 0, w - self.size)
+            y, xx = self.window(g, x.shape[-2], x.shape[-1], sample.get("__key__"))
             return x[..., y: y + self.size, xx: xx + self.size]
         return map_images(sample, fn)
+
+    def place(self, sample: dict, geo: Geometry) -> None:
+        y, x = self.window(generator(sample, "crop"), geo.height, geo.width, sample.get("__key__"))
+        geo.crop(y, x, self.size, self.size)
 
 
 def resized_crop_box(g: torch.Generator, h: int, w: int, scale: tuple[float, float],
@@ -284,6 +405,9 @@ class ChannelSubset:
 
     def __call__(self, sample: dict) -> dict:
         return map_images(sample, lambda x: x[..., self.channels, :, :])
+
+    def place(self, sample: dict, geo: Geometry) -> None:
+        geo.select(self.channels)
 
 
 class ChannelDropout:

@@ -1,0 +1,89 @@
+"""Typed option groups of :class:`~cytodata.loaders.StreamingDataset`.
+
+``ReadOptions`` says how payloads are fetched and decoded, ``OrderOptions`` which samples come
+in which order on which rank. Both are frozen dataclasses, checked when built; the flat keywords
+of ``StreamingDataset(...)`` (``threads=2``, ``seed=0``, ...) keep working and override the
+matching field of a group passed as ``read=`` / ``order=``:
+
+    StreamingDataset(path, read=ReadOptions(threads=2, verify=True), order=OrderOptions(seed=1))
+    StreamingDataset(path, threads=2, seed=1)          # the same dataset
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from .partition import TAILS
+
+ON_ERROR = ("raise", "skip")
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How payloads are read and decoded.
+
+    ``threads``: decode + transform on this many threads of the iterating process (0: inline).
+    ``read_ahead``: samples fetched per request batch (object stores fetch them concurrently).
+    ``verify``: check each payload's XXH3-64 from ``index.parquet`` before decoding.
+    ``on_error``: ``"raise"`` (ShardError naming shard and key) or ``"skip"`` (warn, count).
+    ``as_int32``: yield int32 images (for ops without uint16 kernels) instead of uint16.
+    ``storage_options``: fsspec options for object stores (``s3://``).
+    """
+
+    threads: int = 0
+    read_ahead: int = 32
+    verify: bool = True
+    on_error: str = "raise"
+    as_int32: bool = False
+    storage_options: dict | None = None
+
+    def __post_init__(self):
+        if self.on_error not in ON_ERROR:
+            raise ValueError(f"on_error={self.on_error!r}; valid: {', '.join(ON_ERROR)}")
+        if int(self.threads) < 0:
+            raise ValueError(f"threads={self.threads}; use 0 (decode in the iterating thread) or more")
+        object.__setattr__(self, "threads", int(self.threads))
+        object.__setattr__(self, "read_ahead", max(1, int(self.read_ahead)))
+        object.__setattr__(self, "verify", bool(self.verify))
+
+
+@dataclass(frozen=True)
+class OrderOptions:
+    """Which samples, in which order, on which rank.
+
+    ``seed``/``shuffle``/``sampler``: the epoch order (``sampler.order(index, seed=, epoch=,
+    world_size=)``; default :class:`~cytodata.loaders.ShardShuffle`). ``split``: keep rows of
+    that split only. ``tail``: ``"pad"`` or ``"drop"`` so all ranks yield the same count.
+    ``rank``/``world_size``: default from torch.distributed. ``batch_size_hint``: the DataLoader
+    batch size (workers take whole batches so the global order survives round-robin).
+    """
+
+    seed: int = 0
+    shuffle: bool = True
+    sampler: Any = None
+    split: str | None = None
+    tail: str = "pad"
+    rank: int | None = None
+    world_size: int | None = None
+    batch_size_hint: int | None = None
+
+    def __post_init__(self):
+        if self.tail not in TAILS:
+            raise ValueError(f"tail={self.tail!r}; valid: {', '.join(TAILS)}")
+        object.__setattr__(self, "seed", int(self.seed))
+
+
+def grouped(read: ReadOptions | None, order: OrderOptions | None, flat: dict[str, Any],
+            who: str = "StreamingDataset") -> tuple[ReadOptions, OrderOptions]:
+    """``read``/``order`` with the flat keywords of ``flat`` applied; unknown names raise TypeError."""
+    read_names = {f.name for f in dataclasses.fields(ReadOptions)}
+    order_names = {f.name for f in dataclasses.fields(OrderOptions)}
+    unknown = sorted(set(flat) - read_names - order_names)
+    if unknown:
+        valid = ", ".join(sorted(read_names | order_names | {"transform", "columns", "read", "order"}))
+        raise TypeError(f"{who}() got unexpected keyword argument(s) {unknown}; valid: {valid}")
+    read = dataclasses.replace(read or ReadOptions(), **{k: v for k, v in flat.items() if k in read_names})
+    order = dataclasses.replace(order or OrderOptions(), **{k: v for k, v in flat.items() if k in order_names})
+    return read, order
