@@ -30,12 +30,11 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 import torch
-import xxhash
 from torch.utils.data import IterableDataset, default_collate, get_worker_info
 
 from ..errors import ShardError
 from ..shards.checksum import COLUMN as CHECKSUM
-from ..shards.checksum import to_ints
+from ..shards.checksum import checksum_int, to_ints
 from . import partition as part  # noqa: F401  (module; the package does not re-export the function)
 from ._buffers import BufferPool, Scratch
 from ._shardset import ShardSet
@@ -492,10 +491,8 @@ _NUMPY = {torch.uint8: np.uint8, torch.uint16: np.uint16, torch.int16: np.int16,
 
 
 def _xxh3(data) -> int:
-    """XXH3-64 of a bytes-like ``data``; the hasher object's constructor releases the GIL (the
-    one-shot ``xxh3_64_intdigest`` of xxhash 3.x holds it), so decode threads hash in parallel.
-    """
-    return xxhash.xxh3_64(data).intdigest()
+    """XXH3-64 of a bytes-like ``data`` (:func:`cytodata.shards.checksum.checksum_int`, GIL-free)."""
+    return checksum_int(data)
 
 
 class _Rows:
