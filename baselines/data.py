@@ -97,8 +97,10 @@ class NormStats:
             ids.append(i)
         return torch.tensor(ids, dtype=torch.long)
 
-    def batch_groups(self, meta: dict) -> list[str]:
-        """Return the statistics group of each sample of a batch's ``meta`` lists."""
+    def batch_groups(self, meta: dict, n: int | None = None) -> list[str]:
+        """Return the statistics group of each of the ``n`` samples of a batch's ``meta`` lists."""
+        if self.level == "all":     # one group, whatever columns the batch carries
+            return ["all"] * (n if n is not None else len(next(iter(meta.values()), [])))
         if self.column not in meta:
             raise TrainingError(f"data.normalize={self.level}: the batches carry no "
                                 f"{self.column!r} column (columns: {sorted(meta)}); re-shard with it or choose "
@@ -165,7 +167,7 @@ class DevicePrep:
     def __call__(self, images: torch.Tensor, meta: dict) -> torch.Tensor:
         x = to_device_float(images, self.device)
         if self.stats is not None:
-            x = self.stats.apply(x, self.stats.batch_groups(meta))
+            x = self.stats.apply(x, self.stats.batch_groups(meta, x.shape[0]))
         else:
             x = x / 65535.0
         return x

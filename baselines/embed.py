@@ -88,8 +88,9 @@ def embed(checkpoint_or_run: "str | Path", shards: "str | Path", out: "str | Pat
         raise TrainingError(f"per={per!r}; valid: {', '.join(PER)}")
     dev = runtime.resolve_device(device)
     out = Path(out)
+    # every column a normalisation level may look up (absent ones are dropped by the loader)
     ds = StreamingDataset(shards, shuffle=False, threads=threads, storage_options=storage_options,
-                          columns=("plate",))
+                          columns=("plate", "batch"))
     state = checkpoint.load(checkpoint_or_run)  # read once: channels, config and weights
     state_channels = state["channels"]
     channels = ds.shards.meta.get("channels")

@@ -26,6 +26,7 @@ from cytodata.baselines.methods.dino import (
     Dino,
     DINOLoss,
     WSDino,
+    collapse_kind,
     dino_cross_entropy,
     resized_crops,
 )
@@ -224,6 +225,32 @@ def test_embed_writes_teacher_cls_per_image(healthy, shards, tmp_path):
     assert np.isfinite(table[feats].to_numpy()).all()
 
 
+def _stats(loss_over_ln_k, kl, out_dim=256, marginal=None, n=16):
+    ln_k = math.log(out_dim)
+    h = loss_over_ln_k * ln_k - kl
+    return {"teacher_entropy": h, "kl_teacher_student": kl, "loss_over_ln_k": loss_over_ln_k,
+            "teacher_marginal_entropy": h if marginal is None else marginal, "n_samples": n}
+
+
+@pytest.mark.parametrize("loss_over_ln_k, kl, kind", [
+    (0.99, 0.08, "uniform"),    # the demo's 150-step ws-dino-tiny run: KL 1.4% of ln K, no signal
+    (0.937, 0.01, "uniform"),   # a 250-step DINO run: teacher at 94% of ln K, student copies it
+    (1.0, 0.001, "uniform"),    # textbook uniform collapse
+    (0.80, 0.455, None),        # healthy: the student still learns (KL 8% of ln K)
+    (0.93, 0.40, None),         # flat-ish teacher, but a real teacher-student gap
+])
+def test_collapse_kind_uniform_thresholds(loss_over_ln_k, kl, kind):
+    assert collapse_kind(_stats(loss_over_ln_k, kl), 256) == kind
+
+
+def test_collapse_kind_one_prototype():
+    sharp_same = {"teacher_entropy": 0.01, "kl_teacher_student": 3.0, "loss_over_ln_k": 0.6,
+                  "teacher_marginal_entropy": 0.02, "n_samples": 16}
+    sharp_spread = dict(sharp_same, teacher_marginal_entropy=2.5)   # sharp but diverse: healthy
+    assert collapse_kind(sharp_same, 256) == "one-prototype"
+    assert collapse_kind(sharp_spread, 256) is None
+
+
 def test_broken_config_warns_of_collapse(shards, tmp_path):
     with pytest.warns(RuntimeWarning, match=r"collapse.*Remedies"):
         train("dino-tiny", tmp_path / "broken",
@@ -376,3 +403,16 @@ def test_resume_repeats_the_uninterrupted_run_exactly(shards, tmp_path):
     for name in ("student", "teacher", "dino_loss"):
         for k, v in a["modules"][name].items():
             assert torch.equal(v, b["modules"][name][k]), (name, k)
+
+
+def test_views_far_from_native_resolution_warn_with_the_native_scales():
+    # 16-px global crops from 0.4-1 of a 128x128 field: cells shrunk ~5x vs embed's native crops
+    with pytest.warns(RuntimeWarning, match=r"global_scale=\[0.4, 1.0\].*scales cells by ~0\.16x") as rec:
+        method(inf=info(shape=(3, 128, 128)), global_scale=[0.4, 1.0], local_scale=[0.05, 0.4])
+    text = " ".join(str(w.message) for w in rec)
+    assert "global_scale=[0.0141, 0.0172]" in text            # (16/128)^2 -+ 10%
+    assert "local_scale" in text                                # 8-px local crops too
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                          # native views: no warning
+        method(inf=info(shape=(3, 128, 128)), global_scale=[0.0141, 0.0172],
+               local_scale=[0.00352, 0.0043])

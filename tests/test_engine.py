@@ -322,3 +322,25 @@ def test_classifier_skips_training_rows_without_a_label(tmp_path):
                                                          "data.val_split": None})
     assert all(np.isfinite(v) for v in losses(run).values())
     assert "" not in checkpoint.load(run)["classes"]
+
+
+@pytest.mark.parametrize("level", ["all", "batch", "none"])
+def test_every_advertised_normalisation_level_trains_and_embeds(shards, tmp_path, level):
+    # data.normalize=all used to stop at the first batch: "the batches carry no 'all' column"
+    run = train("classifier-tiny", tmp_path / level,
+                **{**TINY, "steps": 2, "data.train": str(shards), "data.normalize": level})
+    out = embed(run, shards, tmp_path / f"{level}.parquet", progress=False)
+    emb = pd.read_parquet(out)
+    assert len(emb) == len(pd.read_parquet(shards / "index.parquet"))
+    assert np.isfinite(emb[[c for c in emb.columns if c.startswith("emb_")]].to_numpy()).all()
+
+
+def test_normalise_all_uses_the_whole_sets_statistics():
+    from cytodata.baselines.data import NormStats
+
+    meta = {"normalization": {"plate": {"P1": {"mean": [9.0], "std": [9.0]}},
+                              "all": {"all": {"mean": [2.0], "std": [4.0]}}}}
+    stats = NormStats(meta, "all", 1)
+    groups = stats.batch_groups({"plate": ["P1", "P2"]})       # any batch, no 'all' column
+    x = torch.full((2, 1, 1, 1), 10.0)
+    assert stats.apply(x, groups).flatten().tolist() == [2.0, 2.0]   # (10 - 2) / 4, not plate P1's
