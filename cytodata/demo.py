@@ -1,7 +1,7 @@
 """`cytodata demo`: the end-to-end pipeline on embedded synthetic screens.
 
 synthetic screens -> manifest (weak labels, splits, ledger) -> image QC -> shards (WebDataset,
-Zarr, OME-Zarr) -> one streamed epoch -> training (weak-label classifier, WS-DINO) -> embeddings
+Zarr, OME-Zarr) -> one streamed epoch -> training (weak-label classifier, WS-DINO, DINO) -> embeddings
 -> evaluation (NSC/NSCB with and without TVN vs random init and classical features) -> publish
 -> verify -> ``report/index.html``.
 Everything lands under one output folder, whose layout is printed at the end.
