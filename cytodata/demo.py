@@ -100,19 +100,21 @@ def stream_epoch(out: Path) -> float:
     return rate
 
 
+#: length and logging of every demo training run (--quick shortens it to QUICK_STEPS)
+SHORT_RUN = {"steps": 150, "checkpoint_every": 50, "log_every": 10}
+
 #: DINO views at native resolution on the demo's 128-px fields: 64-px global crops from ~64 px
 #: ((64/128)^2 = 0.25 of the field), 32-px local crops from ~32 px (cell size is a phenotype)
 DINO_VIEWS = {"data.crop": 64, "local_crop": 32, "global_scale": [0.22, 0.28],
-              "local_scale": [0.055, 0.07], "steps": 150, "checkpoint_every": 50, "log_every": 10}
+              "local_scale": [0.055, 0.07]}
 
 #: the demo's training runs: (name, shipped config, overrides, embed its random init too);
 #: skipped if the method is missing. DINO and WS-DINO share one architecture and seed, so one
 #: random-init row serves both (WS-DINO's Table 1: random init, DINO, WS-DINO)
 TRAINING = (
-    ("classifier", "classifier-tiny", {"data.crop": 64, "batch_size": 32, "steps": 150,
-                                       "checkpoint_every": 50, "log_every": 10}, True),
-    ("ws-dino", "ws-dino-tiny", {"weak_label": "compound", **DINO_VIEWS}, True),
-    ("dino", "dino-tiny", DINO_VIEWS, False),
+    ("classifier", "classifier-tiny", {"data.crop": 64, "batch_size": 32, **SHORT_RUN}, True),
+    ("ws-dino", "ws-dino-tiny", {"weak_label": "compound", **DINO_VIEWS, **SHORT_RUN}, True),
+    ("dino", "dino-tiny", {**DINO_VIEWS, **SHORT_RUN}, False),
 )
 QUICK_STEPS = 30
 

@@ -336,7 +336,7 @@ class StreamingDataset(IterableDataset):
             payload = blob if len(blob) == size else memoryview(blob)[:size]  # no copy when exact
             want = self._sums[r] if self._sums is not None else None
             if want is not None:
-                got = _xxh3(payload)
+                got = checksum_int(payload)  # GIL-free: decode threads hash in parallel
                 if got != want:
                     raise ValueError(f"checksum mismatch: the payload's xxh3_64 is {got:016x}, index.parquet "
                                      f"says {want:016x} (flipped bytes, or an index row pointing at "
@@ -488,11 +488,6 @@ class Batches(IterableDataset):
 
 _NUMPY = {torch.uint8: np.uint8, torch.uint16: np.uint16, torch.int16: np.int16, torch.int32: np.int32,
           torch.int64: np.int64, torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16}
-
-
-def _xxh3(data) -> int:
-    """XXH3-64 of a bytes-like ``data`` (:func:`cytodata.shards.checksum.checksum_int`, GIL-free)."""
-    return checksum_int(data)
 
 
 class _Rows:
