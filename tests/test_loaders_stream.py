@@ -257,3 +257,49 @@ def test_decode_threads_change_nothing_but_speed(shard_set, tmp_path):
         list(StreamingDataset(bad, seed=1, threads=2, read_ahead=3))
     with pytest.raises(ValueError, match="threads"):
         StreamingDataset(shard_set, threads=-1)
+
+
+# --- local shards are memory-mapped (ReadOptions.mmap) ---
+
+def test_mapped_reads_equal_copied_reads_in_both_paths(shard_set):
+    mapped = StreamingDataset(shard_set, seed=3, threads=2)
+    copied = StreamingDataset(shard_set, seed=3, threads=2, mmap=False)
+    a, b = list(mapped), list(copied)
+    assert keys(a) == keys(b)
+    assert all(torch.equal(x["image"], y["image"]) for x, y in zip(a, b))
+    assert mapped.shards._maps and all(v is not None for v in mapped.shards._maps.values())
+    assert not copied.shards._maps  # mmap=False never maps
+    ba = [x["image"] for x in mapped.batches(8)]
+    bb = [x["image"] for x in copied.batches(8)]
+    assert len(ba) == len(bb) and all(torch.equal(x, y) for x, y in zip(ba, bb))
+    mapped.shards.close()
+    assert not mapped.shards._maps
+    assert len(list(mapped)) == 37  # maps again after close
+
+
+def test_a_byte_flipped_in_a_mapped_shard_is_caught(shard_set, tmp_path):
+    bad = tmp_path / "set"
+    shutil.copytree(shard_set, bad)
+    ds = StreamingDataset(bad, shuffle=False)
+    first = next(iter(ds))["__key__"]
+    row = pd.read_parquet(bad / "index.parquet").set_index("key").loc[first]
+    with open(bad / row["shard"], "r+b") as f:  # in place, after the shard was mapped
+        f.seek(int(row["offset"]) + int(row["size"]) // 2)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0x10]))
+    with pytest.raises(ShardError, match="checksum mismatch") as err:
+        list(ds)
+    assert first in str(err.value)
+
+
+def test_a_shard_truncated_before_it_is_mapped_is_read_not_mapped(shard_set, tmp_path):
+    bad = tmp_path / "set"
+    shutil.copytree(shard_set, bad)
+    ds = StreamingDataset(bad, shuffle=False)  # sizes checked here
+    name = sorted(p.name for p in bad.glob("*.tar"))[-1]
+    path = bad / name
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # cut after the check
+    with pytest.raises(ShardError, match=name):
+        list(ds)
+    assert ds.shards._maps.get(name, "absent") is None  # refused the mapping: no SIGBUS later

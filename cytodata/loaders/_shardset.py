@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import mmap
 import os
 import threading
 from typing import Any
@@ -61,6 +62,8 @@ class ShardSet:
         self._check_shards()
         self.fingerprint = fingerprint(self.meta)
         self._files: dict[str, Any] = {}
+        self._maps: dict[str, memoryview | None] = {}  # local shards mapped read-only (None: not mappable)
+        self._bytes = {s["name"]: int(s["bytes"]) for s in self.meta.get("shards", [])}
         self._lock = threading.Lock()
         # byte ranges as arrays once: per-request column conversion would cost O(index) per chunk
         self._ranges = (self.index["shard"].astype(str).to_numpy(dtype=object),
@@ -141,7 +144,7 @@ class ShardSet:
     # --- reading payloads ---
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_files"] = {}
+        state["_files"], state["_maps"] = {}, {}
         state["_fs"] = None  # re-opened in the worker
         state["_lock"] = None
         return state
@@ -152,6 +155,15 @@ class ShardSet:
 
     def close(self) -> None:
         with self._lock:
+            for view in self._maps.values():
+                if view is not None:
+                    mapped = view.obj
+                    view.release()
+                    try:
+                        mapped.close()
+                    except BufferError:  # a caller still holds a sample's view: unmapped when freed
+                        pass
+            self._maps.clear()
             for fh in self._files.values():
                 os.close(fh)
             self._files.clear()
@@ -176,6 +188,45 @@ class ShardSet:
         n = self.span(row, with_meta)
         got = os.preadv(self._fd(str(names[row])), [scratch[:n]], int(starts[row]))
         return scratch[:got]
+
+    def view(self, row: int, with_meta: bool = False) -> memoryview | None:
+        """Local sets: the bytes of index ``row`` as a view of its memory-mapped shard (no copy).
+
+        Each shard is mapped read-only once per process, and only when its size on disk is the
+        size ``shards.json`` lists (the index ranges were checked against that size at open).
+        ``None`` when the shard cannot be mapped (size changed, empty, mmap refused): read it
+        with :meth:`read_into`, whose short reads become errors naming the sample.
+        """
+        names, starts = self._ranges[:2]
+        name = str(names[row])
+        mapped = self._maps.get(name, False)
+        if mapped is False:
+            mapped = self._map(name)
+        if mapped is None:
+            return None
+        start = int(starts[row])
+        return mapped[start: start + self.span(row, with_meta)]
+
+    def _map(self, name: str) -> memoryview | None:
+        with self._lock:
+            if name in self._maps:
+                return self._maps[name]
+        fd = self._fd(name)
+        view = None
+        try:
+            if os.fstat(fd).st_size == self._bytes.get(name, -1) > 0:
+                view = memoryview(mmap.mmap(fd, 0, access=mmap.ACCESS_READ))
+        except (OSError, ValueError):  # no mmap here (some network filesystems): read instead
+            view = None
+        with self._lock:
+            if name in self._maps:  # another decode thread mapped it first
+                if view is not None:
+                    mapped = view.obj
+                    view.release()
+                    mapped.close()
+                return self._maps[name]
+            self._maps[name] = view
+        return view
 
     def span(self, row: int, with_meta: bool = False) -> int:
         """Bytes :meth:`read_into` reads for ``row``."""

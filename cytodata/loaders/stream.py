@@ -111,7 +111,7 @@ class StreamingDataset(IterableDataset):
         self._shape = _shapes(self.shards.meta, self.index)
         self._dtype = self.shards.meta.get("dtype")
         self._cols = _columns(self.index, self.columns)
-        self.verify = read.verify
+        self.verify, self._mmap = read.verify, read.mmap
         self._sums = _checksums(self.index, str(source)) if self.verify else None
         self._codec_threads: int | None = None  # set per pass: 1 inside decode threads / workers
 
@@ -308,6 +308,10 @@ class StreamingDataset(IterableDataset):
 
     def _read_local(self, row: int, with_meta: bool):
         try:
+            if self._mmap:
+                view = self.shards.view(row, with_meta)
+                if view is not None:
+                    return view
             return self.shards.read_into(row, self._scratch.view(self.shards.span(row, with_meta)), with_meta)
         except OSError as exc:
             return exc
