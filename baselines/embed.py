@@ -89,8 +89,10 @@ def embed(checkpoint_or_run: "str | Path", shards: "str | Path", out: "str | Pat
     dev = runtime.resolve_device(device)
     out = Path(out)
     # every column a normalisation level may look up (absent ones are dropped by the loader)
+    # rank 0 of 1 whatever process group is open: every caller embeds every row (reading with a
+    # training group's rank used to embed only this rank's share and drop the rest silently)
     ds = StreamingDataset(shards, shuffle=False, threads=threads, storage_options=storage_options,
-                          columns=("plate", "batch"))
+                          columns=("plate", "batch"), rank=0, world_size=1)
     state = checkpoint.load(checkpoint_or_run)  # read once: channels, config and weights
     state_channels = state["channels"]
     channels = ds.shards.meta.get("channels")
@@ -145,6 +147,10 @@ def embed(checkpoint_or_run: "str | Path", shards: "str | Path", out: "str | Pat
                 got.extend(batch["key"])
                 if bar is not None:
                     bar.update(len(batch["key"]))
+        if sorted(got) != sorted(keys.tolist()):
+            missing = sorted(set(keys.tolist()) - set(got))
+            raise TrainingError(f"embed {shards}: shard {name} gave {len(got)} of {len(keys)} samples "
+                                f"(missing e.g. {missing[:3]}); check the shard with `cytodata verify`")
         matrix = np.concatenate(feats) if feats else np.zeros((0, 0), np.float32)
         table = pd.DataFrame(matrix, columns=[f"emb_{j}" for j in range(matrix.shape[1])])
         table.insert(0, "key", got)

@@ -344,3 +344,37 @@ def test_normalise_all_uses_the_whole_sets_statistics():
     groups = stats.batch_groups({"plate": ["P1", "P2"]})       # any batch, no 'all' column
     x = torch.full((2, 1, 1, 1), 10.0)
     assert stats.apply(x, groups).flatten().tolist() == [2.0, 2.0]   # (10 - 2) / 4, not plate P1's
+
+
+EMBED_UNDER_DDP = r"""
+import sys, torch, torch.distributed as dist, torch.multiprocessing as mp
+from cytodata.baselines import embed
+
+def work(rank, run, shards, out, store):
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        embed(run, shards, f"{out}-{rank}.parquet", progress=False, batch_size=16)
+    finally:
+        dist.destroy_process_group()
+
+if __name__ == "__main__":
+    mp.spawn(work, args=tuple(sys.argv[1:5]), nprocs=2)
+"""
+
+
+def test_embed_inside_a_process_group_embeds_every_row_on_every_rank(shards, tmp_path):
+    # it used to read with the group's rank: each rank embedded half of every shard and the
+    # inner merge dropped the other half without a word
+    run = train("classifier-tiny", tmp_path / "run", **{**TINY, "steps": 2, "data.train": str(shards)})
+    alone = pd.read_parquet(embed(run, shards, tmp_path / "alone.parquet", progress=False))
+    script = tmp_path / "embed_ddp.py"  # spawned children re-import it: a file, not -c
+    script.write_text(EMBED_UNDER_DDP)
+    res = subprocess.run([sys.executable, str(script), str(run), str(shards),
+                          str(tmp_path / "ddp"), str(tmp_path / "store")],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    for rank in (0, 1):
+        got = pd.read_parquet(tmp_path / f"ddp-{rank}.parquet")
+        assert len(got) == len(alone)
+        pd.testing.assert_frame_equal(got.sort_values("key").reset_index(drop=True),
+                                      alone.sort_values("key").reset_index(drop=True), atol=1e-5)
