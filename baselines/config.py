@@ -22,7 +22,7 @@ from cytodata.recipe import _from_dict
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 #: input normalisation levels (per-channel statistics from shards.json; DeepNoise's ablation)
-NORMALIZE_LEVELS = ("plate", "batch", "cell_type", "all", "none")
+NORMALIZE_LEVELS = ("plate", "controls", "batch", "cell_type", "all", "none")
 
 
 @dataclass
@@ -35,7 +35,8 @@ class DataConfig:
     val_split: str | None = "val"
     label: str = "label"              # index column holding the weak label (class)
     crop: int = 224                   # training crop side (random), validation crop (centre)
-    normalize: str = "plate"          # per-channel shards.json stats: plate|batch|cell_type|all|none
+    normalize: str = "plate"          # per-channel shards.json stats: plate|controls|batch|cell_type|all|none
+    #                                   (controls: each plate's negcon images, e.g. DMSO)
     threads: int = 2                  # decode threads in the training process (0: inline)
     balanced: bool = False            # class-balanced epochs (DeepProfiler's median rule)
     read_ahead: int = 32

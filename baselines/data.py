@@ -62,6 +62,20 @@ class NormStats:
             # shard sets store plate/batch/all moments; cell types pool their batches exactly
             table = cell_type_table(norm["batch"])
             self.column, self.group_of = "batch", cell_type_of
+        if level == "controls":
+            # each plate's negative-control images; plates without any keep their own statistics
+            plates = norm.get("plate") or {}
+            bare = sorted(set(plates) - set(table))
+            if not table and plates:
+                raise TrainingError("shards.json has no negative-control statistics (no row with "
+                                    "control_type 'negcon', or a set written before cytodata kept "
+                                    "them): re-shard, or --set data.normalize=plate")
+            if bare:
+                warnings.warn(f"data.normalize=controls: {len(bare)} plate(s) have no negative-control "
+                              f"images ({', '.join(bare[:5])}); they are normalised with their own "
+                              "all-image statistics", stacklevel=2)
+            table = {**{p: plates[p] for p in bare}, **table}
+            self.column = "plate"
         self._warned: set[str] = set()
         overall = (norm.get("all") or {}).get("all")
         if level != "none" and not table and overall is None:

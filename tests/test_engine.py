@@ -346,6 +346,22 @@ def test_normalise_all_uses_the_whole_sets_statistics():
     assert stats.apply(x, groups).flatten().tolist() == [2.0, 2.0]   # (10 - 2) / 4, not plate P1's
 
 
+def test_normalise_controls_uses_each_plates_negcon_statistics():
+    from cytodata.baselines.data import NormStats
+
+    meta = {"normalization": {"plate": {"P1": {"mean": [9.0], "std": [9.0]},
+                                        "P2": {"mean": [5.0], "std": [1.0]}},
+                              "controls": {"P1": {"mean": [2.0], "std": [4.0]}},
+                              "all": {"all": {"mean": [0.0], "std": [1.0]}}}}
+    with pytest.warns(UserWarning, match="1 plate.*no negative-control images.*P2"):
+        stats = NormStats(meta, "controls", 1)
+    x = torch.full((2, 1, 1, 1), 10.0)
+    got = stats.apply(x, stats.batch_groups({"plate": ["P1", "P2"]})).flatten().tolist()
+    assert got == [2.0, 5.0]   # P1 by its DMSO images (10 - 2) / 4; P2 (no DMSO) by its own images
+    with pytest.raises(TrainingError, match="no negative-control statistics.*re-shard"):
+        NormStats({"normalization": {"plate": meta["normalization"]["plate"]}}, "controls", 1)
+
+
 EMBED_UNDER_DDP = r"""
 import sys, torch, torch.distributed as dist, torch.multiprocessing as mp
 from cytodata.baselines import embed

@@ -123,6 +123,22 @@ def test_index_offsets_checksums_and_stats(tmp_path):
     assert meta["channels"] == ["DNA", "RNA"] and meta["shape"] == [2, 24, 24]
 
 
+@pytest.mark.parametrize("fmt", ["webdataset", "zarr"])
+def test_controls_statistics_count_each_plates_negcon_images_only(tmp_path, fmt):
+    rows = synthetic_rows(tmp_path, 8)
+    for i, r in enumerate(rows):  # plate p0: images 0 and 4 are DMSO; plate p1 has no control
+        r["control_type"] = "negcon" if i in (0, 4) else "trt"
+    out = tmp_path / fmt
+    write(make_manifest(rows), out, format=fmt, samples_per_shard=3, scheduler="synchronous",
+          progress=False)
+    stats = json.loads((out / "shards.json").read_text())["normalization"]
+    assert sorted(stats["controls"]) == ["p0"] and sorted(stats["plate"]) == ["p0", "p1"]
+    stack = np.stack([[tifffile.imread(p) for p in rows[i]["channel_paths"]] for i in (0, 4)])
+    np.testing.assert_allclose(stats["controls"]["p0"]["mean"], stack.mean(axis=(0, 2, 3)), rtol=1e-12)
+    np.testing.assert_allclose(stats["controls"]["p0"]["std"], stack.std(axis=(0, 2, 3)), rtol=1e-10)
+    assert stats["controls"]["p0"]["mean"] != stats["plate"]["p0"]["mean"]
+
+
 def test_bad_rows_go_to_ledger(tmp_path):
     rows = synthetic_rows(tmp_path, 3)
     good = rows[0]["channel_paths"][0]

@@ -202,6 +202,19 @@ def fit_window(window, h: int, w: int, key: str) -> tuple[int, int, int, int]:
 
 
 # --- mergeable per-channel moments (Chan et al. parallel variance) -------------------------
+def moment_groups(rec: dict, plate: str | None = None) -> dict[str, str | None]:
+    """The statistics groups of one manifest row: ``{level: group}`` (``None``: not counted).
+
+    ``plate``, ``batch`` and ``all`` count every image; ``controls`` counts a plate's
+    negative-control images only (``control_type == "negcon"``, e.g. DMSO), the reference that
+    profiling normalises to, since a plate's treatments change its all-image statistics.
+    """
+    plate = rec.get("plate") if plate is None else plate
+    negcon = str(rec.get("control_type") or "").lower() == "negcon"
+    return {"plate": plate, "batch": rec.get("batch"), "all": "all",
+            "controls": plate if negcon else None}
+
+
 class Moments:
     """Per group and channel: pixel count, mean, sum of squared deviations (float64).
 

@@ -22,7 +22,7 @@ from ..errors import ShardError
 from ._finalize import finalize, index_frame
 from ._options import SampleOptions, WriteOptions
 from ._run import run_tasks
-from ._samples import INDEX_COLUMNS, Dropped, Moments
+from ._samples import INDEX_COLUMNS, Dropped, Moments, moment_groups
 from ._writer import FORMATS, begin
 
 FORMAT = "cytodata-ome-zarr"
@@ -141,7 +141,7 @@ def _write_plate(task: PlateTask) -> dict:
         group.attrs["cytodata"] = {"key": rec["key"], "source": rec["source"],
                                    "image_id": rec["image_id"], "site": rec.get("site")}
         wells[(row, col)].append(field)
-        moments.add({"plate": plate, "batch": rec.get("batch"), "all": "all"}, image, names)
+        moments.add(moment_groups(rec, plate), image, names)
         if names not in channel_sets:
             channel_sets.append(names)
         dtypes.add(str(image.dtype))

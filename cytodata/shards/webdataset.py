@@ -21,7 +21,7 @@ import numpy as np
 
 from ._options import SampleOptions
 from ._plan import shard_name
-from ._samples import INDEX_COLUMNS, Dropped, Moments, Sample
+from ._samples import INDEX_COLUMNS, Dropped, Moments, Sample, moment_groups
 from .checksum import COLUMN as CHECKSUM
 from .checksum import checksum
 from .codecs import CODECS, codec_for_ext
@@ -148,8 +148,7 @@ def write_shard(task: ShardTask) -> dict:
                 dtypes.add(str(s.image.dtype))
                 if s.channels not in channel_sets:
                     channel_sets.append(s.channels)
-                moments.add({"plate": rec.get("plate"), "batch": rec.get("batch"), "all": "all"},
-                            s.image, s.channels)
+                moments.add(moment_groups(rec), s.image, s.channels)
                 if rec.get("label") is not None:
                     labels[rec["label"]] += 1
         tar.close()

@@ -20,7 +20,7 @@ from ..errors import ImageReadError
 from ._finalize import finalize, index_frame
 from ._options import SampleOptions, WriteOptions
 from ._run import run_tasks
-from ._samples import INDEX_COLUMNS, Dropped, Moments, fit_window, window_of
+from ._samples import INDEX_COLUMNS, Dropped, Moments, fit_window, moment_groups, window_of
 from ._writer import FORMATS, begin
 from .checksum import CHUNK_COLUMN as CHUNK_CHECKSUMS
 from .checksum import COLUMN as CHECKSUM
@@ -147,7 +147,7 @@ def _write_rows(task: RowsTask) -> dict:
                 entry[CHUNK_CHECKSUMS] = chunk_checksums(pix, arr.chunks[2], arr.chunks[3])
                 entry.update({c: rec.get(c) for c in INDEX_COLUMNS})
                 index.append(entry)
-                moments.add({"plate": rec.get("plate"), "batch": rec.get("batch"), "all": "all"}, pix, s.channels)
+                moments.add(moment_groups(rec), pix, s.channels)
                 pixel_bytes += pix.nbytes
                 if rec.get("label") is not None:
                     labels[rec["label"]] += 1
