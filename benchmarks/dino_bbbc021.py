@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -78,7 +79,8 @@ def make_shards_sized(out: Path, seed: int, image_size: int) -> Path:
 
 
 def run(out: "str | Path", *, steps: int = 1500, seed: int = 0, torch_threads: int | None = 1,
-        sites: int = SITES, data_dir: "str | Path | None" = None) -> dict:
+        sites: int = SITES, data_dir: "str | Path | None" = None, overrides: dict | None = None
+        ) -> dict:
     """The whole check; returns ``{"rows": {name: {nsc, nscb, steps, seconds, ...}}, ...}``.
 
     ``sites``: fields per well of the screen; ``data_dir``: where the screen and its cell shards
@@ -88,7 +90,8 @@ def run(out: "str | Path", *, steps: int = 1500, seed: int = 0, torch_threads: i
     if torch_threads:
         torch.set_num_threads(torch_threads)
     try:
-        return _run(Path(out), steps, seed, sites, Path(data_dir) if data_dir else Path(out) / "data")
+        return _run(Path(out), steps, seed, sites, Path(data_dir) if data_dir else Path(out) / "data",
+                    overrides or {})
     finally:
         torch.set_num_threads(previous)
 
@@ -111,7 +114,7 @@ def prepare_data(data_dir: Path, sites: int = SITES) -> dict:
     return {**data, **info}
 
 
-def _run(out: Path, steps: int, seed: int, sites: int, data_dir: Path) -> dict:
+def _run(out: Path, steps: int, seed: int, sites: int, data_dir: Path, overrides: dict) -> dict:
     from cytodata.baselines import train
 
     t0 = time.perf_counter()
@@ -120,7 +123,7 @@ def _run(out: Path, steps: int, seed: int, sites: int, data_dir: Path) -> dict:
     for name, method, extra in (("DINO", "dino", {}),
                                 ("WS-DINO (compound)", "ws-dino", {"weak_label": "compound"})):
         t = time.perf_counter()
-        cfg = {**RECIPE, **extra, "steps": steps, "seed": seed, "log_every": max(1, steps // 20),
+        cfg = {**RECIPE, **overrides, **extra, "steps": steps, "seed": seed, "log_every": max(1, steps // 20),
                "data.train": str(data["shards"])}
         runs[name] = train(method, out / "runs" / method,
                            **{k.replace(".", "__"): v for k, v in cfg.items()})
@@ -130,7 +133,8 @@ def _run(out: Path, steps: int, seed: int, sites: int, data_dir: Path) -> dict:
     rows = {"random init": _score(runs["DINO"], data, out / "random-init.parquet", 0, 0.0,
                                   random_init=True), **rows}
     return {"rows": rows, "n_cells": data["n_cells"], "n_fields": data["n_fields"],
-            "control_fields": data["control_fields"], "sites": sites, "steps": steps, "seed": seed, "recipe": RECIPE,
+            "control_fields": data["control_fields"], "sites": sites, "steps": steps, "seed": seed,
+            "recipe": {**RECIPE, **overrides},
             "seconds": round(time.perf_counter() - t0, 1)}
 
 
@@ -183,6 +187,9 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--out", default=None, help="work folder (default: a temporary one)")
     ap.add_argument("--seeds", default="0", help="comma-separated training seeds (one run each)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a recipe entry for both methods (YAML value), e.g. "
+                         "--set data.normalize=controls")
     ap.add_argument("--sites", type=int, default=SITES, help="fields per well of the screen")
     ap.add_argument("--data", default=None,
                     help="folder for the screen and its cell shards, reused when there (seeds "
@@ -195,12 +202,18 @@ def main(argv=None) -> None:
     if args.combine:
         print(seeds_table([json.loads(Path(p).read_text()) for p in args.combine]))
         return
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            ap.error(f"--set {item!r}: use KEY=VALUE")
+        overrides[key] = yaml.safe_load(value)
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in (int(s) for s in args.seeds.split(",")):
             out = (Path(args.out) if args.out else Path(tmp)) / f"seed-{seed}"
             results = run(out, steps=args.steps, seed=seed, torch_threads=args.torch_threads,
-                          sites=args.sites, data_dir=args.data)
+                          sites=args.sites, data_dir=args.data, overrides=overrides)
             (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
             print(f"seed {seed}: {results['n_cells']} cells from {results['n_fields']} fields; "
                   f"{results['seconds']} s")
