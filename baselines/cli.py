@@ -30,7 +30,7 @@ def _embed(args) -> int:
 
     out = embed(args.checkpoint, args.shards, args.out, device=args.device,
                 batch_size=args.batch_size, per=args.per, threads=args.threads,
-                progress=not args.quiet, random_init=args.random_init)
+                progress=not args.quiet, random_init=args.random_init, pool=args.pool)
     print(f"embeddings: {out}")
     return 0
 
@@ -83,6 +83,9 @@ def register(subparsers) -> None:
     e.add_argument("--random-init", action="store_true",
                    help="embed with the run's architecture at its random initialisation (the "
                         "untrained baseline to compare trained embeddings with)")
+    e.add_argument("--pool", default=None, choices=["cls", "avg", "cls+avg"],
+                   help="DINO runs: CLS token (WS-DINO's evaluation, default), mean of the patch "
+                        "tokens (DINO's --avgpool_patchtokens), or both concatenated")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=_embed)
 

@@ -76,8 +76,12 @@ def center_views(x: torch.Tensor, crop: int) -> list[torch.Tensor]:
 
 def embed(checkpoint_or_run: "str | Path", shards: "str | Path", out: "str | Path", *,
           device: str = "auto", batch_size: int = 64, per: str = "auto", threads: int = 2,
-          progress: bool = True, storage_options: dict | None = None, random_init: bool = False) -> Path:
+          progress: bool = True, storage_options: dict | None = None, random_init: bool = False,
+          pool: str | None = None) -> Path:
     """Write ``out`` (parquet): ``key``, the index's metadata columns, ``emb_0 .. emb_{D-1}``.
+
+    ``pool``: which features of a DINO run (``cls``: WS-DINO's CLS token, the default; ``avg``:
+    the mean of the patch tokens; ``cls+avg``: both); other methods have one embedding.
 
     ``random_init=True`` embeds with the run's architecture at its seeded random initialisation
     (the untrained baseline of the same backbone).
@@ -102,7 +106,7 @@ def embed(checkpoint_or_run: "str | Path", shards: "str | Path", out: "str | Pat
     cfg_level = load_config(state["config"]).data.normalize
     stats = None if cfg_level == "none" else NormStats(ds.shards.meta, cfg_level, len(channels))
     method, cfg, _ = load_method(state, dev, stats, random_init=random_init)
-    model = method.embedder().to(dev).eval()
+    model = method.embedder(pool=pool).to(dev).eval()
     prep = DevicePrep(stats, dev, channels_last=False)
     crop = method.embed_crop()
     index = ds.index

@@ -225,6 +225,41 @@ def test_embed_writes_teacher_cls_per_image(healthy, shards, tmp_path):
     assert np.isfinite(table[feats].to_numpy()).all()
 
 
+def test_embed_pools_cls_patch_mean_or_both(healthy, shards, tmp_path):
+    from cytodata.baselines.embed import center_views, load_method
+    from cytodata.loaders import StreamingDataset
+
+    run, _ = healthy
+    tables = {pool: pd.read_parquet(embed(run, shards, tmp_path / f"{pool}.parquet", device="cpu",
+                                          progress=False, pool=pool))
+              for pool in ("cls", "avg", "cls+avg")}
+    cols = {p: [c for c in t.columns if c.startswith("emb_")] for p, t in tables.items()}
+    assert len(cols["cls"]) == len(cols["avg"]) == 64 and len(cols["cls+avg"]) == 128
+    default = pd.read_parquet(embed(run, shards, tmp_path / "default.parquet", device="cpu", progress=False))
+    np.testing.assert_array_equal(default[cols["cls"]].to_numpy(), tables["cls"][cols["cls"]].to_numpy())
+    both = tables["cls+avg"][cols["cls+avg"]].to_numpy()
+    np.testing.assert_allclose(both[:, :64], tables["cls"][cols["cls"]].to_numpy(), atol=1e-5)
+    np.testing.assert_allclose(both[:, 64:], tables["avg"][cols["avg"]].to_numpy(), atol=1e-5)
+    # avg is the mean of the teacher's final (normed) patch tokens, CLS and registers left out
+    method, cfg, _ = load_method(checkpoint.load(run), torch.device("cpu"))
+    backbone = method.teacher.nets[0].backbone
+    ds = StreamingDataset(shards, shuffle=False)
+    sample = next(iter(ds))
+    from cytodata.baselines.data import NormStats
+    stats = NormStats(ds.shards.meta, cfg.data.normalize, 3)
+    x = stats.apply(sample["image"].float()[None], stats.batch_groups({"plate": [sample["meta"]["plate"]]}))
+    with torch.no_grad():  # per view the patch-token mean, then WS-DINO's median over the views
+        means = [backbone.forward_features(v)[0, backbone.num_prefix_tokens:].mean(0)
+                 for v in center_views(x, cfg.data.crop)]
+    want = (means[0] if len(means) == 1 else torch.stack(means).median(dim=0).values).numpy()
+    got = tables["avg"].set_index("key").loc[sample["__key__"], cols["avg"]].to_numpy(dtype=np.float32)
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    assert not np.allclose(got, tables["cls"].set_index("key").loc[sample["__key__"], cols["cls"]].to_numpy(
+        dtype=np.float32), atol=1e-3)
+    with pytest.raises(TrainingError, match="pool='max'.*cls, avg, cls\\+avg"):
+        embed(run, shards, tmp_path / "bad.parquet", device="cpu", progress=False, pool="max")
+
+
 def _stats(loss_over_ln_k, kl, out_dim=256, marginal=None, n=16):
     ln_k = math.log(out_dim)
     h = loss_over_ln_k * ln_k - kl

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from cytodata.errors import TrainingError
+
 from ..config import TrainConfig
 from ..schedules import lr_schedule, wd_schedule
 
@@ -74,9 +76,18 @@ class Method:
         """Restore :meth:`state`."""
 
     # --- evaluation ---
-    def embedder(self) -> torch.nn.Module:
-        """``(B, C, h, w)`` float -> ``(B, D)`` features used by ``cytodata embed``."""
+    def embedder(self, pool: str | None = None) -> torch.nn.Module:
+        """``(B, C, h, w)`` float -> ``(B, D)`` features used by ``cytodata embed``.
+
+        ``pool``: which features, for methods that offer a choice (DINO: ``cls``, ``avg``,
+        ``cls+avg``); ``None`` is the method's published default.
+        """
         raise NotImplementedError
+
+    def _no_pool(self, pool: str | None) -> None:
+        if pool is not None:
+            raise TrainingError(f"embed pool={pool!r}: {self.cfg.method} runs have one embedding "
+                                "(their pooled backbone features); pool= applies to DINO runs")
 
     def embed_crop(self) -> int:
         """The crop side embeddings are computed at (the training crop)."""

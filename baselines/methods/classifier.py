@@ -79,7 +79,8 @@ class Classifier(Method):
         acc = (logits.argmax(1) == y)[labelled].float().mean()
         return loss, {"train_top1": acc, "labelled": labelled.float().mean()}
 
-    def embedder(self):
+    def embedder(self, pool=None):
+        self._no_pool(pool)
         return _Pooled(self.model)
 
     @torch.no_grad()

@@ -662,21 +662,38 @@ class Dino(Method):
     def embed_crop(self) -> int:
         return int(self.cfg.embed_crop or self.cfg.data.crop)
 
-    def embedder(self):
-        return _TeacherCLS(self.teacher, self.cfg.per_channel)
+    def embedder(self, pool=None):
+        pool = "cls" if pool is None else pool
+        if pool not in EMBED_POOLS:
+            raise TrainingError(f"embed pool={pool!r}; valid for DINO runs: {', '.join(EMBED_POOLS)}")
+        return _TeacherFeatures(self.teacher, self.cfg.per_channel, pool)
 
 
-class _TeacherCLS(nn.Module):
-    """Teacher backbone(s) -> CLS token ``(B, D)`` (per-channel: concatenated, L2-normalised)."""
+#: DINO embeddings: ``cls`` (WS-DINO's evaluation, the default), ``avg`` (mean of the final
+#: patch tokens, DINO's ``eval_linear --avgpool_patchtokens``) or ``cls+avg`` (both, concatenated)
+EMBED_POOLS = ("cls", "avg", "cls+avg")
 
-    def __init__(self, models: DinoModels, per_channel: bool):
+
+class _TeacherFeatures(nn.Module):
+    """Teacher backbone(s) -> ``(B, D)``: CLS token, patch-token mean or both (per-channel
+    models: concatenated over channels, then L2-normalised).
+    """
+
+    def __init__(self, models: DinoModels, per_channel: bool, pool: str = "cls"):
         super().__init__()
-        self.models, self.per_channel = models, per_channel
+        self.models, self.per_channel, self.pool = models, per_channel, pool
+
+    def _one(self, backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.pool == "cls":
+            return backbone(x)
+        tokens = backbone.forward_features(x)             # (B, prefix + patches, D), normed
+        patches = tokens[:, getattr(backbone, "num_prefix_tokens", 1):].mean(dim=1)
+        return patches if self.pool == "avg" else torch.cat([tokens[:, 0], patches], dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.per_channel:
-            return self.models.nets[0].backbone(x)
-        feats = [net.backbone(x[:, i: i + 1]) for i, net in enumerate(self.models.nets)]
+            return self._one(self.models.nets[0].backbone, x)
+        feats = [self._one(net.backbone, x[:, i: i + 1]) for i, net in enumerate(self.models.nets)]
         return F.normalize(torch.cat(feats, dim=1), dim=1)
 
 

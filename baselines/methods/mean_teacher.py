@@ -330,8 +330,9 @@ class MeanTeacher(Method):
         with autocast(x.device, self.cfg.precision):
             return net.proba(x).float()
 
-    def embedder(self):
+    def embedder(self, pool=None):
         """Concatenated pooled features of the predicting members."""
+        self._no_pool(pool)
         return _Features(self.predictor())
 
     @torch.no_grad()
