@@ -49,6 +49,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 #: features, 17 null directions, and NSC then swings with the random projection (0.58-0.90)
 SITES = 6
 
+#: embeddings scored: WS-DINO's CLS token, and the mean of the final patch tokens (DINO's
+#: ``eval_linear --avgpool_patchtokens``), each against the random init embedded the same way
+POOLS = ("cls", "avg")
+
 RECIPE = {
     "model": "test_vit", "patch_size": 4, "model_kwargs": {"depth": 4}, "drop_path_rate": 0.0,
     "out_dim": 256, "head_hidden_dim": 256, "head_bottleneck_dim": 64,
@@ -79,19 +83,20 @@ def make_shards_sized(out: Path, seed: int, image_size: int) -> Path:
 
 
 def run(out: "str | Path", *, steps: int = 1500, seed: int = 0, torch_threads: int | None = 1,
-        sites: int = SITES, data_dir: "str | Path | None" = None, overrides: dict | None = None
-        ) -> dict:
+        sites: int = SITES, data_dir: "str | Path | None" = None, overrides: dict | None = None,
+        pools: tuple[str, ...] = POOLS, rescore: bool = False) -> dict:
     """The whole check; returns ``{"rows": {name: {nsc, nscb, steps, seconds, ...}}, ...}``.
 
     ``sites``: fields per well of the screen; ``data_dir``: where the screen and its cell shards
     are written (reused when already there, so seeds run side by side share one copy).
+    ``pools``: the embeddings scored (``embed(pool=)``); ``rescore``: reuse finished runs.
     """
     previous = torch.get_num_threads()
     if torch_threads:
         torch.set_num_threads(torch_threads)
     try:
         return _run(Path(out), steps, seed, sites, Path(data_dir) if data_dir else Path(out) / "data",
-                    overrides or {})
+                    overrides or {}, tuple(pools), rescore)
     finally:
         torch.set_num_threads(previous)
 
@@ -114,24 +119,31 @@ def prepare_data(data_dir: Path, sites: int = SITES) -> dict:
     return {**data, **info}
 
 
-def _run(out: Path, steps: int, seed: int, sites: int, data_dir: Path, overrides: dict) -> dict:
+def _run(out: Path, steps: int, seed: int, sites: int, data_dir: Path, overrides: dict,
+         pools: tuple[str, ...], rescore: bool) -> dict:
     from cytodata.baselines import train
 
     t0 = time.perf_counter()
     data = prepare_data(data_dir, sites)
-    rows, runs = {}, {}
+    runs, seconds = {}, {}
     for name, method, extra in (("DINO", "dino", {}),
                                 ("WS-DINO (compound)", "ws-dino", {"weak_label": "compound"})):
         t = time.perf_counter()
         cfg = {**RECIPE, **overrides, **extra, "steps": steps, "seed": seed, "log_every": max(1, steps // 20),
                "data.train": str(data["shards"])}
-        runs[name] = train(method, out / "runs" / method,
-                           **{k.replace(".", "__"): v for k, v in cfg.items()})
-        rows[name] = _score(runs[name], data, out / f"{method}.parquet", steps,
-                            time.perf_counter() - t)
-        print(f"{name}: {rows[name]}", flush=True)
-    rows = {"random init": _score(runs["DINO"], data, out / "random-init.parquet", 0, 0.0,
-                                  random_init=True), **rows}
+        runs[name] = out / "runs" / method
+        if not (rescore and (runs[name] / "checkpoints").is_dir()):
+            train(method, runs[name], **{k.replace(".", "__"): v for k, v in cfg.items()})
+        seconds[name] = time.perf_counter() - t
+    rows = {}
+    for pool in pools:  # each pooling against the random init embedded the same way
+        base = f"random init [{pool}]"
+        rows[base] = _score(runs["DINO"], data, out / f"random-init-{pool}.parquet", 0, 0.0,
+                            random_init=True, pool=pool)
+        for name, run_dir in runs.items():
+            rows[f"{name} [{pool}]"] = {**_score(run_dir, data, out / f"{run_dir.name}-{pool}.parquet",
+                                                 steps, seconds[name], pool=pool), "vs": base}
+            print(f"{name} [{pool}]: {rows[f'{name} [{pool}]']}", flush=True)
     return {"rows": rows, "n_cells": data["n_cells"], "n_fields": data["n_fields"],
             "control_fields": data["control_fields"], "sites": sites, "steps": steps, "seed": seed,
             "recipe": {**RECIPE, **overrides},
@@ -139,13 +151,13 @@ def _run(out: Path, steps: int, seed: int, sites: int, data_dir: Path, overrides
 
 
 def _score(run_dir: Path, data: dict, parquet: Path, steps: int, seconds: float,
-           random_init: bool = False) -> dict:
+           random_init: bool = False, pool: str | None = None) -> dict:
     from classifier_bbbc021 import evaluate
 
     from cytodata.baselines import embed
 
     emb = embed(run_dir, data["shards"], parquet, device="cpu", progress=False,
-                random_init=random_init)
+                random_init=random_init, pool=pool)
     row = {**evaluate(emb, data["fields"]), "steps": steps, "seconds": round(seconds, 1)}
     metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     last = [m for m in metrics if "loss_over_ln_k" in m]
@@ -175,8 +187,11 @@ def seeds_table(runs: list[dict]) -> str:
         for metric in ("nsc", "nscb"):
             vals = [r["rows"][name][metric] for r in runs]
             cells.append(f"{sum(vals) / len(vals):.3f} ({', '.join(f'{v:.3f}' for v in vals)})")
-        wins = "" if name == "random init" else ", ".join(
-            f"{sum(r['rows'][name][m] > r['rows']['random init'][m] for r in runs)}/{len(runs)}"
+        base = runs[0]["rows"][name].get("vs")
+        if base is None and name != "random init" and "random init" in runs[0]["rows"]:
+            base = "random init"  # results.json of runs before pools were scored
+        wins = "" if base is None else ", ".join(
+            f"{sum(r['rows'][name][m] > r['rows'][base][m] for r in runs)}/{len(runs)}"
             for m in ("nsc", "nscb"))
         lines.append(f"| {name} | {runs[0]['rows'][name]['steps']} | {cells[0]} | {cells[1]} | {wins} |")
     return "\n".join(lines)
@@ -190,6 +205,10 @@ def main(argv=None) -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a recipe entry for both methods (YAML value), e.g. "
                          "--set data.normalize=controls")
+    ap.add_argument("--pools", default=",".join(POOLS),
+                    help="embeddings to score: cls (WS-DINO's), avg (patch-token mean), cls+avg")
+    ap.add_argument("--rescore", action="store_true",
+                    help="reuse finished runs under --out (only embed and score again)")
     ap.add_argument("--sites", type=int, default=SITES, help="fields per well of the screen")
     ap.add_argument("--data", default=None,
                     help="folder for the screen and its cell shards, reused when there (seeds "
@@ -213,7 +232,8 @@ def main(argv=None) -> None:
         for seed in (int(s) for s in args.seeds.split(",")):
             out = (Path(args.out) if args.out else Path(tmp)) / f"seed-{seed}"
             results = run(out, steps=args.steps, seed=seed, torch_threads=args.torch_threads,
-                          sites=args.sites, data_dir=args.data, overrides=overrides)
+                          sites=args.sites, data_dir=args.data, overrides=overrides,
+                          pools=tuple(args.pools.split(",")), rescore=args.rescore)
             (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
             print(f"seed {seed}: {results['n_cells']} cells from {results['n_fields']} fields; "
                   f"{results['seconds']} s")
