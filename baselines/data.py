@@ -67,10 +67,12 @@ class NormStats:
             plates = norm.get("plate") or {}
             bare = sorted(set(plates) - set(table))
             if not table and plates:
-                raise TrainingError("shards.json has no negative-control statistics (no row with "
-                                    "control_type 'negcon', or a set written before cytodata kept "
-                                    "them): re-shard, or --set data.normalize=plate")
-            if bare:
+                warnings.warn("data.normalize=controls: shards.json has no negative-control "
+                              "statistics (no row with control_type 'negcon', or a set written "
+                              "before cytodata kept them); every plate is normalised with its own "
+                              "all-image statistics, as data.normalize=plate. Re-shard to record "
+                              "them, or set data.normalize=plate to silence this", stacklevel=2)
+            elif bare:
                 warnings.warn(f"data.normalize=controls: {len(bare)} plate(s) have no negative-control "
                               f"images ({', '.join(bare[:5])}); they are normalised with their own "
                               "all-image statistics", stacklevel=2)

@@ -358,8 +358,9 @@ def test_normalise_controls_uses_each_plates_negcon_statistics():
     x = torch.full((2, 1, 1, 1), 10.0)
     got = stats.apply(x, stats.batch_groups({"plate": ["P1", "P2"]})).flatten().tolist()
     assert got == [2.0, 5.0]   # P1 by its DMSO images (10 - 2) / 4; P2 (no DMSO) by its own images
-    with pytest.raises(TrainingError, match="no negative-control statistics.*re-shard"):
-        NormStats({"normalization": {"plate": meta["normalization"]["plate"]}}, "controls", 1)
+    with pytest.warns(UserWarning, match="no negative-control statistics.*own all-image"):
+        bare = NormStats({"normalization": {"plate": meta["normalization"]["plate"]}}, "controls", 1)
+    assert bare.apply(x, bare.batch_groups({"plate": ["P1", "P2"]})).flatten().tolist() == pytest.approx([1 / 9, 5.0])
 
 
 EMBED_UNDER_DDP = r"""
