@@ -262,8 +262,8 @@ def test_decode_threads_change_nothing_but_speed(shard_set, tmp_path):
 # --- local shards are memory-mapped (ReadOptions.mmap) ---
 
 def test_mapped_reads_equal_copied_reads_in_both_paths(shard_set):
-    mapped = StreamingDataset(shard_set, seed=3, threads=2)
-    copied = StreamingDataset(shard_set, seed=3, threads=2, mmap=False)
+    mapped = StreamingDataset(shard_set, seed=3, threads=2, mmap=True)
+    copied = StreamingDataset(shard_set, seed=3, threads=2)  # the default copies (pread)
     a, b = list(mapped), list(copied)
     assert keys(a) == keys(b)
     assert all(torch.equal(x["image"], y["image"]) for x, y in zip(a, b))
@@ -280,7 +280,7 @@ def test_mapped_reads_equal_copied_reads_in_both_paths(shard_set):
 def test_a_byte_flipped_in_a_mapped_shard_is_caught(shard_set, tmp_path):
     bad = tmp_path / "set"
     shutil.copytree(shard_set, bad)
-    ds = StreamingDataset(bad, shuffle=False)
+    ds = StreamingDataset(bad, shuffle=False, mmap=True)
     first = next(iter(ds))["__key__"]
     row = pd.read_parquet(bad / "index.parquet").set_index("key").loc[first]
     with open(bad / row["shard"], "r+b") as f:  # in place, after the shard was mapped
@@ -296,7 +296,7 @@ def test_a_byte_flipped_in_a_mapped_shard_is_caught(shard_set, tmp_path):
 def test_a_shard_truncated_before_it_is_mapped_is_read_not_mapped(shard_set, tmp_path):
     bad = tmp_path / "set"
     shutil.copytree(shard_set, bad)
-    ds = StreamingDataset(bad, shuffle=False)  # sizes checked here
+    ds = StreamingDataset(bad, shuffle=False, mmap=True)  # sizes checked here
     name = sorted(p.name for p in bad.glob("*.tar"))[-1]
     path = bad / name
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # cut after the check

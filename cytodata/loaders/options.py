@@ -30,11 +30,11 @@ class ReadOptions:
     ``on_error``: ``"raise"`` (ShardError naming shard and key) or ``"skip"`` (warn, count).
     ``as_int32``: yield int32 images (for ops without uint16 kernels) instead of uint16.
     ``storage_options``: fsspec options for object stores (``s3://``).
-    ``mmap``: local shards are memory-mapped read-only and each payload is checked and decoded
-    straight from the page cache, with no copy (~35 us less CPU per 0.5 MB sample). A shard
-    file truncated *while* a run reads it would then end the process with SIGBUS instead of a
-    ShardError: pass ``mmap=False`` where files change under readers (``rsync --inplace``).
-    Shards whose size differs from ``shards.json`` are never mapped.
+    ``mmap``: map local shards read-only and check + decode each payload straight from the
+    page cache, with no copy (~35 us less CPU per 0.5 MB sample in isolation; within noise,
+    1.04x (0.90-1.18), in the whole 2-thread pipeline of ``benchmarks/loader.py``). Off by
+    default: a shard file truncated *while* a run maps it ends the process with SIGBUS instead
+    of a ShardError. Shards whose size differs from ``shards.json`` are never mapped.
     """
 
     threads: int = 0
@@ -43,7 +43,7 @@ class ReadOptions:
     on_error: str = "raise"
     as_int32: bool = False
     storage_options: dict | None = None
-    mmap: bool = True
+    mmap: bool = False
 
     def __post_init__(self):
         if self.on_error not in ON_ERROR:
