@@ -45,9 +45,11 @@ def test_demo_end_to_end(tmp_path):
     index_html = (out / "report" / "index.html").read_text()
     assert "classifier (trained)" in index_html and "classifier (random init)" in index_html
     # WS-DINO's Table 1 rows: one random-init ViT serves DINO and WS-DINO (same model and seed)
-    for row in ("ws-dino (random init)", "dino (trained)", "ws-dino (trained)"):
+    for row in ("ws-dino (random init)", "dino (trained)", "ws-dino (trained)",
+                "ws-dino (random init, patch mean)", "dino (trained, patch mean)",
+                "ws-dino (trained, patch mean)"):
         assert f"[{row}]" in summary, row
-    assert "[dino (random init)]" not in summary
+    assert "[dino (random init)]" not in summary and "[dino (random init, patch mean)]" not in summary
     assert (out / "report" / "training-classifier.png").exists()
     assert (out / "report" / "labels.png").exists()
     # published: Croissant validates with mlcroissant, verify catches a truncated and a flipped shard
