@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .config import EMBED_POOLS
+
 
 def _train(args) -> int:
     from .config import config_names, parse_set
@@ -83,7 +85,7 @@ def register(subparsers) -> None:
     e.add_argument("--random-init", action="store_true",
                    help="embed with the run's architecture at its random initialisation (the "
                         "untrained baseline to compare trained embeddings with)")
-    e.add_argument("--pool", default=None, choices=["cls", "avg", "cls+avg"],
+    e.add_argument("--pool", default=None, choices=EMBED_POOLS,
                    help="DINO runs: CLS token (WS-DINO's evaluation, default), mean of the patch "
                         "tokens (DINO's --avgpool_patchtokens), or both concatenated")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

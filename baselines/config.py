@@ -22,6 +22,9 @@ from cytodata.recipe import _from_dict
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 #: input normalisation levels (per-channel statistics from shards.json; DeepNoise's ablation)
+#: DINO embeddings: ``cls`` (WS-DINO's evaluation, the default), ``avg`` (mean of the final
+#: patch tokens, DINO's ``eval_linear --avgpool_patchtokens``) or ``cls+avg`` (both, concatenated)
+EMBED_POOLS = ("cls", "avg", "cls+avg")
 NORMALIZE_LEVELS = ("plate", "controls", "batch", "cell_type", "all", "none")
 
 

@@ -44,7 +44,6 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -235,12 +234,9 @@ def main(argv=None) -> None:
     if args.combine:
         print(seeds_table([json.loads(Path(p).read_text()) for p in args.combine]))
         return
-    overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            ap.error(f"--set {item!r}: use KEY=VALUE")
-        overrides[key] = yaml.safe_load(value)
+    from cytodata.baselines.config import parse_set
+
+    overrides = parse_set(args.set)  # the same KEY=VALUE rule as `cytodata train --set`
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in (int(s) for s in args.seeds.split(",")):

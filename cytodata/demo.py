@@ -150,6 +150,11 @@ def _has_config(name: str) -> bool:
     return name in config_names()
 
 
+def _slug(label: str) -> str:
+    """File/folder name of a results row: ``ws-dino (trained, patch mean)`` -> ``ws-dino-trained-patch-mean``."""
+    return label.replace(" ", "-").replace("(", "").replace(")", "").replace(",", "")
+
+
 def embed_runs(out: Path, runs: dict) -> dict[str, pd.DataFrame]:
     """Embed the BBBC021-layout shards with every trained run and its random initialisation."""
     from .baselines import embed
@@ -163,7 +168,7 @@ def embed_runs(out: Path, runs: dict) -> dict[str, pd.DataFrame]:
             if baseline.get(name, True):
                 labels.append((f"{name} (random init{tag})", True))
             for label, random_init in labels:
-                slug = label.replace(" ", "-").replace("(", "").replace(")", "").replace(",", "")
+                slug = _slug(label)
                 path = embed(run, out / "shards" / "bbbc021", out / "embeddings" / f"{slug}.parquet",
                              device="cpu", progress=False, random_init=random_init, pool=pool)
                 tables[label] = pd.read_parquet(path)
@@ -207,7 +212,7 @@ def evaluate_embeddings(out: Path, seed: int, trained: dict[str, pd.DataFrame] |
                   "metrics": {**ando["metrics"], **knn["metrics"],
                               **{f"map_{k}": v for k, v in mapr["metrics"].items()}},
                   "notes": ando["notes"] + knn["notes"] + mapr["notes"]}
-        slug = name.replace(" ", "-").replace("(", "").replace(")", "").replace(",", "")
+        slug = _slug(name)
         write_report(merged, out / "report" / slug)
         m = merged["metrics"]
         nscb = m.get("nscb")

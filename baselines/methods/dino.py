@@ -41,7 +41,7 @@ from cytodata.loaders.partition import rng_for
 from cytodata.loaders.samplers import local_first
 
 from .. import augment, runtime
-from ..config import TrainConfig
+from ..config import EMBED_POOLS, TrainConfig
 from ..models import create, load_pretrained, read_state_dict
 from ..schedules import cosine_schedule, lr_schedule, wd_schedule
 from . import METHODS
@@ -668,10 +668,6 @@ class Dino(Method):
             raise TrainingError(f"embed pool={pool!r}; valid for DINO runs: {', '.join(EMBED_POOLS)}")
         return _TeacherFeatures(self.teacher, self.cfg.per_channel, pool)
 
-
-#: DINO embeddings: ``cls`` (WS-DINO's evaluation, the default), ``avg`` (mean of the final
-#: patch tokens, DINO's ``eval_linear --avgpool_patchtokens``) or ``cls+avg`` (both, concatenated)
-EMBED_POOLS = ("cls", "avg", "cls+avg")
 
 
 class _TeacherFeatures(nn.Module):

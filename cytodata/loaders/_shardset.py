@@ -156,13 +156,7 @@ class ShardSet:
     def close(self) -> None:
         with self._lock:
             for view in self._maps.values():
-                if view is not None:
-                    mapped = view.obj
-                    view.release()
-                    try:
-                        mapped.close()
-                    except BufferError:  # a caller still holds a sample's view: unmapped when freed
-                        pass
+                _unmap(view)
             self._maps.clear()
             for fh in self._files.values():
                 os.close(fh)
@@ -220,10 +214,7 @@ class ShardSet:
             view = None
         with self._lock:
             if name in self._maps:  # another decode thread mapped it first
-                if view is not None:
-                    mapped = view.obj
-                    view.release()
-                    mapped.close()
+                _unmap(view)
                 return self._maps[name]
             self._maps[name] = view
         return view
@@ -244,6 +235,18 @@ class ShardSet:
                 if fd is None:
                     fd = self._files[name] = os.open(self.path(name), os.O_RDONLY | getattr(os, "O_BINARY", 0))
         return fd
+
+
+def _unmap(view: memoryview | None) -> None:
+    """Release a shard's mapping (left to the garbage collector while a sample still views it)."""
+    if view is None:
+        return
+    mapped = view.obj
+    view.release()
+    try:
+        mapped.close()
+    except BufferError:  # a caller still holds a sample's view: unmapped when that is freed
+        pass
 
 
 def fingerprint(meta: dict) -> str:
