@@ -37,7 +37,7 @@ def test_same_seed_same_result_and_pixels_only_move():
     a, b = pipe(sample(3)), pipe(sample(3))
     torch.testing.assert_close(a["image"], b["image"])
     assert "__rng__" not in a and a["image"].shape == (5, 20, 20) and a["image"].dtype == torch.float32
-    outs = {tuple(pipe(sample(s))["image"].flatten()[:50].tolist()) for s in range(8)}
+    outs = {tuple(pipe(sample(s))["image"].flatten().tolist()) for s in range(8)}
     assert len(outs) > 4
     # flips / rot90 / crops keep uint16 and only permute pixels of each channel
     raw = sample(5)
@@ -141,3 +141,23 @@ def test_zarr_dataset_crops_read_the_right_window(tmp_path):
     assert [ds.window(i) for i in range(9)] != first
     batch = next(iter(DataLoader(ds, batch_size=4, num_workers=2)))
     assert batch["image"].shape == (4, 3, 12, 12) and len(batch["__key__"]) == 4
+
+
+def test_draws_come_from_the_stdlib_generator_with_pinned_values():
+    """Draws are the standard library's Mersenne Twister seeded from ``__seed__`` (stable across
+    machines and Python versions, and never releasing the GIL on decode threads); these values
+    are the contract that an augmented epoch replays exactly after an upgrade."""
+    import random
+
+    from cytodata.loaders.partition import seed_for
+    from cytodata.loaders.transforms import generator, plan, randint
+
+    g = generator({"__seed__": 123}, "crop")
+    ref = random.Random(seed_for(123, "crop"))
+    assert isinstance(g, random.Random)
+    assert [randint(g, 0, 31) for _ in range(6)] == [ref.randint(0, 31) for _ in range(6)]
+    pinned = []
+    for seed in (0, 1, 2):
+        geo = plan(Compose([RandomCrop(24), RandomFlip()]), {"__seed__": seed, "__key__": "k"}, (3, 32, 32))
+        pinned.append((geo.top, geo.left, geo.flip_y, geo.flip_x))
+    assert pinned == [(0, 1, True, False), (0, 0, True, False), (7, 1, True, True)]

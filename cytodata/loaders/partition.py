@@ -35,7 +35,7 @@ def rng_for(*parts: object) -> np.random.Generator:
 
 
 def seed_for(*parts: object) -> int:
-    """A non-negative 63-bit int derived from ``parts`` (for torch.Generator.manual_seed)."""
+    """A non-negative 63-bit int derived from ``parts`` (seeds the transforms' ``random.Random``)."""
     text = "\x1f".join(str(p) for p in parts).encode()
     return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") >> 1
 

@@ -133,22 +133,27 @@ _register(Codec("blosc-zstd", "blosc", lambda a: bytes(_blosc().encode(_contig(a
 
 
 # --- blosc-lz4: the default; ~4x faster to write and ~1.5x faster to read than blosc-zstd ---
-def _blosc_lz4():
+def _blosc_lz4(itemsize: int = 2):
     from numcodecs import Blosc
 
-    # level 9, bitshuffle: measured with one thread on the real Phenix field and on cell-like
-    # 16-bit images, ~4-5% more bytes than blosc-zstd (still fewer than 16-bit PNG) for ~4x
-    # faster encoding and ~1.5x faster decoding (benchmarks/codecs.py). Blocks of 256 KiB:
-    # level 9's automatic block size spans a whole 256x256x5 sample (640 KiB, past L2), and
-    # 256 KiB blocks decoded it ~3x faster for the same bytes (1.1x on a 1080x1080 field;
-    # benchmarks/codecs.py --blosc-sweep). Byte shuffle decodes faster still but costs ~7% more
-    # bytes on 16-bit fields and does not compress 8-bit ones at all, so bitshuffle stays.
-    # Frames are self-describing: sets written with the old block size read unchanged.
-    return Blosc(cname="lz4", clevel=9, shuffle=Blosc.BITSHUFFLE, blocksize=1 << 18)
+    # level 9, blocks of 256 KiB: level 9's automatic block size spans a whole 256x256x5 sample
+    # (640 KiB, past L2); 256 KiB blocks decoded it ~3x faster for the same bytes. Shuffle by
+    # sample depth (benchmarks/codecs.py --blosc-sweep, 1 thread): for 16-bit, byte shuffle
+    # decodes 2x faster than bitshuffle on cell-like 256x256x5 samples (114 vs 226 us) and
+    # 1.4-2.7x on the real Phenix field, for 7-8% more bytes (still 1.6-1.8x smaller than raw):
+    # decoding is what a loader spends its CPU on. For 8-bit, byte shuffle is a no-op and
+    # leaves the real RxRx1 site at 1.02x, so 8-bit keeps bitshuffle (1.20x).
+    # Frames are self-describing: sets written with other settings read unchanged.
+    shuffle = Blosc.BITSHUFFLE if itemsize == 1 else Blosc.SHUFFLE
+    return Blosc(cname="lz4", clevel=9, shuffle=shuffle, blocksize=1 << 18)
 
 
-_register(Codec("blosc-lz4", "blosc", lambda a: bytes(_blosc_lz4().encode(_contig(a))), _raw_decode(_blosc_lz4),
-               _blosc_decode_threads))
+def _encode_lz4(arr: np.ndarray) -> bytes:
+    arr = _contig(arr)
+    return bytes(_blosc_lz4(arr.dtype.itemsize).encode(arr))
+
+
+_register(Codec("blosc-lz4", "blosc", _encode_lz4, _raw_decode(_blosc_lz4), _blosc_decode_threads))
 
 
 # --- zstd level 1: no shuffle, cheap to write ---
