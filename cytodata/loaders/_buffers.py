@@ -54,12 +54,24 @@ class BufferPool:
 
 
 class Scratch(threading.local):
-    """A per-thread bytearray that grows to the largest read (payload bytes before decoding)."""
+    """Per-thread reusable memory: a bytearray that grows to the largest read (payload bytes
+    before decoding) and one decode target for pixels that never leave the thread (a batch
+    writer copies them into their batch slot before it decodes the next sample).
+    """
 
     def __init__(self):
         self.buf = bytearray(0)
+        self.pixels = np.empty(0, np.uint8)
 
     def view(self, n: int) -> memoryview:
         if len(self.buf) < n:
             self.buf = bytearray(max(n, 2 * len(self.buf)))
         return memoryview(self.buf)[:n]
+
+    def array(self, shape: tuple[int, ...], dtype) -> np.ndarray:
+        """An uninitialized C-contiguous array, valid until this thread's next call."""
+        dtype = np.dtype(dtype)
+        n = int(np.prod(shape)) * dtype.itemsize
+        if self.pixels.nbytes < n:
+            self.pixels = np.empty(n, np.uint8)
+        return self.pixels[:n].view(dtype).reshape(shape)

@@ -325,8 +325,12 @@ class StreamingDataset(IterableDataset):
         meta = {c: row[c] for c in self.columns}
         return {"__key__": row["key"], "image": tensor, "label": int(self.labels[r]), "meta": meta}
 
-    def _pixels(self, r: int, row: dict, blob: Any, with_meta: bool) -> np.ndarray:
-        """Check + decode one payload into a pooled ``(C, H, W)`` array; ShardError when unreadable."""
+    def _pixels(self, r: int, row: dict, blob: Any, with_meta: bool, scratch: bool = False) -> np.ndarray:
+        """Check + decode one payload into a pooled ``(C, H, W)`` array; ShardError when unreadable.
+
+        ``scratch``: into this thread's scratch array instead (valid until its next call: for
+        pixels copied elsewhere at once; no pool bookkeeping, and the same cache-warm buffer).
+        """
         key, shard = row["key"], row["shard"]
         try:
             if isinstance(blob, BaseException):
@@ -346,7 +350,8 @@ class StreamingDataset(IterableDataset):
                     raise ValueError(f"checksum mismatch: the payload's xxh3_64 is {got:016x}, index.parquet "
                                      f"says {want:016x} (flipped bytes, or an index row pointing at "
                                      "another sample's bytes); `cytodata verify --deep` lists all")
-            buf = self._pool.get(self._shape(r), dtype)  # recycled once every view of it is gone
+            shape = self._shape(r)  # pooled: recycled once every view of it is gone
+            buf = self._scratch.array(shape, dtype) if scratch else self._pool.get(shape, dtype)
             return self.shards.codec.decode(payload, buf.shape, buf.dtype, out=buf, threads=self._codec_threads)
         except Exception as exc:  # noqa: BLE001 - any decode failure is a corrupt sample
             err = ShardError(f"{self.shards.source}: shard {shard} sample {key!r} is unreadable "
@@ -379,8 +384,9 @@ class StreamingDataset(IterableDataset):
         if any(g is None for gs in plans for g in gs):
             return n, self._stack(self._chunk(chunk), pin_memory)
         for k in range(roles):  # one shape per batch, or the collate's MixedShapeError
-            check_shapes([{"__key__": stubs[i][k]["__key__"],
-                           "image": torch.empty(plans[i][k].shape, device="meta")} for i in range(n)])
+            if len({plans[i][k].shape for i in range(n)}) > 1:
+                check_shapes([{"__key__": stubs[i][k]["__key__"],
+                               "image": torch.empty(plans[i][k].shape, device="meta")} for i in range(n)])
         dtype = torch.int32 if self.as_int32 else None
         images: list[torch.Tensor | None] = [None] * roles
         slots: dict[int, list[tuple[int, int]]] = {}
@@ -392,7 +398,7 @@ class StreamingDataset(IterableDataset):
         with_meta = self._dtype is None
         for r, blob in zip(unique.tolist(), self._blobs(unique, with_meta)):
             try:
-                pixels = torch.from_numpy(self._pixels(r, self._cols[r], blob, with_meta))
+                pixels = torch.from_numpy(self._pixels(r, self._cols[r], blob, with_meta, scratch=True))
             except ShardError:
                 if self.on_error == "raise":
                     raise
