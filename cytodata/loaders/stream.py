@@ -210,7 +210,7 @@ class StreamingDataset(IterableDataset):
         self._yielded = 0  # state_dict counts from this pass's start
         step = self.read_ahead
         chunks = ((units[lo: lo + step], pos[lo: lo + step]) for lo in range(0, len(units), step))
-        for outs in self._produce(self._chunk, chunks):
+        for outs in self._produce(self._chunk, chunks, own_threads=False):
             for out in outs:
                 self._yielded += 1
                 yield out
@@ -226,17 +226,18 @@ class StreamingDataset(IterableDataset):
         chunks = ((units[lo: lo + batch_size], pos[lo: lo + batch_size])
                   for lo in range(0, len(units), batch_size))
         task = functools.partial(self._batch, pin_memory=pin_memory)
-        for consumed, batch in self._produce(task, chunks):
+        for consumed, batch in self._produce(task, chunks, own_threads=True):
             self._yielded += consumed  # units, failed ones included: a resume never repeats them
             if batch is not None:
                 yield batch
 
-    def _produce(self, task, chunks):
+    def _produce(self, task, chunks, own_threads: bool):
         """``task(chunk)`` results in order: inline, or ``threads`` chunks in flight on a thread pool.
 
         Reading, hashing, blosc decoding and torch kernels release the GIL, so threads scale
         without worker processes, pickling or shared memory; transforms are seeded per sample,
-        so the output does not depend on which thread ran what.
+        so the output does not depend on which thread ran what. ``own_threads``: the decode
+        threads run torch ops on one intra-op thread each (:func:`_one_intra_op_thread_each`).
         """
         # blosc's own threads on top of ours / DataLoader workers would oversubscribe the cores:
         # one decoder thread per call there (per call: no process-global switch is flipped)
@@ -250,7 +251,8 @@ class StreamingDataset(IterableDataset):
         pool = ThreadPoolExecutor(self.threads, thread_name_prefix="cytodata-decode")
         pending: deque = deque()
         try:
-            _one_intra_op_thread_each(pool, self.threads)
+            if own_threads:
+                _one_intra_op_thread_each(pool, self.threads)
             for chunk in chunks:
                 pending.append(pool.submit(task, chunk))
                 if len(pending) > self.threads:
@@ -458,13 +460,20 @@ class StreamingDataset(IterableDataset):
 def _one_intra_op_thread_each(pool, n: int) -> None:
     """Start the ``n`` threads of ``pool`` with torch ops on one intra-op thread each.
 
-    The pool already fills the cores, as DataLoader worker processes do (they run with
+    For :class:`Batches`, whose training thread runs no torch op of the loader's. The pool
+    already fills the cores, as DataLoader worker processes do (they run with
     ``torch.set_num_threads(1)``). Left alone, each decode thread's crop or dtype cast would
     start an OpenMP team of its own: ``n`` x cores threads on the cores, spinning between ops
-    (~15% of throughput on 2 cores). OpenMP's count is per calling thread, but
+    (~10-15% of throughput on 2 cores). OpenMP's count is per calling thread, but
     ``torch.set_num_threads`` also sets the count threads started later begin with: that one
     is put back once every pool thread has set its own, so no other thread of the process is
     affected. Only for torch's OpenMP backend (its native pool is one for the whole process).
+
+    Not for the per-sample path: there the training thread stacks every batch on its own
+    OpenMP team, and libgomp lets a team's idle threads spin for long only while it manages
+    no more threads than there are cores. With single-threaded decoders it does, so the
+    collate's idle thread spun on the cores the decoders need (measured 0.79x throughput);
+    with their own teams the spin is throttled.
     """
     if not _openmp():
         return
