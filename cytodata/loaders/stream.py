@@ -352,7 +352,8 @@ class StreamingDataset(IterableDataset):
                     raise ValueError(f"checksum mismatch: the payload's xxh3_64 is {got:016x}, index.parquet "
                                      f"says {want:016x} (flipped bytes, or an index row pointing at "
                                      "another sample's bytes); `cytodata verify --deep` lists all")
-            shape = self._shape(r)  # pooled: recycled once every view of it is gone
+            shape = self._shape(r)
+            # the pool's buffers are recycled once every view of them is gone
             buf = self._scratch.array(shape, dtype) if scratch else self._pool.get(shape, dtype)
             return self.shards.codec.decode(payload, buf.shape, buf.dtype, out=buf, threads=self._codec_threads)
         except Exception as exc:  # noqa: BLE001 - any decode failure is a corrupt sample
