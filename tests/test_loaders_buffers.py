@@ -53,3 +53,21 @@ def test_scratch_grows_and_is_per_thread():
     t.start()
     t.join()
     assert other == [0]
+
+
+def test_scratch_array_is_one_reused_buffer_per_thread_that_grows():
+    import threading
+
+    s = Scratch()
+    a = s.array((2, 4, 4), np.uint16)
+    assert a.shape == (2, 4, 4) and a.dtype == np.uint16 and a.flags.c_contiguous
+    a[...] = 7
+    b = s.array((4, 4), np.uint8)  # smaller: the same memory again
+    assert np.shares_memory(a, b)
+    c = s.array((3, 8, 8), np.uint16)  # larger: grows
+    assert c.shape == (3, 8, 8) and c.nbytes == 384
+    other = []
+    t = threading.Thread(target=lambda: other.append(s.array((3, 8, 8), np.uint16)))
+    t.start()
+    t.join()
+    assert not np.shares_memory(other[0], c)  # each thread has its own
