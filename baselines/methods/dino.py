@@ -669,7 +669,6 @@ class Dino(Method):
         return _TeacherFeatures(self.teacher, self.cfg.per_channel, pool)
 
 
-
 class _TeacherFeatures(nn.Module):
     """Teacher backbone(s) -> ``(B, D)``: CLS token, patch-token mean or both (per-channel
     models: concatenated over channels, then L2-normalised).
