@@ -24,12 +24,19 @@ the same pixels, each in its best layout (they parallelize with DataLoader worke
 
 Usage: python benchmarks/loader.py [--n 1000] [--workers 2] [--codec blosc-lz4] [--dir DIR]
                                    [--repeats 5] [--only ours,ours-nocheck,ours-batch,litdata]
-                                   [--checks 16 [--segment 6]]
+                                   [--checks 16 [--segment 6] [--passes 12]]
 Timing starts at the first batch (worker start-up excluded) and covers one full pass. Every
 pipeline runs once per repeat, interleaved (the pair under comparison back to back, their order
 alternating between repeats), so a noisy shared machine slows both sides of a ratio alike.
 Ratios are per repeat, reported as the median and the range; the threaded layouts also report
 CPU time per image (all threads of this process), which other users of the machine disturb less.
+
+--checks measures checks on vs off three ways: batch by batch on one decode thread; inside one
+``batches`` stream on the decode threads, chunks alternating between the sides in blocks and
+the phase flipping every pass, next to an A/A control (both sides off) that shows how far the
+design itself is from 1 (the estimate to read on a machine whose speed drifts); and end to end
+in alternating segments of separate streams (per-sample and batches), which scatter by +-10%
+per pair on such a machine.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ import argparse
 import json
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -301,8 +309,6 @@ def checks_per_batch(make, epochs: int) -> dict:
     millisecond stalls that drown a 3% effect), the sides alternating first. Batch ``i`` holds
     the same images on both sides. Returns per-batch wall and CPU seconds of each side and their
     per-pair ratios (off / on: the throughput ratio on / off)."""
-    import threading
-
     box: dict = {}
 
     def work():
@@ -347,6 +353,97 @@ def _checks_per_batch(make, epochs: int) -> dict:
             "cpu_on": c_on, "cpu_off": c_off}
 
 
+class _Interleaved(StreamingDataset):
+    """Measurement only: a StreamingDataset whose chunks run with checks on or off, chunk by chunk.
+
+    Chunk ``i`` of pass ``p`` belongs to side ``(i // block + p) % 2 == 0`` ("on"): blocks of
+    ``block`` consecutive chunks (default ``threads``: those the decode threads run at the same
+    time) share a side, and the phase flips every pass. The checksums stay loaded and are hidden from the chunks of
+    the "off" side (and from every chunk when ``control``: an A/A run), so both sides run the
+    same code apart from the check itself. The decode threads time each chunk. ``lookups``
+    counts the per-sample reads of the checksums on each side: :func:`checks_interleaved` stops
+    if a side never read them (the loader changed how it finds them; the figure would be wrong).
+    """
+
+    _local = threading.local()
+
+    def __init__(self, *a, chunk: int, control: bool = False, block: int | None = None, **kw):
+        self.chunk, self.control, self.block, self.pass_, self.timings = chunk, control, block, 0, []
+        self.lookups = {True: 0, False: 0}
+        super().__init__(*a, **kw)
+
+    @property
+    def _sums(self):
+        check = getattr(self._local, "check", None)
+        if check is None:  # outside a timed chunk (construction)
+            return self.__dict__["_all_sums"]
+        self.lookups[check] += 1  # racy across threads: a count that only has to be > 0
+        return self.__dict__["_all_sums"] if check else None
+
+    @_sums.setter
+    def _sums(self, value):
+        self.__dict__["_all_sums"] = value
+
+    def _batch(self, chunk, pin_memory=False):
+        index = int(chunk[1].reshape(-1)[0]) // self.chunk  # the chunk's place in its pass
+        on = (index // (self.block or self.threads) + self.pass_) % 2 == 0
+        self._local.check = on and not self.control
+        t0, c0 = time.perf_counter(), time.thread_time()
+        try:
+            out = super()._batch(chunk, pin_memory)
+        finally:
+            self._local.check = None
+        n = len(chunk[0])
+        self.timings.append((self.pass_, index, on, (time.perf_counter() - t0) / n, (time.thread_time() - c0) / n))
+        return out
+
+
+def checks_interleaved(shards: Path, threads: int, batch: int, passes: int, control: bool = False,
+                       block: int | None = None) -> dict:
+    """Checks on vs off inside one ``batches`` stream: a low-noise paired estimate of their cost.
+
+    The sides alternate in blocks of chunks within each pass and swap every pass over the same
+    images (see :class:`_Interleaved`; no ``set_epoch``, so each chunk runs on both sides). They
+    run within tens of milliseconds of each other, on the same images and threads, so a machine
+    whose speed drifts within seconds slows both alike; the segment pairs of
+    :func:`checks_on_off` scatter by +-10% on such a machine. One unrecorded pass warms up
+    first, and the first block of each pass (thread start-up) is left out. ``control``: both
+    sides with checks off, how far the design itself is from 1. Returns the per-sample wall and
+    CPU seconds of the decode threads for each side, the ratio of means off / on (the throughput
+    ratio on / off when the decode threads never wait) and a bootstrap 95% interval over the
+    adjacent block pairs.
+    """
+    block = block or threads
+    ds = _Interleaved(shards, transform=augment(), batch_size_hint=batch, threads=threads, chunk=batch,
+                      control=control, block=block)
+    stream = ds.batches(batch)
+    for p in range(passes + 1):
+        ds.pass_ = p
+        for _ in stream:
+            pass
+    if not ds.lookups[False] or not (control or ds.lookups[True]):
+        raise RuntimeError(f"_Interleaved saw checksum lookups {ds.lookups}: StreamingDataset no longer reads "
+                           "self._sums per sample, so this benchmark cannot switch the check; update it")
+    rows = np.array([t for t in ds.timings if t[0] >= 1 and t[1] >= block], dtype=float)
+    on, off = rows[rows[:, 2] == 1], rows[rows[:, 2] == 0]
+    pairs = []  # adjacent blocks of one pass (one of each side), from the first block kept
+    group = (rows[:, 1] - block) // (2 * block)
+    for (p, g) in {(int(r[0]), int(k)) for r, k in zip(rows, group)}:
+        blk = rows[(rows[:, 0] == p) & (group == g)]
+        a, b = blk[blk[:, 2] == 1, 3], blk[blk[:, 2] == 0, 3]
+        if len(a) and len(b):
+            pairs.append((a.mean(), b.mean()))
+    if not pairs:
+        raise ValueError(f"too few chunks per pass for block pairs (block {block}): use more samples or passes")
+    pw = np.array(pairs)
+    rng = np.random.default_rng(0)
+    boot = [pw[i, 1].mean() / pw[i, 0].mean() for i in (rng.integers(0, len(pw), len(pw)) for _ in range(2000))]
+    return {"wall_on": on[:, 3].mean(), "wall_off": off[:, 3].mean(), "cpu_on": on[:, 4].mean(),
+            "cpu_off": off[:, 4].mean(), "ratio": off[:, 3].mean() / on[:, 3].mean(),
+            "cpu_ratio": off[:, 4].mean() / on[:, 4].mean(), "ci": np.percentile(boot, [2.5, 97.5]),
+            "pairs": len(pw), "chunks": len(rows)}
+
+
 def _spread(x: np.ndarray) -> str:
     q1, q3 = np.percentile(x, [25, 75])
     return f"{np.median(x):.3f} (IQR {q1:.3f}-{q3:.3f}, range {x.min():.2f}-{x.max():.2f}, n={len(x)})"
@@ -378,6 +475,8 @@ def main(argv=None) -> dict:
                     help="also measure checks on/off in SEGMENTS alternating pairs of short segments "
                          "(threads layout, per-sample and batches); 0: skip")
     ap.add_argument("--segment", type=int, default=8, help="batches per --checks segment")
+    ap.add_argument("--passes", type=int, default=12,
+                    help="with --checks: passes of the interleaved checks on/off stream (and of its A/A control)")
     args = ap.parse_args(argv)
     folder = Path(args.dir)
     if args.fresh and folder.exists():
@@ -451,6 +550,16 @@ def main(argv=None) -> dict:
               f"(wall, medians); throughput ratio on/off {_spread(r['ratio'])}; CPU/image on "
               f"{np.median(r['cpu_on']) * per:.0f} us, off {np.median(r['cpu_off']) * per:.0f} us, off/on "
               f"{_spread(r['cpu_ratio'])} (target >= 0.95)")
+        for control in (False, True):
+            r = checks_interleaved(shards, w, b, args.passes, control=control)
+            lo, hi = r["ci"]
+            what = "A/A control (both sides off)" if control else "checks on/off"
+            print(f"{what}, batches (threads={w}) interleaved in one stream, {args.passes} passes, "
+                  f"{r['chunks']} chunks: decode-thread wall/image on {r['wall_on'] * 1e6:.0f} us, off "
+                  f"{r['wall_off'] * 1e6:.0f} us; throughput ratio on/off {r['ratio']:.3f} (95% CI "
+                  f"{lo:.3f}-{hi:.3f}, {r['pairs']} block pairs); CPU/image on {r['cpu_on'] * 1e6:.0f} us, "
+                  f"off {r['cpu_off'] * 1e6:.0f} us, off/on {r['cpu_ratio']:.3f}"
+                  + ("" if control else " (target >= 0.95)"))
         for label, make in (("batches", lambda v: batches(w, verify=v)),
                             ("samples", lambda v: _Collated(stream(w, verify=v), b))):
             r = checks_on_off(make, args.n, b, args.checks, args.segment)

@@ -210,3 +210,41 @@ def test_plain_webdataset_decode_checks_the_json_checksum(sets, tmp_path):
         decode(raw[row["key"]])
     others = [k for k in raw if k != row["key"]]
     assert decode(raw[others[0]])[0].shape == (2, 16, 16)
+
+
+def _loader_benchmark():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "loader.py"
+    spec = importlib.util.spec_from_file_location("bench_loader", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("control", [False, True])
+def test_loader_benchmark_interleaved_estimate_switches_the_check_chunk_by_chunk(tmp_path, monkeypatch, control):
+    """benchmarks/loader.py's checks on/off estimate runs both sides in one stream: the chunks of
+    the "off" side (all chunks in the A/A control) must hash nothing, those of the "on" side every
+    sample, or its ratio would be a wrong figure."""
+    import cytodata.loaders.stream as stream
+
+    bench = _loader_benchmark()
+    shards = tmp_path / "set"
+    write_demo_shards(shards, 24, (1, 256, 256), samples_per_shard=8)
+    calls = {True: 0, False: 0}
+    real = stream.checksum_int
+
+    def counting(data):
+        calls[bool(bench._Interleaved._local.check)] += 1
+        return real(data)
+
+    monkeypatch.setattr(stream, "checksum_int", counting)
+    passes, batch = 2, 4
+    r = bench.checks_interleaved(shards, threads=2, batch=batch, passes=passes, control=control)
+    assert calls[False] == 0
+    chunks = 24 // batch  # per pass; blocks of 2 chunks alternate, the phase flips every pass
+    on_chunks = sum((i // 2 + p) % 2 == 0 for p in range(passes + 1) for i in range(chunks))
+    assert calls[True] == (0 if control else on_chunks * batch)
+    assert r["chunks"] == passes * (chunks - 2) and r["pairs"] >= 1
+    assert 0.2 < r["ratio"] < 5 and 0.2 < r["cpu_ratio"] < 5
