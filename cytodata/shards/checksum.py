@@ -6,9 +6,11 @@ bits make an undetected random corruption or a swapped index row a 2**-64 event,
 crc32c's 32 bits give 2**-32 per sample (about one miss in 4 billion, which a corpus of a
 billion samples read for years can reach). The hex digest is the canonical big-endian form
 that ``xxhsum -H3`` prints, so a payload can be checked with the command-line tool too.
-Measured on the 2-core development VM, a 0.5 MB payload already in cache: ~7 us with xxhash
->= 4.1 (XXH3 dispatched to AVX2/AVX512 at run time), ~15 us with 3.x (SSE2 only), i.e. 3-5%
-of a sample's read + check + decode + crop in the loader.
+Measured on the 2-core development VM, a 0.5 MB payload already in cache: 7-11 us with xxhash
+>= 4.1 (XXH3 dispatched to AVX2/AVX512 at run time), ~15 us with 3.x (SSE2 only). In the
+loader (``batches``, two decode threads) one pass over the payload costs ~16 us of ~500 us per
+sample, the check ~4% of throughput with 4.1 and ~7.5% with 3.x (``benchmarks/loader.py
+--checks``, interleaved estimate).
 
 WebDataset sets hash each sample's payload member (the codec bytes); Zarr sets hash each row's
 C-order pixel bytes and, for random crops, each ``(C, tile, tile)`` chunk of the row.
