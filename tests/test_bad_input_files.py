@@ -166,7 +166,10 @@ def test_qc_ledgers_every_bad_file(tmp_path):
 
 
 @pytest.mark.parametrize("fmt", ["webdataset", "zarr", "ome-zarr"])
-@pytest.mark.parametrize("key", ["..__..__escape", "/abs/path", "a\\b", "-rf", ".hidden", "", "a\nb", "a b"])
+@pytest.mark.parametrize("key", ["..__..__escape", "/abs/path", "a\\b", "-rf", ".hidden", "", "a\nb", "a b",
+                                 # Windows path joins and extractors: drive-relative "C:x", NTFS
+                                 # streams "a:b", reserved characters and device names
+                                 "C:evil", "a:b", "a|b", "a*b", 'a"b', "a<b", "NUL", "con", "COM1", "lpt9"])
 def test_unsafe_keys_are_refused_naming_the_row(tmp_path, fmt, key):
     table, _ = bad_manifest(tmp_path)
     table = table[table["image_id"].str.startswith("good")].reset_index(drop=True)

@@ -169,12 +169,19 @@ def _warn_empty_sources(recs: list[dict]) -> None:
 
 
 # --- keys ---------------------------------------------------------------------------------
+_WINDOWS_RESERVED = ':<>"|?*'
+_WINDOWS_DEVICES = frozenset({"CON", "PRN", "AUX", "NUL", *(f"{d}{i}" for d in ("COM", "LPT") for i in range(1, 10))})
+
+
 def key_problem(key) -> str | None:
     r"""Why ``key`` cannot name tar members / files safely, or None when it can.
 
     Refused: empty keys, ``/`` and ``\`` (path separators), ``.`` anywhere (covers ``..`` and
     a leading dot; webdataset also splits ``KEY.ext`` at the first dot), a leading ``-`` (read as
-    an option by ``tar`` and shell tools), whitespace and control/format characters.
+    an option by ``tar`` and shell tools), whitespace and control/format characters, and what
+    Windows misuses: ``:`` (``C:x`` joins drive-relative, ``a:b`` names an NTFS stream), the
+    other reserved characters ``<>"|?*``, and device names (``CON``, ``NUL``, ``COM1``...,
+    reserved whatever the extension).
     """
     import unicodedata
 
@@ -186,6 +193,10 @@ def key_problem(key) -> str | None:
         return "dot (member names are KEY.ext; '..' climbs out of a folder)"
     if key.startswith("-"):
         return "leading '-' (read as a command-line option)"
+    if reserved := sorted(set(key) & set(_WINDOWS_RESERVED)):
+        return f"character {reserved[0]!r} (reserved on Windows: '{_WINDOWS_RESERVED}')"
+    if key.upper() in _WINDOWS_DEVICES:
+        return f"Windows device name {key!r}"
     bad = [c for c in key if c.isspace() or unicodedata.category(c).startswith("C")]
     if bad:
         return f"whitespace or control character {bad[0]!r}"
