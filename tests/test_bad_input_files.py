@@ -4,6 +4,7 @@ many points, whatever their directory layout), plus unsafe manifest keys refused
 
 from __future__ import annotations
 
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -134,6 +135,10 @@ def bad_manifest(tmp_path: Path) -> tuple[pd.DataFrame, dict[str, str]]:
            "tiff_bomb": ([good, str(tiff_bomb(tmp_path / "b.tif"))], "too large"),
            "directory": ([good, str(folder)], "unreadable"),
            "phenix_third": ([good, str(tmp_path / "phenix_third.tiff")], "truncated")}
+    if hasattr(os, "mkfifo"):  # reading either would never end: refused from the file type
+        os.mkfifo(tmp_path / "pipe.tif")
+        bad["pipe"] = ([good, str(tmp_path / "pipe.tif")], "unreadable")
+        bad["device"] = ([good, "/dev/zero"], "unreadable")
     for name, (paths, _) in bad.items():
         rows.append(dict(image_id=name, channel_paths=paths))
     for r in rows:
@@ -182,3 +187,43 @@ def test_unsafe_keys_are_refused_naming_the_row(tmp_path, fmt, key):
         write(table, tmp_path / "o", format=fmt, scheduler="synchronous", progress=False)
     assert not list((tmp_path / "o").glob("*.tar"))
     assert not (tmp_path.parent / "escape").exists()
+
+
+def _read_with_deadline(read, path: str, seconds: float = 20.0):
+    """read(path) on a daemon thread: (finished, exception) within ``seconds``."""
+    import threading
+
+    box: dict = {}
+
+    def run():
+        try:
+            read(path)
+        except Exception as exc:  # noqa: BLE001 - the test inspects it
+            box["exc"] = exc
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(seconds)
+    return not t.is_alive(), box.get("exc")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo") or not Path("/dev/zero").exists(), reason="POSIX only")
+def test_fifos_and_devices_are_refused_without_reading_them(tmp_path):
+    """A named pipe would block the read forever and /dev/zero would fill memory: both are
+    refused from their file type, naming the path, before a byte is read (pixels, headers)."""
+    from cytodata.curate.upsample import image_size
+
+    fifo = tmp_path / "channel.tif"
+    os.mkfifo(fifo)
+    try:
+        for read in (read_image, image_shape, image_size):
+            for path in (str(fifo), "/dev/zero"):
+                finished, exc = _read_with_deadline(read, path)
+                assert finished, f"{read.__name__}({path}) still reading"
+                assert isinstance(exc, ImageReadError) and exc.reason == "unreadable", exc
+                assert path in str(exc) and "not a regular file" in str(exc)
+    finally:  # release a reader still blocked on the pipe (old code)
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass

@@ -50,7 +50,9 @@ def image_size(path: str) -> tuple[int, int]:
 
             opener = fsspec.open(path, "rb")
         else:
-            opener = open(path[len("file://"):] if path.startswith("file://") else path, "rb")
+            from ..images.io import check_regular_file
+
+            opener = open(check_regular_file(path), "rb")  # not a pipe or device: it would hang
         with opener as fh:
             magic = fh.read(4)
             fh.seek(0)
@@ -67,6 +69,8 @@ def image_size(path: str) -> tuple[int, int]:
     except FileNotFoundError:
         raise ImageReadError(f"{path}: file not found; check channel_paths", path=path,
                              reason="missing file") from None
+    except ImageReadError:
+        raise
     except Exception as exc:  # any decoder error: the header is unreadable
         raise ImageReadError(f"{path}: cannot read the image header ({exc})", path=path,
                              reason="unreadable") from None

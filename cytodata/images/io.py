@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Callable, Literal
@@ -70,6 +71,30 @@ def _fail(path: str, reason: str, what: str, fix: str) -> ImageReadError:
     return ImageReadError(f"{path}: {what}; {fix}", path=path, reason=reason)
 
 
+def check_regular_file(path: str) -> str:
+    """The local path of ``path`` (``file://`` stripped) when it is a regular file, else the
+    ImageReadError naming it: missing, a directory, or a named pipe / device / socket (which
+    would block a read forever or never end it, like ``/dev/zero``), decided before any read.
+    """
+    local = path[len("file://"):] if path.startswith("file://") else path
+    try:
+        mode = os.stat(local).st_mode
+    except FileNotFoundError:
+        raise _fail(path, "missing file", "file not found",
+                    "check the channel_paths column (absolute paths) or re-download the file") from None
+    except OSError as exc:
+        raise _fail(path, "unreadable", f"cannot read ({exc})", "check file permissions") from None
+    if stat.S_ISDIR(mode):
+        raise _fail(path, "unreadable", "is a directory, not an image file",
+                    "list one image file per channel in channel_paths")
+    if not stat.S_ISREG(mode):
+        kind = ("a named pipe" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or
+                stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else "a special file")
+        raise _fail(path, "unreadable", f"is {kind}, not a regular file (not read)",
+                    "list one image file per channel in channel_paths")
+    return local
+
+
 def _read_bytes(path: str) -> bytes:
     """Whole file contents; ``path`` may be an fsspec URL (``s3://...``, ``memory://...``)."""
     if "://" in path and not path.startswith("file://"):
@@ -84,7 +109,7 @@ def _read_bytes(path: str) -> bytes:
         except OSError as exc:
             raise _fail(path, "unreadable", f"cannot open ({exc})",
                         "check credentials and network access") from None
-    local = path[len("file://"):] if path.startswith("file://") else path
+    local = check_regular_file(path)
     try:
         return Path(local).read_bytes()
     except FileNotFoundError:
@@ -362,13 +387,7 @@ def _header_shape(path: str) -> tuple[int, int, int]:
     if "://" in path and not path.startswith("file://"):
         arr = read_file(path)  # remote: no cheap header access, decode instead
         return arr.shape  # type: ignore[return-value]
-    local = path[len("file://"):] if path.startswith("file://") else path
-    if not os.path.exists(local):
-        raise _fail(path, "missing file", "file not found",
-                    "check the channel_paths column (absolute paths) or re-download the file")
-    if os.path.isdir(local):
-        raise _fail(path, "unreadable", "is a directory, not an image file",
-                    "list one image file per channel in channel_paths")
+    local = check_regular_file(path)
     try:
         with open(local, "rb") as fh:
             magic = fh.read(4)
