@@ -598,7 +598,7 @@ def main(argv=None) -> dict:
                 line = f"checks on / off, {on} {layout}: throughput {paired((on, layout), (off, layout))}"
                 if layout == "thread":  # CPU per image: off / on is the throughput the CPU allows
                     line += f"; CPU/image off/on {paired((off, layout), (on, layout), cpus)}"
-                print(line + " (target >= 0.95)")
+                print(line + " (one pass per repeat, so noisy: `--checks` measures it interleaved; target >= 0.95)")
     if ("ours-batch", "thread") in runs and ("ours-batch-mmap", "thread") in runs:
         print("ours-batch mapped (mmap=True) / copied, threads: "
               f"{paired(('ours-batch-mmap', 'thread'), ('ours-batch', 'thread'))}; CPU/image copied/mapped "
