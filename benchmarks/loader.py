@@ -25,7 +25,8 @@ the same pixels, each in its best layout (they parallelize with DataLoader worke
 Usage: python benchmarks/loader.py [--n 1000] [--workers 2] [--codec blosc-lz4] [--dir DIR]
                                    [--repeats 5] [--only ours,ours-nocheck,ours-batch,litdata]
                                    [--checks 16 [--segment 6] [--passes 12]]
-Timing starts at the first batch (worker start-up excluded) and covers one full pass. Every
+Every pipeline first runs one untimed pass (--warmup), so the page cache and each peer's own cache
+are warm for all. Timing starts at the first batch (worker start-up excluded) and covers one full pass. Every
 pipeline runs once per repeat, interleaved (the pair under comparison back to back, their order
 alternating between repeats), so a noisy shared machine slows both sides of a ratio alike.
 Ratios are per repeat, reported as the median and the range; the threaded layouts also report
@@ -469,6 +470,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--codec", default="blosc-lz4", help="shard codec (blosc-lz4: write()'s default)")
     ap.add_argument("--fresh", action="store_true", help="rewrite the data")
     ap.add_argument("--repeats", type=int, default=5, help="interleaved runs (median ratio and range reported)")
+    ap.add_argument("--warmup", type=int, default=1,
+                    help="untimed passes of every pipeline before the timed repeats (warm caches for all)")
     ap.add_argument("--no-peers", action="store_true", help="skip MDS / litdata")
     ap.add_argument("--only", default="", help="comma-separated pipeline names to run (e.g. ours,litdata)")
     ap.add_argument("--checks", type=int, default=0, metavar="SEGMENTS",
@@ -571,6 +574,9 @@ def main(argv=None) -> dict:
     runs: dict[tuple[str, str], list[float]] = {k: [] for k in pipelines}
     cpus: dict[tuple[str, str], list[float]] = {k: [] for k in pipelines}
     order = list(pipelines)
+    for _ in range(args.warmup):  # untimed: page cache, the peers' own caches, first-touch costs
+        for key in order:
+            pipelines[key]()
     for rep in range(args.repeats):
         for key in (order if rep % 2 == 0 else order[::-1]):
             speed, cpu = pipelines[key]()
