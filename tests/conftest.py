@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture(scope="session")
@@ -15,3 +17,14 @@ def shared_data() -> Path:
     if not SHARED_DATA.exists():
         pytest.fail(f"real test data not found at {SHARED_DATA}; clone next to shared/")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def benchmark_module():
+    """``load(name)`` -> the module ``benchmarks/<name>.py`` (tests use the benchmarks' own helpers)."""
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    return load

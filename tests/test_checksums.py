@@ -212,24 +212,15 @@ def test_plain_webdataset_decode_checks_the_json_checksum(sets, tmp_path):
     assert decode(raw[others[0]])[0].shape == (2, 16, 16)
 
 
-def _loader_benchmark():
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "loader.py"
-    spec = importlib.util.spec_from_file_location("bench_loader", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("control", [False, True])
-def test_loader_benchmark_interleaved_estimate_switches_the_check_chunk_by_chunk(tmp_path, monkeypatch, control):
+def test_loader_benchmark_interleaved_estimate_switches_the_check_chunk_by_chunk(tmp_path, monkeypatch, control,
+                                                                                 benchmark_module):
     """benchmarks/loader.py's checks on/off estimate runs both sides in one stream: the chunks of
     the "off" side (all chunks in the A/A control) must hash nothing, those of the "on" side every
     sample, or its ratio would be a wrong figure."""
     import cytodata.loaders.stream as stream
 
-    bench = _loader_benchmark()
+    bench = benchmark_module("loader")
     shards = tmp_path / "set"
     write_demo_shards(shards, 24, (1, 256, 256), samples_per_shard=8)
     calls = {True: 0, False: 0}

@@ -8,24 +8,13 @@ field) -> TVN -> NSC/NSCB. The MOA is never shown to the model.
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pandas as pd
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "classifier_bbbc021.py"
 
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("classifier_bbbc021", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_trained_single_cell_classifier_beats_random_init(tmp_path):
-    bench = _bench()
+def test_trained_single_cell_classifier_beats_random_init(tmp_path, benchmark_module):
+    bench = benchmark_module("classifier_bbbc021")
     results = bench.run(tmp_path, torch_threads=1)   # the benchmark's defaults: 200 steps, batch 64
     trained, random = results["trained"], results["random"]
     # the pipeline really ran on cells: per-field rows, cells from every field, loss went down

@@ -3,9 +3,6 @@ same corpus, compared per key (weak labels, stratified samples, splits, crops, w
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -18,20 +15,10 @@ from cytodata.curate.weak_labels import assign_weak_labels, label_strata
 from cytodata.errors import EmptyResultError, RecipeError
 from cytodata.synthetic import write_demo_sources
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_weak_labels",
-                                                  ROOT / "benchmarks" / "weak_labels.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.fixture(scope="module")
-def table():
-    t = _bench().make_table(20_000, seed=3)
+def table(benchmark_module):
+    t = benchmark_module("weak_labels").make_table(20_000, seed=3)
     t["key"] = pd.array([f"src__img{i:06d}" for i in range(len(t))], dtype="string")
     return t
 

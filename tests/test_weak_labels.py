@@ -1,4 +1,3 @@
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -8,19 +7,15 @@ import pytest
 from cytodata.curate.weak_labels import assign_weak_labels, cell_tokens, explode_tokens
 from cytodata.errors import SchemaError
 
-ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 LABEL_COLUMNS = ["organism", "cell_type", "cell_visible", "phenotype", "compound", "gene", "sirna"]
 STRATA = ["name", "organism", "cell_type", "cell_visible", "sirna", "compound", "phenotype"]
 
 
-def _bench():
+@pytest.fixture(scope="module")
+def bench(benchmark_module):
     """benchmarks/weak_labels.py: the per-label reference loop and the table generator."""
-    spec = importlib.util.spec_from_file_location("bench_weak_labels",
-                                                  ROOT / "benchmarks" / "weak_labels.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_module("weak_labels")
 
 
 def frame(n, **columns):
@@ -133,8 +128,8 @@ def test_no_small_stratum_loss():
     assert prop.tolist() == ["hela"] * 5
 
 
-def test_determinism_and_seed():
-    table = _bench().make_table(20_000, seed=2)
+def test_determinism_and_seed(bench):
+    table = bench.make_table(20_000, seed=2)
     kw = dict(min_count=40, presample=400, cap=60)
     a = assign_weak_labels(table, seed=0, **kw)
     assert a.equals(assign_weak_labels(table, seed=0, **kw))
@@ -165,8 +160,7 @@ def test_missing_column_is_named():
 
 
 @pytest.mark.parametrize("method,seed", [("balanced", 0), ("balanced", 7), ("proportional", 3)])
-def test_vectorized_equals_per_label_reference(method, seed):
-    bench = _bench()
+def test_vectorized_equals_per_label_reference(method, seed, bench):
     table = bench.make_table(6_000, seed=seed)
     rng = np.random.default_rng(seed)
     # list cells in one column so both tokenizer paths are compared
@@ -180,7 +174,7 @@ def test_vectorized_equals_per_label_reference(method, seed):
         assert fast[col].equals(ref[col]), col
 
 
-def test_real_cytoimagenet_tables_match_reference():
+def test_real_cytoimagenet_tables_match_reference(bench):
     folder = SHARED_DATA / "cytoimagenet-harmonized"
     parts = [pd.read_csv(p, dtype="string") for p in sorted(folder.glob("*_metadata.csv"))]
     table = pd.concat(parts, ignore_index=True).rename(columns={"cell_component": "cell_visible"})
@@ -188,7 +182,7 @@ def test_real_cytoimagenet_tables_match_reference():
         table[col] = pd.array([None] * len(table), dtype="string")
     kw = dict(min_count=100, presample=2_000, cap=300, seed=0)
     fast = assign_weak_labels(table, **kw)
-    ref = _bench().reference_assign_weak_labels(table, **kw)
+    ref = bench.reference_assign_weak_labels(table, **kw)
     assert fast["label"].equals(ref["label"]) and fast["category"].equals(ref["category"])
     counts = fast["label"].value_counts()
     assert counts.max() == 300
