@@ -25,9 +25,9 @@ the same pixels, each in its best layout (they parallelize with DataLoader worke
 Usage: python benchmarks/loader.py [--n 1000] [--workers 2] [--codec blosc-lz4] [--dir DIR]
                                    [--repeats 5] [--only ours,ours-nocheck,ours-batch,litdata]
                                    [--checks 16 [--segment 6] [--passes 12]]
-Every pipeline first runs one untimed pass (--warmup), so the page cache and each peer's own cache
-are warm for all. Timing starts at the first batch (worker start-up excluded) and covers one full pass. Every
-pipeline runs once per repeat, interleaved (the pair under comparison back to back, their order
+Every pipeline first runs one untimed pass (--warmup), so the page cache and each peer's own
+cache are warm for all. Timing starts at the first batch (worker start-up excluded) and covers
+one full pass. Every pipeline runs once per repeat, interleaved (the pair under comparison back to back, their order
 alternating between repeats), so a noisy shared machine slows both sides of a ratio alike.
 Ratios are per repeat, reported as the median and the range; the threaded layouts also report
 CPU time per image (all threads of this process), which other users of the machine disturb less.
@@ -359,9 +359,9 @@ class _Interleaved(StreamingDataset):
 
     Chunk ``i`` of pass ``p`` belongs to side ``(i // block + p) % 2 == 0`` ("on"): blocks of
     ``block`` consecutive chunks (default ``threads``: those the decode threads run at the same
-    time) share a side, and the phase flips every pass. The checksums stay loaded and are hidden from the chunks of
-    the "off" side (and from every chunk when ``control``: an A/A run), so both sides run the
-    same code apart from the check itself. The decode threads time each chunk. ``lookups``
+    time) share a side, and the phase flips every pass. The checksums stay loaded and are hidden
+    from the chunks of the "off" side (and from every chunk when ``control``: an A/A run), so
+    both sides run the same code apart from the check itself. The decode threads time each chunk. ``lookups``
     counts the per-sample reads of the checksums on each side: :func:`checks_interleaved` stops
     if a side never read them (the loader changed how it finds them; the figure would be wrong).
     """
