@@ -171,16 +171,18 @@ def part_cuda_tests(ctx: Context) -> dict:
              if "pytest.mark.cuda" in p.read_text(encoding="utf-8")]
     if not files:
         raise RuntimeError("no test file marks a test with @pytest.mark.cuda")
+    import pytest
+
     junit = ctx.out / "logs" / "cuda-tests.xml"
-    cmd = [sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider",
-           f"--junitxml={junit}", *files]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    os.chdir(ROOT)
+    # in this (forked) process: torch and the package are imported already
+    code = int(pytest.main(["-m", "cuda", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}",
+                            f"--rootdir={ROOT}", *files]))
     counts = _junit_counts(junit)
-    out = {"files": files, "returncode": proc.returncode, **counts,
-           "tail": (proc.stdout + proc.stderr)[-1500:]}
-    if proc.returncode not in (0, 5) or counts.get("failed") or counts.get("errors"):
+    out = {"files": files, "returncode": code, **counts}
+    if code not in (0, 5) or counts.get("failed") or counts.get("errors"):
         ctx.save(out)
-        raise RuntimeError(f"CUDA tests: {counts} (pytest exit code {proc.returncode}); see the log")
+        raise RuntimeError(f"CUDA tests: {counts} (pytest exit code {code}); see the log")
     return out
 
 
@@ -458,8 +460,12 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out).resolve()
     (out / "logs").mkdir(parents=True, exist_ok=True)
     # heavy imports once, before forking: each part starts without paying for them again
+    import timm  # noqa: F401
+    import torch  # noqa: F401
+
     import cytodata.baselines  # noqa: F401
     import cytodata.loaders  # noqa: F401
+    import cytodata.shards  # noqa: F401
 
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         work = Path(args.work).resolve() if args.work else Path(tmp)
@@ -550,7 +556,8 @@ def headline(name: str, r: dict) -> str:
     if name.startswith("config:") and r.get("trained") is False:
         return "resolved, not trained (dry run)"
     if name == "dino-vits8" and "images_per_s" in r:
-        return f"{r['model']}: {r['images_per_s']:.1f} images/s, wait {r['data_wait']:.2f}, peak {f(r['peak_memory_gib'])} GiB"
+        return (f"{r['model']}: {r['images_per_s']:.1f} images/s, wait {r['data_wait']:.2f}, "
+                f"peak {f(r['peak_memory_gib'])} GiB")
     if name == "embed" and "images_per_s" in r:
         return f"{r['model']}: {r['images_per_s']:.0f} images/s ({r['views_per_image']} views each)"
     if name == "batches-pinned" and "ratio_pinned_over_unpinned" in r:
