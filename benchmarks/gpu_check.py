@@ -62,7 +62,7 @@ class Sizes:
     n_images: int = 2048
     big_field: int = 512         # px of the set for configs whose crop is over ``field``
     big_channels: int = 6        # RxRx1's channels
-    n_big: int = 256
+    n_big: int = 512
     config_steps: int = 50
     resume_steps: int = 10
     log_every: int = 10
@@ -284,6 +284,14 @@ def check_config(name: str, ctx: Context) -> dict:
            "full_batch_size": base.batch_size, "channels": s.big_channels if big else s.channels}
     if s.train_tiny_only and not name.endswith("-tiny"):
         return dict(out, trained=False, note="--dry-run resolves full-size configs, trains the -tiny ones")
+    if getattr(base, "requires_init", False) and not getattr(base, "init_from", None):
+        first = _first_stage_run(cfg, ctx.work / "configs")     # a second stage starts from a first
+        if first is None:
+            raise RuntimeError(f"{name} starts from a first-stage run (init_from) and no run of this check "
+                               f"has its method {cfg.method!r} and model {cfg.model!r}; check its "
+                               "first-stage config in the same call (--only config:<prefix>)")
+        overrides["init_from"] = str(first)
+        out["init_from"] = first.name
     cuda = s.device.startswith("cuda")
     batch = base.batch_size
     while True:
@@ -328,6 +336,19 @@ def check_config(name: str, ctx: Context) -> dict:
         ctx.save(out)
         raise RuntimeError(f"{name}: loss finite {out['loss_finite']}, resume {out['resume']}")
     return out
+
+
+def _first_stage_run(cfg, runs: Path) -> Path | None:
+    """The newest finished run of this check with ``cfg``'s method and model and no init of its own."""
+    import yaml
+
+    found = []
+    for run in runs.glob("*/config.yaml"):
+        other = yaml.safe_load(run.read_text(encoding="utf-8")) or {}
+        if (other.get("method") == cfg.method and other.get("model") == cfg.model
+                and not other.get("requires_init") and (run.parent / "checkpoints" / "last.pt").exists()):
+            found.append(run.parent)
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
 def _config_overrides(base, shards: Path, s: Sizes) -> dict:
@@ -572,35 +593,66 @@ def headline(name: str, r: dict) -> str:
 def write_shard_set(out: Path, n: int, shape: tuple[int, int, int], s: Sizes) -> Path:
     """``n`` cell-like fields of ``shape`` as WebDataset shards, with the columns every method reads.
 
-    Written to a sibling folder and renamed, so a part killed half-way leaves no half set.
+    Fields are drawn by ``cytodata.synthetic.make_cells`` (8 labels = compounds, 4 MOAs, every
+    8th field a DMSO negative control, 4 plates, 2 batches, 80/20 train/val) and written as
+    16-bit TIFFs by a process pool, then sharded by the real writer. Written to a sibling folder
+    and renamed, so a part stopped half-way leaves no half set.
     """
+    import multiprocessing
+    import shutil
+
     import pandas as pd
 
     from cytodata import shards
-    from cytodata.loaders.demo import demo_manifest
+    from cytodata.schema import conform, make_key
 
     if (out / "shards.json").exists():
         return out
+    images = out.with_name(out.name + "-images")
+    images.mkdir(parents=True, exist_ok=True)
+    processes = max(1, min(16, os.cpu_count() or 1)) if s.scheduler is None else 1
+    chunks = [(str(images), list(range(i, n, processes * 4)), shape) for i in range(processes * 4)]
+    if processes > 1:
+        with multiprocessing.get_context("fork").Pool(processes) as pool:
+            pool.map(_write_fields, chunks)
+    else:
+        for chunk in chunks:
+            _write_fields(chunk)
+    c = shape[0]
+    rows = []
+    for i in range(n):
+        control = i % 8 == 0
+        label = f"l{i % 8}"
+        rows.append(dict(source="gpu-check", image_id=f"im{i:05d}", plate=f"P{i % 4}", well=f"W{i:05d}",
+                         site=1, batch=f"b{i % 2}", split="train" if i % 5 else "val", label=label,
+                         compound="DMSO" if control else f"cpd-{label}", moa=f"moa-{i % 8 % 4}",
+                         concentration=1.0, control_type="negcon" if control else "trt",
+                         cell_type="HUVEC", parent_id=f"im{i:05d}", channels=[f"ch{k}" for k in range(c)],
+                         channel_paths=[str(images / f"f{i:05d}_c{k}.tif") for k in range(c)]))
+    table = pd.DataFrame(rows)
+    table["key"] = [make_key(a, b) for a, b in zip(table["source"], table["image_id"])]
     tmp = out.with_name(out.name + ".partial")
-    table = demo_manifest(out.with_name(out.name + "-images"), n, shape, n_labels=8, n_plates=4,
-                          pixels="cells")
-    label = table["label"].astype("string")
-    table["compound"] = ("cpd-" + label).astype("string")
-    table["moa"] = ("moa-" + label.str[-1:].map(lambda c: str(int(c) % 4))).astype("string")
-    table["concentration"] = 1.0
-    control = pd.Series(range(len(table))) % 8 == 0
-    table.loc[control.to_numpy(), "compound"] = "DMSO"
-    table["control_type"] = pd.Series(["negcon" if c else "trt" for c in control], dtype="string")
-    table["cell_type"] = pd.Series(["HUVEC"] * len(table), dtype="string")
     if tmp.exists():
-        import shutil
-
         shutil.rmtree(tmp)
     workers = None if s.scheduler else min(8, os.cpu_count() or 1)
-    shards.write(table, tmp, codec="blosc-lz4", samples_per_shard=128, scheduler=s.scheduler,
+    shards.write(conform(table), tmp, codec="blosc-lz4", samples_per_shard=128, scheduler=s.scheduler,
                  n_workers=workers, progress=False)
     os.replace(tmp, out)
     return out
+
+
+def _write_fields(args: tuple[str, list[int], tuple[int, int, int]]) -> None:
+    import numpy as np
+    import tifffile
+
+    from cytodata.synthetic import DEFAULT_MOAS, make_cells
+
+    folder, indices, shape = args
+    moas = list(DEFAULT_MOAS)
+    for i in indices:
+        image = make_cells(np.random.default_rng([0, i]), shape, moas[i % len(moas)])
+        for k in range(shape[0]):
+            tifffile.imwrite(Path(folder) / f"f{i:05d}_c{k}.tif", image[k])
 
 
 def _load_benchmark(name: str):
