@@ -355,7 +355,8 @@ def summary_lines(results: dict) -> list[str]:
         lines.append(f"| [{name}]({r['report']}) | {trained_on} | {cells} |")
     lines += ["", "Each cell: score [95% interval] n=what was scored, chance = what a random neighbour "
               "(or ranking) scores under the same exclusions. NSC/NSCB: nearest-neighbour MOA accuracy "
-              "over treatment profiles, not counting the same compound (NSC) or the same compound and "
+              "over treatment profiles (TVN on DMSO then CORAL per week; no TVN: z-scores), not "
+              "counting the same compound (NSC) or the same compound and "
               "batch (NSCB); Wilson intervals. Held-out: profiles of the val and test images only, which "
               f"no run trained on. {KNN_K}-NN: image-level MOA vote among images of other compounds "
               "(the query's own compound is excluded). mAP: bootstrap interval over treatments, chance "

@@ -129,12 +129,13 @@ def score_figure(evaluation: dict, statuses: dict, png: Path) -> Path | None:
             ax.plot([s["chance"]] * 2, [i - 0.35, i + 0.35], color="black", lw=2)
         ax.set_xlim(0, 1)
         ax.set_title(title)
-        ax.set_xlabel("score (dot), 95% interval (bar), chance (black tick)")
+        ax.set_xlabel("score")
         ax.grid(axis="x", alpha=0.3)
     ax0 = np.atleast_1d(axes)[0]
-    ax0.set_yticks(y, [f"{n} [{statuses[n]}]" if statuses[n] not in ("trained", "features", "random init")
-                       else n for n in names])
+    ax0.set_yticks(y, [f"{n} [collapsed]" if statuses[n].startswith("collapsed") else n for n in names])
     ax0.invert_yaxis()
+    fig.suptitle("Scores: dot = score, bar = 95% interval, black tick = chance; red = collapsed run",
+                 fontsize=11)
     fig.tight_layout()
     fig.savefig(png, dpi=100)
     plt.close(fig)
@@ -199,9 +200,9 @@ def pca_figure(evaluation: dict, statuses: dict, column: str, png: Path) -> Path
     labels = sorted({v for *_, lab in panels for v in lab})
     colors = {lab: plt.get_cmap("tab10" if len(labels) <= 10 else "tab20")(i % 20)
               for i, lab in enumerate(labels)}
-    ncol = min(4, len(panels))
+    ncol = min(5, len(panels))
     nrow = -(-len(panels) // ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.9 * nrow + 0.9), squeeze=False)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.4 * ncol, 3.3 * nrow + 1.0), squeeze=False)
     for ax, (name, xy, var, lab) in zip(axes.flat, panels):
         for value in labels:
             m = lab == value
@@ -216,9 +217,10 @@ def pca_figure(evaluation: dict, statuses: dict, column: str, png: Path) -> Path
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     handles = [plt.Line2D([], [], marker="o", ls="", color=colors[v], label=v) for v in labels]
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(labels), 6), frameon=False,
-               title=column, fontsize=10)
-    fig.tight_layout(rect=(0, 0.9 / (3.9 * nrow + 0.9) + 0.04, 1, 1))
+    top = 1 - 1.0 / (3.3 * nrow + 1.0)
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 1.0), ncol=min(len(labels), 6),
+               frameon=False, title=f"treatment profiles coloured by {column}", fontsize=10, title_fontsize=11)
+    fig.tight_layout(rect=(0, 0, 1, top))
     fig.savefig(png, dpi=90)
     plt.close(fig)
     return png
@@ -288,10 +290,10 @@ def qc_montage(manifest: pd.DataFrame, qc: pd.DataFrame | None, png: Path, *, pe
     plt = _plt()
     ncol = per_source
     nrow = -(-len(drawn) // ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(2.3 * ncol, 2.6 * nrow), squeeze=False)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(2.4 * ncol, 2.75 * nrow), squeeze=False)
     for ax, (title, rgb, why) in zip(axes.flat, drawn):
         ax.imshow(rgb, interpolation="nearest")
-        ax.set_title(title, fontsize=8, color="tab:red" if why != "passed" else "black")
+        ax.set_title(title, fontsize=9, color="tab:red" if why != "passed" else "black")
         ax.axis("off")
     for ax in list(axes.flat)[len(drawn):]:
         ax.axis("off")
@@ -357,8 +359,8 @@ def write_index_html(out: Path, results: dict) -> Path:
             "level (what a random neighbour or ranking scores under the same exclusions). "
             f"<b>NSC</b>: each of the ~{n_treat} treatment profiles takes the MOA of its nearest "
             "neighbour among profiles of <i>other compounds</i>; <b>NSCB</b> also excludes the query's "
-            "batch (week); Wilson intervals. <b>TVN</b>: whitening fitted on DMSO profiles "
-            "(bbbc021-ando); no TVN: z-scored features (bbbc021-cytoimagenet). <b>Held-out</b>: NSC on "
+            "batch (week); Wilson intervals. <b>TVN</b>: whitening fitted on DMSO images, then CORAL per "
+            "week (bbbc021-ando); no TVN: z-scored features (bbbc021-cytoimagenet). <b>Held-out</b>: NSC on "
             "profiles of the val and test images only, which no training run saw (the classifier and "
             "WS-DINO learned from the compound labels of the train images, so their NSC over all images "
             f"includes images they were trained on). <b>{KNN_K}-NN MOA</b>: image-level majority vote of "
@@ -378,14 +380,15 @@ def write_index_html(out: Path, results: dict) -> Path:
             v = collapse[name]
             verdict = ("<b class='collapsed'>collapsed</b> (" + html.escape(v["kind"] or "") + "): "
                        if v["collapsed"] else "not collapsed: " if v["checked"] else "")
-            items.append(f"<li><b>{html.escape(name)}</b>: {verdict}{html.escape(v['evidence'])} "
-                         f"{'(' + html.escape(v['source']) + ')' if v['source'] else ''}; run folder "
+            evidence = (html.escape(v["evidence"]) + f" ({html.escape(v['source'])})" if v["checked"] else
+                        "no collapse check (its metrics log no DINO statistics)")
+            items.append(f"<li><b>{html.escape(name)}</b>: {verdict}{evidence}; run folder "
                          f"<code>{html.escape(str(run))}</code></li>")
         parts.append("<ul>" + "".join(items) + "</ul>")
     if evaluation:
         parts.append("<h2>Treatment profiles in two dimensions</h2>")
         parts.append("<p class='note'>PCA of the treatment profiles each NSC score above was computed on "
-                     "(after TVN), one panel per embedding. Colour by MOA: same-MOA treatments close "
+                     "(after TVN and CORAL), one panel per embedding. Colour by MOA: same-MOA treatments close "
                      "together is what NSC rewards; colour by batch: clusters by week are batch effects. "
                      "UMAP and per-MOA plots are in each row's full report.</p>")
         parts.append(_img(pca_figure(evaluation, statuses, "moa", report / "pca_moa.png"), "PCA by MOA"))
@@ -413,7 +416,7 @@ def write_index_html(out: Path, results: dict) -> Path:
             counts = qc["reason"].value_counts()
             parts.append(f"<p>{len(qc)} images checked, {int(qc['reason'].isna().sum())} passed; failed: "
                          + (", ".join(f"{html.escape(str(k))} = {v}" for k, v in counts.items()) or "none")
-                         + ". Rules, thresholds and per-reason montages: <code>qc/report.md</code>.</p>")
+                         + ". Rules and thresholds: <code>qc/report.md</code>.</p>")
         parts.append(_img(png, "QC montage"))
         if undrawn:
             parts.append("<p>Failed fields that cannot be drawn:</p><ul>"
