@@ -1,7 +1,8 @@
 """Shards: manifest images -> WebDataset tars | Zarr array | OME-Zarr plates (see FORMAT.md).
 
 ``write(manifest, out, format=..., codec=...)`` writes; ``decode(sample)`` turns a raw sample
-from plain ``webdataset.WebDataset`` into ``(image, meta)``; ``CODECS`` lists the codecs.
+from plain ``webdataset.WebDataset`` into ``(image, meta)``; ``wds_handler`` does it inside a
+webdataset pipeline (``.decode().map(wds_handler)``); ``CODECS`` lists the codecs.
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ from ._writer import FORMATS, write
 from .codecs import CODECS, Codec
 from .integrity import Problem, verify
 from .labels import open_xarray
-from .webdataset import decode
+from .webdataset import decode, wds_handler
 
-__all__ = ["write", "decode", "verify", "Problem", "open_xarray", "CODECS", "Codec", "FORMATS", "register"]
+__all__ = ["write", "decode", "wds_handler", "verify", "Problem", "open_xarray", "CODECS", "Codec", "FORMATS",
+           "register"]
 
 
 def _import_formats() -> None:
