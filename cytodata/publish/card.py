@@ -10,6 +10,7 @@ import yaml
 
 from ..schema import BOOL_COLUMNS, FLOAT_COLUMNS, INT_COLUMNS, LIST_COLUMNS
 from .collect import Facts, groups_across_splits, size_category, split_counts
+from .repack import split_of
 from .snippets import PORTABLE, repacked, snippets
 from .sources import LICENSE_URLS, hf_license_id
 
@@ -29,8 +30,14 @@ def card_header(facts: Facts) -> dict:
         "size_categories": [size_category(len(facts.index))],
     }
     if repacked(facts):  # each split has its own shards: the datasets webdataset builder reads them
+        # listed, not globbed: a glob would skip a missing shard and load fewer samples silently
+        by_split: dict[str, list[str]] = {}
+        for name, split in zip(facts.index["shard"].astype(str), split_of(facts.index), strict=True):
+            names = by_split.setdefault(split, [])
+            if not names or names[-1] != name:
+                names.append(name)
         header["configs"] = [{"config_name": "default",
-                              "data_files": [{"split": s, "path": f"shard-{s}-*.tar"} for s in splits]}]
+                              "data_files": [{"split": s, "path": by_split[s]} for s in splits]}]
         features = hf_features(facts)
         if features:
             header["dataset_info"] = {"config_name": "default", "features": features}
