@@ -148,21 +148,10 @@ def accuracy(predicted: np.ndarray, labels: pd.Series, classes: list[str]) -> tu
     return float((predicted[known] == truth[known]).mean()), int(known.sum())
 
 
-def predict(run: "str | Path", shards: "str | Path", out: "str | Path", *, prior: str = "plate",
-            per: str = "key", prior_method: str = "exact", device: str = "auto",
-            batch_size: int = 64, threads: int = 2, progress: bool = True,
-            storage_options: dict | None = None) -> dict:
-    """Write ``out`` (parquet, see the module docstring); return the summary (also in JSON)."""
-    if prior not in PRIORS:
-        raise TrainingError(f"prior={prior!r}; valid: {', '.join(PRIORS)}")
-    if per not in PER:
-        raise TrainingError(f"per={per!r}; valid: {', '.join(PER)}")
-    ASSIGNERS.get(prior_method)
-    out = Path(out)
-    index, probs, classes, extra = image_probabilities(
-        run, shards, device=device, batch_size=batch_size, threads=threads, progress=progress,
-        storage_options=storage_options)
-    meta = index.drop(columns=[c for c in STORAGE_COLUMNS if c in index.columns])
+def predictions(meta: pd.DataFrame, probs: np.ndarray, classes: list[str], *,
+                label: str | None = "label", prior: str = "plate", per: str = "key",
+                prior_method: str = "exact") -> tuple[pd.DataFrame, dict]:
+    """Per-image probabilities ``(N, K)`` + index rows -> the prediction table and its summary."""
     if per == "well":
         meta, probs = per_well(meta, probs)
     elif prior == "plate" and {"plate", "well"} <= set(meta.columns) \
@@ -174,7 +163,7 @@ def predict(run: "str | Path", shards: "str | Path", out: "str | Path", *, prior
     final, fallback, changed = argmax, [], 0
     if prior == "plate":
         if "plate" not in meta.columns or meta["plate"].isna().any():
-            raise TrainingError(f"{shards}: --prior plate needs a plate for every row; predict "
+            raise TrainingError("--prior plate needs a plate for every row; predict "
                                 "with --prior none, or re-shard with the plate column")
         res = apply_prior(probs, meta["plate"].astype(str).to_numpy(), prior_method)
         final, fallback, changed = res.classes, res.fallback_plates, res.changed
@@ -192,11 +181,10 @@ def predict(run: "str | Path", shards: "str | Path", out: "str | Path", *, prior
     table["prediction_argmax"] = names[argmax] if len(argmax) else []
     table["probability_argmax"] = probs[rows, argmax]
     table["probabilities"] = list(probs)
-    summary = {"run": str(run), "shards": str(shards), "rows": int(len(table)), "per": per,
+    summary = {"rows": int(len(table)), "per": per,
                "prior": prior, "prior_method": prior_method if prior == "plate" else None,
                "classes": classes, "changed_by_prior": int(changed),
                "fallback_plates": fallback}
-    label = extra["label"]
     if label in meta.columns and meta[label].notna().any():
         labels = meta[label]
         unseen = sorted(set(labels.dropna().astype(str)) - set(classes))
@@ -210,6 +198,27 @@ def predict(run: "str | Path", shards: "str | Path", out: "str | Path", *, prior
         acc_before, n = accuracy(argmax, labels, classes)
         acc_after, _ = accuracy(final, labels, classes)
         summary.update(accuracy_argmax=acc_before, accuracy=acc_after, rows_scored=n)
+    return table, summary
+
+
+def predict(run: "str | Path", shards: "str | Path", out: "str | Path", *, prior: str = "plate",
+            per: str = "key", prior_method: str = "exact", device: str = "auto",
+            batch_size: int = 64, threads: int = 2, progress: bool = True,
+            storage_options: dict | None = None) -> dict:
+    """Write ``out`` (parquet, see the module docstring); return the summary (also in JSON)."""
+    if prior not in PRIORS:
+        raise TrainingError(f"prior={prior!r}; valid: {', '.join(PRIORS)}")
+    if per not in PER:
+        raise TrainingError(f"per={per!r}; valid: {', '.join(PER)}")
+    ASSIGNERS.get(prior_method)
+    out = Path(out)
+    index, probs, classes, extra = image_probabilities(
+        run, shards, device=device, batch_size=batch_size, threads=threads, progress=progress,
+        storage_options=storage_options)
+    meta = index.drop(columns=[c for c in STORAGE_COLUMNS if c in index.columns])
+    table, summary = predictions(meta, probs, classes, label=extra["label"], prior=prior, per=per,
+                                 prior_method=prior_method)
+    summary = {"run": str(run), "shards": str(shards), **summary}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
     table.to_parquet(tmp, index=False)
