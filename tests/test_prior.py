@@ -9,12 +9,13 @@ import pytest
 from cytodata.baselines.predict import predictions
 
 
-def _two_site_screen(plates: int = 3, k: int = 6, seed: int = 0):
-    """Index rows of ``plates`` plates, ``k`` wells each (distinct classes), two sites per well."""
+def _two_site_screen(plates: int = 3, k: int = 12, wells: int = 6, seed: int = 0):
+    """Index rows of ``plates`` plates, ``wells`` wells each (distinct classes of ``k``), two
+    sites per well (RxRx1: 277 wells of 1,108 classes, so a plate's sites fit distinct classes)."""
     rng = np.random.default_rng(seed)
     rows = []
     for p in range(plates):
-        for w, c in enumerate(rng.permutation(k)):
+        for w, c in enumerate(rng.permutation(k)[:wells]):
             for site in (1, 2):
                 rows.append(dict(key=f"P{p}_W{w}_s{site}", plate=f"P{p}", well=f"W{w:02d}",
                                  site=site, batch="E1", label=f"c{c}"))
