@@ -336,6 +336,11 @@ def test_predict_bad_inputs_unseen_classes_and_crowded_plates(run, sets, tmp_pat
     assert sorted(crowded["fallback_plates"]) == ["P0", "P1", "P2"]
     with pytest.raises(TrainingError, match="channels"):
         predict(run, sets["other"], tmp_path / "o.parquet", progress=False)
+    # --prior group without readable training plates: named, with the way out
+    with pytest.raises(TrainingError, match=r"cannot read the training plates .*nowhere.*"
+                                            r"--train-plates SHARDS"):
+        predict(run, sets["test"], tmp_path / "g.parquet", prior="group", progress=False,
+                train_plates=tmp_path / "nowhere")
     # NaN plate statistics in the predicted set: refused, naming the set and the plate
     import shutil
 
