@@ -100,6 +100,27 @@ def discover_groups(plates, labels, experiments=None) -> PlateGroups:
     return PlateGroups(groups, sorted(shared), plate_group)
 
 
+def groups_from_shards(source, label: str = "label", storage_options: dict | None = None
+                       ) -> PlateGroups:
+    """Learn the groups from a shard set's index (plate, ``label``, batch as the experiment).
+
+    Raises ``ValueError`` naming why when the set cannot be read or lacks the columns.
+    """
+    from cytodata.loaders import StreamingDataset
+
+    try:
+        index = StreamingDataset(source, shuffle=False, rank=0, world_size=1,
+                                 storage_options=storage_options).index
+    except Exception as exc:  # noqa: BLE001 - any unreadable set is the same user error
+        raise ValueError(f"cannot read the training plates {source} ({exc})") from None
+    missing = [c for c in ("plate", label) if c not in index.columns]
+    if missing:
+        raise ValueError(f"the training plates {source} have no {missing} column")
+    exps = index["batch"].astype(str).to_numpy() if "batch" in index.columns \
+        and index["batch"].notna().all() else None
+    return discover_groups(index["plate"].astype(str).to_numpy(), index[label].tolist(), exps)
+
+
 @dataclass
 class GroupMatch:
     """Each test plate's group (``-1``: none fits), the evidence for it and why not."""

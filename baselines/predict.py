@@ -38,7 +38,7 @@ from . import checkpoint, runtime
 from .config import load_config
 from .data import DevicePrep, NormStats, collate
 from .embed import STORAGE_COLUMNS, center_views, load_method
-from .plate_groups import PlateGroups, discover_groups, group_columns, match_groups
+from .plate_groups import PlateGroups, group_columns, groups_from_shards, match_groups
 from .prior import ASSIGNERS, PriorResult, apply_prior
 
 PRIORS = ("plate", "group", "experiment", "none")
@@ -296,28 +296,16 @@ def predictions(meta: pd.DataFrame, probs: np.ndarray, classes: list[str], *,
 def training_groups(run_config, train_plates: "str | Path | None" = None,
                     storage_options: dict | None = None) -> PlateGroups:
     """Learn the plate groups from ``train_plates`` (a shard set) or the run's ``data.train``."""
-    from cytodata.loaders import StreamingDataset
-
     source = train_plates if train_plates is not None else run_config.data.train
-    label = run_config.data.label
     how = ("pass --train-plates SHARDS (a shard set with plate and label columns), or predict "
            "with --prior plate")
     if not source:
         raise TrainingError(f"--prior group learns plate groups from the run's training plates, "
                             f"but the run names no data.train; {how}")
     try:
-        index = StreamingDataset(source, shuffle=False, rank=0, world_size=1,
-                                 storage_options=storage_options).index
-    except Exception as exc:  # noqa: BLE001 - any unreadable set gets the same way out
-        raise TrainingError(f"--prior group: cannot read the training plates {source} ({exc}); "
-                            f"{how}") from None
-    missing = [c for c in ("plate", label) if c not in index.columns]
-    if missing:
-        raise TrainingError(f"--prior group: the training plates {source} have no {missing} "
-                            f"column; {how}")
-    exps = index["batch"].astype(str).to_numpy() if "batch" in index.columns \
-        and index["batch"].notna().all() else None
-    groups = discover_groups(index["plate"].astype(str).to_numpy(), index[label].tolist(), exps)
+        groups = groups_from_shards(source, run_config.data.label, storage_options)
+    except ValueError as exc:
+        raise TrainingError(f"--prior group: {exc}; {how}") from None
     if not groups.groups:
         raise TrainingError(f"--prior group: the training plates {source} show no plate groups "
                             "(no labelled rows, or every class occurs on several plates of one "
