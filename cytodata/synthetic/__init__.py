@@ -12,7 +12,10 @@ byte-identical for the same seed (no timestamps or software tags are written).
 Modules, one job each: ``config`` (:class:`SyntheticScreen`, wells, random streams),
 ``phenotypes`` (what a treatment does to cells), ``acquisition`` (gains, offsets, vignette),
 ``cells`` (drawing one field), ``bbbc021`` / ``rxrx1`` / ``folder`` (the layouts),
-``demo_sources`` (the demo's three sources with two broken inputs).
+``demo_sources`` (the demo's three sources with two broken inputs); the hard screen
+(``SyntheticScreen(difficulty="hard")``): ``morphology`` (MOA -> cell states, per-cell latents,
+the oracle features), ``hard_cells`` (drawing one field with intensities and sizes matched
+across treatments), ``truth`` (the ground truth written beside the screen, read back).
 
 Entry points: :func:`make_cells` (one field, ``(C, H, W)`` uint16), :func:`write_bbbc021_layout`,
 :func:`write_rxrx1_layout`, :func:`write_folder_layout` (each returns its paths and the ground
@@ -36,13 +39,15 @@ from .config import DEFAULT_MOAS, PLATE_WELLS, SyntheticScreen
 from .demo_sources import write_demo_sources
 from .folder import write_folder_layout
 from .phenotypes import PHENOTYPES, Phenotype, phenotype_for
-from .rxrx1 import RXRX1_COLUMNS, rxrx1_sirnas, write_rxrx1_layout
+from .rxrx1 import RXRX1_COLUMNS, rxrx1_plate_map, rxrx1_sirnas, write_rxrx1_layout
+from .truth import oracle_columns, read_ground_truth
 
 __all__ = [
     "Acquisition", "BBBC021_CHANNELS", "BBBC021_IMAGE_COLUMNS", "BBBC021_LOCATIONS_FILE",
     "BBBC021_LOCATION_COLUMNS", "COMPARTMENTS", "DEFAULT_MOAS", "PHENOTYPES",
     "PLATE_WELLS", "Phenotype", "RXRX1_COLUMNS", "SyntheticScreen", "batch_gains",
     "bbbc021_header", "bbbc021_plate_map", "bbbc021_treatments", "channel_kinds", "make_cells",
-    "phenotype_for", "rxrx1_sirnas", "shot_noise", "smooth_noise", "vignette",
+    "oracle_columns", "phenotype_for", "read_ground_truth", "rxrx1_plate_map", "rxrx1_sirnas",
+    "shot_noise", "smooth_noise", "vignette",
     "write_bbbc021_layout", "write_demo_sources", "write_folder_layout", "write_rxrx1_layout",
 ]

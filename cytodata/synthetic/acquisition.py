@@ -1,10 +1,14 @@
-"""Microscope effects of one plate: per-channel gain and offset, illumination vignette."""
+"""Microscope effects of one plate: per-channel gain and offset, illumination vignette.
+
+The hard screen adds per-plate focus blur and a background gradient (:class:`Plate`).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from .config import SyntheticScreen, screen_rng
 
@@ -61,3 +65,46 @@ def acquisitions(config: SyntheticScreen, layout: int, n_channels: int, n_batche
                                     field=vignette(prng, (n_channels, *shape), config.illumination))
     return out
 
+
+
+@dataclass(frozen=True)
+class Plate:
+    """Acquisition of one plate in the hard screen.
+
+    The easy screen's gain, offset and vignette plus ``blur`` (focus blur, px sd) and a
+    background ``gradient`` (relative ramp across the field, direction ``angle`` in radians).
+    """
+
+    acquisition: Acquisition
+    blur: float
+    gradient: float
+    angle: float
+
+
+def hard_plates(config: SyntheticScreen, layout: int, n_channels: int, n_batches: int,
+                n_plates: int, shape: tuple[int, int], background: float) -> dict:
+    """:class:`Plate` per (batch, plate): :func:`acquisitions` plus focus blur ``U(0,
+    focus_blur)`` and a background gradient ``background_gradient * U(0.5, 1)`` per plate.
+    """
+    acq = acquisitions(config, layout, n_channels, n_batches, n_plates, shape, background)
+    out = {}
+    for (b, p), a in acq.items():
+        rng = screen_rng(config, layout, 999_997, b, p)
+        out[b, p] = Plate(acquisition=a, blur=float(rng.uniform(0, config.focus_blur)),
+                          gradient=float(config.background_gradient * rng.uniform(0.5, 1.0)),
+                          angle=float(rng.uniform(0, 2 * np.pi)))
+    return out
+
+
+def plates_table(plates: dict, names: dict) -> pd.DataFrame:
+    """Ground-truth rows of :func:`hard_plates` (``names``: (batch, plate) -> (batch, plate
+    names)): batch, plate, blur, gradient, gradient_angle, gain_<c>, offset_<c>.
+    """
+    rows = []
+    for key, pl in plates.items():
+        row = {"batch": names[key][0], "plate": names[key][1], "blur": pl.blur,
+               "gradient": pl.gradient, "gradient_angle": pl.angle}
+        row.update({f"gain_{c}": float(g) for c, g in enumerate(pl.acquisition.gain)})
+        row.update({f"offset_{c}": float(o) for c, o in enumerate(pl.acquisition.offset)})
+        rows.append(row)
+    return pd.DataFrame(rows)

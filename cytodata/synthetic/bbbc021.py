@@ -10,10 +10,13 @@ import numpy as np
 import pandas as pd
 
 from ._files import csv_line, slug, uuid_name, write_tiff
-from .acquisition import acquisitions
+from .acquisition import acquisitions, hard_plates, plates_table
 from .cells import make_cells
 from .config import PLATE_WELLS, SyntheticScreen, screen_rng
+from .hard_cells import render_hard_field
+from .morphology import draw_cell_states, moa_states
 from .phenotypes import PHENOTYPES, Phenotype, phenotype_for
+from .truth import cell_rows, oracle_columns, oracle_table, write_ground_truth
 
 BBBC021_CHANNELS: tuple[tuple[str, int], ...] = (("DAPI", 1), ("Tubulin", 2), ("Actin", 4))
 #: the real BBBC021_v1_image.csv columns, and which of them are quoted text
@@ -96,6 +99,24 @@ def _treatment_phenotype(config: SyntheticScreen, compound: str, moa, strength: 
     return PHENOTYPES["DMSO"].blend(target, strength)
 
 
+def hard_treatment(config: SyntheticScreen, compound: str, moa, strength: float
+                   ) -> tuple[dict[str, str], float]:
+    """Hard screen: (states of the responding cells, share of cells responding) of a treatment.
+
+    DMSO: no state, nobody responds. Otherwise the MOA's states (unannotated compounds: states
+    drawn from the compound's name) and ``response_fraction * strength`` (the dose's strength,
+    0.6-1.0) times a per-compound factor ``exp(N(0, 0.1))``, at most 1.
+    """
+    if compound == "DMSO":
+        return {}, 0.0
+    rng = np.random.default_rng(zlib.crc32(("hard:" + compound).encode("utf-8"))
+                                ^ (config.seed & 0xFFFF))
+    annotated = not (moa is pd.NA or moa is None)
+    states = moa_states(str(moa) if annotated else "compound:" + compound)
+    respond = min(1.0, config.response_fraction * strength * float(np.exp(rng.normal(0, 0.1))))
+    return states, respond
+
+
 def bbbc021_plate_map(config: SyntheticScreen) -> pd.DataFrame:
     """Which treatment is in which well: one row per (batch, plate, well).
 
@@ -150,8 +171,16 @@ def write_bbbc021_layout(root: str | os.PathLike, config: SyntheticScreen | None
     root.mkdir(parents=True, exist_ok=True)
     size = (config.image_size, config.image_size)
     plate_map = bbbc021_plate_map(config)
-    acq = acquisitions(config, 1, len(BBBC021_CHANNELS), config.n_batches,
-                        config.plates_per_batch, size, config.background)
+    hard = config.difficulty == "hard"
+    if hard:
+        plates = hard_plates(config, 1, len(BBBC021_CHANNELS), config.n_batches,
+                             config.plates_per_batch, size, config.background)
+        plate_names: dict = {}
+        cell_tables: list[pd.DataFrame] = []
+        field_rows: list[dict] = []
+    else:
+        acq = acquisitions(config, 1, len(BBBC021_CHANNELS), config.n_batches,
+                           config.plates_per_batch, size, config.background)
     lines = [bbbc021_header()]
     quoted = [c not in _BBBC021_NUMERIC for c in BBBC021_IMAGE_COLUMNS]
     truth = []
@@ -163,19 +192,35 @@ def write_bbbc021_layout(root: str | os.PathLike, config: SyntheticScreen | None
         plate = f"{week}_{22000 + 2000 * b + 20 * (p + 1) + 1}"
         rel = f"{week}/{plate}"
         strength = float(row.strength)
-        pheno = (PHENOTYPES["DMSO"] if row.compound == "DMSO" else
-                 _treatment_phenotype(config, str(row.compound), row.moa, strength))
+        if hard:
+            plate_names[b, p] = (week, plate)
+            states, respond = hard_treatment(config, str(row.compound), row.moa, strength)
+        else:
+            pheno = (PHENOTYPES["DMSO"] if row.compound == "DMSO" else
+                     _treatment_phenotype(config, str(row.compound), row.moa, strength))
         well_idx = PLATE_WELLS.index(row.well)
         for site in range(1, config.sites_per_well + 1):
             rng = screen_rng(config, 1, b, p, well_idx, site)
-            image, centres = make_cells(rng, (3, *size), pheno, background=config.background,
-                                        peak=config.peak, bit_depth=config.bit_depth,
-                                        acquisition=acq[b, p], return_centres=True)
+            if hard:
+                image, field_cells = render_hard_field(
+                    rng, 3, size, lambda r, n, st=states, re=respond, s=strength: draw_cell_states(
+                        r, n, st, re, s, config.spontaneous_fraction),
+                    background=config.background, peak=config.peak, bit_depth=config.bit_depth,
+                    plate=plates[b, p], intensities=HARD_INTENSITIES)
+                centres = np.stack([field_cells["x"], field_cells["y"]], axis=1)
+                cell_tables.append(cell_rows(plate, row.well, site, field_cells))
+            else:
+                image, centres = make_cells(rng, (3, *size), pheno, background=config.background,
+                                            peak=config.peak, bit_depth=config.bit_depth,
+                                            acquisition=acq[b, p], return_centres=True)
             names = []
             for c, (_, w) in enumerate(BBBC021_CHANNELS):
                 name = f"{row.well}_s{site}_w{w}{uuid_name(rng)}.tif"
                 write_tiff(root / rel / name, image[c])
                 names.append(name)
+            if hard:
+                field_rows.append({"plate": plate, "well": row.well, "site": site,
+                                   "image": names[0]})
             cells.extend(_location_line(plate, row.well, site, names[0], k, x, y)
                          for k, (x, y) in enumerate(centres, 1))
             table = (b + 1) % 10
@@ -202,8 +247,36 @@ def write_bbbc021_layout(root: str | os.PathLike, config: SyntheticScreen | None
     locations_csv.write_text("".join(cells), encoding="utf-8", newline="\n")
     images = pd.DataFrame(truth).astype({"batch": "string", "plate": "string", "well": "string",
                                          "compound": "string", "moa": "string"})
-    return {"root": root, "image_csv": image_csv, "moa_csv": moa_csv, "images": images,
-            "single_batch_moa": config.single_batch_moa, "locations_csv": locations_csv}
+    out = {"root": root, "image_csv": image_csv, "moa_csv": moa_csv, "images": images,
+           "single_batch_moa": config.single_batch_moa, "locations_csv": locations_csv}
+    if hard:
+        tables = _hard_truth(config, cell_tables, field_rows, plates_table(plates, plate_names))
+        out.update(ground_truth=tables, ground_truth_dir=write_ground_truth(root, tables))
+    return out
+
+
+#: per-channel peak fractions (DAPI, Tubulin, Actin) of the hard screen: one for all treatments
+HARD_INTENSITIES = (0.5, 0.4, 0.4)
+
+
+def _hard_truth(config: SyntheticScreen, cell_tables: list, field_rows: list,
+                plates: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The hard screen's ground-truth tables (:mod:`.truth`)."""
+    cells = pd.concat(cell_tables, ignore_index=True)
+    fields = pd.DataFrame(field_rows).merge(oracle_table(cells), on=["plate", "well", "site"],
+                                            how="left")
+    fields[oracle_columns()] = fields[oracle_columns()].fillna(0.0)
+    trt = bbbc021_treatments(config)
+    states, response = [], []
+    for t in trt.itertuples(index=False):
+        st, resp = hard_treatment(config, str(t.compound), t.moa, float(t.strength))
+        states.append(";".join(f"{k}={v}" for k, v in sorted(st.items())))
+        response.append(resp)
+    trt = trt.assign(response=response, states=states)
+    dmso = pd.DataFrame([{"compound": "DMSO", "concentration": 0.0, "moa": "DMSO",
+                          "strength": 0.0, "batch_index": -1, "response": 0.0, "states": ""}])
+    treatments = pd.concat([trt, dmso.astype(trt.dtypes.to_dict())], ignore_index=True)
+    return {"cells": cells, "fields": fields, "treatments": treatments, "plates": plates}
 
 
 #: the cell locations table written beside the BBBC021 CSVs (CellProfiler/DeepProfiler names)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import RecipeError
+from .morphology import check_moas
 
 DEFAULT_MOAS: tuple[str, ...] = (
     "Actin disruptors", "Microtubule destabilizers", "DNA damage", "Protein synthesis",
@@ -31,6 +32,23 @@ class SyntheticScreen:
     ``plate_effect`` the sd of an extra per-plate log gain, ``illumination`` the vignette depth.
     ``background`` and ``peak`` are camera counts and must fit ``bit_depth`` (16-bit: 500 and
     20000; a 12-bit camera: e.g. 120 and 3000). RxRx1 sites are 8-bit (background ~10).
+
+    ``difficulty``: ``"easy"`` (each MOA its own cell size, count, brightness and texture:
+    simple features solve it; kept for fast tests) or ``"hard"`` (:mod:`.morphology`: MOAs
+    differ only in morphology and arrangement; per-channel intensity histograms and cell sizes
+    are the same for every treatment). Hard-screen parameters: ``response_fraction`` (share of
+    cells responding at the top dose, lower doses fewer and weaker), ``spontaneous_fraction``
+    (share of every well's cells showing a random non-DMSO state), ``focus_blur`` (the largest
+    per-plate defocus, px sd) and ``background_gradient`` (relative background ramp across a
+    field, per plate). Each hard screen writes its ground truth beside it (:mod:`.truth`).
+
+    RxRx1 layout, the real plate structure scaled down: the ``rxrx_sirnas`` treatment siRNAs
+    fall into ``rxrx_sirna_groups`` fixed groups of equal size (real: 1,108 siRNAs in 4 groups
+    of 277); every experiment (``rxrx_experiments``, ``<cell type>-<number>``) has one plate
+    per group, so each siRNA is in exactly one well of every experiment; every plate also holds
+    the ``rxrx_positive_controls`` positive controls (real: 30) and one negative control well
+    (``EMPTY``); two sites per well. Which group sits on which plate number rotates between
+    experiments.
     """
 
     n_batches: int = 3
@@ -45,6 +63,11 @@ class SyntheticScreen:
     single_batch_moa: str | None = "Aurora kinase inhibitors"
     unannotated_compounds: int = 1
     seed: int = 0
+    difficulty: str = "easy"
+    response_fraction: float = 0.5
+    spontaneous_fraction: float = 0.05
+    focus_blur: float = 1.0
+    background_gradient: float = 0.2
     batch_effect: float = 0.15
     plate_effect: float = 0.03
     offset_effect: float = 60.0     # max additive offset per batch and channel (grey levels)
@@ -55,9 +78,8 @@ class SyntheticScreen:
     # RxRx1 layout
     rxrx_experiments: tuple[str, ...] = ("HEPG2-01", "HEPG2-02", "U2OS-01")
     rxrx_test_experiments: tuple[str, ...] = ("HEPG2-02",)
-    rxrx_plates: int = 2
-    rxrx_wells_per_plate: int = 12
-    rxrx_sirnas: int = 5
+    rxrx_sirna_groups: int = 4
+    rxrx_sirnas: int = 8
     rxrx_positive_controls: int = 1
     # folder layout
     folder_classes: tuple[str, ...] = ("interphase", "mitotic", "apoptotic")
@@ -98,10 +120,51 @@ class SyntheticScreen:
              "rxrx_test_experiments must be a subset of rxrx_experiments")
         need(self.plates_per_batch <= 99 and self.n_batches <= 38,
              "at most 38 weeks of 99 plates (plate numbers are 5 digits, as in BBBC021)")
-        need(self.rxrx_sirnas >= 1 and 0 <= self.rxrx_positive_controls <= 30,
-             "rxrx_sirnas must be >= 1 and rxrx_positive_controls in 0..30 (ids 1108-1137)")
-        need(self.rxrx_wells_per_plate > 1 + self.rxrx_positive_controls,
-             "rxrx_wells_per_plate must leave room for treatments after the control wells")
+        need(self.difficulty in ("easy", "hard"),
+             f"difficulty must be 'easy' or 'hard', got {self.difficulty!r}")
+        if self.difficulty == "hard":
+            self._check_hard(need)
+        need(self.rxrx_sirna_groups >= 1 and 0 <= self.rxrx_positive_controls <= 30,
+             "rxrx_sirna_groups must be >= 1 and rxrx_positive_controls in 0..30 "
+             "(ids 1108-1137)")
+        need(self.rxrx_sirnas >= self.rxrx_sirna_groups
+             and self.rxrx_sirnas % self.rxrx_sirna_groups == 0,
+             f"rxrx_sirnas ({self.rxrx_sirnas}) must be a positive multiple of "
+             f"rxrx_sirna_groups ({self.rxrx_sirna_groups}): the groups are of equal size, "
+             "one per plate (real RxRx1: 1,108 = 4 x 277)")
+        need(self.rxrx_wells_per_plate <= len(PLATE_WELLS),
+             f"rxrx_sirnas / rxrx_sirna_groups + rxrx_positive_controls + 1 = "
+             f"{self.rxrx_wells_per_plate} wells per plate; at most {len(PLATE_WELLS)} fit "
+             "the 384-well plate's interior")
+
+    def _check_hard(self, need) -> None:
+        """Parameters that would make a hard-screen phenotype invisible or the screen degenerate."""
+        need(0 < self.response_fraction <= 1,
+             f"response_fraction={self.response_fraction}: must be in (0, 1]; at 0 no cell "
+             "responds and every MOA looks like DMSO")
+        need(0 <= self.spontaneous_fraction < 0.5,
+             f"spontaneous_fraction={self.spontaneous_fraction}: must be in [0, 0.5)")
+        need(self.compounds_per_moa >= 2,
+             f"compounds_per_moa={self.compounds_per_moa}: the hard screen needs >= 2 compounds "
+             "per MOA (NSC matches each compound to another compound of its MOA)")
+        need(len(self.moas) >= 2, f"moas={self.moas!r}: the hard screen needs >= 2 MOAs")
+        need(0 <= self.focus_blur <= 2.0,
+             f"focus_blur={self.focus_blur}: must be in [0, 2] px; the finest patterns (4.5 px "
+             "stress fibres) vanish above ~2 px")
+        need(0 <= self.background_gradient < 0.5,
+             f"background_gradient={self.background_gradient}: must be in [0, 0.5)")
+        need(self.image_size >= 48,
+             f"image_size={self.image_size}: the hard screen's cells (~28 px long) need fields of "
+             ">= 48 px")
+        try:
+            check_moas(self.moas)
+        except ValueError as err:
+            need(False, str(err))
+
+    @property
+    def rxrx_wells_per_plate(self) -> int:
+        """Wells of one RxRx1 plate: one siRNA group + the positive controls + one EMPTY well."""
+        return self.rxrx_sirnas // self.rxrx_sirna_groups + self.rxrx_positive_controls + 1
 
     def replace(self, **changes) -> "SyntheticScreen":
         """Return a copy with some fields changed."""
