@@ -183,6 +183,10 @@ def test_payload_choice_and_refusals(published, tmp_path, capsys):
     code = cli(["publish", str(wide), "-o", str(tmp_path / "x"), "-q", "--payload", "png16"])
     assert code == 2 and "cannot hold dtype 'uint32'" in capsys.readouterr().err
     assert not (tmp_path / "x" / "README.md").exists()
+    meta.update(dtype="float16", dtypes=["float16"])  # numpy holds it; Arrow/Croissant clients do not
+    (wide / "shards.json").write_text(json.dumps(meta))
+    with pytest.raises(PublishError, match="codec 'npy' cannot hold dtype 'float16'"):
+        publish(wide, tmp_path / "half", payload="portable")
     with pytest.raises(PublishError, match=r"unknown payload 'gif'.*\['fast', 'portable'\]"):
         publish(root / "set", tmp_path / "y", payload="gif")
     with pytest.raises(PublishError, match="--in-place publishes the shards as written"):
