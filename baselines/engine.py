@@ -30,6 +30,7 @@ from cytodata.errors import TrainingError
 from cytodata.loaders.partition import seed_for
 
 from . import augment, checkpoint, runtime
+from .clipping import clip_gradients
 from .config import TrainConfig, dump, load_config, to_dict
 from .data import DataInfo, DevicePrep, NormStats, class_ids, loader, open_dataset, relabel
 from .methods import METHODS
@@ -251,8 +252,8 @@ class Engine:
             method.before_step(module, step)
             if cfg.optim.clip_grad:
                 scaler.unscale_(optimizer)
-                logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(module.parameters(),
-                                                                         cfg.optim.clip_grad))
+                logs["grad_norm"] = clip_gradients(module.parameters(), cfg.optim.clip_grad,
+                                                   cfg.optim.clip_mode)
             scaler.step(optimizer)
             scaler.update()
             method.after_step(step)
