@@ -9,6 +9,7 @@ checkpoint repeats the uninterrupted run exactly on the CPU. DDP under ``torchru
 NCCL on CUDA), bf16 autocast on CUDA, ``channels_last`` and ``torch.compile`` are options.
 
 RUN_DIR: ``config.yaml`` (resolved), ``metrics.jsonl`` (one JSON object per logged step),
+``summary.json`` (the method's outcome, e.g. DINO's ``collapsed``, also the last metrics row),
 ``checkpoints/step-N.pt`` + ``checkpoints/last.pt``, ``tensorboard/`` (if installed).
 """
 
@@ -280,6 +281,11 @@ class Engine:
             self._save(method, optimizer, scaler, train_ds, step, epoch, info)
         if main and val_ds is not None and cfg.val_every is None:
             log.write(dict(step=step, epoch=epoch, **self._validate(method, val_ds, vprep)))
+        outcome = method.summary()
+        if main and outcome:
+            log.write({"step": step, "epoch": epoch, "summary": True, **outcome})
+            (self.out / "summary.json").write_text(json.dumps({"step": step, **outcome}, indent=1),
+                                                   encoding="utf-8")
         if world > 1:  # every rank must hold the same weights after DDP training
             sums = runtime.all_gather_floats(_param_checksum(module))
             log.write({"step": step, "params_checksum_ranks": sums})
