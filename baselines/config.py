@@ -78,6 +78,8 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     momentum: float = 0.9             # sgd only
     clip_grad: float | None = None    # max gradient norm (None: no clipping)
+    clip_mode: str = "global"         # global: one norm over all parameters | per_tensor: each
+    #                                   parameter tensor's norm on its own (DINO's clip_gradients)
     scale_lr_by_batch: bool = False   # lr *= global batch / 256 (DINO's linear scaling rule)
 
 
@@ -204,6 +206,9 @@ def check(cfg: TrainConfig, where: str) -> None:
          "and tail [fraction in [0, 1), lr >= 0] (or [])")
     need(all(len(m) == 2 and 0 <= m[0] <= 1 and m[1] >= 0 for m in cfg.optim.milestones),
          f"optim.milestones={cfg.optim.milestones!r}; expected [[fraction 0..1, lr >= 0], ...]")
+    need(cfg.optim.clip_mode in ("global", "per_tensor"),
+         f"optim.clip_mode={cfg.optim.clip_mode!r}; valid: global, per_tensor (DINO clips each "
+         "parameter tensor: --set optim.clip_mode=per_tensor)")
     need(cfg.optim.lr > 0, f"optim.lr={cfg.optim.lr}; must be > 0")
     need(cfg.data.normalize in NORMALIZE_LEVELS,
          f"data.normalize={cfg.data.normalize!r}; valid: {', '.join(NORMALIZE_LEVELS)}")
