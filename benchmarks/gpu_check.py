@@ -60,7 +60,7 @@ class Sizes:
     channels: int = 5
     field: int = 256             # px of the 5-channel shard set (224 crops fit)
     n_images: int = 2048
-    big_field: int = 512         # px of the set for configs whose crop is over ``field``
+    big_field: int = 512         # px of the set for configs that need more than ``field`` (crop / prescale)
     big_channels: int = 6        # RxRx1's channels
     n_big: int = 512
     config_steps: int = 50
@@ -79,11 +79,11 @@ class Sizes:
 
 
 GPU = Sizes(device="cuda", precision="bf16")
-DRY = Sizes(device="cpu", precision="fp32", field=40, n_images=64, big_field=72, n_big=16,
-            config_steps=3, resume_steps=1, log_every=1,
+DRY = Sizes(device="cpu", precision="fp32", field=40, n_images=64, big_field=64, n_big=48,
+            config_steps=2, resume_steps=1, log_every=1,
             ratio_args=("--tiny", "--steps", "10", "--batch", "8", "--torch-threads", "1"),
-            dino_args=("--device", "cpu", "--steps", "3", "--skip", "1", "--model", "test_vit",
-                       "--crop", "32", "--local", "16", "--batch", "4", "--out-dim", "64"),
+            dino_args=("--device", "cpu", "--steps", "2", "--skip", "1", "--model", "test_vit",
+                       "--crop", "32", "--local", "16", "--batch", "2", "--out-dim", "64"),
             embed_batch=16, embed_model="test_efficientnet", embed_crop=32, batches_batch=8,
             batches_count=4, threads=2, scheduler="synchronous", train_tiny_only=True)
 
@@ -151,12 +151,9 @@ def part_env(ctx: Context) -> dict:
 
 
 def part_data(ctx: Context) -> dict:
-    from cytodata.baselines import config_names, load_config
-
     s, out = ctx.sizes, {}
-    sets = [(ctx.shards(), s.channels, s.field, s.n_images)]
-    if not s.train_tiny_only and any(load_config(n).data.crop > s.field for n in config_names()):
-        sets.append((ctx.shards(big=True), s.big_channels, s.big_field, s.n_big))
+    sets = [(ctx.shards(), s.channels, s.field, s.n_images),
+            (ctx.shards(big=True), s.big_channels, s.big_field, s.n_big)]
     for path, channels, field, n in sets:
         t0 = time.perf_counter()
         write_shard_set(path, n, (channels, field, field), s)
@@ -188,6 +185,14 @@ def part_cuda_tests(ctx: Context) -> dict:
 
 def part_train_ratio(ctx: Context, compile_: bool = False) -> dict:
     train_bench = _load_benchmark("train")
+    if compile_ and ctx.sizes.train_tiny_only:
+        # torch.compile's CPU code generation takes minutes on a small machine: the dry run checks
+        # that the benchmark's config takes compile=True, the GPU run measures it
+        from cytodata.baselines import load_config
+
+        cfg = load_config(train_bench.TINY_DEFAULTS["config"], {"compile": True})
+        return {"compile": cfg.compile, "ran": False,
+                "note": "--dry-run resolves the compiled configuration; the GPU run measures it"}
     work = ctx.work / ("ratio-compile" if compile_ else "ratio")
     work.mkdir(parents=True, exist_ok=True)
     if not (work / "shards").exists():       # train.py writes shards into --dir unless they exist
@@ -200,8 +205,9 @@ def part_train_ratio(ctx: Context, compile_: bool = False) -> dict:
 
 def part_dino(ctx: Context) -> dict:
     dino = _load_benchmark("dino_gpu")
+    # ws-dino resizes fields by its prescale (0.5) before cropping: the larger set holds 224-px crops
     return dino.main([*ctx.sizes.dino_args, "--out", str(ctx.work / "dino-gpu"),
-                      "--shards", str(ctx.shards())])
+                      "--shards", str(ctx.shards(big=True))])
 
 
 def part_embed(ctx: Context) -> dict:
@@ -277,7 +283,11 @@ def check_config(name: str, ctx: Context) -> dict:
 
     s = ctx.sizes
     base = load_config(name)
-    big = base.data.crop > s.field and not name.endswith("-tiny")
+    need = field_needed(base)
+    if need > s.big_field:
+        raise RuntimeError(f"{name} needs fields of at least {need} px (data.crop / prescale); the "
+                           f"check's largest are {s.big_field} px (Sizes.big_field)")
+    big = need > s.field
     overrides = _config_overrides(base, ctx.shards(big=big), s)
     cfg = load_config(name, overrides)        # every override is a valid key of this config
     out = {"config": name, "method": cfg.method, "model": cfg.model, "crop": cfg.data.crop,
@@ -336,6 +346,13 @@ def check_config(name: str, ctx: Context) -> dict:
         ctx.save(out)
         raise RuntimeError(f"{name}: loss finite {out['loss_finite']}, resume {out['resume']}")
     return out
+
+
+def field_needed(cfg) -> int:
+    """The smallest field side a config trains on: its crop, before a ``prescale`` resize (WS-DINO)."""
+    import math
+
+    return math.ceil(cfg.data.crop / float(getattr(cfg, "prescale", 1.0) or 1.0))
 
 
 def _first_stage_run(cfg, runs: Path) -> Path | None:
@@ -412,9 +429,10 @@ def run_part(part: Part, ctx: Context, timeout: float) -> dict:
         code = 1
         try:
             os.setpgid(0, 0)
-            fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            os.dup2(fd, 1)
-            os.dup2(fd, 2)
+            log_file = open(log, "w", buffering=1, encoding="utf-8")   # noqa: SIM115 - until os._exit
+            os.dup2(log_file.fileno(), 1)           # C-level output (libraries, subprocesses)
+            os.dup2(log_file.fileno(), 2)
+            sys.stdout = sys.stderr = log_file      # Python-level output, even under a capturing caller
             # where the part was when its time ran out: every thread's stack, into its log
             faulthandler.dump_traceback_later(max(timeout - 1.5, 0.5), exit=False)
             results = part.run(ctx)
@@ -463,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=os.environ.get("OUT") or "gpu-check",
                     help="folder for gpu_check.json, gpu_check.md and logs/ (default $OUT, else gpu-check)")
     ap.add_argument("--budget-s", type=float, default=None,
-                    help="overall wall-time limit in seconds (default 480; --dry-run 300)")
+                    help="overall wall-time limit in seconds (default 480; --dry-run 420)")
     ap.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU (under a minute)")
     ap.add_argument("--only", default=None, help="parts (names or prefixes, comma-separated)")
     ap.add_argument("--work", default=None, help="folder for shards and runs (default: a temporary one, removed)")
@@ -473,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     from cytodata.baselines.config import config_names
 
     sizes = DRY if args.dry_run else GPU
-    budget = args.budget_s if args.budget_s is not None else (300.0 if args.dry_run else 480.0)
+    budget = args.budget_s if args.budget_s is not None else (420.0 if args.dry_run else 480.0)
     parts = select(plan_parts(config_names()), args.only)
     if args.list:
         print("\n".join(f"{p.name:28s} {p.budget_s:5.0f} s" for p in parts))
@@ -518,7 +536,7 @@ def run_all(parts: list[Part], ctx: Context, budget: float, dry_run: bool) -> di
                                           "error": why, "results": {}, "log": None}
             report["stopped_early"] = report["stopped_early"] or left < 2
             continue
-        timeout = min(part.budget_s if not dry_run else max(part.budget_s, 60.0), left)
+        timeout = min(part.budget_s if not dry_run else max(part.budget_s, 90.0), left)
         print(f"[{time.monotonic() - start:6.1f} s] {part.name} (budget {timeout:.0f} s) ...", flush=True)
         entry = run_part(part, ctx, timeout)
         report["parts"][part.name] = entry
@@ -566,6 +584,8 @@ def headline(name: str, r: dict) -> str:
         return f"{r.get('device_name', 'CPU')}, {f(r.get('memory_gib'), '.0f')} GiB, CUDA {r.get('torch_cuda')}"
     if name == "cuda-tests":
         return f"{r.get('passed', 0)} passed, {r.get('failed', 0)} failed, {r.get('skipped', 0)} skipped"
+    if name.startswith("train-ratio") and r.get("ran") is False:
+        return "resolved, not run (dry run)"
     if name.startswith("train-ratio") and "ratio" in r:
         return (f"ratio {r['ratio']:.3f} (loader {r['loader_images_per_s']:.0f} / bound "
                 f"{r['bound_images_per_s']:.0f} images/s), data wait {r['data_wait']:.3f}")
@@ -581,6 +601,8 @@ def headline(name: str, r: dict) -> str:
                 f"peak {f(r['peak_memory_gib'])} GiB")
     if name == "embed" and "images_per_s" in r:
         return f"{r['model']}: {r['images_per_s']:.0f} images/s ({r['views_per_image']} views each)"
+    if name == "batches-pinned" and "ratio_pinned_over_unpinned" in r and not r["pinned"]["all_pinned"]:
+        return f"no CUDA, so nothing pinned: {r['pinned']['images_per_s']:.0f} images/s to the CPU"
     if name == "batches-pinned" and "ratio_pinned_over_unpinned" in r:
         return (f"pinned {r['pinned']['images_per_s']:.0f} vs unpinned {r['unpinned']['images_per_s']:.0f} "
                 f"images/s (ratio {r['ratio_pinned_over_unpinned']:.2f})")
@@ -661,6 +683,7 @@ def _load_benchmark(name: str):
     sys.path.insert(0, str(BENCHMARKS))
     spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 
