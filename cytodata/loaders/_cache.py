@@ -173,10 +173,7 @@ class ShardCache:
         now = time.monotonic()
         if now - self._touched.get(name, -1e9) > TOUCH_EVERY_S:  # its LRU age, cheaply
             self._touched[name] = now
-            try:
-                os.utime(path)
-            except OSError:  # evicted meanwhile: the caller's open fails and it re-asks
-                pass
+            _touch(path)
 
     def _count(self, what: str, n: int = 1) -> None:
         with self._lock:
@@ -201,6 +198,7 @@ class ShardCache:
             with open(tmp, "wb") as fh:
                 fh.write(data)
             os.replace(tmp, path)  # atomic: readers see the whole shard or none
+            _touch(path)
         except OSError as exc:
             _unlink(tmp)
             if exc.errno not in NO_ROOM:
@@ -218,7 +216,7 @@ class ShardCache:
             return
         folder = os.path.join(self.root, "shards")
         with _flock(os.path.join(self.root, "cache.lock")):
-            done, total, now = [], 0, time.time()
+            done, flight, now = [], {}, time.time()
             for entry in os.scandir(folder):
                 try:
                     st = entry.stat()
@@ -228,13 +226,16 @@ class ShardCache:
                     if now - st.st_mtime > STALE_TMP_S:  # left by a process that died mid-fetch
                         _unlink(entry.path)
                         continue
+                    final, _, tail = entry.name.partition(".tmp-")
                     try:  # a fetch in flight counts at its final size
-                        total += int(entry.name.rsplit(".tmp-", 1)[1].split("-", 1)[0])
+                        flight[final] = int(tail.split("-", 1)[0])
                     except ValueError:
-                        total += st.st_size
+                        flight[final] = st.st_size
                     continue
-                done.append((st.st_mtime, st.st_size, entry.path))
-                total += st.st_size
+                done.append((st.st_mtime_ns, st.st_size, entry.path))
+            # a fetch renamed while the folder was listed shows under both names: count it once
+            names = {os.path.basename(p) for _, _, p in done}
+            total = sum(n for _, n, _ in done) + sum(n for k, n in flight.items() if k not in names)
             for _, nbytes, victim in sorted(done):
                 if total + size <= self.limit:
                     break
@@ -288,6 +289,16 @@ def _flock(path: str):
         os.close(fd)  # releases the lock
 
 
+def _touch(path: str) -> None:
+    """Set ``path``'s mtime (its LRU age) to now, to the nanosecond: the clock the kernel stamps
+    writes with ticks in milliseconds, too coarse to order shards fetched back to back."""
+    now = time.time_ns()
+    try:
+        os.utime(path, ns=(now, now))
+    except OSError:  # evicted meanwhile: the caller's open fails and it asks again
+        pass
+
+
 def _unlink(path: str) -> None:
     try:
         os.unlink(path)
@@ -334,7 +345,7 @@ class Prefetch:
         ahead = sum(self.cache.size[n] for n in self.names[self.done + 1: self.next])
         while self.next < len(self.names) and not self.cache.disabled:
             name = self.names[self.next]
-            if self.next > self.done + 1 and ahead + self.cache.size[name] > self.max_bytes:
+            if self.next > self.done and ahead + self.cache.size[name] > self.max_bytes:
                 break
             self._futures[name] = self._pool.submit(self.cache.ensure, name, self.fetch)
             ahead += self.cache.size[name] if self.next > self.done else 0

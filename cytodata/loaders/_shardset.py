@@ -135,6 +135,7 @@ class ShardSet:
 
     def _check_shards(self) -> None:
         shards = self.meta.get("shards", [])
+        self.fs.invalidate_cache(self.root)  # the listing of now, not one this process saw before
         listing = {os.path.basename(str(e["name"]).rstrip("/")): int(e.get("size") or 0)
                    for e in self.fs.ls(self.root, detail=True)}
         missing = [s["name"] for s in shards if s["name"] not in listing]
