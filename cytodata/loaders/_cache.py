@@ -291,7 +291,8 @@ def _flock(path: str):
 
 def _touch(path: str) -> None:
     """Set ``path``'s mtime (its LRU age) to now, to the nanosecond: the clock the kernel stamps
-    writes with ticks in milliseconds, too coarse to order shards fetched back to back."""
+    writes with ticks in milliseconds, too coarse to order shards fetched back to back.
+    """
     now = time.time_ns()
     try:
         os.utime(path, ns=(now, now))
