@@ -95,3 +95,20 @@ def test_window_options_are_checked():
         OrderOptions(shuffle_window=0)
     with pytest.raises(ValueError, match="the window is an order of its own"):
         OrderOptions(shuffle_window=2, sampler=WindowShuffle(3))
+
+
+def test_cytodata_train_reaches_the_window_and_the_cache(shard_set, tmp_path):
+    from cytodata.baselines.config import load_config, parse_set
+    from cytodata.baselines.data import open_dataset
+    from cytodata.errors import TrainingError
+    from cytodata.loaders import ClassBalanced
+
+    cfg = load_config("classifier-tiny", parse_set([f"data.train={shard_set}", "data.shuffle_window=2",
+                                                    f"data.cache_dir={tmp_path}", "data.cache_limit=1000000"]))
+    assert (cfg.data.shuffle_window, cfg.data.cache_dir, cfg.data.cache_limit) == (2, str(tmp_path), 1000000)
+    ds = open_dataset(str(shard_set), split=None, cfg=cfg.data, seed=9, shuffle=True)
+    assert isinstance(ds.sampler, WindowShuffle) and ds.sampler.window == 2
+    assert ds.read_options.cache_dir == str(tmp_path) and ds.read_options.cache_limit == 1000000
+    np.testing.assert_array_equal(ds.order(), window_order(SIZES, seed=9, epoch=0, window=2))
+    with pytest.raises(TrainingError, match="data.shuffle_window=2 and the sampler ClassBalanced"):
+        open_dataset(str(shard_set), split=None, cfg=cfg.data, seed=9, shuffle=True, sampler=ClassBalanced())
