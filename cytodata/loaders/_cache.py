@@ -57,8 +57,9 @@ class ShardCache:
     ``shards``: the ``shards.json`` entries (name, sha256, bytes). ``limit``: bytes for the
     whole folder (None: no limit). ``check_hits``: sha256-check each shard found in the cache
     once per process before serving it (for readers that skip the per-sample checks).
-    Counters of this process: ``hits``, ``fetched``, ``waited`` (another process fetched it
-    first), ``refetched`` (a cached copy was short or corrupt), ``evicted``, ``bytes_fetched``.
+    Counters of this process: ``hits``, ``fetched``, ``waited`` (another process or thread
+    fetched it while this one waited), ``refetched`` (a cached copy was short or corrupt),
+    ``evicted``, ``bytes_fetched``.
     """
 
     def __init__(self, root: str | os.PathLike, *, source: str, fingerprint: str, shards: list[dict],

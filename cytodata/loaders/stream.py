@@ -355,7 +355,12 @@ class StreamingDataset(IterableDataset):
         """
         shards = self.shards
         names = shards._ranges[0][rows]
-        held = {name: self._shard(name) for name in dict.fromkeys(names.tolist())}
+        held: dict[str, Any] = {}
+        for name in dict.fromkeys(names.tolist()):
+            try:
+                held[name] = self._shard(name)
+            except OSError as exc:  # the object store failed: its samples follow on_error
+                held[name] = exc
         far = [i for i, name in enumerate(names) if held[name] is None]
         remote = iter(shards.read(rows[far], with_meta=with_meta) if far else ())
         fds: dict[str, int] = {}
@@ -364,6 +369,8 @@ class StreamingDataset(IterableDataset):
                 where = held[name]
                 if where is None:
                     yield next(remote)
+                elif isinstance(where, BaseException):
+                    yield where
                 elif isinstance(where, bytes):  # fetched, but the folder could not store it
                     yield shards.slice_of(where, row, with_meta)
                 else:
