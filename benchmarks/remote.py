@@ -171,7 +171,11 @@ class Mds:
 class Lit:
     def __init__(self, url: str, cache: str, endpoint: str):
         from litdata import StreamingDataset as LitDataset
+        from litdata.streaming import downloader
 
+        # litdata builds its obstore client without allow_http, so a plain-HTTP endpoint (this
+        # local server) is refused; that option is added, nothing else is changed
+        downloader._OBSTORE_CLIENT_OPTIONS = {**downloader._OBSTORE_CLIENT_OPTIONS, "allow_http": "true"}
         self.ds = LitDataset(url, shuffle=True, seed=0, cache_dir=cache,
                              storage_options={"endpoint_url": endpoint})
 
