@@ -288,16 +288,31 @@ def build(recipe: "str | Path | Mapping[str, Any] | Recipe", out: "str | Path | 
 
 
 def _largest_reason(ledger: pd.DataFrame) -> str:
-    """``largest drop reason: 'missing file' at metadata (13200 rows, e.g. ...)``."""
+    """``largest drop reason: 'missing file' at metadata (13200 rows, e.g. ...)``; when the last
+    stage that dropped rows (the one that emptied the result) is another, that stage's reason too.
+    """
     if not len(ledger):
         return "no rows were read"
-    by = ledger.groupby(["stage", "reason"]).size().sort_values(ascending=False)
-    (stage, reason), n = by.index[0], int(by.iloc[0])
+    by = ledger.groupby(["stage", "reason"], sort=False).size()
+    (stage, reason), n = by.sort_values(ascending=False, kind="stable").index[0], int(by.max())
+    text = f"largest drop reason: {_reason(ledger, stage, reason, n)}"
+    last_stage = ledger["stage"].iloc[-1]
+    if last_stage != stage:
+        at_last = by[last_stage].sort_values(ascending=False, kind="stable")
+        last = _reason(ledger, last_stage, at_last.index[0], int(at_last.iloc[0]))
+        text += f"; the last rows went at {last_stage}: {last}"
+    return text
+
+
+def _reason(ledger: pd.DataFrame, stage: str, reason: str, n: int) -> str:
     first = ledger[(ledger["stage"] == stage) & (ledger["reason"] == reason)].iloc[0]
     hint = {"missing file": "point the recipe at the images (e.g. --set images=DIR) or turn the "
                             "check off with --set metadata_qc.check_files=false"}.get(reason, "")
-    return (f"largest drop reason: {reason!r} at {stage} ({n} rows, e.g. {first['input_id']}: "
-            f"{first['detail']})" + (f"; {hint}" if hint else ""))
+    if stage == "upsample" and reason in ("missing file", "unreadable"):
+        hint = ("upsampling reads each image's size from its file: point the recipe at the images "
+                "(e.g. --set images=DIR) or build from the metadata alone with --set upsample=null")
+    return (f"{reason!r} at {stage} ({n} rows, e.g. {first['input_id']}: {first['detail']})"
+            + (f"; {hint}" if hint else ""))
 
 
 def _warn_empty_sources(recipe: Recipe, table: pd.DataFrame, ledger: Ledger, stage: str) -> None:
