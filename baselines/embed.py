@@ -87,6 +87,7 @@ def embed(checkpoint_or_run: "str | Path", shards: "str | Path", out: "str | Pat
     (the untrained baseline of the same backbone).
     """
     from cytodata.loaders import StreamingDataset
+    from cytodata.shards.source import with_manifest_columns
 
     if per not in PER:
         raise TrainingError(f"per={per!r}; valid: {', '.join(PER)}")
@@ -166,6 +167,7 @@ def embed(checkpoint_or_run: "str | Path", shards: "str | Path", out: "str | Pat
     emb = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
     meta = index.drop(columns=[c for c in STORAGE_COLUMNS if c in index.columns])
     table = meta.merge(emb, on="key", how="inner", validate="one_to_one")
+    table = with_manifest_columns(table, ds.shards.meta)  # concentration etc. that protocols need
     if mode == "field":
         table = _per_field(table)
     tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
