@@ -202,6 +202,8 @@ def open_dataset(path: str, *, split: str | None, cfg, seed: int, shuffle: bool,
     if local and not (Path(path) / "shards.json").exists():
         raise TrainingError(f"{what}={path} is not a shard set (no shards.json); write one with "
                             "`cytodata shard MANIFEST_DIR -o OUT`")
+    if local:
+        _refuse_other_formats(Path(path), what)
     columns = tuple({"plate", "batch", "well", "site", "source", "split", "label", "parent_id",
                      "compound", "moa", cfg.label})
     try:  # one read of index.parquet; the loader refuses a split the index has no column for
@@ -215,9 +217,35 @@ def open_dataset(path: str, *, split: str | None, cfg, seed: int, shuffle: bool,
         raise TrainingError(f"{what}={path}: {exc}{hint}") from None
     if split is not None:
         if len(ds.index) == 0:
-            raise TrainingError(f"{what}={path}: no rows with split={split!r}; splits present: "
-                                f"{sorted(ds.shards.index['split'].dropna().unique().tolist())}")
+            present = sorted(ds.shards.index["split"].dropna().unique().tolist())
+            hint = (f"pick one with --set {what}_split=NAME, or " if present else
+                    "the manifest assigned no splits (its recipe has no `split:` section); ")
+            raise TrainingError(f"{what}={path}: no rows with split={split!r}; splits present: {present}; "
+                                f"{hint}pass --set {what}_split=null to use every row")
     return ds
+
+
+def _refuse_other_formats(path, what: str) -> None:
+    """A Zarr or OME-Zarr set is not a training input of `cytodata train`: say so, and give the
+    command that writes a WebDataset set from the same manifest.
+    """
+    import json
+
+    from cytodata.shards.source import source_manifest
+
+    try:
+        meta = json.loads((path / "shards.json").read_text())
+    except (OSError, ValueError):
+        return  # the loader reports an unreadable shards.json
+    fmt = meta.get("format")
+    if fmt in (None, "cytodata-webdataset"):
+        return
+    manifest = source_manifest(meta)
+    folder = manifest.parent if manifest is not None else "MANIFEST_DIR"
+    raise TrainingError(f"{what}={path} is a {fmt} set; `cytodata train` reads WebDataset shard sets. "
+                        f"Write one from the same manifest with `cytodata shard {folder} -o OUT` "
+                        f"and pass --set {what}=OUT (in Python, cytodata.loaders.ZarrDataset reads "
+                        "a cytodata-zarr set)")
 
 
 def class_ids(ds: StreamingDataset, column: str, classes: list[str] | None, what: str

@@ -422,3 +422,21 @@ def test_embeddings_carry_the_manifest_columns_protocols_need(tmp_path, capsys):
     rc = main(["evaluate", str(tmp_path / "bare.parquet"), "--protocol", "bbbc021-ando", "-o", str(tmp_path / "r")])
     err = capsys.readouterr().err
     assert rc == 2 and "['concentration']" in err and "--metadata MANIFEST_DIR" in err
+
+
+def test_train_on_a_zarr_set_or_without_splits_gives_the_cli_way_out(tmp_path):
+    from cytodata.loaders.demo import demo_manifest
+    from cytodata.schema import write_manifest
+    from cytodata.shards import write
+
+    table = demo_manifest(tmp_path / "img", 12, (3, 32, 32))
+    (tmp_path / "m").mkdir()
+    write_manifest(table, tmp_path / "m" / "manifest.parquet")
+    write(tmp_path / "m", tmp_path / "zarr", format="zarr", scheduler="synchronous", progress=False)
+    with pytest.raises(TrainingError, match=rf"is a cytodata-zarr set.*`cytodata shard {tmp_path / 'm'} -o OUT`"):
+        train("classifier-tiny", tmp_path / "run", **{**TINY, "data.train": str(tmp_path / "zarr")})
+    # a set whose split column is empty: the way out is named
+    table["split"] = pd.array([None] * len(table), dtype="string")
+    write(table, tmp_path / "nosplit", samples_per_shard=12, scheduler="synchronous", progress=False)
+    with pytest.raises(TrainingError, match=r"splits present: \[\]; .*--set data.train_split=null"):
+        train("classifier-tiny", tmp_path / "run2", **{**TINY, "data.train": str(tmp_path / "nosplit")})

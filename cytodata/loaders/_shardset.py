@@ -55,7 +55,9 @@ class ShardSet:
         self.meta = self._read_json("shards.json")
         if self.meta.get("format") != FORMAT:
             raise ShardError(f"{self.source}/shards.json has format {self.meta.get('format')!r}, expected "
-                             f"{FORMAT!r}; for a Zarr set use cytodata.loaders.ZarrDataset")
+                             f"{FORMAT!r}; a cytodata-zarr set reads with cytodata.loaders.ZarrDataset; for this "
+                             "loader (and `cytodata train`) write a WebDataset set from the same manifest with "
+                             "`cytodata shard MANIFEST_DIR -o OUT`")
         self.index = self._read_index()
         self.codec_name = str(self.meta["codec"])
         CODECS.get(self.codec_name)  # unknown codec -> error listing the known ones
