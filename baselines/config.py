@@ -18,7 +18,6 @@ from typing import Any, Mapping
 import yaml
 
 from cytodata.errors import RecipeError
-from cytodata.recipe import _from_dict
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 #: input normalisation levels (per-channel statistics from shards.json; DeepNoise's ablation)
@@ -155,26 +154,6 @@ def parse_set(items: list[str] | None) -> dict[str, Any]:
         key, value = item.split("=", 1)
         out[key.strip()] = yaml.safe_load(value) if value.strip() else None
     return out
-
-
-def load_config(config: "str | Path | Mapping[str, Any] | TrainConfig",
-                overrides: Mapping[str, Any] | None = None) -> TrainConfig:
-    """Load and validate a config; ``overrides`` are dotted keys -> values (``--set``)."""
-    from .methods import METHODS
-
-    if isinstance(config, TrainConfig):
-        config = to_dict(config)
-    data, where = read_config_mapping(config)
-    for key, value in (overrides or {}).items():
-        set_dotted(data, key, value)
-    method = data.get("method", TrainConfig.method)
-    try:
-        cls = METHODS.get(method).config_class
-    except ValueError as exc:
-        raise RecipeError(f"{where}: method: {exc}") from None
-    cfg = _from_dict(cls, data, where)
-    check(cfg, where)
-    return cfg
 
 
 def check(cfg: TrainConfig, where: str) -> None:

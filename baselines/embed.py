@@ -19,9 +19,9 @@ import torch
 from cytodata.errors import TrainingError
 
 from . import checkpoint, runtime
-from .config import load_config
 from .data import DataInfo, DevicePrep, NormStats, collate
 from .methods import METHODS
+from .resolve import load_config
 
 #: index columns that describe storage, not the image (left out of the embeddings table)
 STORAGE_COLUMNS = ("shard", "offset", "size", "meta_offset", "meta_size", "shard_index",

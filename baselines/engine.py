@@ -30,9 +30,10 @@ from cytodata.errors import TrainingError
 from cytodata.loaders.partition import seed_for
 
 from . import augment, checkpoint, runtime
-from .config import TrainConfig, dump, load_config, to_dict
+from .config import TrainConfig, dump, to_dict
 from .data import DataInfo, DevicePrep, NormStats, class_ids, loader, open_dataset, relabel
 from .methods import METHODS
+from .resolve import load_config
 
 #: config keys that may change between a run and its resume (they do not change the result)
 RESUMABLE_CHANGES = ("steps", "progress", "checkpoint_every", "keep_checkpoints", "log_every",

@@ -30,10 +30,10 @@ import torch
 from cytodata.errors import TrainingError
 
 from . import checkpoint, runtime
-from .config import load_config
 from .data import DevicePrep, NormStats, collate
 from .embed import STORAGE_COLUMNS, center_views, load_method
 from .prior import ASSIGNERS, apply_prior
+from .resolve import load_config
 
 PRIORS = ("plate", "none")
 PER = ("key", "well")

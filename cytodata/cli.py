@@ -17,6 +17,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "cytodata.curate.cells",
     "cytodata.curate.qc",
     "cytodata.shards",
+    "cytodata.verify",
     "cytodata.evaluate",
     "cytodata.publish",
     "cytodata.demo",

@@ -24,7 +24,7 @@ import yaml
 from .errors import RecipeError
 
 if TYPE_CHECKING:
-    from .curate.qc import QCConfig
+    from .images.qc import QCConfig
 
 
 @dataclass
@@ -223,7 +223,7 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
 def _from_dict(cls: type, data: Any, where: str):
     if not isinstance(data, dict):
         raise RecipeError(f"{where}: expected a mapping for {cls.__name__}, got {data!r}")
-    from .curate.qc import QCConfig  # noqa: F401  (resolves the "QCConfig" annotation)
+    from .images.qc import QCConfig  # noqa: F401  (resolves the "QCConfig" annotation)
 
     # each (base) class's annotations resolve in its own module (training configs live in
     # cytodata.baselines); QCConfig is imported lazily here, so it comes in as a local name
@@ -460,3 +460,25 @@ def register(subparsers) -> None:
                    help="with NAME: write the recipe to FILE (a copy to edit), not to the screen")
     p.add_argument("-q", "--quiet", action="store_true", help="names only, one per line")
     p.set_defaults(func=_cmd_recipes)
+
+
+def recipe_of(manifest) -> "Recipe | None":
+    """The recipe a manifest folder was built from (its provenance.json), or None."""
+    import json
+    import warnings
+    from pathlib import Path
+
+    p = Path(manifest)
+    prov = (p if p.is_dir() else p.parent) / "provenance.json"
+    if not prov.exists():
+        return None
+    try:
+        data = json.loads(prov.read_text())
+        if not isinstance(data, dict) or not isinstance(data.get("recipe"), dict):
+            return None
+        return parse_recipe(data["recipe"], where=f"{prov} (recipe)")
+    except (RecipeError, ValueError) as exc:  # an older or edited provenance: no defaults
+        warnings.warn(f"{prov}: its recipe cannot be read ({exc}); using the command-line "
+                      "options only (no recipe image_qc / shards defaults)", UserWarning,
+                      stacklevel=2)
+        return None

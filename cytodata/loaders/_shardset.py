@@ -19,24 +19,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .._fs import is_local, open_fs
 from ..errors import ShardError
 from ..shards.codecs import CODECS, Codec
 
 FORMAT = "cytodata-webdataset"
-
-
-def open_fs(source: str | os.PathLike, storage_options: dict | None = None):
-    """``(filesystem, root path)`` for a folder or URL (``s3://bucket/set``, ``file://...``)."""
-    import fsspec
-
-    fs, root = fsspec.core.url_to_fs(str(source), **(storage_options or {}))
-    return fs, root.rstrip("/")
-
-
-def is_local(fs) -> bool:
-    from fsspec.implementations.local import LocalFileSystem
-
-    return isinstance(fs, LocalFileSystem)
 
 
 class ShardSet:

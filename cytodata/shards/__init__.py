@@ -58,13 +58,11 @@ def register(subparsers) -> None:
                    help="output folder of `cytodata qc MANIFEST_DIR -o QC_DIR`: images it failed "
                         "are not written and go to the ledger with their QC reason")
     q.add_argument("--no-qc", action="store_true",
-                   help="write every readable image (skip the recipe's image_qc rules)")
+                   help="write every readable image (by default the rules of `cytodata qc` run: "
+                        "the recipe's image_qc, else the default rules)")
     p.add_argument("-q", "--quiet", "--no-progress", dest="quiet", action="store_true",
                    help="no progress bars (--no-progress is the old spelling)")
     p.set_defaults(func=_main)
-    from .integrity import register as register_verify
-
-    register_verify(subparsers)  # `cytodata verify SHARDS [--deep]`
 
     d = subparsers.add_parser(
         "shards", help="inspect shard sets (describe)",
@@ -97,35 +95,11 @@ def _describe(args) -> int:
     return 0
 
 
-def _recipe_of(manifest) -> "object | None":
-    """The recipe a manifest folder was built from (its provenance.json), or None."""
-    import json
-    from pathlib import Path
-
-    from ..recipe import parse_recipe
-
-    p = Path(manifest)
-    prov = (p if p.is_dir() else p.parent) / "provenance.json"
-    if not prov.exists():
-        return None
-    import warnings
-
-    from ..errors import RecipeError
-
-    try:
-        data = json.loads(prov.read_text())
-        if not isinstance(data, dict) or not isinstance(data.get("recipe"), dict):
-            return None
-        return parse_recipe(data["recipe"], where=f"{prov} (recipe)")
-    except (RecipeError, ValueError) as exc:  # an older or edited provenance: no defaults
-        warnings.warn(f"{prov}: its recipe cannot be read ({exc}); using the command-line "
-                      "options only (no recipe image_qc / shards defaults)", UserWarning,
-                      stacklevel=2)
-        return None
-
-
 def _main(args) -> int:
-    recipe = _recipe_of(args.manifest)
+    from ..images.qc import manifest_image_qc
+    from ..recipe import recipe_of
+
+    recipe = recipe_of(args.manifest)
     cfg = recipe.shards if recipe is not None else None
     fmt = args.format or (cfg.format if cfg else "webdataset")
     tile = args.tile or (cfg.tile if cfg else None)
@@ -135,12 +109,10 @@ def _main(args) -> int:
     qc = None
     if args.qc:
         print(f"image QC: gating with {args.qc}")
-    elif not args.no_qc and recipe is not None and recipe.image_qc is not None:
-        qc = recipe.image_qc  # the recipe's rules, checked on every image as it is written
-        print(f"image QC: the recipe's image_qc rules ({', '.join(qc.rules)}) run while sharding")
     elif not args.no_qc:
-        print("image QC: none (no --qc QC_DIR and no image_qc in the recipe); every readable "
-              "image is written")
+        # the rules `cytodata qc` applies to this manifest: the recipe's image_qc, else the defaults
+        qc, whose = manifest_image_qc(args.manifest)
+        print(f"image QC: {whose} rules ({', '.join(qc.rules)}) run while sharding (--no-qc: none)")
     summary = write(args.manifest, args.out, format=fmt,
                     codec=args.codec or (cfg.codec if cfg else "blosc-lz4"),
                     channel_mode=args.channel_mode or (cfg.channel_mode if cfg else "own"),

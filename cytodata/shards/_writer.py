@@ -14,13 +14,13 @@ from typing import Any, Callable
 
 import pandas as pd
 
+from .._cluster import run_tasks
 from .._files import file_sha256, load_json_dict, save_json
 from .._registry import Registry
 from ..errors import ShardError
 from . import _plan
 from ._finalize import finalize, index_frame, sweep_temps
 from ._options import SampleOptions, WriteOptions
-from ._run import run_tasks
 from ._samples import CHANNEL_MODES, INDEX_COLUMNS, Dropped, digest, records
 from .checksum import COLUMN as CHECKSUM
 from .codecs import CODECS

@@ -1,4 +1,6 @@
-"""Run one task per shard: in-process, on a dask LocalCluster, or on an existing scheduler."""
+"""Run one task per item (a shard, a QC batch): in-process, on a dask LocalCluster, or on an
+existing scheduler (`connect` with a timeout and a ClusterError naming the address).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +8,7 @@ import os
 import uuid
 from typing import Any, Callable, Sequence
 
-from ..errors import ClusterError
+from .errors import ClusterError
 
 
 def run_tasks(
