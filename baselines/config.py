@@ -119,8 +119,10 @@ def read_config_mapping(config: "str | Path | Mapping[str, Any]") -> tuple[dict,
     if not path.exists() and (CONFIG_DIR / f"{config}.yaml").exists():
         path = CONFIG_DIR / f"{config}.yaml"
     if not path.exists():
-        raise RecipeError(f"config {str(config)!r} is neither a file nor a shipped config; "
-                          f"shipped: {', '.join(config_names())}")
+        from cytodata._suggest import did_you_mean
+
+        raise RecipeError(f"config {str(config)!r} is neither a file nor a shipped config"
+                          f"{did_you_mean(str(config), config_names())}; shipped: {', '.join(config_names())}")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:

@@ -231,9 +231,11 @@ def _from_dict(cls: type, data: Any, where: str):
     fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "raw"}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise RecipeError(
-            f"{where}: unknown key(s) {unknown}; valid keys: {sorted(fields)}"
-        )
+        from ._suggest import did_you_mean
+
+        hints_for = "".join(did_you_mean(k, fields).replace("; did you mean", f"; {k!r}: did you mean")
+                            for k in unknown)
+        raise RecipeError(f"{where}: unknown key(s) {unknown}{hints_for}; valid keys: {sorted(fields)}")
     kwargs = {}
     for name, f in fields.items():
         if name in data:
@@ -395,8 +397,11 @@ def recipe_path(recipe: "str | Path") -> Path:
             return shipped[name]
     if path.parent.name == "manifests" and path.stem in shipped:
         return shipped[path.stem]
+    from ._suggest import did_you_mean
+
     raise RecipeError(
-        f"recipe file {str(recipe)!r} does not exist and is not a shipped recipe; shipped "
+        f"recipe file {str(recipe)!r} does not exist and is not a shipped recipe"
+        f"{did_you_mean(Path(str(recipe)).stem, shipped)}; shipped "
         f"recipes: {', '.join(shipped) or 'none'} (list them with `cytodata recipes`), or pass "
         "the path of your own YAML file")
 

@@ -23,7 +23,7 @@ from ..images.qc import DEFAULT_RULES, QC_RULES, QCConfig, _as_config, check, ma
 
 __all__ = [
     "QC_RULES", "QCConfig", "DEFAULT_RULES", "DUPLICATE_REASON", "check", "pixel_hash",
-    "find_duplicates", "run_qc", "register", "manifest_image_qc",
+    "find_duplicates", "run_qc", "manifest_image_qc",
 ]
 
 DUPLICATE_REASON = "duplicate pixels"
@@ -259,23 +259,6 @@ def run_qc(
 
 # --- CLI ----------------------------------------------------------------------------------
 
-def register(subparsers) -> None:
-    """Add ``cytodata qc MANIFEST_DIR -o REPORT_DIR``."""
-    p = subparsers.add_parser(
-        "qc", help="image QC of a manifest: rules, duplicates, report and montages",
-        description="Read every image of a manifest, flag uniform/dim/saturated/binary/NaN/"
-                    "duplicate images, and write qc.parquet, ledger.parquet, report.md and montages.")
-    p.add_argument("manifest", help="manifest folder (with manifest.parquet) or file")
-    p.add_argument("-o", "--out", required=True, help="report folder to write")
-    p.add_argument("--config", help="YAML file of QC settings (keys of QCConfig, optionally under 'qc:')")
-    p.add_argument("--workers", type=int, default=None,
-                   help="dask worker processes (default: all cores for >= 256 images; 1 = no dask)")
-    p.add_argument("--scheduler", default=None, help="address of a running dask scheduler (tcp://host:8786)")
-    p.add_argument("--montage", type=int, default=16, help="thumbnails per reason in montages (0: none)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=_cli)
-
-
 def _cli(args) -> int:
     if args.config:
         cfg = QCConfig.from_yaml(args.config)
@@ -295,4 +278,3 @@ def _cli(args) -> int:
         raise EmptyResultError(f"qc: no image of {args.manifest} passed ({len(qc)} checked){top}; "
                           f"see {args.out}/report.md")
     return 0
-

@@ -6,79 +6,24 @@ from plain ``webdataset.WebDataset`` into ``(image, meta)``; ``CODECS`` lists th
 
 from __future__ import annotations
 
-from ._writer import FORMATS, write
-from .codecs import CODECS, Codec
-from .integrity import Problem, verify
-from .labels import open_xarray
-from .webdataset import decode
+import importlib
 
-__all__ = ["write", "decode", "verify", "Problem", "open_xarray", "CODECS", "Codec", "FORMATS", "register"]
+#: public name -> the module defining it (loaded on first use: `cytodata shard --help` stays light)
+_LAZY = {"write": "_writer", "FORMATS": "_writer", "CODECS": "codecs", "Codec": "codecs",
+         "verify": "integrity", "Problem": "integrity", "open_xarray": "labels", "decode": "webdataset"}
 
-
-def _import_formats() -> None:
-    # zarr/ome-zarr writers register themselves; imported here so FORMATS lists them
-    from . import omezarr, zarr  # noqa: F401
+__all__ = ["write", "decode", "verify", "Problem", "open_xarray", "CODECS", "Codec", "FORMATS"]
 
 
-_import_formats()
-
-
-def register(subparsers) -> None:
-    """``cytodata shard MANIFEST_DIR --format ... -o OUT`` and ``cytodata shards describe DIR``."""
-    p = subparsers.add_parser(
-        "shard", help="write a manifest's images as WebDataset / Zarr / OME-Zarr shards",
-        description="Read every image of a manifest, drop unreadable ones into OUT/ledger.parquet, "
-                    "and write shards with an index, checksums and normalization statistics. "
-                    "Re-running with the same arguments resumes (finished shards are kept).",
-    )
-    p.add_argument("manifest", help="manifest folder (holding manifest.parquet) or the parquet file")
-    p.add_argument("-o", "--out", required=True, help="output folder")
-    p.add_argument("--format", default=None, choices=FORMATS.names(),
-                   help="default: the recipe's shards.format, else webdataset. webdataset: tar "
-                        "shards for StreamingDataset; zarr: one (sample, channel, y, x) array for "
-                        "random crops and xarray; ome-zarr: HCS plates for viewers (napari, OMERO)")
-    p.add_argument("--codec", default=None, choices=CODECS.names(),
-                   help="payload codec (blosc-lz4, the default: fastest to write and read; "
-                        "blosc-zstd: ~5%% smaller; png16/tiff: readable by image tools)")
-    p.add_argument("--channel-mode", default=None, choices=["own", "merged", "split"],
-                   help="own: each image keeps its channels (default); merged: one gray channel "
-                        "after per-channel percentile scaling; split: one sample per channel")
-    p.add_argument("--shard-size", default=None,
-                   help="target tar size; 100MB-1GB streams well from object stores (default 256MB)")
-    p.add_argument("--samples-per-shard", type=int, default=None, help="overrides --shard-size")
-    p.add_argument("--tile", type=int, default=None, help="zarr: cut images into TILE x TILE tiles")
-    p.add_argument("--pixel-size", type=float, default=None,
-                   help="ome-zarr: pixel size in micrometers (default: OME/ImageJ TIFF metadata)")
-    p.add_argument("--workers", type=int, default=None, help="dask LocalCluster workers (default: cores)")
-    p.add_argument("--scheduler", default=None,
-                   help="existing dask scheduler address (tcp://HOST:PORT) or 'synchronous'")
-    p.add_argument("--overwrite", action="store_true", help="replace a different shard set in OUT")
-    q = p.add_mutually_exclusive_group()
-    q.add_argument("--qc", metavar="QC_DIR", default=None,
-                   help="output folder of `cytodata qc MANIFEST_DIR -o QC_DIR`: images it failed "
-                        "are not written and go to the ledger with their QC reason")
-    q.add_argument("--no-qc", action="store_true",
-                   help="write every readable image (by default the rules of `cytodata qc` run: "
-                        "the recipe's image_qc, else the default rules)")
-    p.add_argument("-q", "--quiet", "--no-progress", dest="quiet", action="store_true",
-                   help="no progress bars (--no-progress is the old spelling)")
-    p.set_defaults(func=_main)
-
-    d = subparsers.add_parser(
-        "shards", help="inspect shard sets (describe)",
-        description="Inspect a shard set written by `cytodata shard`.")
-    sub = d.add_subparsers(dest="shards_command", metavar="ACTION")
-    desc = sub.add_parser(
-        "describe", help="summarize a shard set folder",
-        description="Samples, shards, bytes, codec, channels, shapes, labels, plates, splits, "
-                    "sources and the ledger of a WebDataset, Zarr or OME-Zarr shard set.")
-    desc.add_argument("path", metavar="DIR", help="shard set folder (holding shards.json)")
-    desc.add_argument("-o", "--out", default=None, metavar="FILE",
-                      help="also write the summary as JSON to FILE")
-    desc.add_argument("--json", action="store_true", help="print the summary as JSON")
-    desc.add_argument("-q", "--quiet", action="store_true", help="print only the first line")
-    desc.set_defaults(func=_describe)
-    d.set_defaults(func=lambda args: (d.print_help(), 2)[1])
+def __getattr__(name: str):
+    if name in _LAZY:
+        if name in ("write", "FORMATS"):
+            # zarr/ome-zarr writers register themselves in FORMATS when imported
+            from . import omezarr, zarr  # noqa: F401
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _describe(args) -> int:
@@ -98,6 +43,7 @@ def _describe(args) -> int:
 def _main(args) -> int:
     from ..images.qc import manifest_image_qc
     from ..recipe import recipe_of
+    from . import write
 
     recipe = recipe_of(args.manifest)
     cfg = recipe.shards if recipe is not None else None
