@@ -116,11 +116,12 @@ def embed(checkpoint_or_run: "str | Path", shards: "str | Path", out: "str | Pat
     parts.mkdir(parents=True, exist_ok=True)
     shard_col = index["shard"].astype(str).to_numpy()
     names = list(dict.fromkeys(shard_col.tolist()))
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    from cytodata._progress import bar as progress_bar
+    from cytodata._progress import shown
 
-        bar = tqdm(total=len(index), desc="embed", unit="img", dynamic_ncols=True)
+    bar = None
+    if shown(progress):
+        bar = progress_bar(total=len(index), desc="embed", unit="img", dynamic_ncols=True)
     files = []
     for i, name in enumerate(names):
         rows = np.flatnonzero(shard_col == name)

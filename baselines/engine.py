@@ -400,12 +400,11 @@ def _keep_metrics_row(row: dict, start: int) -> bool:
 
 
 def _progress(cfg: TrainConfig, main: bool, step: int):
-    if not (main and cfg.progress):
-        return None
-    from tqdm.auto import tqdm
+    from cytodata._progress import bar, shown
 
-    return tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.method}", unit="step",
-                dynamic_ncols=True)
+    if not (main and shown(cfg.progress)):
+        return None
+    return bar(total=cfg.steps, initial=step, desc=f"train {cfg.method}", unit="step", dynamic_ncols=True)
 
 
 def _nan_message(step: int, value: float, last: tuple[int, float] | None) -> str:

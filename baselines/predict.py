@@ -89,11 +89,12 @@ def image_probabilities(run: "str | Path", shards: "str | Path", *, device: str 
     index = ds.index
     probs = np.full((len(index), len(classes)), np.nan, dtype=np.float32)
     row_of = {k: i for i, k in enumerate(index["key"].tolist())}
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    from cytodata._progress import bar as progress_bar
+    from cytodata._progress import shown
 
-        bar = tqdm(total=len(index), desc="predict", unit="img", dynamic_ncols=True)
+    bar = None
+    if shown(progress):
+        bar = progress_bar(total=len(index), desc="predict", unit="img", dynamic_ncols=True)
     ds.set_epoch(0)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=0,
                                          collate_fn=collate)

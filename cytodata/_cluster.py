@@ -142,8 +142,8 @@ def local_cluster(workers: int):
 
 
 def _bar(items, progress: bool, desc: str, total: int | None = None):
-    if not progress:
-        return items
-    from tqdm.auto import tqdm
+    from ._progress import bar, shown
 
-    return tqdm(items, total=total, desc=desc, unit="shard")
+    if not shown(progress):
+        return items
+    return bar(items, total=total, desc=desc, unit="shard")

@@ -43,6 +43,8 @@ def _top_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
     from . import __version__
 
     parser.add_argument("--version", action="version", version=f"cytodata {__version__}")
+    parser.add_argument("--progress", action="store_true",
+                        help="draw progress bars even when standard error is not a terminal (a log)")
     return parser, parser.add_subparsers(dest="command", metavar="COMMAND")
 
 
@@ -83,6 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import CytodataError
 
     argv = sys.argv[1:] if argv is None else list(argv)
+    if "--progress" in argv[:1]:  # `cytodata --progress COMMAND ...`: bars in logs too
+        import os
+
+        from ._progress import FORCE_ENV
+
+        os.environ[FORCE_ENV] = "1"
     command = _command_of(argv)
     if command is None and argv and not argv[0].startswith("-"):
         from ._suggest import did_you_mean

@@ -90,11 +90,10 @@ def read_sources(recipe: Recipe, ledger: Ledger, *, progress: bool = True) -> tu
     from .vocab import load_synonyms
 
     synonyms = load_synonyms(recipe.synonyms or None)
-    from tqdm.auto import tqdm
+    from ._progress import bar
 
     frames, n_inputs, names = [], 0, []
-    for i, spec in enumerate(tqdm(recipe.sources, desc="sources", unit="source",
-                                  disable=not progress)):
+    for i, spec in enumerate(bar(recipe.sources, progress=progress, desc="sources", unit="source")):
         if spec.adapter not in sources.available():
             raise RecipeError(
                 f"sources[{i}]: unknown adapter {spec.adapter!r}; available: {sources.available()}")

@@ -102,11 +102,11 @@ def _qc_batch(rows: list, cfg: QCConfig) -> list:
 
 def _run_parallel(tasks: list, cfg: QCConfig, *, n_workers: int | None, scheduler: str | None,
                   progress: bool, batch: int = 32) -> list:
-    from tqdm.auto import tqdm
+    from .._progress import bar as progress_bar
 
     chunks = [tasks[i:i + batch] for i in range(0, len(tasks), batch)]
     small = scheduler is None and (n_workers == 1 or (n_workers is None and len(tasks) < 256))
-    bar = tqdm(total=len(tasks), desc="qc", unit="img", disable=not progress)
+    bar = progress_bar(total=len(tasks), desc="qc", unit="img", progress=progress)
     results: list = [None] * len(chunks)
     if small:
         for i, chunk in enumerate(chunks):
