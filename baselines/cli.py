@@ -9,11 +9,11 @@ from .config import EMBED_POOLS
 
 def _train(args) -> int:
     from .config import config_names, parse_set
-    from .engine import train
 
     if args.list:
         print("\n".join(config_names()))
         return 0
+    from .engine import train
     if not args.config or not args.out:
         raise SystemExit("cytodata train: CONFIG and -o RUN_DIR are required (see --help)")
     overrides = parse_set(args.set)

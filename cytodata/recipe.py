@@ -300,8 +300,11 @@ def parse_recipe(data: Mapping[str, Any], *, where: str = "recipe",
         elif "." in name or name in _RECIPE_KEYS:
             set_path(data, name, value, where)
         else:
+            from ._suggest import did_you_mean
+
             raise RecipeError(
-                f"{where}: --set names unknown parameter {name!r}; recipe parameters: "
+                f"{where}: --set names unknown parameter {name!r}"
+                f"{did_you_mean(name, [*params, *_RECIPE_KEYS])}; recipe parameters: "
                 f"{sorted(params)}; or give a dotted recipe key such as "
                 "metadata_qc.check_files=false")
     data["params"] = params

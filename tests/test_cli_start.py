@@ -53,8 +53,9 @@ def test_warnings_print_one_line_each_and_count_repeats(capsys):
 
     with one_line_warnings():
         for _ in range(3):
-            warnings.warn("feature column(s) 'emb_1' are constant\n  and carry no information", EvaluationWarning)
-        warnings.warn("another", UserWarning)
+            warnings.warn("feature column(s) 'emb_1' are constant\n  and carry no information",
+                          EvaluationWarning, stacklevel=1)
+        warnings.warn("another", UserWarning, stacklevel=1)
     err = capsys.readouterr().err.splitlines()
     assert err[0] == "warning: EvaluationWarning: feature column(s) 'emb_1' are constant and carry no information"
     assert err[1] == "warning: UserWarning: another"

@@ -106,6 +106,7 @@ def test_every_block_is_run_or_skipped_with_a_reason():
     assert any(b["lang"] == "bash" and b["skip"] is None for b in blocks(REPO / "README.md"))
 
 
+@pytest.mark.timeout(1800)
 @pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(REPO)) for p in PAGES])
 def test_page_runs_as_written(page, work):
     env = _env()
@@ -114,7 +115,7 @@ def test_page_runs_as_written(page, work):
             continue
         cmd = ["bash", "-euo", "pipefail", "-c", b["code"]] if RUN[b["lang"]] == "bash" else \
             [sys.executable, "-c", b["code"]]
-        done = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=300)
+        done = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=900)
         assert done.returncode == 0, (f"{page.relative_to(REPO)}:{b['line']} ({b['lang']}) failed:\n"
                                       f"{b['code']}\n--- stdout\n{done.stdout[-3000:]}\n--- stderr\n"
                                       f"{done.stderr[-3000:]}")
