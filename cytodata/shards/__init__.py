@@ -1,7 +1,8 @@
 """Shards: manifest images -> WebDataset tars | Zarr array | OME-Zarr plates (see FORMAT.md).
 
 ``write(manifest, out, format=..., codec=...)`` writes; ``decode(sample)`` turns a raw sample
-from plain ``webdataset.WebDataset`` into ``(image, meta)``; ``CODECS`` lists the codecs.
+from plain ``webdataset.WebDataset`` into ``(image, meta)``; ``wds_handler`` does it inside a
+webdataset pipeline (``.decode().map(wds_handler)``); ``CODECS`` lists the codecs.
 """
 
 from __future__ import annotations
@@ -9,10 +10,11 @@ from __future__ import annotations
 import importlib
 
 #: public name -> the module defining it (loaded on first use: `cytodata shard --help` stays light)
-_LAZY = {"write": "_writer", "FORMATS": "_writer", "CODECS": "codecs", "Codec": "codecs",
-         "verify": "integrity", "Problem": "integrity", "open_xarray": "labels", "decode": "webdataset"}
+_LAZY = {"write": "_writer", "FORMATS": "_writer", "CODECS": "codecs", "Codec": "codecs", "PAYLOADS": "codecs",
+         "verify": "integrity", "Problem": "integrity", "open_xarray": "labels", "decode": "webdataset",
+         "wds_handler": "webdataset"}
 
-__all__ = ["write", "decode", "verify", "Problem", "open_xarray", "CODECS", "Codec", "FORMATS"]
+__all__ = ["write", "decode", "wds_handler", "verify", "Problem", "open_xarray", "CODECS", "Codec", "FORMATS"]
 
 
 def __getattr__(name: str):
@@ -43,7 +45,7 @@ def _describe(args) -> int:
 def _main(args) -> int:
     from ..images.qc import manifest_image_qc
     from ..recipe import recipe_of
-    from . import write
+    from . import PAYLOADS, write
 
     recipe = recipe_of(args.manifest)
     cfg = recipe.shards if recipe is not None else None
@@ -60,7 +62,8 @@ def _main(args) -> int:
         qc, whose = manifest_image_qc(args.manifest)
         print(f"image QC: {whose} rules ({', '.join(qc.rules)}) run while sharding (--no-qc: none)")
     summary = write(args.manifest, args.out, format=fmt,
-                    codec=args.codec or (cfg.codec if cfg else "blosc-lz4"),
+                    codec=args.codec or (PAYLOADS[args.payload] if args.payload else None)
+                    or (cfg.codec if cfg else "blosc-lz4"),
                     channel_mode=args.channel_mode or (cfg.channel_mode if cfg else "own"),
                     shard_size=args.shard_size or (cfg.shard_size if cfg else "256MB"),
                     samples_per_shard=args.samples_per_shard or (
