@@ -49,7 +49,12 @@ def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def flips_rot90(x: torch.Tensor, g: torch.Generator, *, flips: bool = True, rot90: bool = True) -> torch.Tensor:
-    """Random horizontal/vertical flips and (square images) a random multiple of 90 degrees."""
+    """Random flips and (square images) a random quarter turn ``k ~ U{0, 1, 2, 3}`` per sample.
+
+    ``flips``: horizontal and vertical flips, each with p 0.5. ``rot90`` alone draws rotations
+    only (DeepProfiler's ``tf.image.rot90`` with ``k ~ U{0..3}``, augmentations.py:37-38); with
+    ``flips`` the two together reach all eight symmetries of the square.
+    """
     b = x.shape[0]
     shape = (b, 1, 1, 1)
     if flips:
@@ -58,8 +63,11 @@ def flips_rot90(x: torch.Tensor, g: torch.Generator, *, flips: bool = True, rot9
         m = (torch.rand(b, generator=g) < 0.5).to(x.device).view(shape)
         x = torch.where(m, x.flip(-2), x)
     if rot90 and x.shape[-1] == x.shape[-2]:
-        m = (torch.rand(b, generator=g) < 0.5).to(x.device).view(shape)   # transpose = rot90 + flip
-        x = torch.where(m, x.transpose(-1, -2), x)
+        k = torch.randint(0, 4, (b,), generator=g).to(x.device).view(shape)
+        out = x
+        for turn in (1, 2, 3):
+            out = torch.where(k == turn, torch.rot90(x, turn, dims=(-2, -1)), out)
+        x = out
     return x
 
 
