@@ -300,7 +300,8 @@ def class_ids(ds: StreamingDataset, column: str, classes: list[str] | None, what
     """
     if column not in ds.index.columns:
         raise TrainingError(f"{what}: index.parquet has no {column!r} column; a supervised "
-                            f"baseline needs labels (columns: {sorted(ds.index.columns)})")
+                            "baseline (and data.balanced) needs a label column: name one with "
+                            f"--set data.label=COLUMN (columns: {sorted(ds.index.columns)})")
     values = ds.index[column].astype("string")
     present = sorted(values.dropna().unique().tolist())
     if classes is None:
