@@ -11,8 +11,7 @@ import torch
 from cytodata.baselines import load_config
 from cytodata.baselines.config import OptimConfig
 from cytodata.baselines.data import collate, crop_minmax, image_percentile, merge_channels
-from cytodata.baselines.engine import (add_keras_l2, build_optimizer, keras_l2_params,
-                                       steps_for_epochs)
+from cytodata.baselines.engine import add_keras_l2, build_optimizer, keras_l2_params, steps_for_epochs
 from cytodata.baselines.models import adapt_first_conv, create
 from cytodata.baselines.schedules import lr_schedule
 from cytodata.errors import RecipeError, TrainingError
@@ -88,8 +87,8 @@ def test_keras_l2_is_coupled_twice_the_coefficient_on_kernels_only():
         assert torch.allclose(after[k], want, atol=1e-6), k
     # torch's coupled decay: grad + wd w on the decayed group (here every >1-D tensor)
     before, grads, after = _one_step("coupled", "sgd", wd, lr)
-    assert torch.allclose(after["dw.weight"], before["dw.weight"] - lr * (grads["dw.weight"] + wd * before["dw.weight"]),
-                          atol=1e-6)
+    want = before["dw.weight"] - lr * (grads["dw.weight"] + wd * before["dw.weight"])
+    assert torch.allclose(after["dw.weight"], want, atol=1e-6)
 
 
 def test_decoupled_decay_shrinks_weights_outside_the_gradient():
