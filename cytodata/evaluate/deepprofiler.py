@@ -164,20 +164,26 @@ def profiles(table: pd.DataFrame, cols: list[str], *, treatment: str, plate: str
     whitened wells (with ``treatment`` and ``is_control``) and treatment means of the
     non-control wells.
     """
-    df = table[[plate, well, treatment] + ([site] if site else []) + cols].copy()
-    df["_control"] = np.asarray(is_control, dtype=bool)
-    counts = {"rows": len(df)}
-    keys = [plate, well] + ([site] if site else [])
-    if site and df.duplicated(keys).any():
-        df = df.groupby(keys, sort=True, dropna=False).agg(
-            {**{c: "median" for c in cols}, treatment: "first", "_control": "first"}).reset_index()
-        counts["sites"] = len(df)
-    wells = df.groupby([plate, well], sort=True, dropna=False).agg(
-        {**{c: "mean" for c in cols}, treatment: "first", "_control": "first"}).reset_index()
-    mixed = df.groupby([plate, well], dropna=False)[treatment].nunique()
+    keycols = [plate, well] + ([site] if site else [])
+    keys = table[keycols].reset_index(drop=True)
+    feat = pd.DataFrame(table[cols].to_numpy(np.float64), columns=cols)
+    meta = keys.assign(**{treatment: table[treatment].to_numpy(),
+                          "_control": np.asarray(is_control, dtype=bool)})
+    counts = {"rows": len(feat)}
+    if site and keys.duplicated().any():
+        feat = feat.groupby([keys[c] for c in keycols], sort=True, dropna=False).median()
+        meta = meta.groupby(keycols, sort=True, dropna=False).first()
+        keys, feat = meta.index.to_frame(index=False), feat.reset_index(drop=True)
+        meta = meta.reset_index()
+        counts["sites"] = len(feat)
+    by = [keys[plate].reset_index(drop=True), keys[well].reset_index(drop=True)]
+    mixed = meta.groupby([plate, well], dropna=False)[treatment].nunique()
     if (mixed > 1).any():
         raise EvaluationError(f"wells {preview_index(mixed[mixed > 1].index)} hold several "
                               f"treatments in column {treatment!r}; one treatment per well")
+    means = feat.groupby(by, sort=True, dropna=False).mean()
+    first = meta.groupby([plate, well], sort=True, dropna=False)[[treatment, "_control"]].first()
+    wells = pd.concat([first, means], axis=1).reset_index()
     counts["wells"] = len(wells)
     ctrl = wells["_control"].to_numpy(bool)
     counts["control_wells"] = int(ctrl.sum())
