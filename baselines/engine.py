@@ -82,7 +82,7 @@ class Engine:
         meta = train_ds.shards.meta
         channels = meta.get("channels")
         shape = tuple(meta["shape"]) if meta.get("shape") else None
-        if channels is not None and shape is None and d.resize is not None:
+        if channels is not None and d.resize is not None:
             shape = (len(channels), d.resize, d.resize)   # any image size: resized in the collate
         if channels is None or shape is None:
             shapes = sorted({tuple(r) for r in train_ds.index[["n_channels", "height", "width"]]
