@@ -208,3 +208,32 @@ def test_trained_tiny_recipe_embeds_its_layer(tmp_path, capsys):
     assert main(["embed", str(run), str(shards), "-o", str(tmp_path / "x.parquet"), "--layer",
                  "blocks.4.0.bn", "-q"]) != 0
     assert "nearest: blocks.4.0.bn" in capsys.readouterr().err
+
+
+def test_cytoimagenet_tiny_trains_and_embeds_images_of_several_sizes(tmp_path):
+    """data.resize: images of 24 and 40 px share batches (resized to 32), embed --view whole
+    and --channels each (three channels -> three gray embeddings concatenated)."""
+    import pandas as pd
+
+    from cytodata.baselines import embed, train
+    from cytodata.loaders.demo import demo_manifest
+    from cytodata.schema import make_key
+    from cytodata.shards import write
+
+    small = demo_manifest(tmp_path / "a", n=8, shape=(3, 24, 24))
+    large = demo_manifest(tmp_path / "b", n=8, shape=(3, 40, 40))
+    large["image_id"] = large["image_id"] + "L"
+    large["parent_id"] = large["image_id"]
+    large["site"] = large["site"] + 10
+    large["key"] = [make_key(s, i) for s, i in zip(large["source"], large["image_id"])]
+    write(pd.concat([small, large], ignore_index=True), tmp_path / "s", samples_per_shard=8,
+          scheduler="synchronous", progress=False)
+    run = train("cytoimagenet-tiny", tmp_path / "run", **{
+        "data.train": str(tmp_path / "s"), "data.train_split": None, "data.val_split": None,
+        "epochs": None, "steps": 2, "batch_size": 8, "progress": False})
+    whole = pd.read_parquet(embed(run, tmp_path / "s", tmp_path / "w.parquet", progress=False))
+    each = pd.read_parquet(embed(run, tmp_path / "s", tmp_path / "e.parquet", progress=False,
+                                 channels="each"))
+    n = sum(c.startswith("emb_") for c in whole.columns)
+    assert len(whole) == len(each) == 16
+    assert sum(c.startswith("emb_") for c in each.columns) == 3 * n
