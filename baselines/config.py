@@ -91,9 +91,12 @@ class OptimConfig:
     lr: float = 1e-3
     min_lr: float = 0.0               # end of the cosine
     warmup_steps: int = 0             # linear warm-up from 0
-    schedule: str = "cosine"          # cosine | constant | step
+    schedule: str = "cosine"          # cosine | constant | step | cosine_restarts
     # step schedule: [[fraction of the run, lr], ...] (DeepNoise: [[0.625, 1e-4], [0.875, 1e-5]])
     milestones: list[list[float]] = field(default_factory=list)
+    # cosine_restarts (SGDR): `cycles` cosines lr -> min_lr, then `tail` [fraction of run, lr]
+    cycles: int = 1
+    tail: list[float] = field(default_factory=list)
     weight_decay: float = 0.0
     weight_decay_end: float | None = None  # cosine weight-decay schedule end (None: constant)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
@@ -104,6 +107,8 @@ class OptimConfig:
     # loss += wd * sum(w^2) over conv (not depthwise) and linear kernels: grad += 2 * wd * w
     weight_decay_mode: str = "auto"
     clip_grad: float | None = None    # max gradient norm (None: no clipping)
+    clip_mode: str = "global"         # global: one norm over all parameters | per_tensor: each
+    #                                   parameter tensor's norm on its own (DINO's clip_gradients)
     scale_lr_by_batch: bool = False   # lr *= global batch / 256 (DINO's linear scaling rule)
 
 
@@ -233,10 +238,17 @@ def check(cfg: TrainConfig, where: str) -> None:
     need(cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"),
          f"device={cfg.device!r}; valid: auto, cpu, cuda, cuda:N")
     need(cfg.optim.name in ("adam", "adamw", "sgd"), f"optim.name={cfg.optim.name!r}; valid: adam, adamw, sgd")
-    need(cfg.optim.schedule in ("cosine", "constant", "step"),
-         f"optim.schedule={cfg.optim.schedule!r}; valid: cosine, constant, step")
+    need(cfg.optim.schedule in ("cosine", "constant", "step", "cosine_restarts"),
+         f"optim.schedule={cfg.optim.schedule!r}; valid: cosine, constant, step, cosine_restarts")
+    need(cfg.optim.cycles >= 1 and (not cfg.optim.tail or (len(cfg.optim.tail) == 2
+                                    and 0 <= cfg.optim.tail[0] < 1 and cfg.optim.tail[1] >= 0)),
+         f"optim.cycles={cfg.optim.cycles}, optim.tail={cfg.optim.tail!r}; need cycles >= 1 "
+         "and tail [fraction in [0, 1), lr >= 0] (or [])")
     need(all(len(m) == 2 and 0 <= m[0] <= 1 and m[1] >= 0 for m in cfg.optim.milestones),
          f"optim.milestones={cfg.optim.milestones!r}; expected [[fraction 0..1, lr >= 0], ...]")
+    need(cfg.optim.clip_mode in ("global", "per_tensor"),
+         f"optim.clip_mode={cfg.optim.clip_mode!r}; valid: global, per_tensor (DINO clips each "
+         "parameter tensor: --set optim.clip_mode=per_tensor)")
     need(cfg.optim.lr > 0, f"optim.lr={cfg.optim.lr}; must be > 0")
     need(cfg.data.normalize in NORMALIZE_LEVELS + SAMPLE_NORMALIZE,
          f"data.normalize={cfg.data.normalize!r}; valid: {', '.join(NORMALIZE_LEVELS + SAMPLE_NORMALIZE)}")

@@ -9,6 +9,7 @@ checkpoint repeats the uninterrupted run exactly on the CPU. DDP under ``torchru
 NCCL on CUDA), bf16 autocast on CUDA, ``channels_last`` and ``torch.compile`` are options.
 
 RUN_DIR: ``config.yaml`` (resolved), ``metrics.jsonl`` (one JSON object per logged step),
+``summary.json`` (the method's outcome, e.g. DINO's ``collapsed``, also the last metrics row),
 ``checkpoints/step-N.pt`` + ``checkpoints/last.pt``, ``tensorboard/`` (if installed).
 """
 
@@ -30,6 +31,7 @@ from cytodata.errors import TrainingError
 from cytodata.loaders.partition import seed_for
 
 from . import augment, checkpoint, runtime
+from .clipping import clip_gradients
 from .config import TrainConfig, dump, load_config, to_dict
 from .data import DataInfo, class_ids, device_prep, loader, make_stats, open_dataset, relabel
 from .methods import METHODS
@@ -254,8 +256,8 @@ class Engine:
             if l2:
                 add_keras_l2(l2, float(wds[step]))
             if cfg.optim.clip_grad:
-                logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(module.parameters(),
-                                                                         cfg.optim.clip_grad))
+                logs["grad_norm"] = clip_gradients(module.parameters(), cfg.optim.clip_grad,
+                                                   cfg.optim.clip_mode)
             scaler.step(optimizer)
             scaler.update()
             method.after_step(step)
@@ -282,6 +284,11 @@ class Engine:
             self._save(method, optimizer, scaler, train_ds, step, epoch, info)
         if main and val_ds is not None and cfg.val_every is None:
             log.write(dict(step=step, epoch=epoch, **self._validate(method, val_ds, vprep)))
+        outcome = method.summary()
+        if main and outcome:
+            log.write({"step": step, "epoch": epoch, "summary": True, **outcome})
+            (self.out / "summary.json").write_text(json.dumps({"step": step, **outcome}, indent=1),
+                                                   encoding="utf-8")
         if world > 1:  # every rank must hold the same weights after DDP training
             sums = runtime.all_gather_floats(_param_checksum(module))
             log.write({"step": step, "params_checksum_ranks": sums})

@@ -63,8 +63,12 @@ def adapt_first_conv(weight: torch.Tensor, in_chans: int, rule: str = "repeat", 
     return adapt_input_conv(in_chans, weight)
 
 
-def read_state_dict(path: str) -> dict[str, torch.Tensor]:
-    """A state dict from a local weights file, loaded without unpickling arbitrary objects."""
+def read_checkpoint(path: str) -> dict:
+    """A local weights file as a mapping, loaded with ``weights_only=True`` (nothing unpickled).
+
+    DINO's full checkpoints (``*_pretrain_full_checkpoint.pth``) also hold the run's
+    ``argparse.Namespace`` under ``args``; that one plain-attribute class is allowed.
+    """
     p = Path(path)
     if not p.is_file():
         raise TrainingError(f"pretrained={path}: no such file (pass a local checkpoint; no model "
@@ -72,15 +76,32 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     if p.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        state = load_file(str(p))
-    else:
-        try:
+        return load_file(str(p))
+    import argparse
+
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
             state = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001
-            raise TrainingError(f"pretrained={path}: unreadable ({type(exc).__name__}: {exc})") from exc
-    for key in ("state_dict", "model", "teacher", "module"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
+    except Exception as exc:  # noqa: BLE001
+        raise TrainingError(f"pretrained={path}: unreadable ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(state, dict):
+        raise TrainingError(f"pretrained={path}: holds a {type(state).__name__}, not a state dict")
+    return state
+
+
+def read_state_dict(path: str, key: str | None = None, raw: dict | None = None
+                    ) -> dict[str, torch.Tensor]:
+    """A state dict from a local weights file, loaded without unpickling arbitrary objects.
+
+    The tensors are taken from ``key`` when the file has it (DINO's full checkpoint: ``student``
+    or ``teacher``), else from the first of ``state_dict``/``model``/``teacher``/``module``, else
+    the top level; ``module.`` (DDP) and ``backbone.`` (DINO's multi-crop wrapper) prefixes are
+    stripped as DINO's ``utils.load_pretrained_weights`` does. ``raw``: the file already read.
+    """
+    state = read_checkpoint(path) if raw is None else raw
+    for k in ([key] if key else []) + ["state_dict", "model", "teacher", "module"]:
+        if isinstance(state, dict) and isinstance(state.get(k), dict):
+            state = state[k]
             break
     if isinstance(state, dict) and "modules" in state and isinstance(state["modules"], dict):
         state = state["modules"].get("model") or next(iter(state["modules"].values()))
@@ -115,8 +136,14 @@ def load_pretrained(model: torch.nn.Module, path: str, in_chans: int,
                             f"{bad[:3]} have other shapes (another architecture?)")
     for k in skipped:
         state.pop(k)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not any(k.startswith(h) for h in heads)]
+    unexpected = [k for k in state if k not in own]
+    missing = [k for k in own if k not in state and not any(k.startswith(h) for h in heads)]
     if missing or unexpected:
-        raise TrainingError(f"pretrained={path} does not match the model: missing {missing[:3]}, "
-                            f"unexpected {unexpected[:3]} (another architecture?)")
+        loaded = [k for k in state if k in own]
+        raise TrainingError(
+            f"pretrained={path} does not match {type(model).__name__}: {len(unexpected)} unexpected "
+            f"key(s) {unexpected[:4]}, {len(missing)} missing {missing[:4]}; {len(loaded)} of "
+            f"{len(own)} model tensors would load ({loaded[:3]}{' ...' if len(loaded) > 3 else ''})."
+            " Nothing was loaded: pass weights of the same architecture (model=, patch_size=), "
+            "e.g. dino_deitsmall8_pretrain.pth for vit_small_patch8_224")
+    model.load_state_dict(state, strict=False)   # only a fresh classifier head may be missing

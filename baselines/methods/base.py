@@ -75,6 +75,12 @@ class Method:
     def load_state(self, state: dict) -> None:
         """Restore :meth:`state`."""
 
+    def summary(self) -> dict:
+        """Outcome of the finished run (JSON-able), written to RUN_DIR/summary.json and as the
+        last metrics row (DINO: ``collapsed`` and its evidence); empty: no summary.
+        """
+        return {}
+
     # --- evaluation ---
     def embedder(self, pool: str | None = None) -> torch.nn.Module:
         """``(B, C, h, w)`` float -> ``(B, D)`` features used by ``cytodata embed``.
