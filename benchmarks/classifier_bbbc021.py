@@ -250,6 +250,9 @@ def main() -> None:
                         help="shipped configs to compare with random init (e.g. cellpainting-cnn-tiny "
                              "cytoimagenet-tiny classifier-tiny)")
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
+    parser.add_argument("--difficulty", default="easy", choices=["easy", "hard"],
+                        help="the synthetic screen: easy (MOAs differ in size/count/brightness) or "
+                             "hard (morphology and arrangement only; cytodata.synthetic)")
     args = parser.parse_args()
     if args.recipes:
         with tempfile.TemporaryDirectory() as tmp:
@@ -257,11 +260,11 @@ def main() -> None:
             t0 = time.perf_counter()
             if args.torch_threads:
                 torch.set_num_threads(args.torch_threads)
-            data = prepare(out)
+            data = prepare(out, SCREEN.replace(difficulty=args.difficulty))
             rows = []
             for recipe in args.recipes:
                 for seed in args.seeds:
-                    rows.append(run_recipe(data, out, recipe, seed))
+                    rows.append({**run_recipe(data, out, recipe, seed), "difficulty": args.difficulty})
                     (out / "recipes.json").write_text(json.dumps(rows, indent=2, default=str))
                     print(f"{recipe} seed {seed}: {rows[-1]['seconds']} s", flush=True)
         print(f"{data['n_cells']} cells from {data['n_fields']} fields; total "
