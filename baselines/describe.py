@@ -135,7 +135,7 @@ def format_show(name: str) -> str:
         default = yaml.safe_dump(r["default"], default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
         mark = "*" if r["set"] else " "
         line = f"{mark} {r['key']:<{width}} = {value}"
-        if r["set"] and r["value"] != r["default"]:
+        if r["set"] and r["value"] != r["default"] and r["key"] != "method":
             line += f"  [default {default}]"
         if r["source"]:
             line += f"  # {r['source']}"

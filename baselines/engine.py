@@ -78,6 +78,10 @@ class Engine:
     def _datasets(self, device: torch.device):
         cfg, d = self.cfg, self.cfg.data
         method_cls = METHODS.get(cfg.method)
+        if d.merge != "none" and not getattr(method_cls, "supports_merge", False):
+            raise TrainingError(f"data.merge={d.merge}: the {cfg.method} method builds its model for "
+                                "the shard set's channels; channel merges are a classifier option "
+                                "(--set data.merge=none)")
         sampler = method_cls.make_sampler(cfg)
         train_ds = open_dataset(d.train, split=d.train_split, cfg=d, seed=cfg.seed, shuffle=True,
                                 sampler=sampler, what="data.train")

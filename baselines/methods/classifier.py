@@ -42,6 +42,7 @@ class Classifier(Method):
     """Cross-entropy on weak labels; embeddings = pooled penultimate features."""
 
     config_class = ClassifierConfig
+    supports_merge = True       # data.merge: the model is built for the merged channel count
 
     def __init__(self, cfg: ClassifierConfig, info, device):
         super().__init__(cfg, info, device)
