@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import re
 import warnings
 from pathlib import Path
@@ -40,7 +41,7 @@ def _split_keys(pub: Path, split: str) -> list[str]:
     return (pub / "splits" / f"{split}.txt").read_text().split()
 
 
-def test_portable_set_reads_to_source_pixels_in_every_client(published, tmp_path):
+def test_portable_set_reads_to_source_pixels_in_every_client(published, tmp_path, caplog):
     import datasets
     import mlcroissant as mlc
     import webdataset as wds
@@ -74,10 +75,13 @@ def test_portable_set_reads_to_source_pixels_in_every_client(published, tmp_path
             assert np.array_equal(image, truth[row["__key__"]]) and row["json"]["split"] == split
 
     # mlcroissant: the images record set yields the payload bytes; numpy decodes them
-    croissant = mlc.Dataset(jsonld=str(pub / "croissant.json"))
-    got = {r["images/key"].decode(): np.load(io.BytesIO(r["images/image"]), allow_pickle=False)
-           for r in croissant.records(record_set="images")}
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        croissant = mlc.Dataset(jsonld=str(pub / "croissant.json"))
+        got = {r["images/key"].decode(): np.load(io.BytesIO(r["images/image"]), allow_pickle=False)
+               for r in croissant.records(record_set="images")}
     assert got.keys() == truth.keys() and all(np.array_equal(got[k], truth[k]) for k in truth)
+    assert not [r for r in caplog.records if "Could not match" in r.getMessage()]  # key regex fits
 
     # the project's own loader reads the published folder (checksums verified per sample)
     from cytodata.loaders import StreamingDataset
@@ -183,7 +187,30 @@ def test_payload_choice_and_refusals(published, tmp_path, capsys):
     code = cli(["publish", str(wide), "-o", str(tmp_path / "x"), "-q", "--payload", "png16"])
     assert code == 2 and "cannot hold dtype 'uint32'" in capsys.readouterr().err
     assert not (tmp_path / "x" / "README.md").exists()
+    meta.update(dtype="float16", dtypes=["float16"])  # numpy holds it; Arrow/Croissant clients do not
+    (wide / "shards.json").write_text(json.dumps(meta))
+    with pytest.raises(PublishError, match="codec 'npy' cannot hold dtype 'float16'"):
+        publish(wide, tmp_path / "half", payload="portable")
     with pytest.raises(PublishError, match=r"unknown payload 'gif'.*\['fast', 'portable'\]"):
         publish(root / "set", tmp_path / "y", payload="gif")
     with pytest.raises(PublishError, match="--in-place publishes the shards as written"):
         publish(root / "set", tmp_path / "z", in_place=True, payload="portable")
+
+
+def test_shard_payload_portable_is_read_by_plain_webdataset(tmp_path):
+    """`cytodata shard --payload portable` writes npy members that .decode() alone reads."""
+    import webdataset as wds
+
+    from cytodata.cli import main as cli
+    from cytodata.loaders.demo import demo_manifest
+
+    table = demo_manifest(tmp_path / "img", 3, SHAPE)
+    table.to_parquet(tmp_path / "manifest.parquet")
+    assert cli(["shard", str(tmp_path / "manifest.parquet"), "-o", str(tmp_path / "set"), "--payload",
+                "portable", "--scheduler", "synchronous", "--no-qc", "-q"]) == 0
+    assert json.loads((tmp_path / "set" / "shards.json").read_text())["codec"] == "npy"
+    urls = [str(p) for p in sorted((tmp_path / "set").glob("shard-*.tar"))]
+    got = {s["__key__"]: s["npy"] for s in wds.WebDataset(urls, shardshuffle=False).decode()}
+    assert got.keys() == set(table["key"])
+    for i, key in enumerate(table["key"]):
+        assert got[key].dtype == np.uint16 and np.array_equal(got[key], sample_pixels(i, SHAPE))

@@ -187,6 +187,15 @@ def _payload(payload: str | None, shard_set, *, keep: bool) -> str | None:
     if keep and codec != current:
         raise PublishError(f"--in-place publishes the shards as written (codec {current!r}); payload "
                            f"{payload!r} needs new shards: drop --in-place, or drop --payload")
+    if not keep:  # refuse before any work: a dtype the payload cannot hold, named
+        from ..shards.codecs import CODECS
+
+        dtypes = [d for d in shard_set.meta.get("dtypes") or [shard_set.meta.get("dtype")] if d]
+        try:
+            for dtype in dtypes:
+                CODECS.get(codec).check_dtype(dtype, f"{shard_set.source} (shards.json dtypes)")
+        except ShardError as exc:
+            raise PublishError(str(exc)) from None
     return None if keep else codec
 
 
