@@ -34,20 +34,72 @@ class DataInfo:
     extra: dict = field(default_factory=dict)
 
 
-def collate(samples: list[dict]) -> dict:
+def collate(samples: list[dict], resize: int | None = None) -> dict:
     """Stack one batch: ``image`` (B, C, H, W) uint16, ``label`` (B,) long, ``key``, ``meta`` lists.
 
-    Images of different shapes cannot share a batch: the loaders' ``MixedShapeError`` names
-    the keys, their shapes and the ways out.
+    ``resize``: every image is first resized to ``resize`` x ``resize`` (bilinear, float32 in the
+    stored units), so images of any size share a batch. Without it, images of different shapes
+    cannot share a batch: the loaders' ``MixedShapeError`` names the keys, their shapes and the
+    ways out.
     """
-    check_shapes(samples, "image")
-    out = {"image": torch.stack([s["image"] for s in samples]),
+    if resize is not None:
+        from .augment import resize as resize_to
+
+        images = [resize_to(s["image"][None].to(torch.float32), resize)[0] for s in samples]
+    else:
+        check_shapes(samples, "image")
+        images = [s["image"] for s in samples]
+    out = {"image": torch.stack(images),
            "label": torch.tensor([s["label"] for s in samples], dtype=torch.long),
            "key": [s["__key__"] for s in samples],
            "meta": {k: [s["meta"].get(k, "") for s in samples] for k in samples[0]["meta"]}}
     if "partner" in samples[0]:
-        out["partner"] = collate([s["partner"] for s in samples])
+        out["partner"] = collate([s["partner"] for s in samples], resize)
     return out
+
+
+def crop_minmax(x: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Per sample and channel ``(x - min) / (max - min + eps)`` (DeepProfiler cropping.py:31-33;
+    ``eps`` = Keras' ``backend.epsilon()``).
+    """
+    lo = x.amin(dim=(-2, -1), keepdim=True)
+    hi = x.amax(dim=(-2, -1), keepdim=True)
+    return (x - lo) / (hi - lo + eps)
+
+
+def image_percentile(x: torch.Tensor, low: float = 0.1, high: float = 99.9) -> torch.Tensor:
+    """Per sample and channel: clip to the [low, high] percentiles, shift to 0, divide by the
+    maximum (CytoImageNet preprocessor.py:52-78, ``np.percentile``'s linear interpolation).
+    A flat channel becomes 0.
+    """
+    flat = x.flatten(-2).float()
+    q = torch.quantile(flat, torch.tensor([low / 100, high / 100], device=x.device), dim=-1)
+    lo, hi = q[0][..., None, None], q[1][..., None, None]
+    y = (torch.minimum(x, hi) - lo).clamp_min(0)
+    top = y.amax(dim=(-2, -1), keepdim=True)
+    return torch.where(top > 0, y / top.clamp_min(1e-12), torch.zeros_like(y))
+
+
+def merge_channels(x: torch.Tensor, merge: str) -> torch.Tensor:
+    """``gray``: the channel mean ``(B, 1, H, W)``; ``gray_rgb``: that mean three times; ``none``."""
+    if merge == "none":
+        return x
+    gray = x.mean(dim=1, keepdim=True)
+    return gray.expand(-1, 3, -1, -1).contiguous() if merge == "gray_rgb" else gray
+
+
+def model_channels(n_channels: int, merge: str) -> int:
+    """Input channels of the model after :func:`merge_channels`."""
+    return {"none": n_channels, "gray": 1, "gray_rgb": 3}[merge]
+
+
+def make_stats(meta: dict, level: str, n_channels: int) -> "NormStats | None":
+    """Statistics for a shards.json level; None for ``none`` and the per-sample levels."""
+    from .config import SAMPLE_NORMALIZE
+
+    if level == "none" or level in SAMPLE_NORMALIZE:
+        return None
+    return NormStats(meta, level, n_channels)
 
 
 def to_device_float(images: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -63,18 +115,38 @@ def to_device_float(images: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 class DevicePrep:
-    """uint16 batch -> normalised float batch on the device."""
+    """uint16 batch -> normalised (and optionally channel-merged) float batch on the device.
 
-    def __init__(self, stats: NormStats | None, device: torch.device, channels_last: bool):
+    ``level``: a per-sample normalisation (``crop_minmax``, ``image_percentile``) used instead of
+    ``stats``; ``merge``: see :func:`merge_channels`.
+    """
+
+    def __init__(self, stats: NormStats | None, device: torch.device, channels_last: bool,
+                 level: str | None = None, merge: str = "none",
+                 percentiles: tuple[float, float] = (0.1, 99.9)):
         self.stats, self.device, self.channels_last = stats, device, channels_last
+        self.level, self.merge, self.percentiles = level, merge, tuple(percentiles)
+
+    def normalize(self, x: torch.Tensor, meta: dict) -> torch.Tensor:
+        """Float pixels -> normalised values, per channel (before any merge)."""
+        if self.level == "crop_minmax":
+            return crop_minmax(x)
+        if self.level == "image_percentile":
+            return image_percentile(x, *self.percentiles)
+        if self.stats is not None:
+            return self.stats.apply(x, self.stats.batch_groups(meta, x.shape[0]))
+        return x / 65535.0
 
     def __call__(self, images: torch.Tensor, meta: dict) -> torch.Tensor:
-        x = to_device_float(images, self.device)
-        if self.stats is not None:
-            x = self.stats.apply(x, self.stats.batch_groups(meta, x.shape[0]))
-        else:
-            x = x / 65535.0
-        return x
+        x = self.normalize(to_device_float(images, self.device), meta)
+        return merge_channels(x, self.merge)
+
+
+def device_prep(cfg, stats: NormStats | None, device: torch.device) -> DevicePrep:
+    """The :class:`DevicePrep` of a config's ``data`` section."""
+    d = cfg.data
+    return DevicePrep(stats, device, cfg.channels_last, level=d.normalize, merge=d.merge,
+                      percentiles=tuple(d.percentiles))
 
 
 def open_dataset(path: str, *, split: str | None, cfg, seed: int, shuffle: bool, sampler=None,
@@ -144,7 +216,8 @@ def class_ids(ds: StreamingDataset, column: str, classes: list[str] | None, what
     """
     if column not in ds.index.columns:
         raise TrainingError(f"{what}: index.parquet has no {column!r} column; a supervised "
-                            f"baseline needs labels (columns: {sorted(ds.index.columns)})")
+                            "baseline (and data.balanced) needs a label column: name one with "
+                            f"--set data.label=COLUMN (columns: {sorted(ds.index.columns)})")
     values = ds.index[column].astype("string")
     present = sorted(values.dropna().unique().tolist())
     if classes is None:
@@ -163,13 +236,22 @@ def relabel(ds: StreamingDataset, ids: np.ndarray, classes: list[str]) -> None:
     ds.labels, ds.classes = ids, list(classes)
 
 
-def loader(ds: StreamingDataset, batch_size: int, pin: bool) -> torch.utils.data.DataLoader:
+def loader(ds: StreamingDataset, batch_size: int, pin: bool, resize: int | None = None
+           ) -> torch.utils.data.DataLoader:
     """DataLoader in the threaded layout (num_workers=0; the dataset decodes on its threads)."""
+    import functools
+
     ds.batch_size_hint = batch_size
-    return torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=0, collate_fn=collate,
+    fn = collate if resize is None else functools.partial(collate, resize=resize)
+    return torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=0, collate_fn=fn,
                                        pin_memory=pin, drop_last=False)
 
 
-def balanced_sampler(column: str):
-    """DeepProfiler's rule: classes above the median size are downsampled to it each epoch."""
-    return ClassBalanced(column=column, mode="median")
+def balanced_sampler(column: str, balance: str = "cap"):
+    """Class-balanced epochs over ``column``.
+
+    ``cap``: classes above the median size are downsampled to it, smaller ones keep all their
+    rows. ``median``: DeepProfiler's rule (sampled_crop_generator.py:61-73): every class is drawn
+    to ``int(median)`` rows each epoch, larger ones without replacement, smaller ones with.
+    """
+    return ClassBalanced(column=column, mode="median" if balance == "cap" else "resample_median")

@@ -142,3 +142,13 @@ def test_no_import_from_a_lower_layer_up(graph):
     bad = [f"{m} -> {t}" for m, targets in graph.items() for layer, above in NEVER.items() if within(m, layer)
            for t in targets if any(within(t, a) for a in above)]
     assert not bad, "imports from a lower layer up:\n" + "\n".join(sorted(bad))
+
+
+def test_every_module_imports(graph):
+    """The arrows name real modules and names: every module of the package imports."""
+    import importlib
+
+    for name in sorted(graph):
+        if name.endswith("__main__"):
+            continue  # runs the CLI
+        importlib.import_module(name)
