@@ -1,8 +1,9 @@
 """DeepNoise's ablation (Fig. 3 and 4) on a synthetic RxRx1-layout screen, short CPU runs.
 
 The screen: ``--experiments`` experiments per cell type (HEPG2, HUVEC, U2OS), the last one of
-each cell type held out as the test experiments, ``--plates`` plates each, every class (siRNAs +
-one positive control + EMPTY) once per plate, two sites per well, 6 channels, 8-bit PNGs, with
+each cell type held out as the test experiments, ``--plates`` plates each (one siRNA group per
+plate, so each siRNA once per experiment; one positive control + EMPTY on every plate), two sites
+per well, 6 channels, 8-bit PNGs, with
 planted batch (experiment) and plate intensity effects. Manifest -> WebDataset shards (train
 experiments / test experiments) -> ``cytodata train`` runs -> ``cytodata predict --per well`` on
 the test plates.
@@ -45,9 +46,9 @@ def make_screen(root: Path, *, experiments: int, plates: int, sirnas: int, size:
 
     exps = tuple(f"{c}-{i + 1:02d}" for c in EXPERIMENTS for i in range(experiments))
     test = tuple(f"{c}-{experiments:02d}" for c in EXPERIMENTS)
-    wells = sirnas + 2                      # every class once per plate (+ poscon + EMPTY)
+    wells = sirnas + 2                      # classes: the siRNAs + poscon + EMPTY
     config = SyntheticScreen(rxrx_experiments=exps, rxrx_test_experiments=test,
-                             rxrx_plates=plates, rxrx_wells_per_plate=wells, rxrx_sirnas=sirnas,
+                             rxrx_sirna_groups=plates, rxrx_sirnas=sirnas,
                              rxrx_positive_controls=1, image_size=size, seed=seed,
                              plate_effect=plate_effect, batch_effect=batch_effect)
     if not (root / "rxrx1" / "metadata.csv").exists():

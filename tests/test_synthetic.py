@@ -33,7 +33,7 @@ TINY = SyntheticScreen(
     moas=("Actin disruptors", "Microtubule destabilizers", "DNA damage",
           "Aurora kinase inhibitors"),
     rxrx_experiments=("HEPG2-01", "U2OS-01"), rxrx_test_experiments=("U2OS-01",),
-    rxrx_plates=1, rxrx_wells_per_plate=5, rxrx_sirnas=2, folder_images_per_class=3,
+    rxrx_sirna_groups=2, rxrx_sirnas=4, folder_images_per_class=3,
     folder_image_size=32,
 )
 
@@ -237,7 +237,8 @@ def test_rxrx1_metadata_and_pngs(rxrx):
     with open(rxrx["metadata_csv"], encoding="utf-8") as fh:
         assert fh.readline().rstrip("\n") == ",".join(RXRX1_COLUMNS)
     meta = pd.read_csv(rxrx["metadata_csv"], keep_default_na=False)
-    assert len(meta) == 2 * 1 * 5 * 2
+    # 2 experiments x 2 plates (one per siRNA group) x (2 siRNAs + 1 positive + EMPTY) x 2 sites
+    assert len(meta) == 2 * 2 * 4 * 2
     assert (meta["well_id"] == meta["experiment"] + "_" + meta["plate"].astype(str) + "_"
             + meta["well"]).all()
     assert (meta["site_id"] == meta["well_id"] + "_" + meta["site"].astype(str)).all()
@@ -258,6 +259,33 @@ def test_rxrx1_metadata_and_pngs(rxrx):
         assert im.mode == "L" and im.size == (TINY.image_size, TINY.image_size)
         arr = np.asarray(im)
     assert arr.dtype == np.uint8 and arr.max() > 3 * np.median(arr)
+
+
+def test_rxrx1_plates_follow_the_real_group_structure(rxrx):
+    sites = rxrx["sites"]
+    trt = sites[sites["well_type"] == "treatment"]
+    # each siRNA in exactly one well of every experiment, always in the same (fixed) group
+    wells = trt.groupby(["experiment", "sirna"])["well_id"].nunique()
+    assert (wells == 1).all() and len(wells) == 2 * TINY.rxrx_sirnas
+    assert (trt.groupby("sirna")["group"].nunique() == 1).all()
+    assert sorted(trt.groupby("group")["sirna"].nunique()) == [2, 2]
+    # one group per plate, every group on one plate of every experiment, controls on all plates
+    assert (trt.groupby(["experiment", "plate"])["group"].nunique() == 1).all()
+    assert (trt.groupby(["experiment", "group"])["plate"].nunique() == 1).all()
+    plates_by_group = trt.groupby(["group", "experiment"])["plate"].first().unstack()
+    assert (plates_by_group["HEPG2-01"] != plates_by_group["U2OS-01"]).all()   # rotated
+    controls = sites[sites["well_type"] != "treatment"]
+    assert (controls.groupby(["experiment", "plate"])["sirna"].nunique() == 2).all()
+    assert set(sites["site"]) == {1, 2} and (sites.groupby("well_id").size() == 2).all()
+    assert set(sites["cell_type"]) == {"HEPG2", "U2OS"}
+
+
+def test_rxrx1_group_sizes_must_divide():
+    with pytest.raises(RecipeError, match=r"rxrx_sirnas \(10\) must be a positive multiple of "
+                                          r"rxrx_sirna_groups \(4\)"):
+        SyntheticScreen(rxrx_sirnas=10, rxrx_sirna_groups=4)
+    with pytest.raises(RecipeError, match="384-well"):
+        SyntheticScreen(rxrx_sirnas=4 * 307, rxrx_sirna_groups=4)
 
 
 def test_folder_layout_classes_and_formats(tmp_path):
@@ -282,7 +310,7 @@ def test_demo_sources_with_documented_broken_inputs(tmp_path):
     from cytodata.images.io import read_image
 
     cfg = TINY.replace(image_size=32, plates_per_batch=1, wells_per_plate=6, sites_per_well=1,
-                       rxrx_wells_per_plate=3,
+                       rxrx_sirna_groups=1, rxrx_sirnas=1,
                        folder_images_per_class=2)
     out = write_demo_sources(tmp_path, seed=5, config=cfg)
     assert {k: out[k] for k in ("bbbc021", "rxrx1", "folder")} == {

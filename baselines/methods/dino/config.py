@@ -1,0 +1,95 @@
+"""DINO / WS-DINO settings: typed configs validated on load."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from cytodata.errors import RecipeError
+
+from ...config import TrainConfig
+
+
+@dataclass
+class DinoConfig(TrainConfig):
+    """DINO settings on top of the engine's (``data.crop`` is the global crop side)."""
+
+    out_dim: int = 65536              # prototypes K (DINO 65536)
+    head_hidden_dim: int = 2048
+    head_bottleneck_dim: int = 256
+    head_layers: int = 3
+    norm_last_layer: bool = True      # weight-norm gain fixed at 1 (DINO's default for ViT-S)
+    freeze_last_layer: float = 1.0    # epochs with the last head layer frozen
+    patch_size: int | None = None     # override the timm model's patch size (e.g. test_vit -> 8)
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # more timm kwargs (depth, ...)
+    drop_path_rate: float = 0.1       # student only; the teacher has none
+    per_channel: bool = False         # one model per channel, in_chans=1 (WS-DINO's choice)
+    student_temp: float = 0.1
+    teacher_temp: float = 0.04        # after warm-up
+    warmup_teacher_temp: float = 0.04  # start of the linear warm-up
+    warmup_teacher_temp_epochs: float = 0.0
+    center_momentum: float = 0.9      # 1.0 = no centring
+    momentum_teacher: float = 0.99    # WS-DINO 0.99; DINO 0.996; cosine to 1
+    local_crops: int = 8
+    local_crop: int = 96
+    # area fractions [min, max] of the (prescaled) image per view; null: derived from the image
+    # size so views keep cells at the resolution embed sees them at (native resolution)
+    global_scale: list[float] | None = None
+    local_scale: list[float] | None = None
+    crop_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])  # aspect ratios
+    view_interpolation: str = "bilinear"  # bilinear | bicubic (resampling of the views)
+    prescale: float = 1.0             # resize whole images by this factor before views and embed
+    intensity_clip: float | None = None  # raw intensity clipped at this value, then / it (0..1);
+    #                                      needs data.normalize: none (WS-DINO: 10000)
+    warmup_epochs: float | None = None  # lr warm-up in epochs (overrides optim.warmup_steps)
+    embed_crop: int | None = None     # side of the four centre crops (default data.crop)
+    collapse_patience: int = 50       # consecutive collapsed steps before the warning
+
+    def __post_init__(self):
+        where = f"{self.method} config"
+
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise RecipeError(f"{where}: {msg}")
+
+        need(self.out_dim >= 2, f"out_dim={self.out_dim}; the DINO head needs >= 2 prototypes "
+             "(DINO uses 65536; tiny runs 256)")
+        need(self.head_hidden_dim >= 1 and self.head_bottleneck_dim >= 1 and self.head_layers >= 1,
+             f"head_hidden_dim={self.head_hidden_dim}, head_bottleneck_dim="
+             f"{self.head_bottleneck_dim}, head_layers={self.head_layers}; all must be >= 1")
+        need(self.local_crops >= 0, f"local_crops={self.local_crops}; must be >= 0 (DINO: 8)")
+        need(self.local_crop >= 8, f"local_crop={self.local_crop}; must be >= 8 pixels")
+        for name in ("global_scale", "local_scale"):
+            lo_hi = getattr(self, name)
+            need(lo_hi is None or (len(lo_hi) == 2 and 0 < lo_hi[0] <= lo_hi[1] <= 1),
+                 f"{name}={lo_hi}; expected [min, max] area fractions with 0 < min <= max <= 1, "
+                 "or null for native-resolution views derived from the image size")
+        need(len(self.crop_ratio) == 2 and 0 < self.crop_ratio[0] <= self.crop_ratio[1],
+             f"crop_ratio={self.crop_ratio}; expected [min, max] aspect ratios > 0 (DINO: "
+             "[0.75, 1.333]; WS-DINO: [1, 1])")
+        need(self.view_interpolation in ("bilinear", "bicubic"),
+             f"view_interpolation={self.view_interpolation!r}; valid: bilinear, bicubic")
+        need(0 < self.prescale <= 1, f"prescale={self.prescale}; must be in (0, 1] (WS-DINO "
+             "halves BBBC021 fields: 0.5)")
+        need(self.intensity_clip is None or self.intensity_clip > 0,
+             f"intensity_clip={self.intensity_clip}; must be > 0 (raw intensity units)")
+        need(self.intensity_clip is None or self.data.normalize == "none",
+             f"intensity_clip={self.intensity_clip} scales raw intensities, but data.normalize="
+             f"{self.data.normalize!r} normalises them first; set --set data.normalize=none, or "
+             "--set intensity_clip=null to keep the normalisation")
+        need(self.student_temp > 0 and self.teacher_temp > 0 and self.warmup_teacher_temp > 0,
+             "student_temp, teacher_temp and warmup_teacher_temp must be > 0")
+        need(0.0 <= self.center_momentum <= 1.0,
+             f"center_momentum={self.center_momentum}; must be in [0, 1]")
+        need(0.0 <= self.momentum_teacher <= 1.0,
+             f"momentum_teacher={self.momentum_teacher}; must be in [0, 1]")
+        need(self.patch_size is None or self.patch_size >= 1, f"patch_size={self.patch_size}")
+        need(self.collapse_patience >= 1, f"collapse_patience={self.collapse_patience}; >= 1")
+
+
+@dataclass
+class WSDinoConfig(DinoConfig):
+    """WS-DINO: local crops from a partner image sharing ``weak_label``."""
+
+    weak_label: str = "label"         # index column(s); "compound+concentration" = treatment
+    pair_image_column: str = "auto"   # what makes two rows the same image (auto: parent_id/key)
