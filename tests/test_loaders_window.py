@@ -98,8 +98,9 @@ def test_window_options_are_checked():
 
 
 def test_cytodata_train_reaches_the_window_and_the_cache(shard_set, tmp_path):
-    from cytodata.baselines.config import load_config, parse_set
+    from cytodata.baselines.config import parse_set
     from cytodata.baselines.data import open_dataset
+    from cytodata.baselines.resolve import load_config
     from cytodata.errors import TrainingError
     from cytodata.loaders import ClassBalanced
 
