@@ -129,8 +129,9 @@ RECIPES = (("ws-dino-tiny (authors')", "ws-dino-tiny", {}),
 FIELD_SIZE = 128
 
 
-def prepare_fields(data_dir: Path, sites: int = SITES) -> dict:
-    """The screen (``FIELD_SIZE`` px fields, ``sites`` per well) as field shards (reused)."""
+def prepare_fields(data_dir: Path, sites: int = SITES, difficulty: str = "hard") -> dict:
+    """The screen (``FIELD_SIZE`` px fields, ``sites`` per well, the hard synthetic phenotypes
+    by default) as field shards (reused)."""
     from classifier_bbbc021 import SCREEN
 
     from cytodata.manifest import build
@@ -138,8 +139,8 @@ def prepare_fields(data_dir: Path, sites: int = SITES) -> dict:
     from cytodata.synthetic import write_bbbc021_layout
 
     if not (data_dir / "shards" / "shards.json").exists():
-        layout = write_bbbc021_layout(data_dir / "screen",
-                                      SCREEN.replace(sites_per_well=sites, image_size=FIELD_SIZE))
+        layout = write_bbbc021_layout(data_dir / "screen", SCREEN.replace(
+            sites_per_well=sites, image_size=FIELD_SIZE, difficulty=difficulty))
         recipe = {"name": "bbbc021-fields", "seed": 0,
                   "sources": [{"adapter": "bbbc021", "source": "synth-bbbc021",
                                "params": {"root": str(layout["root"])}}]}

@@ -149,7 +149,8 @@ def test_dino_changes_only_the_view_geometry():
 
 
 def test_project_configs_are_described_as_ours():
-    for name in ("dino-cells", "ws-dino-cells", "dino-cells-tiny", "ws-dino-cells-tiny"):
+    for name in ("dino-cells", "ws-dino-cells", "dino-cells-tiny", "ws-dino-cells-tiny",
+                 "dino-cells-demo", "ws-dino-cells-demo"):
         cfg = load_config(name)
         assert cfg.description.startswith("ours:"), name
         assert cfg.global_scale is None and cfg.local_scale is None, name
