@@ -29,6 +29,7 @@ def main(argv=None) -> dict:
     from cytodata.baselines import train
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="ws-dino", help="a ws-dino config (the CPU check: ws-dino-tiny)")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--skip", type=int, default=50, help="warm-up steps left out of the rate")
     ap.add_argument("--device", default="cuda")
@@ -52,7 +53,7 @@ def main(argv=None) -> dict:
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     log_every = max(1, min(25, args.steps))
-    run = train("ws-dino", out / "run", **{
+    run = train(args.config, out / "run", **{
         "model": args.model, "data__train": str(shards), "data__train_split": None,
         "data__crop": args.crop, "local_crop": args.local, "batch_size": args.batch,
         "steps": args.steps, "weak_label": "compound", "device": args.device,

@@ -82,7 +82,8 @@ GPU = Sizes(device="cuda", precision="bf16")
 DRY = Sizes(device="cpu", precision="fp32", field=40, n_images=64, big_field=64, n_big=48,
             config_steps=2, resume_steps=1, log_every=1,
             ratio_args=("--tiny", "--steps", "10", "--batch", "8", "--torch-threads", "1"),
-            dino_args=("--device", "cpu", "--steps", "2", "--skip", "1", "--model", "test_vit",
+            dino_args=("--config", "ws-dino-tiny", "--device", "cpu", "--steps", "2", "--skip", "1",
+                       "--model", "test_vit",
                        "--crop", "32", "--local", "16", "--batch", "2", "--out-dim", "64"),
             embed_batch=16, embed_model="test_efficientnet", embed_crop=32, batches_batch=8,
             batches_count=4, threads=2, scheduler="synchronous", train_tiny_only=True)
@@ -284,9 +285,6 @@ def check_config(name: str, ctx: Context) -> dict:
     s = ctx.sizes
     base = load_config(name)
     need = field_needed(base)
-    if need > s.big_field:
-        raise RuntimeError(f"{name} needs fields of at least {need} px (data.crop / prescale); the "
-                           f"check's largest are {s.big_field} px (Sizes.big_field)")
     big = need > s.field
     overrides = _config_overrides(base, ctx.shards(big=big), s)
     cfg = load_config(name, overrides)        # every override is a valid key of this config
@@ -294,6 +292,9 @@ def check_config(name: str, ctx: Context) -> dict:
            "full_batch_size": base.batch_size, "channels": s.big_channels if big else s.channels}
     if s.train_tiny_only and not name.endswith("-tiny"):
         return dict(out, trained=False, note="--dry-run resolves full-size configs, trains the -tiny ones")
+    if need > s.big_field:
+        raise RuntimeError(f"{name} needs fields of at least {need} px (data.crop / prescale); the "
+                           f"check's largest are {s.big_field} px (Sizes.big_field)")
     if getattr(base, "requires_init", False) and not getattr(base, "init_from", None):
         first = _first_stage_run(cfg, ctx.work / "configs")     # a second stage starts from a first
         if first is None:
