@@ -76,6 +76,7 @@ class Sizes:
     threads: int = 8
     scheduler: str | None = None  # shards.write: None = dask LocalCluster
     train_tiny_only: bool = False
+    torch_threads: int | None = None  # torch intra-op threads in each part (None: torch's default)
 
 
 GPU = Sizes(device="cuda", precision="bf16")
@@ -86,7 +87,8 @@ DRY = Sizes(device="cpu", precision="fp32", field=40, n_images=64, big_field=64,
                        "--model", "test_vit",
                        "--crop", "32", "--local", "16", "--batch", "2", "--out-dim", "64"),
             embed_batch=16, embed_model="test_efficientnet", embed_crop=32, batches_batch=8,
-            batches_count=4, threads=2, scheduler="synchronous", train_tiny_only=True)
+            batches_count=4, threads=2, scheduler="synchronous", train_tiny_only=True,
+            torch_threads=1)  # OpenMP threads spin against the decode threads on a small shared CPU
 
 
 @dataclasses.dataclass
@@ -374,6 +376,8 @@ def _config_overrides(base, shards: Path, s: Sizes) -> dict:
                  "device": s.device, "precision": s.precision, "channels_last": True,
                  "steps": s.config_steps, "checkpoint_every": s.config_steps,
                  "log_every": s.log_every, "progress": False, "data.threads": s.threads}
+    if getattr(base, "epochs", None) is not None:   # a length in epochs would override steps
+        overrides["epochs"] = None
     if hasattr(base, "unlabelled_ratio"):     # semi-supervised: the same set serves as unlabelled
         overrides["data.unlabelled"] = str(shards)
     return overrides
@@ -436,6 +440,10 @@ def run_part(part: Part, ctx: Context, timeout: float) -> dict:
             sys.stdout = sys.stderr = log_file      # Python-level output, even under a capturing caller
             # where the part was when its time ran out: every thread's stack, into its log
             faulthandler.dump_traceback_later(max(timeout - 1.5, 0.5), exit=False)
+            if ctx.sizes.torch_threads:
+                import torch
+
+                torch.set_num_threads(ctx.sizes.torch_threads)
             results = part.run(ctx)
             ctx.save(results)
             code = 0
