@@ -10,12 +10,12 @@ from cytodata.errors import TrainingError
 
 
 def create(name: str, *, in_chans: int, num_classes: int, pretrained: str | None = None,
-           **kwargs) -> torch.nn.Module:
+           first_conv: str = "repeat", **kwargs) -> torch.nn.Module:
     """``timm.create_model(name, in_chans=, num_classes=)``, random init unless ``pretrained``.
 
     ``pretrained`` is a local file (timm/torch ``.pth``/``.bin``/``.safetensors``, or a state dict
     under ``state_dict``/``model``/``teacher``): loaded with ``weights_only=True``, the first conv
-    adapted to ``in_chans`` with timm's rule (repeat or sum RGB filters), and a classifier of a
+    adapted to ``in_chans`` by ``first_conv`` (:func:`adapt_first_conv`), and a classifier of a
     different class count left at its fresh init.
     """
     import timm
@@ -29,8 +29,38 @@ def create(name: str, *, in_chans: int, num_classes: int, pretrained: str | None
                                 "(tiny ones for tests: test_efficientnet, test_vit, resnet10t)") from None
         raise
     if pretrained:
-        load_pretrained(model, pretrained, in_chans)
+        load_pretrained(model, pretrained, in_chans, first_conv=first_conv)
     return model
+
+
+def adapt_first_conv(weight: torch.Tensor, in_chans: int, rule: str = "repeat", *,
+                     where: str = "pretrained") -> torch.Tensor:
+    """A first-conv kernel ``(O, I, kh, kw)`` for ``in_chans`` input channels.
+
+    ``repeat``: timm's ``adapt_input_conv`` (1 channel: the RGB filters summed; more: RGB
+    repeated and scaled by ``3 / in_chans``). ``tile``: DeepProfiler's rule (efficientnet.py:148-
+    162): channel ``i`` takes the filter of RGB channel ``i % I``, unscaled.
+    """
+    if weight.ndim != 4:
+        raise TrainingError(f"{where}: the first convolution's weight has shape "
+                            f"{tuple(weight.shape)}; expected 4 dims (out, in, kh, kw) to adapt it "
+                            f"to {in_chans} input channels (another architecture?)")
+    found = weight.shape[1]
+    if found == in_chans:
+        return weight
+    if rule == "tile":
+        idx = torch.arange(in_chans) % found
+        return weight[:, idx].clone()
+    if rule != "repeat":
+        raise TrainingError(f"first_conv={rule!r}; valid: repeat, tile")
+    if found != 3 and in_chans != 1:
+        raise TrainingError(f"{where}: the first convolution has {found} input channels "
+                            f"(weight shape {tuple(weight.shape)}); first_conv=repeat adapts 3-channel "
+                            f"(RGB) filters only. Use --set first_conv=tile, or weights trained on "
+                            f"{in_chans} channels")
+    from timm.models import adapt_input_conv
+
+    return adapt_input_conv(in_chans, weight)
 
 
 def read_checkpoint(path: str) -> dict:
@@ -83,20 +113,19 @@ def read_state_dict(path: str, key: str | None = None, raw: dict | None = None
 
 
 def load_pretrained(model: torch.nn.Module, path: str, in_chans: int,
-                    state: dict[str, torch.Tensor] | None = None) -> None:
+                    state: dict[str, torch.Tensor] | None = None, first_conv: str = "repeat") -> None:
     """Load local weights into a timm model, adapting the first conv and skipping a new head.
 
     ``state``: the tensors to load when the caller already read (and split) ``path``'s state dict.
     """
-    from timm.models import adapt_input_conv
-
     state = read_state_dict(path) if state is None else dict(state)
     cfg = getattr(model, "pretrained_cfg", {}) or {}
     first = cfg.get("first_conv")
     for name in [first] if isinstance(first, str) else list(first or []):
         key = f"{name}.weight"
-        if key in state and state[key].ndim == 4 and state[key].shape[1] != in_chans:
-            state[key] = adapt_input_conv(in_chans, state[key])
+        if key in state and (state[key].ndim != 4 or state[key].shape[1] != in_chans):
+            state[key] = adapt_first_conv(state[key], in_chans, first_conv,
+                                          where=f"pretrained={path} ({key})")
     own = model.state_dict()
     skipped = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     heads = cfg.get("classifier")

@@ -95,6 +95,14 @@ class Method:
             raise TrainingError(f"embed pool={pool!r}: {self.cfg.method} runs have one embedding "
                                 "(their pooled backbone features); pool= applies to DINO runs")
 
+    def backbone(self) -> torch.nn.Module:
+        """The network whose named modules ``cytodata embed --layer NAME`` can read."""
+        model = getattr(self, "model", None)
+        if not isinstance(model, torch.nn.Module):
+            raise TrainingError(f"embed --layer: {self.cfg.method} runs name no single backbone; "
+                                "embed without --layer")
+        return model
+
     def embed_crop(self) -> int:
         """The crop side embeddings are computed at (the training crop)."""
         return self.cfg.data.crop
