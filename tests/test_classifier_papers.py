@@ -235,3 +235,8 @@ def test_cytoimagenet_tiny_trains_and_embeds_images_of_several_sizes(tmp_path):
                                  channels="each"))      # the recipe's view: whole, resized to 32
     n = create("test_efficientnet", in_chans=3, num_classes=2).num_features
     assert len(each) == 16 and sum(c.startswith("emb_") for c in each.columns) == 3 * n
+    # native: each image at its stored size (24 or 40 px), one per batch
+    native = pd.read_parquet(embed(run, tmp_path / "s", tmp_path / "n.parquet", progress=False,
+                                   view="native", batch_size=1))
+    cols = [c for c in native.columns if c.startswith("emb_")]
+    assert len(native) == 16 and len(cols) == n and native[cols].notna().all().all()
