@@ -181,6 +181,13 @@ def embed(checkpoint_or_run: "str | Path", shards: "str | Path", out: "str | Pat
     prep = device_prep(cfg, stats, dev)
     crop = method.embed_crop()
     resize = cfg.data.resize if view == "whole" else None
+    if view == "native" and batch_size > 1 and {"height", "width"} <= set(ds.index.columns):
+        sizes = ds.index[["height", "width"]].drop_duplicates()
+        if len(sizes) > 1:
+            raise TrainingError(f"embed --view native: {shards} holds images of {len(sizes)} sizes "
+                                f"(e.g. {[tuple(r) for r in sizes.head(3).itertuples(index=False)]}); "
+                                "they cannot share a batch at their stored size: pass --batch-size 1, "
+                                "or --view whole to resize them as in training")
 
     def features(x: torch.Tensor) -> torch.Tensor:
         """Normalised, un-merged ``x`` -> one feature row per sample for the chosen view."""

@@ -159,9 +159,11 @@ def run_recipe(data: dict, out: Path, recipe: str, seed: int) -> dict:
     seconds = time.perf_counter() - t0
     res = {"recipe": recipe, "seed": seed, "seconds": round(seconds, 1),
            "steps": int(load_config(str(run_dir / "config.yaml")).steps)}
+    # resizing recipes embed at their training size (all cells are 40 px; native would feed 40)
+    view = "whole" if load_config(recipe).data.resize else None
     for name, rand in (("trained", False), ("random", True)):
         emb = embed(run_dir, data["shards"], out / f"{recipe}-s{seed}-{name}.parquet", progress=False,
-                    random_init=rand, per="image")
+                    random_init=rand, per="image", view=view)
         res[name] = evaluate_cells(emb, data)
     return res
 
