@@ -9,7 +9,6 @@ from .config import EMBED_POOLS
 
 def _train(args) -> int:
     from .config import parse_set
-    from .engine import train
 
     if args.list:
         from .describe import format_list, list_configs
@@ -21,6 +20,7 @@ def _train(args) -> int:
 
         print(format_show(args.show))
         return 0
+    from .engine import train
     if not args.config or not args.out:
         raise SystemExit("cytodata train: CONFIG and -o RUN_DIR are required (see --help)")
     overrides = parse_set(args.set)

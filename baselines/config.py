@@ -18,7 +18,6 @@ from typing import Any, Mapping
 import yaml
 
 from cytodata.errors import RecipeError
-from cytodata.recipe import _from_dict
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 #: input normalisation levels (per-channel statistics from shards.json; DeepNoise's ablation)
@@ -165,8 +164,10 @@ def read_config_mapping(config: "str | Path | Mapping[str, Any]") -> tuple[dict,
     if not path.exists() and (CONFIG_DIR / f"{config}.yaml").exists():
         path = CONFIG_DIR / f"{config}.yaml"
     if not path.exists():
-        raise RecipeError(f"config {str(config)!r} is neither a file nor a shipped config; "
-                          f"shipped: {', '.join(config_names())}")
+        from cytodata._suggest import did_you_mean
+
+        raise RecipeError(f"config {str(config)!r} is neither a file nor a shipped config"
+                          f"{did_you_mean(str(config), config_names())}; shipped: {', '.join(config_names())}")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
@@ -200,26 +201,6 @@ def parse_set(items: list[str] | None) -> dict[str, Any]:
         key, value = item.split("=", 1)
         out[key.strip()] = yaml.safe_load(value) if value.strip() else None
     return out
-
-
-def load_config(config: "str | Path | Mapping[str, Any] | TrainConfig",
-                overrides: Mapping[str, Any] | None = None) -> TrainConfig:
-    """Load and validate a config; ``overrides`` are dotted keys -> values (``--set``)."""
-    from .methods import METHODS
-
-    if isinstance(config, TrainConfig):
-        config = to_dict(config)
-    data, where = read_config_mapping(config)
-    for key, value in (overrides or {}).items():
-        set_dotted(data, key, value)
-    method = data.get("method", TrainConfig.method)
-    try:
-        cls = METHODS.get(method).config_class
-    except ValueError as exc:
-        raise RecipeError(f"{where}: method: {exc}") from None
-    cfg = _from_dict(cls, data, where)
-    check(cfg, where)
-    return cfg
 
 
 def check(cfg: TrainConfig, where: str) -> None:

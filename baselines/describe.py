@@ -15,7 +15,8 @@ from typing import Any
 
 import yaml
 
-from .config import CONFIG_DIR, config_names, load_config, read_config_mapping, to_dict
+from .config import CONFIG_DIR, config_names, read_config_mapping, to_dict
+from .resolve import load_config
 
 _KEY = re.compile(r"^(?P<indent>\s*)(?P<key>[A-Za-z_][\w.-]*)\s*:(?P<rest>.*)$")
 

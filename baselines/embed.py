@@ -29,9 +29,9 @@ import torch
 from cytodata.errors import TrainingError
 
 from . import checkpoint, runtime
-from .config import load_config
 from .data import DataInfo, NormStats, collate, device_prep, make_stats, merge_channels, to_device_float
 from .methods import METHODS
+from .resolve import load_config
 
 #: index columns that describe storage, not the image (left out of the embeddings table)
 STORAGE_COLUMNS = ("shard", "offset", "size", "meta_offset", "meta_size", "shard_index",
@@ -144,6 +144,7 @@ def embed(checkpoint_or_run: "str | Path", shards: "str | Path", out: "str | Pat
     embeddings concatenated (runs with ``data.merge`` gray/gray_rgb only).
     """
     from cytodata.loaders import StreamingDataset
+    from cytodata.shards.source import with_manifest_columns
 
     if per not in PER:
         raise TrainingError(f"per={per!r}; valid: {', '.join(PER)}")
@@ -209,11 +210,12 @@ def embed(checkpoint_or_run: "str | Path", shards: "str | Path", out: "str | Pat
     parts.mkdir(parents=True, exist_ok=True)
     shard_col = index["shard"].astype(str).to_numpy()
     names = list(dict.fromkeys(shard_col.tolist()))
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    from cytodata._progress import bar as progress_bar
+    from cytodata._progress import shown
 
-        bar = tqdm(total=len(index), desc="embed", unit="img", dynamic_ncols=True)
+    bar = None
+    if shown(progress):
+        bar = progress_bar(total=len(index), desc="embed", unit="img", dynamic_ncols=True)
     files = []
     for i, name in enumerate(names):
         rows = np.flatnonzero(shard_col == name)
@@ -259,6 +261,7 @@ def embed(checkpoint_or_run: "str | Path", shards: "str | Path", out: "str | Pat
     emb = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
     meta = index.drop(columns=[c for c in STORAGE_COLUMNS if c in index.columns])
     table = meta.merge(emb, on="key", how="inner", validate="one_to_one")
+    table = with_manifest_columns(table, ds.shards.meta)  # concentration etc. that protocols need
     if mode == "field":
         table = _per_field(table)
     tmp = out.with_name(out.name + f".tmp-{os.getpid()}")

@@ -32,9 +32,10 @@ from cytodata.loaders.partition import seed_for
 
 from . import augment, checkpoint, runtime
 from .clipping import clip_gradients
-from .config import TrainConfig, dump, load_config, to_dict
+from .config import TrainConfig, dump, to_dict
 from .data import DataInfo, class_ids, device_prep, loader, make_stats, open_dataset, relabel
 from .methods import METHODS
+from .resolve import load_config
 
 #: config keys that may change between a run and its resume (they do not change the result)
 RESUMABLE_CHANGES = ("steps", "progress", "checkpoint_every", "keep_checkpoints", "log_every",
@@ -480,12 +481,11 @@ def _keep_metrics_row(row: dict, start: int) -> bool:
 
 
 def _progress(cfg: TrainConfig, main: bool, step: int):
-    if not (main and cfg.progress):
-        return None
-    from tqdm.auto import tqdm
+    from cytodata._progress import bar, shown
 
-    return tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.method}", unit="step",
-                dynamic_ncols=True)
+    if not (main and shown(cfg.progress)):
+        return None
+    return bar(total=cfg.steps, initial=step, desc=f"train {cfg.method}", unit="step", dynamic_ncols=True)
 
 
 def _nan_message(step: int, value: float, last: tuple[int, float] | None) -> str:

@@ -36,11 +36,11 @@ import torch
 from cytodata.errors import TrainingError
 
 from . import checkpoint, runtime
-from .config import load_config
 from .data import collate, device_prep, make_stats
 from .embed import STORAGE_COLUMNS, center_views, load_method
 from .plate_groups import PlateGroups, group_columns, groups_from_shards, match_groups
 from .prior import ASSIGNERS, PriorResult, apply_prior
+from .resolve import load_config
 
 PRIORS = ("plate", "group", "experiment", "none")
 PER = ("key", "well")
@@ -96,11 +96,12 @@ def image_probabilities(run: "str | Path", shards: "str | Path", *, device: str 
     index = ds.index
     probs = np.full((len(index), len(classes)), np.nan, dtype=np.float32)
     row_of = {k: i for i, k in enumerate(index["key"].tolist())}
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    from cytodata._progress import bar as progress_bar
+    from cytodata._progress import shown
 
-        bar = tqdm(total=len(index), desc="predict", unit="img", dynamic_ncols=True)
+    bar = None
+    if shown(progress):
+        bar = progress_bar(total=len(index), desc="predict", unit="img", dynamic_ncols=True)
     ds.set_epoch(0)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=0,
                                          collate_fn=functools.partial(collate, resize=cfg.data.resize))

@@ -21,8 +21,8 @@ from .. import augment
 from ..config import TrainConfig
 from ..data import balanced_sampler, model_channels
 from ..models import create
+from ..registry import METHODS
 from ..runtime import autocast
-from . import METHODS
 from .base import Method
 
 

@@ -248,8 +248,10 @@ def _check_columns(table: pd.DataFrame, cols: list[str], protocol: str) -> None:
     missing = [c for c in cols if c not in table.columns]
     if missing:
         raise EvaluationError(f"protocol {protocol!r} needs metadata column(s) {missing}; "
-                              f"columns are {preview(table.columns, 10)}. A pycytominer "
-                              "table? pass metadata_prefix='Metadata_'.")
+                              f"columns are {preview(table.columns, 10)}. Join the manifest the "
+                              "shards were written from: `cytodata evaluate EMBEDDINGS --metadata "
+                              "MANIFEST_DIR` (Python: metadata=); a pycytominer table: "
+                              "--metadata-prefix Metadata_ (Python: metadata_prefix='Metadata_').")
 
 
 DEFAULTS = {"compound": "compound", "concentration": "concentration", "moa": "moa",

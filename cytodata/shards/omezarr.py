@@ -20,11 +20,11 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._cluster import run_tasks
 from .._files import save_json
 from ..errors import ShardError
 from ._finalize import finalize, index_frame
 from ._options import SampleOptions, WriteOptions
-from ._run import run_tasks
 from ._samples import INDEX_COLUMNS, Dropped, Moments, moment_groups
 from ._writer import FORMATS, begin
 

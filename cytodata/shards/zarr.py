@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .._cluster import run_tasks
 from .._files import load_json_dict, save_json
 from ..errors import ImageReadError
 from ._finalize import finalize, index_frame
 from ._options import SampleOptions, WriteOptions
-from ._run import run_tasks
 from ._samples import INDEX_COLUMNS, Dropped, Moments, fit_window, moment_groups, window_of
 from ._writer import FORMATS, begin
 from .checksum import CHUNK_COLUMN as CHUNK_CHECKSUMS

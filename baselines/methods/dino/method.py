@@ -37,8 +37,8 @@ from cytodata.errors import TrainingError
 from ... import augment, runtime
 from ...config import EMBED_POOLS
 from ...models import create, read_checkpoint
+from ...registry import METHODS
 from ...schedules import cosine_schedule, lr_schedule, wd_schedule
-from .. import METHODS
 from ..base import Method
 from .collapse import REMEDIES, collapse_kind
 from .config import DinoConfig
