@@ -215,7 +215,8 @@ def test_cytoimagenet_tiny_trains_and_embeds_images_of_several_sizes(tmp_path):
     and --channels each (three channels -> three gray embeddings concatenated)."""
     import pandas as pd
 
-    from cytodata.baselines import embed, train
+    from cytodata.baselines import train
+    from cytodata.baselines.embed import embed
     from cytodata.loaders.demo import demo_manifest
     from cytodata.schema import make_key
     from cytodata.shards import write
