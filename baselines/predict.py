@@ -372,6 +372,9 @@ def format_summary(summary: dict) -> str:
         lines.append(f"prior changed {summary['changed_by_prior']} rows"
                      + (f"; plates kept at argmax (more rows than classes): "
                         f"{summary['fallback_plates']}" if summary["fallback_plates"] else ""))
+    if summary.get("plates_without_group"):
+        lines.append(f"plates that fit no learned group (plate prior used): "
+                     f"{summary['plates_without_group']}")
     if "accuracy" in summary:
         lines.append(f"accuracy on {summary['rows_scored']} labelled rows: "
                      f"{summary['accuracy_argmax']:.4f} argmax -> {summary['accuracy']:.4f} "
