@@ -16,6 +16,7 @@ Rows, in the paper's order (each adds one change to the row above):
   5. the project's mean teacher (soft pseudo-labels) learning also from the unlabelled test plates
   6. DeepNoise's stage 2 (deepnoise-stage2-tiny, epochs scaled to the run) from row 4's run
   7. row 6 with the student's head loaded too (a diagnostic: DeepNoise starts it fresh)
+  8. row 6 at learning rate 1e-3 instead of DeepNoise's 0.1 (a diagnostic)
 Columns: the priors on each row's probabilities: argmax, plate (exact / DeepNoise balancing),
 experiment, group (exact / DeepNoise balancing; groups learned from the training plates).
 
@@ -87,6 +88,7 @@ ROWS = [
     ("+ DeepNoise stage 2 from row 4", {"data.normalize": "plate", "head": "arcface",
                                         "mean_teacher": True}),
     ("  stage 2, student head kept", {"init_skip_head": False}),
+    ("  stage 2, lr 1e-3 (not 0.1)", {"optim.lr": 1e-3, "optim.min_lr": 1e-5}),
 ]
 
 #: the prior columns: (name, --prior, --prior-method)
@@ -205,10 +207,10 @@ def trained_rows(args, seed: int) -> list[dict]:
         run = root / "runs" / f"row{i}"
         t = time.perf_counter()
         if not (run / "checkpoints" / "last.pt").exists():
-            if i in (6, 7):
+            if i >= 6:
                 train("deepnoise-stage2-tiny", run,
                       **{**stage2, "init_from": str(root / "runs" / "row4"),
-                         **(over if i == 7 else {})})
+                         **(over if i > 6 else {})})
             else:
                 extra = dict(over)
                 if over.get("mean_teacher"):
@@ -240,7 +242,7 @@ def main() -> None:
     p.add_argument("--plate-effect", type=float, default=0.15)
     p.add_argument("--batch-effect", type=float, default=0.3)
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (screen + training)")
-    p.add_argument("--rows", default="1,2,3,4,5,6,7", help="which ablation rows to train")
+    p.add_argument("--rows", default="1,2,3,4,5,6,7,8", help="which ablation rows to train")
     p.add_argument("--mt-set", action="append", default=[], metavar="KEY=VALUE",
                    help="config overrides for the mean-teacher row (e.g. ema_decay=0.9)")
     p.add_argument("--simulated", default=None, metavar="RXRX1_DIR",
