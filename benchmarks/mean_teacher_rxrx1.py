@@ -18,7 +18,9 @@ Rows, in the paper's order (each adds one change to the row above):
   7. row 6 with the student's head loaded too (a diagnostic: DeepNoise starts it fresh)
   8. row 6 at learning rate 1e-3 instead of DeepNoise's 0.1 (a diagnostic)
 Columns: the priors on each row's probabilities: argmax, plate (exact / DeepNoise balancing),
-experiment, group (exact / DeepNoise balancing; groups learned from the training plates).
+experiment, group (exact / DeepNoise balancing; groups learned from the training plates; a
+plate whose best group is not 100x more likely than the next gets the plate prior), and
+group_always (every plate takes its most likely group).
 
 Accuracy is per well on the test plates (sites averaged), mean and standard error over seeds
 (screen and training seeded together), with a Wilson interval on the pooled wells. Short CPU
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 import warnings
 from pathlib import Path
@@ -91,10 +94,13 @@ ROWS = [
     ("  stage 2, lr 1e-3 (not 0.1)", {"optim.lr": 1e-3, "optim.min_lr": 1e-5}),
 ]
 
-#: the prior columns: (name, --prior, --prior-method)
-PRIORS = [("argmax", "none", "exact"), ("plate", "plate", "exact"),
-          ("plate_deepnoise", "plate", "deepnoise"), ("experiment", "experiment", "exact"),
-          ("group", "group", "exact"), ("group_deepnoise", "group", "deepnoise")]
+#: the prior columns: (name, --prior, --prior-method, --min-group-evidence)
+PRIORS = [("argmax", "none", "exact", 0.0), ("plate", "plate", "exact", 0.0),
+          ("plate_deepnoise", "plate", "deepnoise", 0.0),
+          ("experiment", "experiment", "exact", 0.0),
+          ("group", "group", "exact", math.log(100.0)),
+          ("group_deepnoise", "group", "deepnoise", math.log(100.0)),
+          ("group_always", "group", "exact", 0.0)]
 
 
 def prior_accuracies(meta: pd.DataFrame, probs: np.ndarray, classes: list[str], groups,
@@ -103,12 +109,15 @@ def prior_accuracies(meta: pd.DataFrame, probs: np.ndarray, classes: list[str], 
     from cytodata.baselines.predict import predictions
 
     out = {}
-    for name, prior, method in PRIORS:
+    for name, prior, method, evidence in PRIORS:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             _, s = predictions(meta, probs, classes, label=label, prior=prior, per="well",
-                               prior_method=method, groups=groups)
+                               prior_method=method, groups=groups, min_group_evidence=evidence)
         out[name] = s["accuracy"]
+        if name == "group":
+            out["plates_without_group"] = len(s.get("plates_without_group", []))
+            out["plates"] = len(s.get("plate_groups", {}))
     out["wells"] = s["rows_scored"]
     return out
 
@@ -252,7 +261,7 @@ def main() -> None:
     p.add_argument("--noise", type=float, default=1.0, help="--simulated: logit noise sd")
     args = p.parse_args()
     seeds = [int(x) for x in args.seeds.split(",")]
-    cols = [name for name, _, _ in PRIORS]
+    cols = [name for name, *_ in PRIORS]
     t0 = time.perf_counter()
     if args.simulated:
         frame = simulated_rows(seeds, Path(args.simulated), args.signal, args.noise)
@@ -274,6 +283,9 @@ def main() -> None:
     summary = summarise(frame, cols, by="setting")
     print(summary.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"chance (argmax): {frame['chance'].iloc[0]:.3f}")
+    print("test plates without a group (plate prior used) / all, summed over seeds:")
+    print(frame.groupby("setting", sort=False)[["plates_without_group", "plates"]].sum()
+          .to_string())
     print(f"total {time.perf_counter() - t0:.0f} s")
 
 
