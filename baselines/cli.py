@@ -8,12 +8,19 @@ from .config import EMBED_POOLS
 
 
 def _train(args) -> int:
-    from .config import config_names, parse_set
-    from .engine import train
+    from .config import parse_set
 
     if args.list:
-        print("\n".join(config_names()))
+        from .describe import format_list, list_configs
+
+        print(format_list(list_configs()))
         return 0
+    if args.show:
+        from .describe import format_show
+
+        print(format_show(args.show))
+        return 0
+    from .engine import train
     if not args.config or not args.out:
         raise SystemExit("cytodata train: CONFIG and -o RUN_DIR are required (see --help)")
     overrides = parse_set(args.set)
@@ -32,7 +39,8 @@ def _embed(args) -> int:
 
     out = embed(args.checkpoint, args.shards, args.out, device=args.device,
                 batch_size=args.batch_size, per=args.per, threads=args.threads,
-                progress=not args.quiet, random_init=args.random_init, pool=args.pool)
+                progress=not args.quiet, random_init=args.random_init, pool=args.pool,
+                layer=args.layer, view=args.view, channels=args.channels)
     print(f"embeddings: {out}")
     return 0
 
@@ -67,7 +75,12 @@ def register(subparsers) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue from the newest checkpoint in the run folder (same results "
                         "as the uninterrupted run)")
-    p.add_argument("--list", action="store_true", help="list the shipped configs and exit")
+    p.add_argument("--list", action="store_true",
+                   help="list the shipped configs (name, paper recipe or ours, method, one-line "
+                        "description) and exit")
+    p.add_argument("--show", metavar="NAME",
+                   help="print every resolved key of config NAME with its default and the source "
+                        "the config cites for it, and exit")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
 
@@ -90,6 +103,17 @@ def register(subparsers) -> None:
     e.add_argument("--pool", default=None, choices=EMBED_POOLS,
                    help="DINO runs: CLS token (WS-DINO's evaluation, default), mean of the patch "
                         "tokens (DINO's --avgpool_patchtokens), or both concatenated")
+    e.add_argument("--layer", default=None, metavar="NAME",
+                   help="embed the spatial mean of this named module of the backbone (timm names, "
+                        "e.g. blocks.5.0.bn2 = Keras EfficientNet-B0 block6a_activation); default: "
+                        "the run's embed_layer, else the pooled penultimate features")
+    e.add_argument("--view", default=None, choices=["crops", "whole"],
+                   help="crops: median over four centre crops (WS-DINO); whole: the whole image, "
+                        "resized to the run's data.resize if it trained with one (CytoImageNet). "
+                        "Default: the run's embed_view")
+    e.add_argument("--channels", default="merged", choices=["merged", "each"],
+                   help="each: every channel alone through a single-channel (data.merge) model, "
+                        "features concatenated (CytoImageNet's per-channel variant)")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=_embed)
 

@@ -22,6 +22,7 @@ When the set carries labels, the accuracy before and after the prior is reported
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -35,11 +36,11 @@ import torch
 from cytodata.errors import TrainingError
 
 from . import checkpoint, runtime
-from .config import load_config
-from .data import DevicePrep, NormStats, collate
+from .data import collate, device_prep, make_stats
 from .embed import STORAGE_COLUMNS, center_views, load_method
 from .plate_groups import PlateGroups, group_columns, groups_from_shards, match_groups
 from .prior import ASSIGNERS, PriorResult, apply_prior
+from .resolve import load_config
 
 PRIORS = ("plate", "group", "experiment", "none")
 PER = ("key", "well")
@@ -85,24 +86,25 @@ def image_probabilities(run: "str | Path", shards: "str | Path", *, device: str 
     cfg = load_config(state["config"])
     level = cfg.data.normalize
     try:
-        stats = None if level == "none" else NormStats(ds.shards.meta, level, len(channels))
+        stats = make_stats(ds.shards.meta, level, len(channels))
     except TrainingError as exc:
         raise TrainingError(f"{shards}: {exc}") from None
     method, cfg, _ = load_method(state, dev, stats)
     proba = probability_fn(method)
-    prep = DevicePrep(stats, dev, channels_last=False)
+    prep = device_prep(cfg, stats, dev)
     crop = method.embed_crop()
     index = ds.index
     probs = np.full((len(index), len(classes)), np.nan, dtype=np.float32)
     row_of = {k: i for i, k in enumerate(index["key"].tolist())}
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    from cytodata._progress import bar as progress_bar
+    from cytodata._progress import shown
 
-        bar = tqdm(total=len(index), desc="predict", unit="img", dynamic_ncols=True)
+    bar = None
+    if shown(progress):
+        bar = progress_bar(total=len(index), desc="predict", unit="img", dynamic_ncols=True)
     ds.set_epoch(0)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=0,
-                                         collate_fn=collate)
+                                         collate_fn=functools.partial(collate, resize=cfg.data.resize))
     with torch.no_grad():
         for batch in loader:
             x = prep(batch["image"], batch["meta"])

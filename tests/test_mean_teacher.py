@@ -418,7 +418,7 @@ def test_deepnoise_stage2_starts_from_stage1_and_trains_on_balanced_pseudo_label
     # labels after epoch 1 (step 2), their weight from epoch 2 (0-based steps 4, 5: logged 5, 6)
     out = train("deepnoise-stage2-tiny", tmp_path / "s2", **small, steps=6, checkpoint_every=6,
                 init_from=str(stage1), epoch_steps=2, pseudo_first_epoch=1,
-                pseudo_warmup_epochs=2, pseudo_views=1, unlabelled_ratio=1.0,
+                pseudo_warmup_epochs=2, pseudo_views=1, unlabelled_ratio=1.0, pseudo_balance_iterations=500,
                 **{"data.unlabelled": str(sets["unlabelled"])})
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     steps = {r["step"]: r for r in rows if "loss" in r}

@@ -42,8 +42,8 @@ from ..arcface import HEADS
 from ..config import TrainConfig
 from ..data import DevicePrep, NormStats, collate, open_dataset
 from ..models import create
+from ..registry import METHODS
 from ..runtime import autocast
-from . import METHODS
 from .base import Method
 
 

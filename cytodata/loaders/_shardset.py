@@ -19,24 +19,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .._fs import is_local, open_fs
 from ..errors import ShardError
 from ..shards.codecs import CODECS, Codec
 
 FORMAT = "cytodata-webdataset"
-
-
-def open_fs(source: str | os.PathLike, storage_options: dict | None = None):
-    """``(filesystem, root path)`` for a folder or URL (``s3://bucket/set``, ``file://...``)."""
-    import fsspec
-
-    fs, root = fsspec.core.url_to_fs(str(source), **(storage_options or {}))
-    return fs, root.rstrip("/")
-
-
-def is_local(fs) -> bool:
-    from fsspec.implementations.local import LocalFileSystem
-
-    return isinstance(fs, LocalFileSystem)
 
 
 class ShardSet:
@@ -55,7 +42,9 @@ class ShardSet:
         self.meta = self._read_json("shards.json")
         if self.meta.get("format") != FORMAT:
             raise ShardError(f"{self.source}/shards.json has format {self.meta.get('format')!r}, expected "
-                             f"{FORMAT!r}; for a Zarr set use cytodata.loaders.ZarrDataset")
+                             f"{FORMAT!r}; a cytodata-zarr set reads with cytodata.loaders.ZarrDataset; for this "
+                             "loader (and `cytodata train`) write a WebDataset set from the same manifest with "
+                             "`cytodata shard MANIFEST_DIR -o OUT`")
         self.index = self._read_index()
         self.codec_name = str(self.meta["codec"])
         CODECS.get(self.codec_name)  # unknown codec -> error listing the known ones

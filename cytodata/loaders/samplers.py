@@ -74,8 +74,11 @@ class ShardShuffle:
 class ClassBalanced:
     """Balance label groups of ``column`` each epoch (fresh draw per epoch).
 
-    ``mode="median"`` (DeepProfiler's rule): groups larger than the median group size are
-    downsampled to it without replacement; smaller groups keep all their rows.
+    ``mode="median"``: groups larger than the median group size are downsampled to it without
+    replacement; smaller groups keep all their rows.
+    ``mode="resample_median"`` (DeepProfiler's ``balanced_sample``, sampled_crop_generator.py:61-73):
+    every group is drawn to ``int(median)`` rows, larger ones without replacement, smaller ones
+    with replacement (``DataFrame.sample(replace=True)``).
     ``mode="equal"``: every group gets ``per_class`` rows (default: the largest group size),
     small groups drawn with replacement after taking all their rows once.
     Rows with NA in ``column`` are left out (counted in ``self.excluded``).
@@ -92,13 +95,15 @@ class ClassBalanced:
         sizes = {k: len(v) for k, v in groups.items()}
         if not sizes:
             return {}
-        if self.mode == "median":
+        if self.mode in ("median", "resample_median"):
             med = int(np.median(list(sizes.values())))
+            if self.mode == "resample_median":
+                return {k: med for k in sizes}
             return {k: min(n, med) for k, n in sizes.items()}
         if self.mode == "equal":
             target = int(self.per_class or max(sizes.values()))
             return {k: target for k in sizes}
-        raise ValueError(f"ClassBalanced mode={self.mode!r}; valid: median, equal")
+        raise ValueError(f"ClassBalanced mode={self.mode!r}; valid: median, resample_median, equal")
 
     def order(self, index: pd.DataFrame, *, seed: int, epoch: int, world_size: int = 1) -> np.ndarray:
         groups, self.excluded = _groups(index, self.column)
@@ -106,7 +111,10 @@ class ClassBalanced:
         chosen = []
         for name, want in self.counts(index).items():
             rows = groups[name]
-            chosen.append(_draw(rows, want, rng))
+            if self.mode == "resample_median":
+                chosen.append(rng.choice(rows, size=want, replace=want > len(rows)).astype(np.int64))
+            else:
+                chosen.append(_draw(rows, want, rng))
         picked = np.concatenate(chosen) if chosen else np.empty(0, np.int64)
         return local_first(picked, index, seed=seed, epoch=epoch)
 
