@@ -16,9 +16,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cytodata.baselines import checkpoint, embed, load_config, train
+from cytodata.baselines import checkpoint, load_config, train
 from cytodata.baselines.arcface import ArcFace, Softmax, arc_margin
 from cytodata.baselines.data import NormStats, cell_type_table
+from cytodata.baselines.embed import embed
 from cytodata.baselines.methods.mean_teacher import (
     ema_decay_at,
     ema_update,
