@@ -62,6 +62,10 @@ class DataConfig:
     #                                   replacement; DeepProfiler sampled_crop_generator.py:61-73)
     read_ahead: int = 32
     storage_options: dict[str, Any] = field(default_factory=dict)
+    # remote sets: whole shards kept in this node-local folder (docs/streaming.md; None: no cache)
+    cache_dir: str | None = None
+    cache_limit: int | None = None    # bytes the cache folder may hold (LRU; None: no limit)
+    shuffle_window: int | None = None  # shuffle within windows of this many shards (None: shard blocks)
     # second stream of unlabelled images (semi-supervised methods: mean-teacher)
     unlabelled: str | None = None     # shard set (e.g. the test plates); labels there are ignored
     unlabelled_split: str | None = None  # rows of this ``split`` of data.unlabelled (None: all)
