@@ -10,7 +10,6 @@ import torch
 from cytodata.baselines import load_config
 from cytodata.baselines.config import CONFIG_DIR, config_names
 from cytodata.baselines.describe import list_configs, show_config, yaml_comments
-from cytodata.baselines.embed import LayerMean
 from cytodata.baselines.models import create
 from cytodata.errors import TrainingError
 
@@ -147,6 +146,10 @@ def test_yaml_comments_follow_nesting():
 
 
 def test_block6a_is_blocks_5_0_bn2_and_the_layer_embedding_is_its_spatial_mean():
+    # imported here, not at collection: an early import of the submodule would make the lazy
+    # package attribute `cytodata.baselines.embed` the module for test files collected later
+    from cytodata.baselines.embed import LayerMean
+
     torch.manual_seed(0)
     model = create("tf_efficientnet_b0", in_chans=5, num_classes=3).eval()
     x = torch.rand(2, 5, 64, 64)
