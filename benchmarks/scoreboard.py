@@ -209,13 +209,16 @@ def work(name: str, seed: int, data: Path, out: Path, budget_min: float) -> dict
     shards = data / "shards"
     kw = _overrides(name, shards, seed)
     cpu0 = _cpu_seconds()
-    # CPU per step from two short runs (their difference cancels the start-up cost)
+    # CPU per step from two short runs after a warm-up run (one-off import and first-call costs
+    # land in the warm-up; the difference of the other two cancels the per-run start-up)
     spent = []
-    for n in (CALIBRATION_STEPS, 3 * CALIBRATION_STEPS):
+    for n in (2, CALIBRATION_STEPS, 4 * CALIBRATION_STEPS):
         before = _cpu_seconds()
         train(name, out / f"calibration-{n}", **kw, steps=n, checkpoint_every=n, log_every=n)
         spent.append(_cpu_seconds() - before)
-    per_step = max((spent[1] - spent[0]) / (2 * CALIBRATION_STEPS), 1e-3)
+    per_step = (spent[2] - spent[1]) / (3 * CALIBRATION_STEPS)
+    if per_step <= 0:   # the start-up cost varied more than 18 steps cost: use the whole run
+        per_step = spent[2] / (4 * CALIBRATION_STEPS)
     steps = max(CALIBRATION_STEPS, int(budget_min * 60 / per_step))
     cpu1 = _cpu_seconds()
     run = train(name, out / "run", **kw, steps=steps, checkpoint_every=steps,
