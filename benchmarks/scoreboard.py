@@ -230,7 +230,8 @@ def work(name: str, seed: int, data: Path, out: Path, budget_min: float) -> dict
     fields = read_manifest(data / "fields")
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     losses = [m["loss"] for m in metrics if "loss" in m]
-    result = {"config": name, "seed": seed, "steps": steps, "model": cfg.model,
+    result = {"config": name, "seed": seed, "steps": steps, "budget_min": budget_min,
+              "model": cfg.model,
               "method": cfg.method, "first_loss": losses[0] if losses else None,
               "last_loss": losses[-1] if losses else None, "rows": {}}
     for pool in pools:
@@ -269,11 +270,14 @@ def _bootstrap(values: list[float], n: int = 2000) -> str:
     return f"{v.mean():.2f} [{np.percentile(boots, 2.5):.2f}, {np.percentile(boots, 97.5):.2f}]"
 
 
-def table(rows: dict[str, dict], cpu: dict[str, float], beats: dict[str, str]) -> str:
+def table(rows: dict[str, dict], cpu: dict[str, float], beats: dict[str, str],
+          steps: dict[str, str] | None = None) -> str:
     """Markdown table: one line per row name; ``rows[name]["seeds"]`` = {seed: score()}."""
-    lines = ["| embedding | seeds | NSC [Wilson 95%] | NSCB [Wilson 95%] | mAP [bootstrap 95%] "
-             "| chance NSC / NSCB / mAP | beats random init (NSC) | CPU-min per seed (train / all) |",
-             "|---|---|---|---|---|---|---|---|"]
+    steps = steps or {}
+    lines = ["| embedding | seeds | steps (budget, CPU-min) | NSC [Wilson 95%] | NSCB [Wilson 95%] "
+             "| mAP [bootstrap 95%] | chance NSC / NSCB / mAP | beats random init (NSC) "
+             "| CPU-min per seed (train / all) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, row in rows.items():
         per = list(row["seeds"].values())
         nsc = [p["nsc"] for p in per if "nsc" in p]
@@ -283,15 +287,16 @@ def table(rows: dict[str, dict], cpu: dict[str, float], beats: dict[str, str]) -
                   + (f"{np.mean([m['chance'] for m in nscb]):.2f}" if nscb else "-")
                   + f" / {np.mean([p['map']['chance'] for p in per]):.2f}")
         seeds = ",".join(str(s) for s in row["seeds"])
-        lines.append(f"| {name} | {seeds} | {_wilson(nsc) if nsc else '-'} | "
+        lines.append(f"| {name} | {seeds} | {steps.get(name, '-')} | {_wilson(nsc) if nsc else '-'} | "
                      f"{_wilson(nscb) if nscb else '-'} | {_bootstrap(maps)} | {chance} | "
                      f"{beats.get(name, '-')} | {cpu.get(name, '-')} |")
     return "\n".join(lines)
 
 
-def collect(results: list[dict], reference: dict) -> tuple[dict, dict, dict]:
-    """Rows by name (reference first), CPU-minutes per row and beats-random-init counts."""
+def collect(results: list[dict], reference: dict) -> tuple[dict, dict, dict, dict]:
+    """Rows by name (reference first), CPU-minutes, beats-random-init counts, steps per row."""
     rows = {k: v for k, v in reference.items() if not k.startswith("_")}
+    steps: dict[str, str] = {}
     cpu = {k: "0 (no training)" for k in rows}
     cpu[next(iter(rows))] = f"{reference['_cpu_seconds'] / 60:.1f} (all three reference rows)"
     beats: dict[str, str] = {}
@@ -309,8 +314,12 @@ def collect(results: list[dict], reference: dict) -> tuple[dict, dict, dict]:
         total_min = np.mean([r["cpu_seconds"] / 60 for r in mine])
         for label in trained:
             cpu[label] = f"{train_min:.1f} / {total_min:.1f}"
+        for label in res["rows"]:
+            budgets = sorted({r.get("budget_min") for r in mine})
+            steps[label] = (f"{min(r['steps'] for r in mine)}-{max(r['steps'] for r in mine)} "
+                            f"({', '.join(str(b) for b in budgets)})")
     counts = {k: f"{sum(v)}/{len(v)}" for k, v in beats.items()}  # type: ignore[arg-type]
-    return rows, cpu, counts
+    return rows, cpu, counts, steps
 
 
 def main() -> None:
@@ -322,6 +331,8 @@ def main() -> None:
                    help="training CPU-minutes per (recipe, seed)")
     p.add_argument("--jobs", type=int, default=2, help="worker processes side by side")
     p.add_argument("--out", default="scoreboard_output")
+    p.add_argument("--report", action="store_true",
+                   help="only rebuild the table from the runs already under --out")
     p.add_argument("--worker", nargs=2, metavar=("NAME", "SEED"), help=argparse.SUPPRESS)
     args = p.parse_args()
     out = Path(args.out).resolve()
@@ -339,6 +350,10 @@ def main() -> None:
                     f"{', '.join(names)}")
         names = wanted
     t0 = time.perf_counter()
+    if args.report:
+        report(out, json.loads((data / "prepared.json").read_text()), reference_rows(data),
+               f"python benchmarks/scoreboard.py --out {args.out} --report", [], t0)
+        return
     info = prepare(data)
     print(f"data: {info['fields']} fields, {info['cells']} cells ({info['seconds']} s)",
           flush=True)
@@ -363,22 +378,32 @@ def main() -> None:
                 print(f"finished {job[0]} seed {job[1]}: exit {proc.returncode}", flush=True)
                 if proc.returncode:
                     failed.append(job)
-    results = [json.loads(f.read_text()) for f in sorted((out / "runs").glob("*/result.json"))
-               if f.parent.name.rsplit("-seed", 1)[0] in names]
-    rows, cpu, beats = collect(results, reference)
+    command = (f"python benchmarks/scoreboard.py --seeds {args.seeds} --budget {args.budget}"
+               + (f" --only {args.only}" if args.only else ""))
+    report(out, info, reference, command, failed, t0)
+
+
+def report(out: Path, info: dict, reference: dict, command: str, failed: list,
+           t0: float) -> str:
+    """Write ``scoreboard.md`` and ``results.json`` from every run under ``out/runs``.
+
+    Runs of earlier invocations into the same ``--out`` (other recipes, budgets or seeds) are
+    included; the steps column gives each row's steps and CPU-minute budget.
+    """
+    results = [json.loads(f.read_text()) for f in sorted((out / "runs").glob("*/result.json"))]
+    rows, cpu, beats, steps = collect(results, reference)
     header = (f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on "
-              f"{platform.machine()} ({os.cpu_count()} CPUs, {platform.python_version()}); "
-              f"`python benchmarks/scoreboard.py --seeds {args.seeds} --budget {args.budget}"
-              f"{' --only ' + args.only if args.only else ''}`; screen: {info['fields']} "
-              f"fields, {info['cells']} cells; protocol {PROTOCOL}; "
-              f"wall {time.perf_counter() - t0:.0f} s.")
-    text = header + "\n\n" + table(rows, cpu, beats)
+              f"{platform.machine()} ({os.cpu_count()} CPUs, Python "
+              f"{platform.python_version()}); `{command}`; screen: {info['fields']} fields, "
+              f"{info['cells']} cells; protocol {PROTOCOL}; wall {time.perf_counter() - t0:.0f} s.")
+    text = header + "\n\n" + table(rows, cpu, beats, steps)
     if failed:
         text += "\n\nFailed runs (see their logs): " + ", ".join(f"{n} seed {s}" for n, s in failed)
     (out / "scoreboard.md").write_text(text + "\n")
     (out / "results.json").write_text(json.dumps({"runs": results, "reference": reference,
                                                   "failed": failed}, default=str))
     print(text)
+    return text
 
 
 if __name__ == "__main__":
