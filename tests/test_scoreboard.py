@@ -43,4 +43,4 @@ def test_table_counts_seeds_that_beat_random_init(board):
     # mean of 0.5, 0.2, 0.75 and the Wilson interval of the pooled 58/120 matches
     assert "| 0.48 [0.40, 0.57] |" in line and "| 0,1,2 |" in line and "| 2/3 |" in line
     assert "0.10 / - / 0.20" in line                           # chance NSC / NSCB / mAP
-    assert text.splitlines()[2].startswith("| oracle (ground-truth latents) | - | 1.00")
+    assert text.splitlines()[2].startswith("| oracle (ground-truth latents) | - | - | 1.00")
