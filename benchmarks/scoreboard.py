@@ -92,7 +92,8 @@ def prepare(data: Path, screen: SyntheticScreen = SCREEN) -> dict:
                            label_columns=("compound", "concentration"))
         write(data / "cells", data / "shards", codec="blosc-lz4", samples_per_shard=512,
               scheduler="synchronous", progress=False)
-        done.write_text(json.dumps({"cells": prov["counts"]["cells"],
+        done.write_text(json.dumps({"response_fraction": screen.response_fraction,
+                                    "cells": prov["counts"]["cells"],
                                     "fields": prov["counts"]["fields"],
                                     "seconds": round(time.perf_counter() - t0, 1)}))
     return json.loads(done.read_text())
@@ -315,9 +316,9 @@ def collect(results: list[dict], reference: dict) -> tuple[dict, dict, dict, dic
         for label in trained:
             cpu[label] = f"{train_min:.1f} / {total_min:.1f}"
         for label in res["rows"]:
-            budgets = sorted({r.get("budget_min") for r in mine})
-            steps[label] = (f"{min(r['steps'] for r in mine)}-{max(r['steps'] for r in mine)} "
-                            f"({', '.join(str(b) for b in budgets)})")
+            budgets = sorted({r["budget_min"] for r in mine if r.get("budget_min") is not None})
+            steps[label] = (f"{min(r['steps'] for r in mine)}-{max(r['steps'] for r in mine)}"
+                            + (f" ({', '.join(str(b) for b in budgets)})" if budgets else ""))
     counts = {k: f"{sum(v)}/{len(v)}" for k, v in beats.items()}  # type: ignore[arg-type]
     return rows, cpu, counts, steps
 
@@ -331,6 +332,9 @@ def main() -> None:
                    help="training CPU-minutes per (recipe, seed)")
     p.add_argument("--jobs", type=int, default=2, help="worker processes side by side")
     p.add_argument("--out", default="scoreboard_output")
+    p.add_argument("--response-fraction", type=float, default=SCREEN.response_fraction,
+                   help="share of a treatment's cells responding at the top dose (the screen's "
+                        "phenotype strength; a new --out for another value)")
     p.add_argument("--report", action="store_true",
                    help="only rebuild the table from the runs already under --out")
     p.add_argument("--worker", nargs=2, metavar=("NAME", "SEED"), help=argparse.SUPPRESS)
@@ -354,7 +358,7 @@ def main() -> None:
         report(out, json.loads((data / "prepared.json").read_text()), reference_rows(data),
                f"python benchmarks/scoreboard.py --out {args.out} --report", [], t0)
         return
-    info = prepare(data)
+    info = prepare(data, SCREEN.replace(response_fraction=args.response_fraction))
     print(f"data: {info['fields']} fields, {info['cells']} cells ({info['seconds']} s)",
           flush=True)
     reference = reference_rows(data)
@@ -395,7 +399,8 @@ def report(out: Path, info: dict, reference: dict, command: str, failed: list,
     header = (f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on "
               f"{platform.machine()} ({os.cpu_count()} CPUs, Python "
               f"{platform.python_version()}); `{command}`; screen: {info['fields']} fields, "
-              f"{info['cells']} cells; protocol {PROTOCOL}; wall {time.perf_counter() - t0:.0f} s.")
+              f"{info['cells']} cells, response_fraction {info.get('response_fraction', 0.5)}; "
+              f"protocol {PROTOCOL}; wall {time.perf_counter() - t0:.0f} s.")
     text = header + "\n\n" + table(rows, cpu, beats, steps)
     if failed:
         text += "\n\nFailed runs (see their logs): " + ", ".join(f"{n} seed {s}" for n, s in failed)
