@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DEMO_OUT ?= demo_output
 BENCH_VENV ?= .venv-bench
 
-.PHONY: demo test install bench bench-peers clean
+.PHONY: demo test docs install bench bench-peers clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mkdocs build --strict --quiet --site-dir .site
 	$(BIN)/python -m pytest -q
+
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict --site-dir site
 
 bench: $(STAMP)
 	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done
@@ -41,6 +45,7 @@ $(BENCH_VENV)/.installed: pyproject.toml
 
 bench-peers: $(BENCH_VENV)/.installed
 	$(BENCH_VENV)/bin/python benchmarks/loader.py --checks 16 --segment 6 $(BENCH_ARGS)
+	$(BENCH_VENV)/bin/python benchmarks/remote.py --quality $(REMOTE_ARGS)
 
 clean:
-	rm -rf $(VENV) $(BENCH_VENV) $(DEMO_OUT) .pytest_cache
+	rm -rf $(VENV) $(BENCH_VENV) $(DEMO_OUT) .pytest_cache .site site tour

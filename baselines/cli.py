@@ -8,12 +8,19 @@ from .config import EMBED_POOLS
 
 
 def _train(args) -> int:
-    from .config import config_names, parse_set
-    from .engine import train
+    from .config import parse_set
 
     if args.list:
-        print("\n".join(config_names()))
+        from .describe import format_list, list_configs
+
+        print(format_list(list_configs()))
         return 0
+    if args.show:
+        from .describe import format_show
+
+        print(format_show(args.show))
+        return 0
+    from .engine import train
     if not args.config or not args.out:
         raise SystemExit("cytodata train: CONFIG and -o RUN_DIR are required (see --help)")
     overrides = parse_set(args.set)
@@ -32,7 +39,8 @@ def _embed(args) -> int:
 
     out = embed(args.checkpoint, args.shards, args.out, device=args.device,
                 batch_size=args.batch_size, per=args.per, threads=args.threads,
-                progress=not args.quiet, random_init=args.random_init, pool=args.pool)
+                progress=not args.quiet, random_init=args.random_init, pool=args.pool,
+                layer=args.layer, view=args.view, channels=args.channels)
     print(f"embeddings: {out}")
     return 0
 
@@ -42,7 +50,9 @@ def _predict(args) -> int:
 
     summary = predict(args.run, args.shards, args.out, prior=args.prior, per=args.per,
                       prior_method=args.prior_method, device=args.device,
-                      batch_size=args.batch_size, threads=args.threads, progress=not args.quiet)
+                      batch_size=args.batch_size, threads=args.threads, progress=not args.quiet,
+                      train_plates=args.train_plates,
+                      min_group_evidence=args.min_group_evidence)
     print(format_summary(summary))
     return 0
 
@@ -65,7 +75,12 @@ def register(subparsers) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue from the newest checkpoint in the run folder (same results "
                         "as the uninterrupted run)")
-    p.add_argument("--list", action="store_true", help="list the shipped configs and exit")
+    p.add_argument("--list", action="store_true",
+                   help="list the shipped configs (name, paper recipe or ours, method, one-line "
+                        "description) and exit")
+    p.add_argument("--show", metavar="NAME",
+                   help="print every resolved key of config NAME with its default and the source "
+                        "the config cites for it, and exit")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
 
@@ -88,6 +103,17 @@ def register(subparsers) -> None:
     e.add_argument("--pool", default=None, choices=EMBED_POOLS,
                    help="DINO runs: CLS token (WS-DINO's evaluation, default), mean of the patch "
                         "tokens (DINO's --avgpool_patchtokens), or both concatenated")
+    e.add_argument("--layer", default=None, metavar="NAME",
+                   help="embed the spatial mean of this named module of the backbone (timm names, "
+                        "e.g. blocks.5.0.bn2 = Keras EfficientNet-B0 block6a_activation); default: "
+                        "the run's embed_layer, else the pooled penultimate features")
+    e.add_argument("--view", default=None, choices=["crops", "whole"],
+                   help="crops: median over four centre crops (WS-DINO); whole: the whole image, "
+                        "resized to the run's data.resize if it trained with one (CytoImageNet). "
+                        "Default: the run's embed_view")
+    e.add_argument("--channels", default="merged", choices=["merged", "each"],
+                   help="each: every channel alone through a single-channel (data.merge) model, "
+                        "features concatenated (CytoImageNet's per-channel variant)")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=_embed)
 
@@ -95,20 +121,36 @@ def register(subparsers) -> None:
         "predict", help="class predictions of a trained run on a shard set -> parquet",
         description="One row per key (or per well: its sites averaged) with key, plate, well, "
                     "prediction, probability, top5, the argmax before the prior, all class "
-                    "probabilities and the index metadata. --prior plate: each class at most "
-                    "once per plate (DeepNoise), by an exact linear assignment or iterative "
-                    "balancing; plates with more rows than classes keep the argmax (warning). "
+                    "probabilities and the index metadata. The prior acts on wells (sites "
+                    "averaged, each site inherits its well's class): --prior plate, each class "
+                    "at most once per plate; group, restricted to the plate's group of classes "
+                    "learned from the training plates (DeepNoise; RxRx1: 4 x 277); experiment, "
+                    "each class at most once per experiment (batch column). Plates with more "
+                    "wells than classes keep the argmax (warning). "
                     "Accuracy before and after is printed when the shards carry labels "
                     "(OUT.summary.json).")
     r.add_argument("run", help="run folder or checkpoint file")
     r.add_argument("shards", help="shard set (folder or URL)")
     r.add_argument("-o", "--out", required=True, help="output parquet file")
-    r.add_argument("--prior", default="plate", choices=["plate", "none"],
-                   help="per-plate prior: each class at most once per plate (default plate)")
-    r.add_argument("--prior-method", default="exact", choices=["exact", "iterative"],
-                   help="exact linear assignment (scipy) or DeepNoise's iterative balancing")
-    r.add_argument("--per", default="key", choices=["key", "well"],
-                   help="one row per image key, or per (plate, well) with its sites averaged")
+    r.add_argument("--prior", default="plate", choices=["plate", "group", "experiment", "none"],
+                   help="plate: each class at most once per plate (default); group: and only "
+                        "the classes of the plate's group (learned from the run's training "
+                        "plates, the strongest on RxRx1-like layouts); experiment: each class "
+                        "at most once per experiment; none: argmax")
+    r.add_argument("--prior-method", default="exact",
+                   choices=["exact", "deepnoise", "auction", "iterative"],
+                   help="exact linear assignment (scipy, default), DeepNoise's balancing "
+                        "(the authors' heuristic), or an auction (iterative: its old name)")
+    r.add_argument("--per", default="auto", choices=["auto", "key", "well"],
+                   help="output rows: one per image key, or per (plate, well) with its sites "
+                        "averaged; auto (default): per well when a well has several images")
+    r.add_argument("--train-plates", default=None, metavar="SHARDS",
+                   help="--prior group: learn the plate groups from this shard set (plate and "
+                        "label columns) instead of the run's data.train")
+    r.add_argument("--min-group-evidence", type=float, default=4.6,
+                   help="--prior group: a plate whose best group is less than this many nats "
+                        "more likely than the next fits no group and gets the plate prior "
+                        "(default 4.6 = a likelihood ratio of 100)")
     r.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     r.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     r.add_argument("--threads", type=int, default=2, help="decode threads (default 2)")

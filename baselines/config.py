@@ -18,7 +18,6 @@ from typing import Any, Mapping
 import yaml
 
 from cytodata.errors import RecipeError
-from cytodata.recipe import _from_dict
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 #: input normalisation levels (per-channel statistics from shards.json; DeepNoise's ablation)
@@ -26,6 +25,16 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 #: patch tokens, DINO's ``eval_linear --avgpool_patchtokens``) or ``cls+avg`` (both, concatenated)
 EMBED_POOLS = ("cls", "avg", "cls+avg")
 NORMALIZE_LEVELS = ("plate", "controls", "batch", "cell_type", "all", "none")
+#: per-sample normalisations computed from the pixels of each image on the device (no statistics)
+SAMPLE_NORMALIZE = ("crop_minmax", "image_percentile")
+#: channel merges before the model: ``gray`` = mean of the channels (1 input channel),
+#: ``gray_rgb`` = that mean fed as three copies (CytoImageNet's merged grayscale read as RGB)
+MERGES = ("none", "gray", "gray_rgb")
+BALANCE = ("cap", "median")
+WEIGHT_DECAY_MODES = ("auto", "coupled", "decoupled", "keras_l2")
+FIRST_CONV = ("repeat", "tile")
+INITS = ("random", "pretrained")
+KINDS = ("paper", "ours", "")  # "": not stated (shown so by --list)
 
 
 @dataclass
@@ -38,12 +47,25 @@ class DataConfig:
     val_split: str | None = "val"
     label: str = "label"              # index column holding the weak label (class)
     crop: int = 224                   # training crop side (random), validation crop (centre)
+    resize: int | None = None         # resize every image to resize x resize first (bilinear);
+    #                                   images of any size can then share a batch
     normalize: str = "plate"          # per-channel shards.json stats: plate|controls|batch|cell_type|all|none
-    #                                   (controls: each plate's negcon images, e.g. DMSO)
+    #                                   (controls: each plate's negcon images, e.g. DMSO), or per
+    #                                   sample: crop_minmax (per crop and channel to [0, 1]) |
+    #                                   image_percentile (per image and channel, data.percentiles)
+    percentiles: list[float] = field(default_factory=lambda: [0.1, 99.9])  # image_percentile
+    merge: str = "none"               # none | gray | gray_rgb (channel mean, fed as 1 or 3 copies)
     threads: int = 2                  # decode threads in the training process (0: inline)
-    balanced: bool = False            # class-balanced epochs (DeepProfiler's median rule)
+    balanced: bool = False            # class-balanced epochs, by data.balance
+    balance: str = "cap"              # cap: classes above the median downsampled to it; median:
+    #                                   every class drawn to the median (small ones with
+    #                                   replacement; DeepProfiler sampled_crop_generator.py:61-73)
     read_ahead: int = 32
     storage_options: dict[str, Any] = field(default_factory=dict)
+    # remote sets: whole shards kept in this node-local folder (docs/streaming.md; None: no cache)
+    cache_dir: str | None = None
+    cache_limit: int | None = None    # bytes the cache folder may hold (LRU; None: no limit)
+    shuffle_window: int | None = None  # shuffle within windows of this many shards (None: shard blocks)
     # second stream of unlabelled images (semi-supervised methods: mean-teacher)
     unlabelled: str | None = None     # shard set (e.g. the test plates); labels there are ignored
     unlabelled_split: str | None = None  # rows of this ``split`` of data.unlabelled (None: all)
@@ -57,24 +79,39 @@ class AugmentConfig:
     rot90: bool = True
     intensity: float = 0.1            # per-channel gain jitter: x * U(1 - a, 1 + a)
     shift: float = 0.1                # per-channel offset jitter in normalised units: + U(-b, b)
+    rotate: float = 0.0               # arbitrary rotation U(-r, r) degrees, reflected corners
+    scale_p: float = 0.0              # scale jitter: probability of cropping a fraction ...
+    scale_min: float = 1.0            # ... of side U{int(scale_min * side), side - 1}, resized back
+    brightness: float = 0.0           # per-channel additive U(-b, b) (tf.image.adjust_brightness)
+    contrast: float = 0.0             # per-channel contrast about the mean, U(1 - c, 1 + c)
 
 
 @dataclass
 class OptimConfig:
     """Optimiser and per-step schedules (precomputed arrays, DINO's ``cosine_scheduler``)."""
 
-    name: str = "adam"                # adam (CytoImageNet) | adamw | sgd
+    name: str = "adam"                # adam | adamw | sgd
     lr: float = 1e-3
     min_lr: float = 0.0               # end of the cosine
     warmup_steps: int = 0             # linear warm-up from 0
-    schedule: str = "cosine"          # cosine | constant | step
+    schedule: str = "cosine"          # cosine | constant | step | cosine_restarts
     # step schedule: [[fraction of the run, lr], ...] (DeepNoise: [[0.625, 1e-4], [0.875, 1e-5]])
     milestones: list[list[float]] = field(default_factory=list)
+    # cosine_restarts (SGDR): `cycles` cosines lr -> min_lr, then `tail` [fraction of run, lr]
+    cycles: int = 1
+    tail: list[float] = field(default_factory=list)
     weight_decay: float = 0.0
     weight_decay_end: float | None = None  # cosine weight-decay schedule end (None: constant)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     momentum: float = 0.9             # sgd only
+    nesterov: bool = False            # sgd only: Nesterov momentum
+    # auto: adamw decoupled, adam/sgd coupled (torch's weight_decay: grad += wd * w);
+    # decoupled: w -= lr * wd * w; keras_l2: Keras kernel_regularizer l2(wd), i.e.
+    # loss += wd * sum(w^2) over conv (not depthwise) and linear kernels: grad += 2 * wd * w
+    weight_decay_mode: str = "auto"
     clip_grad: float | None = None    # max gradient norm (None: no clipping)
+    clip_mode: str = "global"         # global: one norm over all parameters | per_tensor: each
+    #                                   parameter tensor's norm on its own (DINO's clip_gradients)
     scale_lr_by_batch: bool = False   # lr *= global batch / 256 (DINO's linear scaling rule)
 
 
@@ -85,10 +122,19 @@ class TrainConfig:
     method: str = "classifier"
     model: str = "efficientnet_b0"    # any timm model name
     pretrained: str | None = None     # local checkpoint path (no model hub is reachable)
+    init: str = "random"              # random | pretrained (then `pretrained` must name a file)
+    first_conv: str = "repeat"        # adapting a 3-channel first conv: repeat (timm: repeat,
+    #                                   rescaled by 3/in_chans) | tile (DeepProfiler: i <- i % 3)
+    embed_layer: str | None = None    # module whose spatial mean is the embedding (None: pooled
+    #                                   penultimate features); `cytodata embed --layer` overrides
+    embed_view: str = "crops"         # crops (centre crops) | whole (the whole image, resized)
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     steps: int = 1000                 # optimiser steps
+    epochs: float | None = None       # when set: steps = epochs x ceil(epoch samples / global
+    #                                   batch); an epoch = the training rows, or what the balanced
+    #                                   sampler draws (DeepProfiler: classes x median)
     batch_size: int = 64              # per rank and micro-batch
     accumulate: int = 1               # micro-batches per optimiser step
     device: str = "auto"              # auto | cpu | cuda | cuda:N (no silent CPU fallback)
@@ -104,7 +150,8 @@ class TrainConfig:
     val_every: int | None = None      # steps between validations (None: each epoch end)
     progress: bool = True
     log_keys: bool = False            # RUN_DIR/keys/rank-N.jsonl: the sample keys of every step (audits)
-    description: str = ""
+    description: str = ""             # one line for `cytodata train --list`
+    kind: str = ""                    # paper (a published recipe, every value cited) | ours
 
 
 def config_names() -> list[str]:
@@ -120,8 +167,10 @@ def read_config_mapping(config: "str | Path | Mapping[str, Any]") -> tuple[dict,
     if not path.exists() and (CONFIG_DIR / f"{config}.yaml").exists():
         path = CONFIG_DIR / f"{config}.yaml"
     if not path.exists():
-        raise RecipeError(f"config {str(config)!r} is neither a file nor a shipped config; "
-                          f"shipped: {', '.join(config_names())}")
+        from cytodata._suggest import did_you_mean
+
+        raise RecipeError(f"config {str(config)!r} is neither a file nor a shipped config"
+                          f"{did_you_mean(str(config), config_names())}; shipped: {', '.join(config_names())}")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
@@ -157,26 +206,6 @@ def parse_set(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
-def load_config(config: "str | Path | Mapping[str, Any] | TrainConfig",
-                overrides: Mapping[str, Any] | None = None) -> TrainConfig:
-    """Load and validate a config; ``overrides`` are dotted keys -> values (``--set``)."""
-    from .methods import METHODS
-
-    if isinstance(config, TrainConfig):
-        config = to_dict(config)
-    data, where = read_config_mapping(config)
-    for key, value in (overrides or {}).items():
-        set_dotted(data, key, value)
-    method = data.get("method", TrainConfig.method)
-    try:
-        cls = METHODS.get(method).config_class
-    except ValueError as exc:
-        raise RecipeError(f"{where}: method: {exc}") from None
-    cfg = _from_dict(cls, data, where)
-    check(cfg, where)
-    return cfg
-
-
 def check(cfg: TrainConfig, where: str) -> None:
     """Value checks that types alone cannot express (each names the key and the valid values)."""
     def need(ok: bool, msg: str) -> None:
@@ -184,6 +213,7 @@ def check(cfg: TrainConfig, where: str) -> None:
             raise RecipeError(f"{where}: {msg}")
 
     need(cfg.steps >= 1, f"steps={cfg.steps}; must be >= 1")
+    need(cfg.epochs is None or cfg.epochs > 0, f"epochs={cfg.epochs}; must be > 0 (or null: use steps)")
     need(cfg.batch_size >= 1, f"batch_size={cfg.batch_size}; must be >= 1")
     need(cfg.accumulate >= 1, f"accumulate={cfg.accumulate}; must be >= 1")
     need(cfg.checkpoint_every >= 1, f"checkpoint_every={cfg.checkpoint_every}; must be >= 1")
@@ -193,14 +223,45 @@ def check(cfg: TrainConfig, where: str) -> None:
     need(cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"),
          f"device={cfg.device!r}; valid: auto, cpu, cuda, cuda:N")
     need(cfg.optim.name in ("adam", "adamw", "sgd"), f"optim.name={cfg.optim.name!r}; valid: adam, adamw, sgd")
-    need(cfg.optim.schedule in ("cosine", "constant", "step"),
-         f"optim.schedule={cfg.optim.schedule!r}; valid: cosine, constant, step")
+    need(cfg.optim.schedule in ("cosine", "constant", "step", "cosine_restarts"),
+         f"optim.schedule={cfg.optim.schedule!r}; valid: cosine, constant, step, cosine_restarts")
+    need(cfg.optim.cycles >= 1 and (not cfg.optim.tail or (len(cfg.optim.tail) == 2
+                                    and 0 <= cfg.optim.tail[0] < 1 and cfg.optim.tail[1] >= 0)),
+         f"optim.cycles={cfg.optim.cycles}, optim.tail={cfg.optim.tail!r}; need cycles >= 1 "
+         "and tail [fraction in [0, 1), lr >= 0] (or [])")
     need(all(len(m) == 2 and 0 <= m[0] <= 1 and m[1] >= 0 for m in cfg.optim.milestones),
          f"optim.milestones={cfg.optim.milestones!r}; expected [[fraction 0..1, lr >= 0], ...]")
+    need(cfg.optim.clip_mode in ("global", "per_tensor"),
+         f"optim.clip_mode={cfg.optim.clip_mode!r}; valid: global, per_tensor (DINO clips each "
+         "parameter tensor: --set optim.clip_mode=per_tensor)")
     need(cfg.optim.lr > 0, f"optim.lr={cfg.optim.lr}; must be > 0")
-    need(cfg.data.normalize in NORMALIZE_LEVELS,
-         f"data.normalize={cfg.data.normalize!r}; valid: {', '.join(NORMALIZE_LEVELS)}")
+    need(cfg.data.normalize in NORMALIZE_LEVELS + SAMPLE_NORMALIZE,
+         f"data.normalize={cfg.data.normalize!r}; valid: {', '.join(NORMALIZE_LEVELS + SAMPLE_NORMALIZE)}")
     need(cfg.data.crop >= 8, f"data.crop={cfg.data.crop}; must be >= 8 pixels")
+    need(cfg.data.merge in MERGES, f"data.merge={cfg.data.merge!r}; valid: {', '.join(MERGES)}")
+    need(cfg.data.balance in BALANCE, f"data.balance={cfg.data.balance!r}; valid: {', '.join(BALANCE)}")
+    need(len(cfg.data.percentiles) == 2 and 0 <= cfg.data.percentiles[0] < cfg.data.percentiles[1] <= 100,
+         f"data.percentiles={cfg.data.percentiles!r}; expected [low, high] with 0 <= low < high <= 100")
+    if cfg.data.resize is not None:
+        need(cfg.data.resize >= 8, f"data.resize={cfg.data.resize}; must be >= 8 pixels")
+        need(cfg.data.crop <= cfg.data.resize,
+             f"data.crop={cfg.data.crop} is larger than data.resize={cfg.data.resize}: the crop is "
+             "taken from the resized image; set data.crop <= data.resize")
+    need(cfg.optim.weight_decay_mode in WEIGHT_DECAY_MODES,
+         f"optim.weight_decay_mode={cfg.optim.weight_decay_mode!r}; valid: {', '.join(WEIGHT_DECAY_MODES)}")
+    need(not cfg.optim.nesterov or cfg.optim.name == "sgd",
+         f"optim.nesterov=true needs optim.name=sgd (got {cfg.optim.name!r})")
+    need(not (cfg.optim.weight_decay_mode == "decoupled" and cfg.optim.name == "adam"),
+         "optim.weight_decay_mode=decoupled with optim.name=adam: use optim.name=adamw")
+    need(cfg.first_conv in FIRST_CONV, f"first_conv={cfg.first_conv!r}; valid: {', '.join(FIRST_CONV)}")
+    need(cfg.init in INITS, f"init={cfg.init!r}; valid: {', '.join(INITS)}")
+    need(cfg.embed_view in ("crops", "whole"), f"embed_view={cfg.embed_view!r}; valid: crops, whole")
+    need(cfg.kind in KINDS, f"kind={cfg.kind!r}; valid: {', '.join(KINDS)}")
+    a = cfg.augment
+    need(0 <= a.scale_p <= 1 and 0 < a.scale_min <= 1,
+         f"augment.scale_p={a.scale_p}, augment.scale_min={a.scale_min}; expected 0..1 and (0, 1]")
+    need(a.rotate >= 0 and a.brightness >= 0 and 0 <= a.contrast < 1,
+         "augment.rotate, augment.brightness must be >= 0 and augment.contrast in [0, 1)")
 
 
 def to_dict(cfg: TrainConfig) -> dict:

@@ -9,7 +9,6 @@ and become float32 on the device.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,6 +18,7 @@ import torch
 from cytodata.errors import ShardError, TrainingError
 from cytodata.loaders import ClassBalanced, StreamingDataset
 from cytodata.loaders.collate import check_shapes
+from cytodata.loaders.normstats import NormStats, cell_type_of, cell_type_table  # noqa: F401  (re-exported)
 
 
 @dataclass
@@ -34,132 +34,72 @@ class DataInfo:
     extra: dict = field(default_factory=dict)
 
 
-def collate(samples: list[dict]) -> dict:
+def collate(samples: list[dict], resize: int | None = None) -> dict:
     """Stack one batch: ``image`` (B, C, H, W) uint16, ``label`` (B,) long, ``key``, ``meta`` lists.
 
-    Images of different shapes cannot share a batch: the loaders' ``MixedShapeError`` names
-    the keys, their shapes and the ways out.
+    ``resize``: every image is first resized to ``resize`` x ``resize`` (bilinear, float32 in the
+    stored units), so images of any size share a batch. Without it, images of different shapes
+    cannot share a batch: the loaders' ``MixedShapeError`` names the keys, their shapes and the
+    ways out.
     """
-    check_shapes(samples, "image")
-    out = {"image": torch.stack([s["image"] for s in samples]),
+    if resize is not None:
+        from .augment import resize as resize_to
+
+        images = [resize_to(s["image"][None].to(torch.float32), resize)[0] for s in samples]
+    else:
+        check_shapes(samples, "image")
+        images = [s["image"] for s in samples]
+    out = {"image": torch.stack(images),
            "label": torch.tensor([s["label"] for s in samples], dtype=torch.long),
            "key": [s["__key__"] for s in samples],
            "meta": {k: [s["meta"].get(k, "") for s in samples] for k in samples[0]["meta"]}}
     if "partner" in samples[0]:
-        out["partner"] = collate([s["partner"] for s in samples])
+        out["partner"] = collate([s["partner"] for s in samples], resize)
     return out
 
 
-class NormStats:
-    """Per-group, per-channel mean/std tables from shards.json, looked up per batch on the device."""
-
-    def __init__(self, meta: dict, level: str, n_channels: int, eps: float = 1e-6):
-        norm = meta.get("normalization") or {}
-        self.level = level
-        self.column, self.group_of = level, str   # index column naming a row's group, its map
-        table = norm.get(level) or {}
-        if level == "cell_type" and not table and norm.get("batch"):
-            # shard sets store plate/batch/all moments; cell types pool their batches exactly
-            table = cell_type_table(norm["batch"])
-            self.column, self.group_of = "batch", cell_type_of
-        if level == "controls":
-            # each plate's negative-control images; plates without any keep their own statistics
-            plates = norm.get("plate") or {}
-            bare = sorted(set(plates) - set(table))
-            if not table and plates:
-                warnings.warn("data.normalize=controls: shards.json has no negative-control "
-                              "statistics (no row with control_type 'negcon', or a set written "
-                              "before cytodata kept them); every plate is normalised with its own "
-                              "all-image statistics, as data.normalize=plate. Re-shard to record "
-                              "them, or set data.normalize=plate to silence this", stacklevel=2)
-            elif bare:
-                warnings.warn(f"data.normalize=controls: {len(bare)} plate(s) have no negative-control "
-                              f"images ({', '.join(bare[:5])}); they are normalised with their own "
-                              "all-image statistics", stacklevel=2)
-            table = {**{p: plates[p] for p in bare}, **table}
-            self.column = "plate"
-        self._warned: set[str] = set()
-        overall = (norm.get("all") or {}).get("all")
-        if level != "none" and not table and overall is None:
-            raise TrainingError(f"shards.json has no normalization statistics at level {level!r} "
-                                "(re-shard with a current cytodata, or --set data.normalize=none)")
-        self.groups = sorted(table)
-        rows = [table[g] for g in self.groups] + ([overall] if overall else [])
-        for g, entry in zip(self.groups + ["all"], rows):
-            if len(entry["mean"]) != n_channels:
-                raise TrainingError(f"shards.json {level} {g!r} has {len(entry['mean'])} channel "
-                                    f"statistics for {n_channels}-channel images")
-            if not np.all(np.isfinite(entry["mean"])) or not np.all(np.isfinite(entry["std"])):
-                raise TrainingError(f"shards.json {level} {g!r} has NaN/inf statistics; re-shard it")
-        self.lookup = {g: i for i, g in enumerate(self.groups)}
-        self.fallback = len(self.groups) if overall else None
-        mean = np.array([r["mean"] for r in rows], dtype=np.float32).reshape(len(rows), n_channels)
-        std = np.array([r["std"] for r in rows], dtype=np.float32).reshape(len(rows), n_channels)
-        self.mean, self.std = torch.from_numpy(mean), torch.from_numpy(np.maximum(std, eps))
-        self._dev: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def rows(self, groups: list[str]) -> torch.Tensor:
-        ids = []
-        for g in groups:
-            i = self.lookup.get(g, self.fallback)
-            if i is None:
-                raise TrainingError(f"no {self.level} statistics for {g!r} in shards.json and no "
-                                    "'all' fallback")
-            if g not in self.lookup and g not in self._warned:
-                self._warned.add(g)
-                warnings.warn(f"no {self.level} statistics for {g!r} in shards.json; its images "
-                              "are normalised with the whole set's ('all') statistics",
-                              stacklevel=3)
-            ids.append(i)
-        return torch.tensor(ids, dtype=torch.long)
-
-    def batch_groups(self, meta: dict, n: int | None = None) -> list[str]:
-        """Return the statistics group of each of the ``n`` samples of a batch's ``meta`` lists."""
-        if self.level == "all":     # one group, whatever columns the batch carries
-            return ["all"] * (n if n is not None else len(next(iter(meta.values()), [])))
-        if self.column not in meta:
-            raise TrainingError(f"data.normalize={self.level}: the batches carry no "
-                                f"{self.column!r} column (columns: {sorted(meta)}); re-shard with it or choose "
-                                "another level")
-        return [self.group_of(str(v)) for v in meta[self.column]]
-
-    def apply(self, x: torch.Tensor, groups: list[str]) -> torch.Tensor:
-        """``(x - mean[group]) / std[group]`` per sample and channel, on x's device."""
-        key = str(x.device)
-        if key not in self._dev:
-            self._dev[key] = (self.mean.to(x.device), self.std.to(x.device))
-        mean, std = self._dev[key]
-        ids = self.rows(groups).to(x.device)
-        return (x - mean[ids][:, :, None, None]) / std[ids][:, :, None, None]
-
-
-def cell_type_of(batch: str) -> str:
-    """Return the cell type of an experiment named ``<cell type>-<number>`` (RxRx1: ``HEPG2-01``).
-
-    Batches without a ``-`` are their own cell type.
+def crop_minmax(x: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Per sample and channel ``(x - min) / (max - min + eps)`` (DeepProfiler cropping.py:31-33;
+    ``eps`` = Keras' ``backend.epsilon()``).
     """
-    return batch.split("-", 1)[0]
+    lo = x.amin(dim=(-2, -1), keepdim=True)
+    hi = x.amax(dim=(-2, -1), keepdim=True)
+    return (x - lo) / (hi - lo + eps)
 
 
-def cell_type_table(batches: dict) -> dict:
-    """Per-cell-type ``{"mean", "std", "pixels"}`` pooled exactly from per-batch entries.
-
-    ``pixels`` weight each batch; the pooled variance adds the spread of batch means
-    (Chan et al.): ``var = sum n_b (std_b^2 + (mean_b - mean)^2) / sum n_b``.
+def image_percentile(x: torch.Tensor, low: float = 0.1, high: float = 99.9) -> torch.Tensor:
+    """Per sample and channel: clip to the [low, high] percentiles, shift to 0, divide by the
+    maximum (CytoImageNet preprocessor.py:52-78, ``np.percentile``'s linear interpolation).
+    A flat channel becomes 0.
     """
-    groups: dict[str, list[dict]] = {}
-    for name, entry in batches.items():
-        groups.setdefault(cell_type_of(str(name)), []).append(entry)
-    out = {}
-    for cell, entries in sorted(groups.items()):
-        n = np.array([float(e.get("pixels") or 1) for e in entries])[:, None]
-        mean = np.array([e["mean"] for e in entries], dtype=np.float64)
-        std = np.array([e["std"] for e in entries], dtype=np.float64)
-        pooled = (n * mean).sum(0) / n.sum()
-        var = (n * (std ** 2 + (mean - pooled) ** 2)).sum(0) / n.sum()
-        out[cell] = {"channels": entries[0].get("channels"), "mean": pooled.tolist(),
-                     "std": np.sqrt(var).tolist(), "pixels": int(n.sum())}
-    return out
+    flat = x.flatten(-2).float()
+    q = torch.quantile(flat, torch.tensor([low / 100, high / 100], device=x.device), dim=-1)
+    lo, hi = q[0][..., None, None], q[1][..., None, None]
+    y = (torch.minimum(x, hi) - lo).clamp_min(0)
+    top = y.amax(dim=(-2, -1), keepdim=True)
+    return torch.where(top > 0, y / top.clamp_min(1e-12), torch.zeros_like(y))
+
+
+def merge_channels(x: torch.Tensor, merge: str) -> torch.Tensor:
+    """``gray``: the channel mean ``(B, 1, H, W)``; ``gray_rgb``: that mean three times; ``none``."""
+    if merge == "none":
+        return x
+    gray = x.mean(dim=1, keepdim=True)
+    return gray.expand(-1, 3, -1, -1).contiguous() if merge == "gray_rgb" else gray
+
+
+def model_channels(n_channels: int, merge: str) -> int:
+    """Input channels of the model after :func:`merge_channels`."""
+    return {"none": n_channels, "gray": 1, "gray_rgb": 3}[merge]
+
+
+def make_stats(meta: dict, level: str, n_channels: int) -> "NormStats | None":
+    """Statistics for a shards.json level; None for ``none`` and the per-sample levels."""
+    from .config import SAMPLE_NORMALIZE
+
+    if level == "none" or level in SAMPLE_NORMALIZE:
+        return None
+    return NormStats(meta, level, n_channels)
 
 
 def to_device_float(images: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -175,18 +115,38 @@ def to_device_float(images: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 class DevicePrep:
-    """uint16 batch -> normalised float batch on the device."""
+    """uint16 batch -> normalised (and optionally channel-merged) float batch on the device.
 
-    def __init__(self, stats: NormStats | None, device: torch.device, channels_last: bool):
+    ``level``: a per-sample normalisation (``crop_minmax``, ``image_percentile``) used instead of
+    ``stats``; ``merge``: see :func:`merge_channels`.
+    """
+
+    def __init__(self, stats: NormStats | None, device: torch.device, channels_last: bool,
+                 level: str | None = None, merge: str = "none",
+                 percentiles: tuple[float, float] = (0.1, 99.9)):
         self.stats, self.device, self.channels_last = stats, device, channels_last
+        self.level, self.merge, self.percentiles = level, merge, tuple(percentiles)
+
+    def normalize(self, x: torch.Tensor, meta: dict) -> torch.Tensor:
+        """Float pixels -> normalised values, per channel (before any merge)."""
+        if self.level == "crop_minmax":
+            return crop_minmax(x)
+        if self.level == "image_percentile":
+            return image_percentile(x, *self.percentiles)
+        if self.stats is not None:
+            return self.stats.apply(x, self.stats.batch_groups(meta, x.shape[0]))
+        return x / 65535.0
 
     def __call__(self, images: torch.Tensor, meta: dict) -> torch.Tensor:
-        x = to_device_float(images, self.device)
-        if self.stats is not None:
-            x = self.stats.apply(x, self.stats.batch_groups(meta, x.shape[0]))
-        else:
-            x = x / 65535.0
-        return x
+        x = self.normalize(to_device_float(images, self.device), meta)
+        return merge_channels(x, self.merge)
+
+
+def device_prep(cfg, stats: NormStats | None, device: torch.device) -> DevicePrep:
+    """The :class:`DevicePrep` of a config's ``data`` section."""
+    d = cfg.data
+    return DevicePrep(stats, device, cfg.channels_last, level=d.normalize, merge=d.merge,
+                      percentiles=tuple(d.percentiles))
 
 
 def open_dataset(path: str, *, split: str | None, cfg, seed: int, shuffle: bool, sampler=None,
@@ -202,22 +162,56 @@ def open_dataset(path: str, *, split: str | None, cfg, seed: int, shuffle: bool,
     if local and not (Path(path) / "shards.json").exists():
         raise TrainingError(f"{what}={path} is not a shard set (no shards.json); write one with "
                             "`cytodata shard MANIFEST_DIR -o OUT`")
+    if local:
+        _refuse_other_formats(Path(path), what)
+    window = getattr(cfg, "shuffle_window", None)
+    if window is not None and sampler is not None:
+        raise TrainingError(f"data.shuffle_window={window} and the sampler {type(sampler).__name__} (data.balanced "
+                            "or the method's own) are two epoch orders; set --set data.shuffle_window=null")
     columns = tuple({"plate", "batch", "well", "site", "source", "split", "label", "parent_id",
                      "compound", "moa", cfg.label})
     try:  # one read of index.parquet; the loader refuses a split the index has no column for
         ds = StreamingDataset(path, seed=seed, shuffle=shuffle, split=split, sampler=sampler,
                               threads=cfg.threads, read_ahead=cfg.read_ahead, columns=columns,
                               storage_options=cfg.storage_options or None, rank=rank,
-                              world_size=world_size)
+                              world_size=world_size, cache_dir=getattr(cfg, "cache_dir", None),
+                              cache_limit=getattr(cfg, "cache_limit", None),
+                              shuffle_window=window)
     except ShardError as exc:
         hint = (f"; pass --set {what}_split=null to use every row"
                 if split is not None and "'split' column" in str(exc) else "")
         raise TrainingError(f"{what}={path}: {exc}{hint}") from None
     if split is not None:
         if len(ds.index) == 0:
-            raise TrainingError(f"{what}={path}: no rows with split={split!r}; splits present: "
-                                f"{sorted(ds.shards.index['split'].dropna().unique().tolist())}")
+            present = sorted(ds.shards.index["split"].dropna().unique().tolist())
+            hint = (f"pick one with --set {what}_split=NAME, or " if present else
+                    "the manifest assigned no splits (its recipe has no `split:` section); ")
+            raise TrainingError(f"{what}={path}: no rows with split={split!r}; splits present: {present}; "
+                                f"{hint}pass --set {what}_split=null to use every row")
     return ds
+
+
+def _refuse_other_formats(path, what: str) -> None:
+    """A Zarr or OME-Zarr set is not a training input of `cytodata train`: say so, and give the
+    command that writes a WebDataset set from the same manifest.
+    """
+    import json
+
+    from cytodata.shards.source import source_manifest
+
+    try:
+        meta = json.loads((path / "shards.json").read_text())
+    except (OSError, ValueError):
+        return  # the loader reports an unreadable shards.json
+    fmt = meta.get("format")
+    if fmt in (None, "cytodata-webdataset"):
+        return
+    manifest = source_manifest(meta)
+    folder = manifest.parent if manifest is not None else "MANIFEST_DIR"
+    raise TrainingError(f"{what}={path} is a {fmt} set; `cytodata train` reads WebDataset shard sets. "
+                        f"Write one from the same manifest with `cytodata shard {folder} -o OUT` "
+                        f"and pass --set {what}=OUT (in Python, cytodata.loaders.ZarrDataset reads "
+                        "a cytodata-zarr set)")
 
 
 def class_ids(ds: StreamingDataset, column: str, classes: list[str] | None, what: str
@@ -228,7 +222,8 @@ def class_ids(ds: StreamingDataset, column: str, classes: list[str] | None, what
     """
     if column not in ds.index.columns:
         raise TrainingError(f"{what}: index.parquet has no {column!r} column; a supervised "
-                            f"baseline needs labels (columns: {sorted(ds.index.columns)})")
+                            "baseline (and data.balanced) needs a label column: name one with "
+                            f"--set data.label=COLUMN (columns: {sorted(ds.index.columns)})")
     values = ds.index[column].astype("string")
     present = sorted(values.dropna().unique().tolist())
     if classes is None:
@@ -247,13 +242,22 @@ def relabel(ds: StreamingDataset, ids: np.ndarray, classes: list[str]) -> None:
     ds.labels, ds.classes = ids, list(classes)
 
 
-def loader(ds: StreamingDataset, batch_size: int, pin: bool) -> torch.utils.data.DataLoader:
+def loader(ds: StreamingDataset, batch_size: int, pin: bool, resize: int | None = None
+           ) -> torch.utils.data.DataLoader:
     """DataLoader in the threaded layout (num_workers=0; the dataset decodes on its threads)."""
+    import functools
+
     ds.batch_size_hint = batch_size
-    return torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=0, collate_fn=collate,
+    fn = collate if resize is None else functools.partial(collate, resize=resize)
+    return torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=0, collate_fn=fn,
                                        pin_memory=pin, drop_last=False)
 
 
-def balanced_sampler(column: str):
-    """DeepProfiler's rule: classes above the median size are downsampled to it each epoch."""
-    return ClassBalanced(column=column, mode="median")
+def balanced_sampler(column: str, balance: str = "cap"):
+    """Class-balanced epochs over ``column``.
+
+    ``cap``: classes above the median size are downsampled to it, smaller ones keep all their
+    rows. ``median``: DeepProfiler's rule (sampled_crop_generator.py:61-73): every class is drawn
+    to ``int(median)`` rows each epoch, larger ones without replacement, smaller ones with.
+    """
+    return ClassBalanced(column=column, mode="median" if balance == "cap" else "resample_median")

@@ -1,14 +1,22 @@
 """``cytodata embed``: a trained run + a shard set -> one row of features per image.
 
-Full fields are embedded as WS-DINO did: the feature-wise median over four non-overlapping
-centre crops of the training crop size (a single centre crop when the field is smaller than two
-crops). Single-cell shard sets (several crop rows per field, ``parent_id`` = the field) are
-averaged per field. Batched, bf16 on CUDA, progress bar, and resumable per shard: each finished
-shard is written to ``OUT.parts/`` and a re-run skips it.
+Views (``view``): ``crops`` embeds full fields as WS-DINO did: the feature-wise median over four
+non-overlapping centre crops of the training crop size (a single centre crop when the field is
+smaller than two crops); ``whole`` embeds the whole image, resized to ``data.resize`` when the
+run trained with one (else at its stored size), as CytoImageNet embeds whole images. Features
+(``layer``): the method's embedding (pooled penultimate features for classifiers), or the
+spatial mean of any named module of the backbone (the Cell Painting CNN reads
+``block6a_activation``: ``blocks.5.0.bn2`` in timm's EfficientNet-B0). ``channels="each"``: every
+channel alone through a single-channel (merged-input) model, features concatenated in channel
+order (CytoImageNet's ``concat=True``). Single-cell shard sets (several crop rows per field,
+``parent_id`` = the field) are averaged per field. Batched, bf16 on CUDA, progress bar, and
+resumable per shard: each finished shard is written to ``OUT.parts/`` and a re-run skips it.
 """
 
 from __future__ import annotations
 
+import difflib
+import functools
 import os
 from pathlib import Path
 
@@ -19,14 +27,54 @@ import torch
 from cytodata.errors import TrainingError
 
 from . import checkpoint, runtime
-from .config import load_config
-from .data import DataInfo, DevicePrep, NormStats, collate
+from .data import DataInfo, NormStats, collate, device_prep, make_stats, merge_channels, to_device_float
 from .methods import METHODS
+from .resolve import load_config
 
 #: index columns that describe storage, not the image (left out of the embeddings table)
 STORAGE_COLUMNS = ("shard", "offset", "size", "meta_offset", "meta_size", "shard_index",
                    "n_channels", "height", "width", "sha256", "checksum")
 PER = ("auto", "image", "field")
+VIEWS = ("crops", "whole")
+CHANNELS = ("merged", "each")
+
+
+class LayerMean(torch.nn.Module):
+    """``model``'s forward, returning the spatial mean of module ``layer``'s output ``(B, C)``.
+
+    The output of a module with ``(B, C, H, W)`` output is averaged over H and W (DeepProfiler
+    profiling.py:101-102); ``(B, N, C)`` token outputs over N; ``(B, C)`` is returned as is.
+    """
+
+    def __init__(self, model: torch.nn.Module, layer: str):
+        super().__init__()
+        names = [n for n, _ in model.named_modules() if n]
+        if layer not in names:
+            near = difflib.get_close_matches(layer, names, n=8, cutoff=0.3)
+            raise TrainingError(f"embed --layer {layer!r}: {type(model).__name__} has no module of "
+                                f"that name; nearest: {', '.join(near) or '(none)'} "
+                                f"({len(names)} modules; list them with "
+                                "[n for n, _ in model.named_modules()])")
+        self.model, self.layer = model, layer
+        self._out: list[torch.Tensor] = []
+        dict(model.named_modules())[layer].register_forward_hook(
+            lambda _m, _i, out: self._out.append(out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._out.clear()
+        self.model(x)
+        out = self._out[-1]
+        self._out.clear()
+        if out.ndim == 4:
+            return out.float().mean(dim=(-2, -1))
+        if out.ndim == 3:
+            return out.float().mean(dim=1)
+        return out.float().flatten(1)
+
+
+def resolve_layer(cfg, layer: str | None) -> str | None:
+    """``--layer`` if given, else the config's ``embed_layer`` (None: the method's embedding)."""
+    return layer if layer is not None else cfg.embed_layer
 
 
 class _FixedOrder:
@@ -47,7 +95,8 @@ def load_method(ckpt: "str | Path | dict", device: torch.device, stats: NormStat
     initialisation instead (the baseline every trained embedding is compared with).
     """
     state = ckpt if isinstance(ckpt, dict) else checkpoint.load(ckpt, map_location="cpu")
-    cfg = load_config(state["config"])
+    # the run's weights (or a seeded random init) replace any start weights: not read again
+    cfg = load_config(state["config"], {"pretrained": None, "init": "random"})
     info = DataInfo(channels=list(state["channels"]), n_channels=len(state["channels"]), shape=None,
                     classes=list(state.get("classes") or []), n_train=0, stats=stats)
     torch.manual_seed(cfg.seed)
@@ -77,7 +126,8 @@ def center_views(x: torch.Tensor, crop: int) -> list[torch.Tensor]:
 def embed(checkpoint_or_run: "str | Path", shards: "str | Path", out: "str | Path", *,
           device: str = "auto", batch_size: int = 64, per: str = "auto", threads: int = 2,
           progress: bool = True, storage_options: dict | None = None, random_init: bool = False,
-          pool: str | None = None) -> Path:
+          pool: str | None = None, layer: str | None = None, view: str | None = None,
+          channels: str = "merged") -> Path:
     """Write ``out`` (parquet): ``key``, the index's metadata columns, ``emb_0 .. emb_{D-1}``.
 
     ``pool``: which features of a DINO run (``cls``: WS-DINO's CLS token, the default; ``avg``:
@@ -85,11 +135,22 @@ def embed(checkpoint_or_run: "str | Path", shards: "str | Path", out: "str | Pat
 
     ``random_init=True`` embeds with the run's architecture at its seeded random initialisation
     (the untrained baseline of the same backbone).
+
+    ``layer``: a module name of the backbone whose spatial mean is the embedding (default: the
+    config's ``embed_layer``; None there: the method's embedding). ``view``: ``crops`` or
+    ``whole`` (default: the config's ``embed_view``). ``channels="each"``: per-channel
+    embeddings concatenated (runs with ``data.merge`` gray/gray_rgb only).
     """
     from cytodata.loaders import StreamingDataset
+    from cytodata.shards.source import with_manifest_columns
 
     if per not in PER:
         raise TrainingError(f"per={per!r}; valid: {', '.join(PER)}")
+    if view is not None and view not in VIEWS:
+        raise TrainingError(f"view={view!r}; valid: {', '.join(VIEWS)}")
+    if channels not in CHANNELS:
+        raise TrainingError(f"channels={channels!r}; valid: {', '.join(CHANNELS)}")
+    channel_mode = channels
     dev = runtime.resolve_device(device)
     out = Path(out)
     # every column a normalisation level may look up (absent ones are dropped by the loader)
@@ -103,23 +164,49 @@ def embed(checkpoint_or_run: "str | Path", shards: "str | Path", out: "str | Pat
     if channels != list(state_channels):
         raise TrainingError(f"{shards}: channels {channels} differ from the checkpoint's "
                             f"{list(state_channels)}; embed a shard set with the training channels")
-    cfg_level = load_config(state["config"]).data.normalize
-    stats = None if cfg_level == "none" else NormStats(ds.shards.meta, cfg_level, len(channels))
+    run_cfg = load_config(state["config"], {"pretrained": None, "init": "random"})
+    stats = make_stats(ds.shards.meta, run_cfg.data.normalize, len(channels))
     method, cfg, _ = load_method(state, dev, stats, random_init=random_init)
-    model = method.embedder(pool=pool).to(dev).eval()
-    prep = DevicePrep(stats, dev, channels_last=False)
+    layer = resolve_layer(cfg, layer)
+    view = view or cfg.embed_view
+    if channel_mode == "each" and cfg.data.merge == "none":
+        raise TrainingError("embed --channels each: the run's model takes all channels at once "
+                            f"(data.merge=none, {len(state_channels)} channels); per-channel "
+                            "embeddings need a single-channel model (data.merge gray or gray_rgb)")
+    if layer is not None:
+        model = LayerMean(method.backbone(), layer).to(dev).eval()
+    else:
+        model = method.embedder(pool=pool).to(dev).eval()
+    prep = device_prep(cfg, stats, dev)
     crop = method.embed_crop()
+    resize = cfg.data.resize if view == "whole" else None
+
+    def features(x: torch.Tensor) -> torch.Tensor:
+        """Normalised, un-merged ``x`` -> one feature row per sample for the chosen view."""
+        def views_of(z):
+            if view == "whole":
+                return [z]
+            return center_views(z, crop)
+
+        def run(z):
+            outs = [model(v).float() for v in views_of(merge_channels(z, cfg.data.merge))]
+            return outs[0] if len(outs) == 1 else torch.stack(outs).median(dim=0).values
+
+        if channel_mode == "each":
+            return torch.cat([run(x[:, c: c + 1]) for c in range(x.shape[1])], dim=1)
+        return run(x)
     index = ds.index
     mode = _per(index) if per == "auto" else per
     parts = out.with_name(out.name + ".parts")
     parts.mkdir(parents=True, exist_ok=True)
     shard_col = index["shard"].astype(str).to_numpy()
     names = list(dict.fromkeys(shard_col.tolist()))
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    from cytodata._progress import bar as progress_bar
+    from cytodata._progress import shown
 
-        bar = tqdm(total=len(index), desc="embed", unit="img", dynamic_ncols=True)
+    bar = None
+    if shown(progress):
+        bar = progress_bar(total=len(index), desc="embed", unit="img", dynamic_ncols=True)
     files = []
     for i, name in enumerate(names):
         rows = np.flatnonzero(shard_col == name)
@@ -140,13 +227,12 @@ def embed(checkpoint_or_run: "str | Path", shards: "str | Path", out: "str | Pat
         ds.start = 0
         feats, got = [], []
         loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=0,
-                                             collate_fn=collate)
+                                             collate_fn=functools.partial(collate, resize=resize))
         with torch.no_grad():
             for batch in loader:
-                x = prep(batch["image"], batch["meta"])
+                x = prep.normalize(to_device_float(batch["image"], dev), batch["meta"])
                 with runtime.autocast(dev, cfg.precision):
-                    views = [model(v).float() for v in center_views(x, crop)]
-                f = views[0] if len(views) == 1 else torch.stack(views).median(dim=0).values
+                    f = features(x)
                 feats.append(f.cpu().numpy())
                 got.extend(batch["key"])
                 if bar is not None:
@@ -166,6 +252,7 @@ def embed(checkpoint_or_run: "str | Path", shards: "str | Path", out: "str | Pat
     emb = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
     meta = index.drop(columns=[c for c in STORAGE_COLUMNS if c in index.columns])
     table = meta.merge(emb, on="key", how="inner", validate="one_to_one")
+    table = with_manifest_columns(table, ds.shards.meta)  # concentration etc. that protocols need
     if mode == "field":
         table = _per_field(table)
     tmp = out.with_name(out.name + f".tmp-{os.getpid()}")

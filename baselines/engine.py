@@ -9,6 +9,7 @@ checkpoint repeats the uninterrupted run exactly on the CPU. DDP under ``torchru
 NCCL on CUDA), bf16 autocast on CUDA, ``channels_last`` and ``torch.compile`` are options.
 
 RUN_DIR: ``config.yaml`` (resolved), ``metrics.jsonl`` (one JSON object per logged step),
+``summary.json`` (the method's outcome, e.g. DINO's ``collapsed``, also the last metrics row),
 ``checkpoints/step-N.pt`` + ``checkpoints/last.pt``, ``tensorboard/`` (if installed).
 """
 
@@ -30,13 +31,16 @@ from cytodata.errors import TrainingError
 from cytodata.loaders.partition import seed_for
 
 from . import augment, checkpoint, runtime
-from .config import TrainConfig, dump, load_config, to_dict
-from .data import DataInfo, DevicePrep, NormStats, class_ids, loader, open_dataset, relabel
+from .clipping import clip_gradients
+from .config import TrainConfig, dump, to_dict
+from .data import DataInfo, class_ids, device_prep, loader, make_stats, open_dataset, relabel
 from .methods import METHODS
+from .resolve import load_config
 
 #: config keys that may change between a run and its resume (they do not change the result)
 RESUMABLE_CHANGES = ("steps", "progress", "checkpoint_every", "keep_checkpoints", "log_every",
-                     "val_every", "description", "data.threads", "data.read_ahead", "torch_threads")
+                     "val_every", "description", "data.threads", "data.read_ahead", "torch_threads",
+                     "data.cache_dir", "data.cache_limit")
 
 
 def train(config: "str | Path | Mapping[str, Any] | TrainConfig", out: "str | Path", *,
@@ -76,12 +80,18 @@ class Engine:
     def _datasets(self, device: torch.device):
         cfg, d = self.cfg, self.cfg.data
         method_cls = METHODS.get(cfg.method)
+        if d.merge != "none" and not getattr(method_cls, "supports_merge", False):
+            raise TrainingError(f"data.merge={d.merge}: the {cfg.method} method builds its model for "
+                                "the shard set's channels; channel merges are a classifier option "
+                                "(--set data.merge=none)")
         sampler = method_cls.make_sampler(cfg)
         train_ds = open_dataset(d.train, split=d.train_split, cfg=d, seed=cfg.seed, shuffle=True,
                                 sampler=sampler, what="data.train")
         meta = train_ds.shards.meta
         channels = meta.get("channels")
         shape = tuple(meta["shape"]) if meta.get("shape") else None
+        if channels is not None and d.resize is not None:
+            shape = (len(channels), d.resize, d.resize)   # any image size: resized in the collate
         if channels is None or shape is None:
             shapes = sorted({tuple(r) for r in train_ds.index[["n_channels", "height", "width"]]
                              .drop_duplicates().itertuples(index=False)}) \
@@ -117,10 +127,8 @@ class Engine:
                                     f"({vmeta.get('channels')}); validate on a set with the same channels")
             if method_cls.supervised:
                 relabel(val_ds, class_ids(val_ds, d.label, classes, f"data.val={val_path}")[0], classes)
-        stats = None if d.normalize == "none" else NormStats(meta, d.normalize, len(channels))
-        vstats = None
-        if val_ds is not None and d.normalize != "none":
-            vstats = NormStats(val_ds.shards.meta, d.normalize, len(channels))
+        stats = make_stats(meta, d.normalize, len(channels))
+        vstats = make_stats(val_ds.shards.meta, d.normalize, len(channels)) if val_ds is not None else None
         info = DataInfo(channels=list(channels), n_channels=len(channels), shape=shape,
                         classes=classes, n_train=len(train_ds.index), stats=stats,
                         extra={"train_index": train_ds.index})
@@ -132,11 +140,7 @@ class Engine:
         for g in groups:
             g.setdefault("weight_decay_scale", 1.0)
             g["weight_decay"] = o.weight_decay * g["weight_decay_scale"]
-        if o.name == "adam":
-            return torch.optim.Adam(groups, lr=o.lr, betas=tuple(o.betas))
-        if o.name == "adamw":
-            return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas))
-        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum)
+        return build_optimizer(o, groups)
 
     # ------------------------------------------------------------------ the run
     def run(self) -> Path:
@@ -160,6 +164,9 @@ class Engine:
         np.random.seed(cfg.seed % 2**32)
         random.seed(cfg.seed)
         train_ds, val_ds, info, vstats = self._datasets(device)
+        if cfg.epochs:
+            cfg.steps = steps_for_epochs(cfg.epochs, epoch_samples(train_ds),
+                                         cfg.batch_size * cfg.accumulate * world)
         method = METHODS.get(cfg.method)(cfg, info, device)
         module = method.trainable()
         if cfg.channels_last:
@@ -196,10 +203,11 @@ class Engine:
         log = _MetricsLog(self.out / "metrics.jsonl", step, enabled=main)
         keys_log = _MetricsLog(self.out / "keys" / f"rank-{rank}.jsonl", step, enabled=cfg.log_keys,
                                tensorboard=False, keep=lambda row, start: row["step"] < start)
-        prep = DevicePrep(info.stats, device, cfg.channels_last)
-        vprep = DevicePrep(vstats, device, cfg.channels_last) if val_ds is not None else None
+        prep = device_prep(cfg, info.stats, device)
+        vprep = device_prep(cfg, vstats, device) if val_ds is not None else None
         pin = device.type == "cuda"
-        batches = loader(train_ds, cfg.batch_size, pin)
+        batches = loader(train_ds, cfg.batch_size, pin, resize=cfg.data.resize)
+        l2 = keras_l2_params(module) if cfg.optim.weight_decay_mode == "keras_l2" else []
         it = iter(batches)
         bar = _progress(cfg, main, step)
         window = _Window()
@@ -249,10 +257,13 @@ class Engine:
                 for k, v in extra.items():
                     logs[k] = logs.get(k, 0.0) + float(v) / cfg.accumulate
             method.before_step(module, step)
-            if cfg.optim.clip_grad:
+            if l2 or cfg.optim.clip_grad:
                 scaler.unscale_(optimizer)
-                logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(module.parameters(),
-                                                                         cfg.optim.clip_grad))
+            if l2:
+                add_keras_l2(l2, float(wds[step]))
+            if cfg.optim.clip_grad:
+                logs["grad_norm"] = clip_gradients(module.parameters(), cfg.optim.clip_grad,
+                                                   cfg.optim.clip_mode)
             scaler.step(optimizer)
             scaler.update()
             method.after_step(step)
@@ -279,6 +290,11 @@ class Engine:
             self._save(method, optimizer, scaler, train_ds, step, epoch, info)
         if main and val_ds is not None and cfg.val_every is None:
             log.write(dict(step=step, epoch=epoch, **self._validate(method, val_ds, vprep)))
+        outcome = method.summary()
+        if main and outcome:
+            log.write({"step": step, "epoch": epoch, "summary": True, **outcome})
+            (self.out / "summary.json").write_text(json.dumps({"step": step, **outcome}, indent=1),
+                                                   encoding="utf-8")
         if world > 1:  # every rank must hold the same weights after DDP training
             sums = runtime.all_gather_floats(_param_checksum(module))
             log.write({"step": step, "params_checksum_ranks": sums})
@@ -293,7 +309,7 @@ class Engine:
         return self.out
 
     def _validate(self, method, val_ds, vprep) -> dict:
-        batches = loader(val_ds, self.cfg.batch_size, pin=False)
+        batches = loader(val_ds, self.cfg.batch_size, pin=False, resize=self.cfg.data.resize)
         out = method.validate(iter(batches), vprep)
         return out
 
@@ -311,6 +327,73 @@ class Engine:
             }
             checkpoint.save(state, self.ckpt_dir, step, keep=self.cfg.keep_checkpoints)
         runtime.barrier()
+
+
+def epoch_samples(ds) -> int:
+    """Samples in one training epoch: what the dataset's sampler draws, else every row."""
+    counts = getattr(getattr(ds, "sampler", None), "counts", None)
+    if counts is not None:
+        return int(sum(counts(ds.index).values()))
+    return len(ds.index)
+
+
+def steps_for_epochs(epochs: float, samples: int, global_batch: int) -> int:
+    """``ceil(epochs x ceil(samples / global_batch))`` optimiser steps (DeepProfiler's
+    ``expected_steps`` per epoch, sampled_crop_generator.py:51-52), at least 1.
+    """
+    per_epoch = max(1, math.ceil(samples / global_batch))
+    return max(1, math.ceil(epochs * per_epoch))
+
+
+def weight_decay_mode(optim) -> str:
+    """The resolved ``optim.weight_decay_mode`` (``auto``: decoupled for adamw, else coupled)."""
+    if optim.weight_decay_mode != "auto":
+        return optim.weight_decay_mode
+    return "decoupled" if optim.name == "adamw" else "coupled"
+
+
+def build_optimizer(o, groups: list[dict]) -> torch.optim.Optimizer:
+    """The torch optimiser of an :class:`~baselines.config.OptimConfig` over param ``groups``.
+
+    ``keras_l2`` decay is added to the gradients by the engine (:func:`add_keras_l2`), so the
+    optimiser itself gets weight_decay 0 then.
+    """
+    mode = weight_decay_mode(o)
+    if mode == "keras_l2":
+        for g in groups:
+            g["weight_decay_scale"] = 0.0
+            g["weight_decay"] = 0.0
+    if o.name == "adam":
+        return torch.optim.Adam(groups, lr=o.lr, betas=tuple(o.betas))
+    if o.name == "adamw":
+        return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas))
+    if mode == "decoupled":
+        raise TrainingError(f"optim.weight_decay_mode=decoupled with optim.name={o.name!r}: "
+                            "decoupled decay is AdamW's; use optim.name=adamw or mode coupled")
+    return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov)
+
+
+def keras_l2_params(module: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The tensors a Keras ``kernel_regularizer`` reaches: kernels of convolutions that are not
+    depthwise (Keras ``DepthwiseConv2D`` keeps its own ``depthwise_regularizer``) and of linear
+    layers; no biases, no normalisation parameters.
+    """
+    out = []
+    for m in module.modules():
+        if isinstance(m, torch.nn.Linear) or (isinstance(m, torch.nn.Conv2d) and m.groups == 1):
+            if m.weight.requires_grad:
+                out.append(m.weight)
+    return out
+
+
+@torch.no_grad()
+def add_keras_l2(params: list[torch.nn.Parameter], l2: float) -> None:
+    """``grad += 2 * l2 * w``: the gradient of Keras' ``l2(l2)`` penalty ``l2 * sum(w ** 2)``."""
+    if l2 <= 0:
+        return
+    for p in params:
+        if p.grad is not None:
+            p.grad.add_(p, alpha=2.0 * l2)
 
 
 def _param_checksum(module: torch.nn.Module) -> float:
@@ -399,12 +482,11 @@ def _keep_metrics_row(row: dict, start: int) -> bool:
 
 
 def _progress(cfg: TrainConfig, main: bool, step: int):
-    if not (main and cfg.progress):
-        return None
-    from tqdm.auto import tqdm
+    from cytodata._progress import bar, shown
 
-    return tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.method}", unit="step",
-                dynamic_ncols=True)
+    if not (main and shown(cfg.progress)):
+        return None
+    return bar(total=cfg.steps, initial=step, desc=f"train {cfg.method}", unit="step", dynamic_ncols=True)
 
 
 def _nan_message(step: int, value: float, last: tuple[int, float] | None) -> str:

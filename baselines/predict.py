@@ -3,10 +3,14 @@
 Per image: the class probabilities averaged over the embed views (four centre crops of the
 training crop size, one when the field is small), from the method's ``predict_proba`` (mean
 teacher: the teachers' softmax averaged over the ensemble members) or the softmax of a
-classifier's logits. ``--per well`` averages a well's sites (RxRx1: two). ``--prior plate``
-then enforces "each class at most once per plate" (:mod:`baselines.prior`: exact linear
-assignment, or DeepNoise's iterative balancing); plates with more rows than classes keep the
-argmax, with a warning. Inputs are normalised with the predicted set's own ``shards.json``
+classifier's logits. The prior acts on wells whenever the index has plate and well (a well's
+sites, RxRx1: two, averaged; each site inherits its well's class): ``--prior plate`` enforces
+"each class at most once per plate", ``--prior group`` also restricts each plate to its group of
+classes learned from the training plates (:mod:`baselines.plate_groups`), ``--prior experiment``
+"each class at most once per experiment" (:mod:`baselines.prior`: exact linear assignment,
+DeepNoise's balancing, or an auction); plates with more wells than classes keep the argmax,
+with a warning. ``--per`` chooses the output rows (default: wells when a well has several
+images). Inputs are normalised with the predicted set's own ``shards.json``
 statistics at the run's level (plate-wise: the test plates' own statistics).
 
 Output parquet, one row per key (or well): ``key``, ``plate``, ``well``, ``prediction`` (class
@@ -18,7 +22,9 @@ When the set carries labels, the accuracy before and after the prior is reported
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import os
 import warnings
 from pathlib import Path
@@ -30,12 +36,13 @@ import torch
 from cytodata.errors import TrainingError
 
 from . import checkpoint, runtime
-from .config import load_config
-from .data import DevicePrep, NormStats, collate
+from .data import collate, device_prep, make_stats
 from .embed import STORAGE_COLUMNS, center_views, load_method
-from .prior import ASSIGNERS, apply_prior
+from .plate_groups import PlateGroups, group_columns, groups_from_shards, match_groups
+from .prior import ASSIGNERS, PriorResult, apply_prior
+from .resolve import load_config
 
-PRIORS = ("plate", "none")
+PRIORS = ("plate", "group", "experiment", "none")
 PER = ("key", "well")
 
 
@@ -79,24 +86,25 @@ def image_probabilities(run: "str | Path", shards: "str | Path", *, device: str 
     cfg = load_config(state["config"])
     level = cfg.data.normalize
     try:
-        stats = None if level == "none" else NormStats(ds.shards.meta, level, len(channels))
+        stats = make_stats(ds.shards.meta, level, len(channels))
     except TrainingError as exc:
         raise TrainingError(f"{shards}: {exc}") from None
     method, cfg, _ = load_method(state, dev, stats)
     proba = probability_fn(method)
-    prep = DevicePrep(stats, dev, channels_last=False)
+    prep = device_prep(cfg, stats, dev)
     crop = method.embed_crop()
     index = ds.index
     probs = np.full((len(index), len(classes)), np.nan, dtype=np.float32)
     row_of = {k: i for i, k in enumerate(index["key"].tolist())}
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    from cytodata._progress import bar as progress_bar
+    from cytodata._progress import shown
 
-        bar = tqdm(total=len(index), desc="predict", unit="img", dynamic_ncols=True)
+    bar = None
+    if shown(progress):
+        bar = progress_bar(total=len(index), desc="predict", unit="img", dynamic_ncols=True)
     ds.set_epoch(0)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=0,
-                                         collate_fn=collate)
+                                         collate_fn=functools.partial(collate, resize=cfg.data.resize))
     with torch.no_grad():
         for batch in loader:
             x = prep(batch["image"], batch["meta"])
@@ -113,6 +121,15 @@ def image_probabilities(run: "str | Path", shards: "str | Path", *, device: str 
     return index, probs, classes, {"config": cfg, "label": cfg.data.label}
 
 
+def well_codes(index: pd.DataFrame) -> tuple[np.ndarray, pd.Index] | None:
+    """Each row's well (``plate/well``) code and the well names; None without plate and well."""
+    if not {"plate", "well"} <= set(index.columns) or index[["plate", "well"]].isna().any().any():
+        return None
+    keys = index["plate"].astype(str) + "/" + index["well"].astype(str)
+    codes, uniques = pd.factorize(keys, sort=True)
+    return codes, uniques
+
+
 def per_well(index: pd.DataFrame, probs: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
     """Average the sites of each (plate, well): one row per well, ``n_sites``, ``keys``."""
     for col in ("plate", "well"):
@@ -120,9 +137,8 @@ def per_well(index: pd.DataFrame, probs: np.ndarray) -> tuple[pd.DataFrame, np.n
             bad = ("missing" if col not in index.columns
                    else f"NA in {int(index[col].isna().sum())} rows")
             raise TrainingError(f"--per well needs a {col!r} for every row ({bad}); predict "
-                                "--per key, or re-shard with plate and well columns")
-    keys = index["plate"].astype(str) + "/" + index["well"].astype(str)
-    codes, uniques = pd.factorize(keys, sort=True)
+                                "with --per key, or re-shard with plate and well columns")
+    codes, uniques = well_codes(index)
     sums = np.zeros((len(uniques), probs.shape[1]), dtype=np.float64)
     np.add.at(sums, codes, probs)
     counts = np.bincount(codes, minlength=len(uniques))
@@ -148,36 +164,103 @@ def accuracy(predicted: np.ndarray, labels: pd.Series, classes: list[str]) -> tu
     return float((predicted[known] == truth[known]).mean()), int(known.sum())
 
 
-def predict(run: "str | Path", shards: "str | Path", out: "str | Path", *, prior: str = "plate",
-            per: str = "key", prior_method: str = "exact", device: str = "auto",
-            batch_size: int = 64, threads: int = 2, progress: bool = True,
-            storage_options: dict | None = None) -> dict:
-    """Write ``out`` (parquet, see the module docstring); return the summary (also in JSON)."""
+def resolve_per(meta: pd.DataFrame, per: str | None) -> str:
+    """``per`` as given, or ``well`` when some (plate, well) has several rows, else ``key``."""
+    if per not in (None, "auto", *PER):
+        raise TrainingError(f"per={per!r}; valid: auto, {', '.join(PER)}")
+    if per in (None, "auto"):
+        wells = well_codes(meta)
+        return "well" if wells is not None and len(wells[1]) < len(meta) else "key"
+    return per
+
+
+def _column(meta: pd.DataFrame, col: str, prior: str, fix: str) -> np.ndarray:
+    if col not in meta.columns or meta[col].isna().any():
+        bad = "missing" if col not in meta.columns else f"NA in {int(meta[col].isna().sum())} rows"
+        raise TrainingError(f"--prior {prior} needs a {col!r} for every row ({bad}); {fix}")
+    return meta[col].astype(str).to_numpy()
+
+
+def apply_named_prior(meta: pd.DataFrame, probs: np.ndarray, classes: list[str], prior: str,
+                      method: str, groups: PlateGroups | None = None,
+                      min_group_evidence: float = math.log(100.0)) -> tuple[PriorResult, dict]:
+    """Run ``--prior plate|group|experiment`` on rows ``meta`` (one per well); extra summary."""
+    extra: dict = {}
+    if prior == "plate":
+        plates = _column(meta, "plate", prior, "predict with --prior none, or re-shard with "
+                                               "the plate column")
+        return apply_prior(probs, plates, method), extra
+    if prior == "experiment":
+        exps = _column(meta, "batch", prior, "the experiment is the index's batch column; "
+                                             "predict with --prior plate, or re-shard with it")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = apply_prior(probs, exps, method, what="experiment")
+        if res.fallback_plates:
+            warnings.warn(f"experiment prior: experiment(s) {res.fallback_plates[:5]} have more "
+                          f"wells than the {len(classes)} classes; their wells keep the argmax "
+                          "(check the batch column, or predict with --prior plate)", stacklevel=2)
+        return res, extra
+    # group
+    if groups is None or not groups.groups:
+        raise TrainingError("--prior group needs plate groups learned from training plates, and "
+                            "none were found; pass --train-plates SHARDS (a shard set with plate "
+                            "and label columns), or predict with --prior plate")
+    plates = _column(meta, "plate", prior, "predict with --prior none, or re-shard with the "
+                                           "plate column")
+    match = match_groups(probs, plates, classes, groups, min_evidence=min_group_evidence)
+    cols = group_columns(groups, classes)
+    allowed = {p: cols[g] for p, g in match.group.items() if g >= 0}
+    if match.unmatched:
+        lines = "; ".join(f"{p}: {why}" for p, why in list(match.unmatched.items())[:5])
+        warnings.warn(f"group prior: {len(match.unmatched)} plate(s) fit no learned group ({lines}"
+                      f"{' ...' if len(match.unmatched) > 5 else ''}); the plate prior is used "
+                      "for them", stacklevel=2)
+    extra.update(plate_groups={p: int(g) for p, g in match.group.items()},
+                 group_evidence={p: round(m, 3) for p, m in match.evidence.items()},
+                 group_mass={p: round(m, 4) for p, m in match.mass.items()},
+                 plates_without_group=sorted(match.unmatched),
+                 group_sizes=groups.sizes())
+    return apply_prior(probs, plates, method, allowed=allowed), extra
+
+
+def predictions(meta: pd.DataFrame, probs: np.ndarray, classes: list[str], *,
+                label: str | None = "label", prior: str = "plate", per: str | None = None,
+                prior_method: str = "exact", groups: PlateGroups | None = None,
+                min_group_evidence: float = math.log(100.0)) -> tuple[pd.DataFrame, dict]:
+    """Per-image probabilities ``(N, K)`` + index rows -> the prediction table and its summary.
+
+    The prior acts on wells whenever the rows carry plate and well (a well's sites averaged,
+    the sites inheriting the well's class); ``per`` only chooses the output rows (default: wells
+    when some well has several rows, else keys).
+    """
     if prior not in PRIORS:
         raise TrainingError(f"prior={prior!r}; valid: {', '.join(PRIORS)}")
-    if per not in PER:
-        raise TrainingError(f"per={per!r}; valid: {', '.join(PER)}")
     ASSIGNERS.get(prior_method)
-    out = Path(out)
-    index, probs, classes, extra = image_probabilities(
-        run, shards, device=device, batch_size=batch_size, threads=threads, progress=progress,
-        storage_options=storage_options)
-    meta = index.drop(columns=[c for c in STORAGE_COLUMNS if c in index.columns])
+    per = resolve_per(meta, per)
+    probs = np.asarray(probs, dtype=np.float32)
+    wells = well_codes(meta)
     if per == "well":
         meta, probs = per_well(meta, probs)
-    elif prior == "plate" and {"plate", "well"} <= set(meta.columns) \
-            and meta.groupby(["plate", "well"], dropna=True).size().max() > 1:
-        warnings.warn("--prior plate with --per key: sites of one well count as separate rows, "
-                      "but they share a class; predict --per well to apply the prior to wells",
-                      stacklevel=2)
+        site_of_well = None
+    elif wells is not None and len(wells[1]) < len(meta) and prior != "none":
+        site_of_well = wells[0]           # the prior acts on wells; sites inherit
+    else:
+        site_of_well = None
     argmax = probs.argmax(1) if len(probs) else np.zeros(0, np.int64)
-    final, fallback, changed = argmax, [], 0
-    if prior == "plate":
-        if "plate" not in meta.columns or meta["plate"].isna().any():
-            raise TrainingError(f"{shards}: --prior plate needs a plate for every row; predict "
-                                "with --prior none, or re-shard with the plate column")
-        res = apply_prior(probs, meta["plate"].astype(str).to_numpy(), prior_method)
-        final, fallback, changed = res.classes, res.fallback_plates, res.changed
+    final, fallback, changed, extra = argmax, [], 0, {}
+    if prior != "none":
+        if site_of_well is not None:
+            wmeta, wprobs = per_well(meta, probs)
+            res, extra = apply_named_prior(wmeta, wprobs, classes, prior, prior_method, groups,
+                                           min_group_evidence)
+            final = res.classes[site_of_well]
+            fallback = res.fallback_plates
+        else:
+            res, extra = apply_named_prior(meta, probs, classes, prior, prior_method, groups,
+                                           min_group_evidence)
+            final, fallback = res.classes, res.fallback_plates
+        changed = int((final != argmax).sum())
     names = np.array(classes, dtype=object)
     top = np.argsort(-probs, axis=1)[:, :min(5, len(classes))]
     rows = np.arange(len(probs))
@@ -192,11 +275,10 @@ def predict(run: "str | Path", shards: "str | Path", out: "str | Path", *, prior
     table["prediction_argmax"] = names[argmax] if len(argmax) else []
     table["probability_argmax"] = probs[rows, argmax]
     table["probabilities"] = list(probs)
-    summary = {"run": str(run), "shards": str(shards), "rows": int(len(table)), "per": per,
-               "prior": prior, "prior_method": prior_method if prior == "plate" else None,
+    summary = {"rows": int(len(table)), "per": per, "prior": prior,
+               "prior_method": prior_method if prior != "none" else None,
                "classes": classes, "changed_by_prior": int(changed),
-               "fallback_plates": fallback}
-    label = extra["label"]
+               "fallback_plates": fallback, **extra}
     if label in meta.columns and meta[label].notna().any():
         labels = meta[label]
         unseen = sorted(set(labels.dropna().astype(str)) - set(classes))
@@ -210,6 +292,54 @@ def predict(run: "str | Path", shards: "str | Path", out: "str | Path", *, prior
         acc_before, n = accuracy(argmax, labels, classes)
         acc_after, _ = accuracy(final, labels, classes)
         summary.update(accuracy_argmax=acc_before, accuracy=acc_after, rows_scored=n)
+    return table, summary
+
+
+def training_groups(run_config, train_plates: "str | Path | None" = None,
+                    storage_options: dict | None = None) -> PlateGroups:
+    """Learn the plate groups from ``train_plates`` (a shard set) or the run's ``data.train``."""
+    source = train_plates if train_plates is not None else run_config.data.train
+    how = ("pass --train-plates SHARDS (a shard set with plate and label columns), or predict "
+           "with --prior plate")
+    if not source:
+        raise TrainingError(f"--prior group learns plate groups from the run's training plates, "
+                            f"but the run names no data.train; {how}")
+    try:
+        groups = groups_from_shards(source, run_config.data.label, storage_options)
+    except ValueError as exc:
+        raise TrainingError(f"--prior group: {exc}; {how}") from None
+    if not groups.groups:
+        raise TrainingError(f"--prior group: the training plates {source} show no plate groups "
+                            "(no labelled rows, or every class occurs on several plates of one "
+                            "experiment); predict with --prior plate, or pass --train-plates "
+                            "SHARDS with the screen's plate layout")
+    return groups
+
+
+def predict(run: "str | Path", shards: "str | Path", out: "str | Path", *, prior: str = "plate",
+            per: str | None = None, prior_method: str = "exact", device: str = "auto",
+            batch_size: int = 64, threads: int = 2, progress: bool = True,
+            storage_options: dict | None = None, train_plates: "str | Path | None" = None,
+            min_group_evidence: float = math.log(100.0)) -> dict:
+    """Write ``out`` (parquet, see the module docstring); return the summary (also in JSON)."""
+    if prior not in PRIORS:
+        raise TrainingError(f"prior={prior!r}; valid: {', '.join(PRIORS)}")
+    if per not in (None, "auto", *PER):
+        raise TrainingError(f"per={per!r}; valid: auto, {', '.join(PER)}")
+    ASSIGNERS.get(prior_method)
+    out = Path(out)
+    groups = None
+    if prior == "group":
+        state = checkpoint.load(run)
+        groups = training_groups(load_config(state["config"]), train_plates, storage_options)
+    index, probs, classes, extra = image_probabilities(
+        run, shards, device=device, batch_size=batch_size, threads=threads, progress=progress,
+        storage_options=storage_options)
+    meta = index.drop(columns=[c for c in STORAGE_COLUMNS if c in index.columns])
+    table, summary = predictions(meta, probs, classes, label=extra["label"], prior=prior, per=per,
+                                 prior_method=prior_method, groups=groups,
+                                 min_group_evidence=min_group_evidence)
+    summary = {"run": str(run), "shards": str(shards), **summary}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
     table.to_parquet(tmp, index=False)
@@ -224,14 +354,14 @@ def format_summary(summary: dict) -> str:
     """Return a short human-readable report of a :func:`predict` summary."""
     lines = [f"predictions: {summary['out']} ({summary['rows']} rows per {summary['per']}, "
              f"prior {summary['prior']})"]
-    if summary.get("prior") == "plate":
+    if summary.get("prior") not in (None, "none"):
         lines.append(f"prior changed {summary['changed_by_prior']} rows"
                      + (f"; plates kept at argmax (more rows than classes): "
                         f"{summary['fallback_plates']}" if summary["fallback_plates"] else ""))
     if "accuracy" in summary:
         lines.append(f"accuracy on {summary['rows_scored']} labelled rows: "
                      f"{summary['accuracy_argmax']:.4f} argmax -> {summary['accuracy']:.4f} "
-                     "with the prior" if summary["prior"] == "plate" else
+                     "with the prior" if summary["prior"] != "none" else
                      f"accuracy on {summary['rows_scored']} labelled rows: "
                      f"{summary['accuracy_argmax']:.4f}")
     return "\n".join(lines)

@@ -35,6 +35,27 @@ def step_schedule(base: float, steps: int, milestones: dict[float, float]) -> np
     return out
 
 
+def cosine_restarts_schedule(base: float, final: float, steps: int, cycles: int,
+                             tail_steps: int = 0, tail_lr: float = 0.0) -> np.ndarray:
+    """SGDR: ``cycles`` equal cosines ``base -> final`` over ``steps - tail_steps``, then
+    ``tail_steps`` at ``tail_lr``.
+
+    Within a cycle of ``L`` steps, step ``j`` (0-based) takes
+    ``final + (base - final) (1 + cos(pi (j + 1) / L)) / 2``: the cycle ends exactly at
+    ``final`` and the next restarts near ``base`` (DeepNoise ``loss/cyclic_lr.py:51-83``, stepped
+    once per epoch there).
+    """
+    steps, tail_steps, cycles = int(steps), min(int(tail_steps), int(steps)), max(1, int(cycles))
+    body = steps - tail_steps
+    bounds = np.linspace(0, body, cycles + 1).round().astype(int)
+    out = np.empty(steps, dtype=np.float64)
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        t = (np.arange(b - a) + 1) / max(1, b - a)
+        out[a:b] = final + 0.5 * (base - final) * (1 + np.cos(np.pi * t))
+    out[body:] = tail_lr
+    return out
+
+
 def lr_schedule(optim, steps: int, global_batch: int) -> np.ndarray:
     """The learning-rate array of an :class:`~baselines.config.OptimConfig`."""
     base = optim.lr * (global_batch / 256 if optim.scale_lr_by_batch else 1.0)
@@ -47,6 +68,11 @@ def lr_schedule(optim, steps: int, global_batch: int) -> np.ndarray:
             w = min(int(optim.warmup_steps), int(steps))
             out[:w] = np.linspace(0.0, base, w, endpoint=False)
         return out
+    if optim.schedule == "cosine_restarts":
+        scale = base / optim.lr
+        frac, tail_lr = optim.tail if optim.tail else (0.0, 0.0)
+        return cosine_restarts_schedule(base, optim.min_lr * scale, steps, optim.cycles,
+                                        int(round(float(frac) * steps)), float(tail_lr) * scale)
     return cosine_schedule(base, optim.min_lr, steps, optim.warmup_steps)
 
 

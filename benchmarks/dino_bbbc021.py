@@ -13,6 +13,14 @@ the rows side by side like WS-DINO's Table 1 and writes ``OUT/results.json``.
 
     python benchmarks/dino_bbbc021.py [--steps 1500] [--out DIR] [--seeds 0,1,2] [--data DIR]
     python benchmarks/dino_bbbc021.py --combine DIR/seed-*/results.json
+    python benchmarks/dino_bbbc021.py --recipes --steps 300 --seeds 0,1,2 --out DIR
+
+``--recipes`` compares the shipped recipes on whole fields (WS-DINO's input, no cell crops):
+``ws-dino-tiny`` and ``dino-tiny`` (the authors' values) and ``ws-dino-cells-tiny`` /
+``dino-cells-tiny`` (the project's), each against its own random init (same architecture and
+seed), CLS token and patch-token mean, NSC/NSCB with Wilson 95% intervals and chance levels,
+the collapse verdict of each run, and the week confound: the 1-NN week (batch) accuracy of
+field embeddings (11-NN vote), where a higher value means the features carry the batch.
 
 Choices made by measurement on this screen:
 
@@ -110,6 +118,124 @@ def run(out: "str | Path", *, steps: int = 1500, seed: int = 0, torch_threads: i
                     overrides or {}, tuple(pools), rescore, tuple(methods))
     finally:
         torch.set_num_threads(previous)
+
+
+#: the recipes compared on whole fields: (row, shipped config, overrides)
+RECIPES = (("ws-dino-tiny (authors')", "ws-dino-tiny", {}),
+           ("dino-tiny (DINO's)", "dino-tiny", {}),
+           ("ws-dino-cells-tiny (ours)", "ws-dino-cells-tiny", {"weak_label": "compound"}),
+           ("dino-cells-tiny (ours)", "dino-cells-tiny", {}))
+#: whole fields of 128 px (the tiny WS-DINO views need >= 48 px after its 0.5x prescale)
+FIELD_SIZE = 128
+
+
+def prepare_fields(data_dir: Path, sites: int = SITES, difficulty: str = "hard") -> dict:
+    """The screen (``FIELD_SIZE`` px fields, ``sites`` per well, the hard synthetic phenotypes
+    by default) as field shards (reused)."""
+    from classifier_bbbc021 import SCREEN
+
+    from cytodata.manifest import build
+    from cytodata.shards import write
+    from cytodata.synthetic import write_bbbc021_layout
+
+    if not (data_dir / "shards" / "shards.json").exists():
+        layout = write_bbbc021_layout(data_dir / "screen", SCREEN.replace(
+            sites_per_well=sites, image_size=FIELD_SIZE, difficulty=difficulty))
+        recipe = {"name": "bbbc021-fields", "seed": 0,
+                  "sources": [{"adapter": "bbbc021", "source": "synth-bbbc021",
+                               "params": {"root": str(layout["root"])}}]}
+        build(recipe, data_dir / "fields", progress=False)
+        write(data_dir / "fields", data_dir / "shards", codec="blosc-lz4", samples_per_shard=256,
+              scheduler="synchronous", progress=False)
+    return {"fields": data_dir / "fields", "shards": data_dir / "shards"}
+
+
+def score_fields(parquet: Path, fields: Path) -> dict:
+    """NSC/NSCB (bbbc021-ando) with Wilson intervals and chance, and the 11-NN week accuracy."""
+    import pandas as pd
+
+    from cytodata.evaluate import knn_accuracy, run_protocol
+    from cytodata.schema import read_manifest
+
+    emb = pd.read_parquet(parquet)
+    cols = [c for c in emb.columns if c.startswith("emb_")]
+    meta = read_manifest(fields)
+    m = run_protocol("bbbc021-ando", emb[["key"] + cols], meta)["metrics"]
+    row = {}
+    for name in ("nsc", "nscb"):
+        r = m[name]
+        row[name] = {"acc": r.accuracy, "correct": r.correct, "total": r.total,
+                     "ci": [r.ci_low, r.ci_high], "chance": r.chance}
+    table = emb[["key"] + cols].merge(meta[["key", "batch"]], on="key")
+    week = knn_accuracy(table, features=cols, label="batch", k=11, metric="cosine")
+    row["week_knn"] = {"acc": week.accuracy, "ci": [week.ci_low, week.ci_high],
+                       "chance": week.chance}
+    return row
+
+
+def run_recipes(out: Path, *, steps: int, seed: int, sites: int = SITES,
+                data_dir: "Path | None" = None, pools: tuple[str, ...] = POOLS) -> dict:
+    """Train each of :data:`RECIPES` on the field shards and score it against its random init."""
+    import warnings
+
+    from cytodata.baselines import embed, train
+
+    t0 = time.perf_counter()
+    data = prepare_fields(Path(data_dir) if data_dir else out / "data", sites)
+    rows = {}
+    for name, config, extra in RECIPES:
+        run_dir = out / "runs" / config
+        t = time.perf_counter()
+        if not (run_dir / "summary.json").exists():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                train(config, run_dir, **{"data.train": str(data["shards"]), "data.train_split": None,
+                                          "steps": steps, "seed": seed, "progress": False,
+                                          "checkpoint_every": 10**9, "log_every": max(1, steps // 10),
+                                          "data.threads": 1, "device": "cpu", **extra})
+        seconds = time.perf_counter() - t
+        summary = json.loads((run_dir / "summary.json").read_text())
+        for pool in pools:
+            for init in (False, True):
+                label = f"{name}{' random init' if init else ''} [{pool}]"
+                parquet = out / f"{config}-{'init' if init else 'trained'}-{pool}.parquet"
+                embed(run_dir, data["shards"], parquet, device="cpu", progress=False,
+                      random_init=init, pool=pool)
+                rows[label] = {**score_fields(parquet, data["fields"]), "config": config,
+                               "trained": not init, "pool": pool,
+                               "steps": 0 if init else steps,
+                               "seconds": 0.0 if init else round(seconds, 1),
+                               "collapsed": None if init else summary["collapsed"],
+                               "collapse": None if init else summary["collapse"]}
+                r = rows[label]
+                print(f"{label}: NSC {r['nsc']['acc']:.3f} NSCB {r['nscb']['acc']:.3f} week "
+                      f"{r['week_knn']['acc']:.3f} collapsed {r['collapsed']}", flush=True)
+    return {"rows": rows, "seed": seed, "steps": steps, "sites": sites, "field_size": FIELD_SIZE,
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def recipes_table(runs: list[dict]) -> str:
+    """Per row: NSC/NSCB pooled over seeds (sum of correct / sum of total, Wilson 95%), chance,
+    per-seed values, the week 11-NN accuracy, and how many seeds' runs collapsed."""
+    from cytodata.evaluate import proportion_ci
+
+    lines = [f"| embeddings (seeds {', '.join(str(r['seed']) for r in runs)}) | NSC [95% CI] "
+             "(per seed) | NSCB [95% CI] (per seed) | chance NSC/NSCB | week 11-NN | collapsed |",
+             "|---|---|---|---|---|---|"]
+    for name in runs[0]["rows"]:
+        rs = [r["rows"][name] for r in runs]
+        cells = []
+        for metric in ("nsc", "nscb"):
+            c = sum(x[metric]["correct"] for x in rs)
+            n = sum(x[metric]["total"] for x in rs)
+            lo, hi = proportion_ci(c, n)
+            per = ", ".join(f"{x[metric]['acc']:.2f}" for x in rs)
+            cells.append(f"{c / n:.3f} [{lo:.2f}, {hi:.2f}] ({per})")
+        chance = f"{rs[0]['nsc']['chance']:.2f} / {rs[0]['nscb']['chance']:.2f}"
+        week = sum(x["week_knn"]["acc"] for x in rs) / len(rs)
+        coll = "" if rs[0]["collapsed"] is None else f"{sum(bool(x['collapsed']) for x in rs)}/{len(rs)}"
+        lines.append(f"| {name} | {cells[0]} | {cells[1]} | {chance} | {week:.3f} | {coll} |")
+    return "\n".join(lines)
 
 
 def prepare_data(data_dir: Path, sites: int = SITES) -> dict:
@@ -230,9 +356,26 @@ def main(argv=None) -> None:
                     help="torch intra-op threads (1 is fastest on a shared 2-core machine)")
     ap.add_argument("--combine", nargs="+", metavar="RESULTS_JSON",
                     help="only print the seeds table of earlier runs' results.json files")
+    ap.add_argument("--recipes", action="store_true",
+                    help="compare ws-dino-tiny, dino-tiny, ws-dino-cells-tiny, dino-cells-tiny on "
+                         "whole fields (see the module docstring)")
     args = ap.parse_args(argv)
     if args.combine:
-        print(seeds_table([json.loads(Path(p).read_text()) for p in args.combine]))
+        loaded = [json.loads(Path(p).read_text()) for p in args.combine]
+        print(recipes_table(loaded) if "field_size" in loaded[0] else seeds_table(loaded))
+        return
+    if args.recipes:
+        torch.set_num_threads(args.torch_threads)
+        base = Path(args.out or tempfile.mkdtemp())
+        done = []
+        for seed in (int(s) for s in args.seeds.split(",")):
+            res = run_recipes(base / f"seed-{seed}", steps=args.steps, seed=seed, sites=args.sites,
+                              data_dir=Path(args.data) if args.data else base / "data",
+                              pools=tuple(args.pools.split(",")))
+            (base / f"seed-{seed}" / "results.json").write_text(json.dumps(res, indent=1, default=str))
+            done.append(res)
+            print(f"seed {seed}: {res['seconds']} s", flush=True)
+        print(recipes_table(done))
         return
     from cytodata.baselines.config import parse_set
 

@@ -20,9 +20,9 @@ import numpy as np
 import pandas as pd
 import tifffile
 
+from cytodata._cluster import local_cluster
 from cytodata.schema import conform, make_key
 from cytodata.shards import write
-from cytodata.shards._run import local_cluster
 from cytodata.shards.codecs import single_threaded
 
 

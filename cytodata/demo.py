@@ -113,9 +113,9 @@ DINO_VIEWS = {"data.crop": 64, "local_crop": 32, "global_scale": [0.22, 0.28],
 #: random-init row serves both (WS-DINO's Table 1: random init, DINO, WS-DINO)
 TRAINING = (
     ("classifier", "classifier-tiny", {"data.crop": 64, "batch_size": 32, **SHORT_RUN}, True),
-    ("ws-dino", "ws-dino-tiny", {"weak_label": "compound", **DINO_VIEWS, **SHORT_RUN,
+    ("ws-dino", "ws-dino-cells-demo", {"weak_label": "compound", **DINO_VIEWS, **SHORT_RUN,
                                  "data.normalize": "controls"}, True),
-    ("dino", "dino-tiny", {**DINO_VIEWS, **SHORT_RUN, "data.normalize": "controls"}, False),
+    ("dino", "dino-cells-demo", {**DINO_VIEWS, **SHORT_RUN, "data.normalize": "controls"}, False),
 )
 #: DINO runs are embedded twice: WS-DINO's CLS token and the mean of the patch tokens (DINO's
 #: --avgpool_patchtokens), each next to the random init embedded the same way

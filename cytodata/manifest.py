@@ -90,11 +90,10 @@ def read_sources(recipe: Recipe, ledger: Ledger, *, progress: bool = True) -> tu
     from .vocab import load_synonyms
 
     synonyms = load_synonyms(recipe.synonyms or None)
-    from tqdm.auto import tqdm
+    from ._progress import bar
 
     frames, n_inputs, names = [], 0, []
-    for i, spec in enumerate(tqdm(recipe.sources, desc="sources", unit="source",
-                                  disable=not progress)):
+    for i, spec in enumerate(bar(recipe.sources, progress=progress, desc="sources", unit="source")):
         if spec.adapter not in sources.available():
             raise RecipeError(
                 f"sources[{i}]: unknown adapter {spec.adapter!r}; available: {sources.available()}")
@@ -288,16 +287,31 @@ def build(recipe: "str | Path | Mapping[str, Any] | Recipe", out: "str | Path | 
 
 
 def _largest_reason(ledger: pd.DataFrame) -> str:
-    """``largest drop reason: 'missing file' at metadata (13200 rows, e.g. ...)``."""
+    """``largest drop reason: 'missing file' at metadata (13200 rows, e.g. ...)``; when the last
+    stage that dropped rows (the one that emptied the result) is another, that stage's reason too.
+    """
     if not len(ledger):
         return "no rows were read"
-    by = ledger.groupby(["stage", "reason"]).size().sort_values(ascending=False)
-    (stage, reason), n = by.index[0], int(by.iloc[0])
+    by = ledger.groupby(["stage", "reason"], sort=False).size()
+    (stage, reason), n = by.sort_values(ascending=False, kind="stable").index[0], int(by.max())
+    text = f"largest drop reason: {_reason(ledger, stage, reason, n)}"
+    last_stage = ledger["stage"].iloc[-1]
+    if last_stage != stage:
+        at_last = by[last_stage].sort_values(ascending=False, kind="stable")
+        last = _reason(ledger, last_stage, at_last.index[0], int(at_last.iloc[0]))
+        text += f"; the last rows went at {last_stage}: {last}"
+    return text
+
+
+def _reason(ledger: pd.DataFrame, stage: str, reason: str, n: int) -> str:
     first = ledger[(ledger["stage"] == stage) & (ledger["reason"] == reason)].iloc[0]
     hint = {"missing file": "point the recipe at the images (e.g. --set images=DIR) or turn the "
                             "check off with --set metadata_qc.check_files=false"}.get(reason, "")
-    return (f"largest drop reason: {reason!r} at {stage} ({n} rows, e.g. {first['input_id']}: "
-            f"{first['detail']})" + (f"; {hint}" if hint else ""))
+    if stage == "upsample" and reason in ("missing file", "unreadable"):
+        hint = ("upsampling reads each image's size from its file: point the recipe at the images "
+                "(e.g. --set images=DIR) or build from the metadata alone with --set upsample=null")
+    return (f"{reason!r} at {stage} ({n} rows, e.g. {first['input_id']}: {first['detail']})"
+            + (f"; {hint}" if hint else ""))
 
 
 def _warn_empty_sources(recipe: Recipe, table: pd.DataFrame, ledger: Ledger, stage: str) -> None:
@@ -396,33 +410,3 @@ def _cmd_describe(args) -> int:
         Path(args.out).write_text(text + "\n", encoding="utf-8")
     print(text.splitlines()[0] if args.quiet else text)
     return 0
-
-
-def register(subparsers) -> None:
-    """Add ``cytodata manifest build|describe``."""
-    p = subparsers.add_parser("manifest", help="build or describe a manifest from a recipe",
-                              description="Build a harmonized, labelled, split manifest from a "
-                              "YAML recipe (see manifests/), or describe one.")
-    sub = p.add_subparsers(dest="manifest_command", metavar="ACTION")
-    b = sub.add_parser("build", help="build RECIPE into OUT",
-                       description="Read the recipe's sources, harmonize, weak-label, sample and "
-                       "split. Writes OUT/manifest.parquet, OUT/ledger.parquet (every dropped row "
-                       "and why) and OUT/provenance.json.")
-    b.add_argument("recipe", help="recipe YAML, e.g. manifests/bbbc021.yaml")
-    b.add_argument("-o", "--out", required=True, help="output folder")
-    b.add_argument("--set", action="append", metavar="NAME=VALUE",
-                   help="override a recipe parameter (--set data=/data/bbbc021) or any recipe key "
-                        "by dotted path (--set metadata_qc.check_files=false); repeatable")
-    b.add_argument("--jump-names", action="store_true",
-                   help="also write manifest_jump.parquet with JUMP-style Metadata_* columns")
-    b.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    b.set_defaults(func=_cmd_build)
-    d = sub.add_parser("describe", help="summarize a manifest folder",
-                       description="Rows, sources, splits, labels, plates, channels, the ledger "
-                       "and the recipe of a manifest folder.")
-    d.add_argument("folder", metavar="DIR", help="manifest folder (holding manifest.parquet)")
-    d.add_argument("-o", "--out", default=None, metavar="FILE",
-                   help="also write the description to FILE")
-    d.add_argument("-q", "--quiet", action="store_true", help="print only the first line")
-    d.set_defaults(func=_cmd_describe)
-    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])

@@ -24,7 +24,7 @@ import yaml
 from .errors import RecipeError
 
 if TYPE_CHECKING:
-    from .curate.qc import QCConfig
+    from .images.qc import QCConfig
 
 
 @dataclass
@@ -223,7 +223,7 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
 def _from_dict(cls: type, data: Any, where: str):
     if not isinstance(data, dict):
         raise RecipeError(f"{where}: expected a mapping for {cls.__name__}, got {data!r}")
-    from .curate.qc import QCConfig  # noqa: F401  (resolves the "QCConfig" annotation)
+    from .images.qc import QCConfig  # noqa: F401  (resolves the "QCConfig" annotation)
 
     # each (base) class's annotations resolve in its own module (training configs live in
     # cytodata.baselines); QCConfig is imported lazily here, so it comes in as a local name
@@ -231,9 +231,11 @@ def _from_dict(cls: type, data: Any, where: str):
     fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "raw"}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise RecipeError(
-            f"{where}: unknown key(s) {unknown}; valid keys: {sorted(fields)}"
-        )
+        from ._suggest import did_you_mean
+
+        hints_for = "".join(did_you_mean(k, fields).replace("; did you mean", f"; {k!r}: did you mean")
+                            for k in unknown)
+        raise RecipeError(f"{where}: unknown key(s) {unknown}{hints_for}; valid keys: {sorted(fields)}")
     kwargs = {}
     for name, f in fields.items():
         if name in data:
@@ -298,8 +300,11 @@ def parse_recipe(data: Mapping[str, Any], *, where: str = "recipe",
         elif "." in name or name in _RECIPE_KEYS:
             set_path(data, name, value, where)
         else:
+            from ._suggest import did_you_mean
+
             raise RecipeError(
-                f"{where}: --set names unknown parameter {name!r}; recipe parameters: "
+                f"{where}: --set names unknown parameter {name!r}"
+                f"{did_you_mean(name, [*params, *_RECIPE_KEYS])}; recipe parameters: "
                 f"{sorted(params)}; or give a dotted recipe key such as "
                 "metadata_qc.check_files=false")
     data["params"] = params
@@ -395,8 +400,11 @@ def recipe_path(recipe: "str | Path") -> Path:
             return shipped[name]
     if path.parent.name == "manifests" and path.stem in shipped:
         return shipped[path.stem]
+    from ._suggest import did_you_mean
+
     raise RecipeError(
-        f"recipe file {str(recipe)!r} does not exist and is not a shipped recipe; shipped "
+        f"recipe file {str(recipe)!r} does not exist and is not a shipped recipe"
+        f"{did_you_mean(Path(str(recipe)).stem, shipped)}; shipped "
         f"recipes: {', '.join(shipped) or 'none'} (list them with `cytodata recipes`), or pass "
         "the path of your own YAML file")
 
@@ -460,3 +468,25 @@ def register(subparsers) -> None:
                    help="with NAME: write the recipe to FILE (a copy to edit), not to the screen")
     p.add_argument("-q", "--quiet", action="store_true", help="names only, one per line")
     p.set_defaults(func=_cmd_recipes)
+
+
+def recipe_of(manifest) -> "Recipe | None":
+    """The recipe a manifest folder was built from (its provenance.json), or None."""
+    import json
+    import warnings
+    from pathlib import Path
+
+    p = Path(manifest)
+    prov = (p if p.is_dir() else p.parent) / "provenance.json"
+    if not prov.exists():
+        return None
+    try:
+        data = json.loads(prov.read_text())
+        if not isinstance(data, dict) or not isinstance(data.get("recipe"), dict):
+            return None
+        return parse_recipe(data["recipe"], where=f"{prov} (recipe)")
+    except (RecipeError, ValueError) as exc:  # an older or edited provenance: no defaults
+        warnings.warn(f"{prov}: its recipe cannot be read ({exc}); using the command-line "
+                      "options only (no recipe image_qc / shards defaults)", UserWarning,
+                      stacklevel=2)
+        return None

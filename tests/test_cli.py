@@ -56,15 +56,22 @@ def test_a_broken_stage_fails_loudly(monkeypatch):
 
 def test_a_stage_with_a_missing_dependency_fails_loudly(tmp_path, monkeypatch, capsys):
     """The case a ``except ModuleNotFoundError`` around stage imports hid: the stage module is
-    there, one of its dependencies is not. The error names the dependency, for every command."""
+    there, one of its dependencies is not. Its command stays listed, and running it names the
+    dependency; the other commands do not load it."""
     (tmp_path / "cytodata_broken_stage.py").write_text(
         "import cytodata_dependency_not_installed  # noqa: F401\n\n"
         "def register(subparsers):\n    subparsers.add_parser('broken')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(cli, "COMMANDS", {**cli.COMMANDS, "broken": ("cytodata_broken_stage", "a broken stage")})
     monkeypatch.setattr(cli, "COMMAND_MODULES", cli.COMMAND_MODULES + ("cytodata_broken_stage",))
     with pytest.raises(ModuleNotFoundError, match="cytodata_dependency_not_installed"):
-        cli.main(["shard", "--help"])  # not only the broken stage's own command
+        cli.main(["broken", "--help"])
+    with pytest.raises(ModuleNotFoundError, match="cytodata_dependency_not_installed"):
+        cli.build_parser()  # the whole parser (every stage) fails loudly too
     assert "usage" not in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    assert "broken" in capsys.readouterr().out  # listed, not vanished
 
 
 def test_refusal_says_what_differs(tmp_path):

@@ -228,3 +228,17 @@ def test_build_with_upsampling_crops_ledgers_and_keeps_crops_with_parents(demo_r
     recipe["upsample"]["floor"] = 31
     with pytest.raises(EmptyResultError, match="'below floor' at upsample \\(36 rows"):
         manifest.build(recipe, progress=False)
+
+
+def test_upsampling_without_images_ends_in_a_clear_error_and_a_ledger(demo_root, tmp_path):
+    """Upsampling reads image sizes: with no image on disk (metadata check off) every labelled
+    row is ledgered and the build names the CLI way out, instead of a numpy cast error."""
+    recipe = _recipe(demo_root, "b", sample=None,
+                     upsample={"target": 30, "floor": 20, "min_image": 32, "min_size": 8},
+                     metadata_qc={"check_files": False})
+    recipe["sources"][0]["params"]["image_root"] = str(tmp_path / "no-images")
+    with pytest.raises(EmptyResultError, match=r"'missing file' at upsample .*--set upsample=null"):
+        manifest.build(recipe, tmp_path / "m", progress=False)
+    ledger = pd.read_parquet(tmp_path / "m" / "ledger.parquet")
+    at_upsample = ledger[ledger["stage"] == "upsample"]
+    assert len(at_upsample) > 0 and set(at_upsample["reason"]) == {"missing file"}

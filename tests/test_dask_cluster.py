@@ -118,39 +118,107 @@ def test_qc_runs_on_the_cluster(cluster, manifest, tmp_path):
     assert len(there) == len(table)
 
 
+class _GatedImages:
+    """A local HTTP server for the manifest's image files that serves ``free`` GET requests and
+    then holds every further request open until :meth:`release`: a shard task that reaches the
+    gate stops mid-shard (its temp tar open) on a real remote read, however loaded the machine.
+    """
+
+    def __init__(self, root: Path, free: int):
+        import functools
+        import threading
+        from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+        self.free, self.gets, self.held = free, 0, 0
+        self.lock, self.opened = threading.Lock(), threading.Event()
+        gate = self
+
+        class Handler(SimpleHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (http.server's hook name)
+                with gate.lock:
+                    gate.gets += 1
+                    wait = gate.gets > gate.free
+                    gate.held += wait
+                if wait:
+                    gate.opened.wait(timeout=300)
+                    with gate.lock:
+                        gate.held -= 1
+                super().do_GET()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self, free: int) -> None:
+        """Serve ``free`` more GET requests from now, then hold the rest."""
+        with self.lock:
+            self.gets, self.free = 0, free
+            self.opened.clear()
+
+    def release(self) -> None:
+        self.opened.set()
+
+    def stop(self) -> None:
+        self.opened.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
 def test_shard_job_survives_a_killed_worker(cluster, manifest, tmp_path):
-    """Kill worker wA (nanny and process, SIGKILL) while it runs shard tasks: the job finishes
-    on wB with every row written exactly once, byte-identical to an in-process write."""
+    """Kill worker wA (nanny and process, SIGKILL) while it writes a shard: the job finishes on
+    wB with every row written exactly once, byte-identical to an in-process write.
+
+    The images are read over HTTP from a server that, after five shards' worth of reads, holds
+    every read open: both workers stop inside a shard task, so the kill lands mid-shard on every
+    run (a watcher polling a seconds-long job races it on a loaded machine).
+    """
     from distributed import Client
 
+    from cytodata.schema import conform, write_manifest
     from cytodata.shards import write
 
     folder, table = manifest
-    reference = tmp_path / "reference"
-    write(folder, reference, samples_per_shard=4, scheduler="synchronous", progress=False)
-    n_shards = len(json.loads((reference / "shards.json").read_text())["shards"])
+    images = Path(table["channel_paths"].iloc[0][0]).parent
+    gate = _GatedImages(images, free=10**9)
+    try:
+        remote = table.copy()
+        remote["channel_paths"] = [[f"{gate.url}/{Path(p).name}" for p in paths] for paths in table["channel_paths"]]
+        (tmp_path / "m").mkdir()
+        write_manifest(conform(remote), tmp_path / "m" / "manifest.parquet")
+        reference = tmp_path / "reference"
+        write(tmp_path / "m", reference, samples_per_shard=4, scheduler="synchronous", progress=False)
+        n_shards = len(json.loads((reference / "shards.json").read_text())["shards"])
+        per_shard = 4 * len(table["channels"].iloc[0])  # one GET per channel file
 
-    out = tmp_path / "cluster"
-    job = subprocess.Popen([sys.executable, "-m", "cytodata", "shard", str(folder), "-o", str(out),
-                            "--samples-per-shard", "4", "--scheduler", cluster["address"], "--no-progress"],
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=_env())
-    victim = cluster["workers"]["wA"]
-    group = cluster["procs"]["wA"].pid
-    killed_with = None
-    with Client(cluster["address"], timeout=30) as watcher:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and job.poll() is None:
-            done = len(list(out.glob("shard-*.tar.done.json"))) if out.exists() else 0
-            if done >= 3 and watcher.processing(workers=[victim]).get(victim):
+        out = tmp_path / "cluster"
+        gate.close(free=5 * per_shard)
+        job = subprocess.Popen([sys.executable, "-m", "cytodata", "shard", str(tmp_path / "m"), "-o", str(out),
+                                "--samples-per-shard", "4", "--scheduler", cluster["address"], "--no-progress"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=_env())
+        victim = cluster["workers"]["wA"]
+        group = cluster["procs"]["wA"].pid
+        killed_with = None
+        with Client(cluster["address"], timeout=30) as watcher:
+            deadline = time.monotonic() + 180
+            while time.monotonic() < deadline and job.poll() is None:
                 writing = _open_temp_files(group)
-                # kill while wA writes a shard (or, should no poll catch that, while it holds tasks)
-                if writing or not Path("/proc").is_dir() or done >= n_shards // 3:
+                if gate.held >= 2 and writing:  # both workers wait on a read, wA inside a shard
+                    done = len(list(out.glob("shard-*.tar.done.json")))
+                    assert watcher.processing(workers=[victim]).get(victim), "wA holds no task"
                     os.killpg(group, signal.SIGKILL)
                     killed_with = (done, writing)
                     break
-    output = job.communicate(timeout=300)[0].decode()
-    assert killed_with is not None, f"the job ended before the worker could be killed:\n{output}"
-    assert killed_with[0] < n_shards // 2, killed_with  # mid-job: shards were still to be written
+                time.sleep(0.05)
+            gate.release()
+        output = job.communicate(timeout=300)[0].decode()
+    finally:
+        gate.stop()
+    assert killed_with is not None, f"the workers never reached the held reads:\n{output}"
+    assert 3 <= killed_with[0] < n_shards // 2, killed_with  # mid-job: shards were still to be written
     assert job.returncode == 0, output
     cluster["procs"]["wA"].wait(timeout=30)
 

@@ -74,7 +74,7 @@ def info(n_channels=3, shape=(3, 32, 32), n_train=64, **extra) -> DataInfo:
                     shape=shape, classes=[], n_train=n_train, extra=extra)
 
 
-def method(config="dino-tiny", inf=None, **overrides) -> Dino:
+def method(config="dino-cells-tiny", inf=None, **overrides) -> Dino:
     from cytodata.baselines.methods import METHODS
 
     cfg = load_config(config, {**{k: v for k, v in TINY.items()}, **overrides})
@@ -181,7 +181,7 @@ def healthy(shards, tmp_path_factory):
     run = tmp_path_factory.mktemp("healthy") / "run"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        train("dino-tiny", run, **{**TINY, "steps": 100, "log_every": 10,
+        train("dino-cells-tiny", run, **{**TINY, "steps": 100, "log_every": 10,
                                    "data.train": str(shards)})
     return run, [str(w.message) for w in caught]
 
@@ -200,7 +200,7 @@ def test_healthy_tiny_run_has_no_collapse_warning_and_logs_the_monitor(healthy):
 
 def test_last_layer_frozen_in_epoch_zero(shards, tmp_path):
     spe = 38 // 8                                   # 38 training rows, global batch 8 -> 4 steps
-    run = train("dino-tiny", tmp_path / "frozen",
+    run = train("dino-cells-tiny", tmp_path / "frozen",
                 **{**TINY, "steps": spe + 1, "checkpoint_every": 1, "keep_checkpoints": 10,
                    "data.train": str(shards)})
 
@@ -288,7 +288,7 @@ def test_collapse_kind_one_prototype():
 
 def test_broken_config_warns_of_collapse(shards, tmp_path):
     with pytest.warns(RuntimeWarning, match=r"collapse.*Remedies"):
-        train("dino-tiny", tmp_path / "broken",
+        train("dino-cells-tiny", tmp_path / "broken",
               **{**TINY, "steps": 80, "log_every": 40, "teacher_temp": 1.0,
                  "warmup_teacher_temp": 1.0, "center_momentum": 1.0, "data.train": str(shards)})
 
@@ -326,13 +326,13 @@ def test_balanced_pairs_invariants():
 
 def test_ws_dino_run_reports_fallbacks_and_checks_pairs(shards, tmp_path):
     with pytest.warns(RuntimeWarning, match=r"1 images in 1 group\(s\) of a single image"):
-        run = train("ws-dino-tiny", tmp_path / "ws", **{**TINY, "steps": 10, "weak_label": "label",
+        run = train("ws-dino-cells-tiny", tmp_path / "ws", **{**TINY, "steps": 10, "weak_label": "label",
                                                          "data.train": str(shards)})
     fallback = [r["pair_fallback"] for r in rows(run) if "pair_fallback" in r]
     assert len(fallback) == 10 and 0 < max(fallback) < 1
     # the in-trainer invariant: a partner with another label is an error naming the keys
     from cytodata.baselines.data import open_dataset
-    cfg = load_config("ws-dino-tiny", {**TINY, "data.train": str(shards)})
+    cfg = load_config("ws-dino-cells-tiny", {**TINY, "data.train": str(shards)})
     ds = open_dataset(str(shards), split="train", cfg=cfg.data, seed=0, shuffle=True)
     idx = ds.index
     m = WSDino(cfg, info(n_train=len(idx), train_index=idx), torch.device("cpu"))
@@ -351,7 +351,7 @@ def test_ws_dino_run_reports_fallbacks_and_checks_pairs(shards, tmp_path):
 def test_ws_dino_missing_weak_label_column_is_a_clear_error(shards, tmp_path):
     with pytest.raises(TrainingError,
                        match=r"weak_label='treatment'.*no column.*--set weak_label="):
-        train("ws-dino-tiny", tmp_path / "x", **{**TINY, "weak_label": "treatment",
+        train("ws-dino-cells-tiny", tmp_path / "x", **{**TINY, "weak_label": "treatment",
                                                   "data.train": str(shards)})
 
 
@@ -390,15 +390,15 @@ def test_bad_sizes_and_out_dim_are_clear_errors():
     with pytest.raises(TrainingError, match=r"local_crop=12.*not a multiple of the patch size 8"):
         method(local_crop=12)
     with pytest.raises(RecipeError, match="out_dim=1"):
-        load_config("dino-tiny", {"out_dim": 1})
+        load_config("dino-cells-tiny", {"out_dim": 1})
     with pytest.raises(RecipeError, match="local_scale"):
-        load_config("dino-tiny", {"local_scale": [0.5, 0.1]})
+        load_config("dino-cells-tiny", {"local_scale": [0.5, 0.1]})
 
 
 def test_resume_with_a_changed_out_dim_is_refused(shards, tmp_path):
-    run = train("dino-tiny", tmp_path / "r", **{**TINY, "steps": 2, "data.train": str(shards)})
+    run = train("dino-cells-tiny", tmp_path / "r", **{**TINY, "steps": 2, "data.train": str(shards)})
     with pytest.raises(TrainingError, match="out_dim"):
-        train("dino-tiny", run, resume=True, **{**TINY, "steps": 4, "out_dim": 128,
+        train("dino-cells-tiny", run, resume=True, **{**TINY, "steps": 4, "out_dim": 128,
                                                  "data.train": str(shards)})
     sig = checkpoint.load(run)["signature"]
     assert sig["out_dim"] == 256 and sig["method"] == "dino"
@@ -416,7 +416,7 @@ def test_torchrun_two_ranks_share_one_centre(shards, tmp_path):
         port = str(s.getsockname()[1])
     res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                           "--master_addr", "127.0.0.1", "--master_port", port, "-m", "cytodata",
-                          "train", "dino-tiny", "-o", str(run), "-q", *args],
+                          "train", "dino-cells-tiny", "-o", str(run), "-q", *args],
                          capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     logged = [r for r in rows(run) if "loss" in r]
@@ -427,12 +427,12 @@ def test_torchrun_two_ranks_share_one_centre(shards, tmp_path):
 
 def test_resume_repeats_the_uninterrupted_run_exactly(shards, tmp_path):
     common = {**TINY, "steps": 6, "checkpoint_every": 3, "data.train": str(shards)}
-    full = train("ws-dino-tiny", tmp_path / "full", **common)
+    full = train("ws-dino-cells-tiny", tmp_path / "full", **common)
     part = tmp_path / "part"          # the same run stopped after its step-3 checkpoint
     shutil.copytree(full, part)
     for name in ("step-6.pt", "last.pt"):
         (part / "checkpoints" / name).unlink()
-    train("ws-dino-tiny", part, resume=True, **common)
+    train("ws-dino-cells-tiny", part, resume=True, **common)
     a, b = checkpoint.load(full), checkpoint.load(part)
     assert a["step"] == b["step"] == 6
     for name in ("student", "teacher", "dino_loss"):

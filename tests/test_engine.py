@@ -154,7 +154,7 @@ def test_config_errors_name_the_key(tmp_path):
         load_config("classifier-tiny", {"batch_size": "big"})
     with pytest.raises(RecipeError, match=r"data\.normalize"):
         load_config("classifier-tiny", {"data.normalize": "sometimes"})
-    with pytest.raises(RecipeError, match="shipped: classifier, classifier-tiny"):
+    with pytest.raises(RecipeError, match="shipped: .*classifier, classifier-tiny"):
         load_config("no-such-config")
     with pytest.raises(RecipeError, match=r"method: unknown training method 'magic'"):
         load_config({"method": "magic"})
@@ -395,3 +395,48 @@ def test_embed_inside_a_process_group_embeds_every_row_on_every_rank(shards, tmp
         assert len(got) == len(alone)
         pd.testing.assert_frame_equal(got.sort_values("key").reset_index(drop=True),
                                       alone.sort_values("key").reset_index(drop=True), atol=1e-5)
+
+
+def test_embeddings_carry_the_manifest_columns_protocols_need(tmp_path, capsys):
+    """Shards written from a manifest folder record its path and sha256; embed joins the
+    manifest columns the index lacks (concentration), so `evaluate --protocol bbbc021-ando` on
+    the embeddings alone has what it needs; without them the error names --metadata."""
+    from cytodata.cli import main
+    from cytodata.loaders.demo import demo_manifest
+    from cytodata.schema import write_manifest
+    from cytodata.shards import write
+
+    table = demo_manifest(tmp_path / "img", 24, (3, 32, 32))
+    table["compound"] = pd.array(["dmso" if i % 3 == 0 else f"c{i % 4}" for i in range(24)], dtype="string")
+    table["concentration"] = [0.0 if i % 3 == 0 else 0.1 * (i % 2 + 1) for i in range(24)]
+    table["moa"] = pd.array([None if i % 3 == 0 else f"m{i % 4}" for i in range(24)], dtype="string")
+    (tmp_path / "m").mkdir()
+    write_manifest(table, tmp_path / "m" / "manifest.parquet")
+    write(tmp_path / "m", tmp_path / "shards", samples_per_shard=12, scheduler="synchronous", progress=False)
+    run = train("classifier-tiny", tmp_path / "run", **{**TINY, "steps": 1, "data.train": str(tmp_path / "shards")})
+    emb = pd.read_parquet(embed(run, tmp_path / "shards", tmp_path / "emb.parquet", progress=False))
+    got = emb.set_index("key")["concentration"].sort_index()
+    assert np.allclose(got.to_numpy(), table.set_index("key")["concentration"].sort_index().to_numpy())
+    assert "channel_paths" not in emb.columns
+    emb.drop(columns=["concentration"]).to_parquet(tmp_path / "bare.parquet")
+    rc = main(["evaluate", str(tmp_path / "bare.parquet"), "--protocol", "bbbc021-ando", "-o", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "['concentration']" in err and "--metadata MANIFEST_DIR" in err
+
+
+def test_train_on_a_zarr_set_or_without_splits_gives_the_cli_way_out(tmp_path):
+    from cytodata.loaders.demo import demo_manifest
+    from cytodata.schema import write_manifest
+    from cytodata.shards import write
+
+    table = demo_manifest(tmp_path / "img", 12, (3, 32, 32))
+    (tmp_path / "m").mkdir()
+    write_manifest(table, tmp_path / "m" / "manifest.parquet")
+    write(tmp_path / "m", tmp_path / "zarr", format="zarr", scheduler="synchronous", progress=False)
+    with pytest.raises(TrainingError, match=rf"is a cytodata-zarr set.*`cytodata shard {tmp_path / 'm'} -o OUT`"):
+        train("classifier-tiny", tmp_path / "run", **{**TINY, "data.train": str(tmp_path / "zarr")})
+    # a set whose split column is empty: the way out is named
+    table["split"] = pd.array([None] * len(table), dtype="string")
+    write(table, tmp_path / "nosplit", samples_per_shard=12, scheduler="synchronous", progress=False)
+    with pytest.raises(TrainingError, match=r"splits present: \[\]; .*--set data.train_split=null"):
+        train("classifier-tiny", tmp_path / "run2", **{**TINY, "data.train": str(tmp_path / "nosplit")})

@@ -24,6 +24,7 @@ from cytodata.baselines.methods.mean_teacher import (
     ema_update,
     random_erasing,
     sigmoid_rampup,
+    softmax_mse,
 )
 from cytodata.baselines.predict import predict
 from cytodata.baselines.prior import apply_prior, assign_exact, balance_iterative
@@ -94,15 +95,21 @@ def test_sigmoid_rampup_end_points():
     assert sigmoid_rampup(0, 0) == 1.0
 
 
-def test_ema_update_by_hand():
+def test_ema_update_by_hand_and_the_teacher_keeps_its_own_batchnorm_statistics():
     student, teacher = torch.nn.BatchNorm1d(3), torch.nn.BatchNorm1d(3)
     with torch.no_grad():
         teacher.weight.fill_(1.0)
         student.weight.copy_(torch.tensor([0.0, 2.0, 4.0]))
-        student.running_mean.fill_(7.0)
+    # one step as in CuriousAI/mean-teacher pytorch/main.py:212-231,290: both networks in train
+    # mode see their own view, so each BatchNorm tracks its own inputs; the EMA (main.py:189-194)
+    # averages parameters only
+    student(torch.full((4, 3), 7.0) + torch.arange(4.0)[:, None])
+    teacher(torch.full((4, 3), -3.0) + torch.arange(4.0)[:, None])
+    teacher_stats = teacher.running_mean.clone()
     ema_update(teacher, student, 0.9)
     assert torch.allclose(teacher.weight, torch.tensor([0.9, 1.1, 1.3]))
-    assert torch.equal(teacher.running_mean, student.running_mean)  # buffers copied
+    assert torch.equal(teacher.running_mean, teacher_stats)           # its own statistics
+    assert not torch.allclose(teacher.running_mean, student.running_mean)
     assert ema_decay_at(0, 0.999) == 0.5                             # Tarvainen's warm-up
     assert ema_decay_at(10_000, 0.999) == 0.999
     ema_update(teacher, student, ema_decay_at(0, 0.999))
@@ -119,6 +126,16 @@ def test_random_erasing_zeroes_one_rectangle_per_image():
         assert len(rows) > 0
         assert len(rows) == (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
     assert torch.equal(random_erasing(x, 0.0, g), x)
+
+
+def test_consistency_loss_is_the_references_softmax_mse():
+    # CuriousAI/mean-teacher pytorch/mean_teacher/losses.py:15-27 (softmax_mse_loss, divided by
+    # the number of classes) and main.py:263 (divided by the minibatch size); DeepNoise main.py:14-26
+    # and :652 the same
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(6, 11, generator=g), torch.randn(6, 11, generator=g)
+    ref = F.mse_loss(F.softmax(a, 1), F.softmax(b, 1), reduction="sum") / 11 / 6
+    assert softmax_mse(a, F.softmax(b, 1)).item() == pytest.approx(ref.item(), rel=1e-6)
 
 
 # ----------------------------------------------------------------------------- the prior
@@ -272,6 +289,24 @@ def test_train_mixes_unlabelled_images_and_logs_every_loss(run):
     assert set(state["modules"]) == {"students", "teachers"}
     assert state["method_state"]["unlabelled"]["samples_seen"] == 4 * 2
     assert state["signature"]["members"] == ["test_efficientnet", "test_resnet"]
+    # the teachers' BatchNorm statistics are their own (they saw the teacher views)
+    bn = [k for k in state["modules"]["teachers"] if k.endswith("running_mean")]
+    assert bn and any(not torch.allclose(state["modules"]["teachers"][k],
+                                         state["modules"]["students"][k]) for k in bn)
+
+
+def test_prediction_uses_the_students_by_default_and_the_teachers_as_an_option(run):
+    from cytodata.baselines.embed import load_method
+
+    method, cfg, _ = load_method(checkpoint.load(run), torch.device("cpu"))
+    assert cfg.predict_with == "student"
+    x = torch.randn(3, 3, 20, 20, generator=torch.Generator().manual_seed(0))
+    students = method.students.eval().proba(x)
+    teachers = method.teachers.eval().proba(x)
+    assert not torch.allclose(students, teachers)
+    assert torch.allclose(method.predict_proba(x), students)
+    method.cfg.predict_with = "teacher"
+    assert torch.allclose(method.predict_proba(x), teachers)
 
 
 def test_resume_repeats_the_uninterrupted_run(run, sets, tmp_path):
@@ -336,6 +371,11 @@ def test_predict_bad_inputs_unseen_classes_and_crowded_plates(run, sets, tmp_pat
     assert sorted(crowded["fallback_plates"]) == ["P0", "P1", "P2"]
     with pytest.raises(TrainingError, match="channels"):
         predict(run, sets["other"], tmp_path / "o.parquet", progress=False)
+    # --prior group without readable training plates: named, with the way out
+    with pytest.raises(TrainingError, match=r"cannot read the training plates .*nowhere.*"
+                                            r"--train-plates SHARDS"):
+        predict(run, sets["test"], tmp_path / "g.parquet", prior="group", progress=False,
+                train_plates=tmp_path / "nowhere")
     # NaN plate statistics in the predicted set: refused, naming the set and the plate
     import shutil
 
@@ -362,3 +402,59 @@ def test_unlabelled_set_with_other_channels_is_refused(sets, tmp_path):
     with pytest.raises(RecipeError, match="head='cosface'"):
         train("mean-teacher-tiny", tmp_path / "bad2", **{
             "data.train": str(sets["train"]), **TINY, "head": "cosface"})
+
+
+# ----------------------------------------------------------------------------- DeepNoise's stages
+def test_deepnoise_stage2_starts_from_stage1_and_trains_on_balanced_pseudo_labels(sets, tmp_path):
+    small = {"batch_size": 4, "data.crop": 20, "data.threads": 1, "progress": False,
+             "log_every": 1, "data.train": str(sets["train"])}
+    stage1 = train("deepnoise-stage1-tiny", tmp_path / "s1", **small, steps=1,
+                   checkpoint_every=1)
+    with pytest.raises(TrainingError, match=r"second stage.*--set init_from=RUN1"):
+        train("deepnoise-stage2-tiny", tmp_path / "bad", **small, steps=2)
+    with pytest.raises(TrainingError, match=r"init_from=.*nowhere: no stage-1 checkpoint.*"
+                                            r"deepnoise-stage1"):
+        train("deepnoise-stage2-tiny", tmp_path / "bad2", **small, steps=2,
+              init_from=str(tmp_path / "nowhere"))
+    # labels after epoch 1 (step 2), their weight from epoch 2 (0-based steps 4, 5: logged 5, 6)
+    out = train("deepnoise-stage2-tiny", tmp_path / "s2", **small, steps=6, checkpoint_every=6,
+                init_from=str(stage1), epoch_steps=2, pseudo_first_epoch=1,
+                pseudo_warmup_epochs=2, pseudo_views=1, unlabelled_ratio=1.0, pseudo_balance_iterations=500,
+                **{"data.unlabelled": str(sets["unlabelled"])})
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = {r["step"]: r for r in rows if "loss" in r}
+    assert [steps[s]["pseudo_weight"] for s in range(1, 7)] == [0, 0, 0, 0, 0.05, 0.05]
+    assert "pseudo_0" in steps[5] and "pseudo_0" not in steps[4]
+    state = checkpoint.load(out)
+    pl = state["method_state"]["pseudo"]
+    assert len(pl["keys"]) == 12 and all(0 <= v < 4 for v in pl["labels"])
+    # 4 wells per plate and 4 classes: balanced, each class once per plate
+    plate_of = dict(zip(*_keys_and_plates(sets["unlabelled"]), strict=True))
+    by_plate: dict[str, list[int]] = {}
+    for k, v in zip(pl["keys"], pl["labels"], strict=True):
+        by_plate.setdefault(plate_of[k], []).append(v)
+    assert all(sorted(v) == [0, 1, 2, 3] for v in by_plate.values())
+    # the teacher started from stage 1's head; the student's head was fresh (DN main.py:429)
+    s1 = checkpoint.load(stage1)["modules"]["students"]
+    s2 = train_state_at_start(stage1, sets)
+    head = [k for k in s1 if ".head." in k][0]
+    assert torch.equal(s2["teachers"][head], s1[head])
+    assert not torch.equal(s2["students"][head], s1[head])
+
+
+def _keys_and_plates(path):
+    index = pd.read_parquet(Path(path) / "index.parquet", columns=["key", "plate"])
+    return index["key"].astype(str).tolist(), index["plate"].astype(str).tolist()
+
+
+def train_state_at_start(stage1, sets):
+    """The stage-2 method's modules right after construction from ``stage1``."""
+    from cytodata.baselines.data import DataInfo
+    from cytodata.baselines.methods.mean_teacher import MeanTeacher
+
+    st = checkpoint.load(stage1)
+    cfg = load_config("deepnoise-stage2-tiny", {"init_from": str(stage1)})
+    info = DataInfo(channels=list(st["channels"]), n_channels=len(st["channels"]), shape=None,
+                    classes=list(st["classes"]), n_train=8)
+    method = MeanTeacher(cfg, info, torch.device("cpu"))
+    return {"students": method.students.state_dict(), "teachers": method.teachers.state_dict()}

@@ -68,13 +68,29 @@ def test_publish_writes_card_croissant_sums_and_provenance(corpus, tmp_path):
     with pytest.warns(PublishWarning, match="lab2"):
         summary = publish(corpus / "shards", tmp_path / "pub", manifest=corpus / "manifest")
     pub = tmp_path / "pub"
-    index = pd.read_parquet(corpus / "shards" / "index.parquet")
-    meta = json.loads((corpus / "shards" / "shards.json").read_text())
+    index = pd.read_parquet(pub / "index.parquet")
+    meta = json.loads((pub / "shards.json").read_text())
     assert summary["samples"] == len(index) == 29 and summary["shards"] == len(meta["shards"])
+    assert summary["codec"] == meta["codec"] == "npy"  # the portable payload by default
     for name in METADATA:
         assert (pub / name).is_file(), name
+    # the shards were repacked: one run of shards per split, every sample once, pixels unchanged
+    from cytodata.shards import decode
+
+    source = pd.read_parquet(corpus / "shards" / "index.parquet")
+    assert sorted(index["key"]) == sorted(source["key"])
     for s in meta["shards"]:
-        assert (pub / s["name"]).read_bytes() == (corpus / "shards" / s["name"]).read_bytes()
+        rows = index[index["shard"] == s["name"]]
+        assert s["name"].startswith(f"shard-{rows['split'].iloc[0]}-") and rows["split"].nunique() == 1
+    src = source.set_index("key")
+    for row in index.itertuples():
+        a, b = (pub / row.shard).read_bytes(), (corpus / "shards" / src.loc[row.key, "shard"]).read_bytes()
+        o, so = src.loc[row.key, "offset"], src.loc[row.key, "meta_offset"]
+        got, _ = decode({"__key__": row.key, "npy": a[row.offset:row.offset + row.size],
+                         "json": a[row.meta_offset:row.meta_offset + row.meta_size]})
+        want, _ = decode({"__key__": row.key, "blosc": b[o:o + src.loc[row.key, "size"]],
+                          "json": b[so:so + src.loc[row.key, "meta_size"]]})
+        assert got.dtype == want.dtype and (got == want).all()
 
     # the card: HF YAML header + datasheet sections with the facts
     text = (pub / "README.md").read_text()
@@ -121,7 +137,7 @@ def test_croissant_validates_and_mlcroissant_reads_records(corpus, tmp_path):
     doc = json.loads((tmp_path / "pub" / "croissant.json").read_text())
     assert doc["conformsTo"] == "http://mlcommons.org/croissant/1.1"
     ds = mlc.Dataset(jsonld=str(tmp_path / "pub" / "croissant.json"))  # raises on validation errors
-    index = pd.read_parquet(corpus / "shards" / "index.parquet")
+    index = pd.read_parquet(tmp_path / "pub" / "index.parquet")
     samples = list(ds.records(record_set="samples"))
     assert [r["samples/key"].decode() for r in samples] == list(index["key"])
     assert [r["samples/label"].decode() for r in samples] == list(index["label"])
@@ -132,16 +148,18 @@ def test_croissant_validates_and_mlcroissant_reads_records(corpus, tmp_path):
     prov = list(ds.records(record_set="provenance"))
     assert [p.decode() for p in prov[0]["provenance/channel_paths"]] == list(
         pd.read_parquet(tmp_path / "pub" / "provenance.parquet")["channel_paths"].iloc[0])
-    # the image field: dtype, shape and the shards' checksums
+    # the image field: bytes mlcroissant can yield, described with dtype, shape and the decoder
     image = next(f for rs in doc["recordSet"] if rs["@id"] == "images" for f in rs["field"]
                  if f["@id"] == "images/image")
-    assert (image["dataType"], image["isArray"], image["arrayShape"]) == ("cr:UInt16", True, "2,12,12")
-    meta = json.loads((corpus / "shards" / "shards.json").read_text())
+    assert image["dataType"] == "sc:Text" and "uint16 image of shape [2, 12, 12]" in image["description"]
+    assert "numpy.load" in image["description"]
+    meta = json.loads((tmp_path / "pub" / "shards.json").read_text())
     objs = {d["@id"]: d for d in doc["distribution"]}
     for s in meta["shards"]:
         obj = objs[s["name"]]
         assert obj["sha256"] == s["sha256"] and obj["contentSize"] == f"{s['bytes']} B"
     assert objs["shard-files"]["includes"] == "shard-*.tar"
+    assert objs["payloads"]["encodingFormat"] == "application/x-npy"
 
 
 def _text(value) -> str:
@@ -161,7 +179,8 @@ def test_republish_is_byte_identical(corpus, tmp_path):
 def test_verify_names_truncated_altered_and_missing_files(corpus, tmp_path):
     pub = tmp_path / "pub"
     _publish(corpus, pub)
-    shard0, shard1 = pub / "shard-000000.tar", pub / "shard-000001.tar"
+    names = [s["name"] for s in json.loads((pub / "shards.json").read_text())["shards"]]
+    shard0, shard1 = pub / names[0], pub / names[1]
     shard0.write_bytes(shard0.read_bytes()[:-700])
     data = bytearray(shard1.read_bytes())
     data[2000] ^= 0xFF
@@ -171,8 +190,8 @@ def test_verify_names_truncated_altered_and_missing_files(corpus, tmp_path):
         fh.write("edited\n")
     problems = verify(pub)
     assert len(problems) == 4, problems
-    assert any(p.startswith("truncated: shard-000000.tar") for p in problems)
-    assert any(p.startswith("altered: shard-000001.tar") for p in problems)
+    assert any(p.startswith(f"truncated: {names[0]}") for p in problems)
+    assert any(p.startswith(f"altered: {names[1]}") for p in problems)
     assert "missing: splits/val.txt" in problems
     assert any(p.startswith("altered: README.md") for p in problems)
     assert verify(tmp_path / "nothing-here")[0].startswith("SHA256SUMS missing")
@@ -183,7 +202,7 @@ def test_verify_names_truncated_altered_and_missing_files(corpus, tmp_path):
 
     text = io.StringIO()
     assert report(pub, out=text) == 1
-    assert "truncated: shard-000000.tar" in text.getvalue() and "4 problem(s)" in text.getvalue()
+    assert f"truncated: {names[0]}" in text.getvalue() and "4 problem(s)" in text.getvalue()
     (pub / "SHA256SUMS").write_text((pub / "SHA256SUMS").read_text() + "not a checksum line\n")
     assert any("SHA256SUMS line" in p for p in verify(pub))
     _publish(corpus, tmp_path / "fine")
@@ -241,7 +260,9 @@ def test_refuses_bad_inputs(corpus, tmp_path):
     listed = sorted(line.split("  ", 1)[1] for line in (taken / "SHA256SUMS").read_text().splitlines())
     assert listed == sorted(str(p.relative_to(taken)) for p in taken.rglob("*") if p.is_file()
                             and p.name not in ("SHA256SUMS", ".cytodata-publish"))
-    assert len(list(taken.glob("shard-*.tar"))) == 3 and not (taken / "manifest-provenance.json").exists()
+    shards = json.loads((taken / "shards.json").read_text())["shards"]
+    assert sorted(p.name for p in taken.glob("shard-*.tar")) == sorted(s["name"] for s in shards)
+    assert not (taken / "manifest-provenance.json").exists()
     # a manifest that is not the one the shards came from
     with pytest.raises(PublishError, match="not the one these shards were written from"):
         publish(other, tmp_path / "o3", manifest=corpus / "manifest")
@@ -327,7 +348,8 @@ def test_mixed_channels_and_unassigned_split_validate(tmp_path):
     doc = json.loads((tmp_path / "pub" / "croissant.json").read_text())
     image = next(f for rs in doc["recordSet"] if rs["@id"] == "images" for f in rs["field"]
                  if f["@id"] == "images/image")
-    assert image["arrayShape"] == "-1,-1,-1" and "channels" not in {rs["@id"] for rs in doc["recordSet"]}
+    assert "per sample (KEY.json channels)" in image["description"] and " of shape " not in image["description"]
+    assert "channels" not in {rs["@id"] for rs in doc["recordSet"]}
     assert (tmp_path / "pub" / "splits" / "unassigned.txt").read_text().split() == list(table["key"][:3])
     ds = mlc.Dataset(jsonld=str(tmp_path / "pub" / "croissant.json"))
     assert len(list(ds.records(record_set="samples"))) == 11

@@ -47,13 +47,16 @@ def _quiet_publish(*args, **kw):
 def test_publish_to_s3_then_verify_catches_damage(s3, tmp_path):
     options, local, fs = s3
     summary = _quiet_publish(local, "s3://pub/a", storage_options=options)
-    assert summary["shards"] == 4
+    shards = [s["name"] for s in json.loads(fs.cat_file("pub/a/shards.json"))["shards"]]
+    assert summary["shards"] == len(shards) and summary["codec"] == "npy"
     names = sorted(p.rsplit("/", 1)[1] for p in fs.find("pub/a"))
     for name in ("README.md", "croissant.json", "SHA256SUMS", "index.parquet", "provenance.parquet",
-                 "shard-000000.tar", "shard-000003.tar", "train.txt", "val.txt"):
+                 "train.txt", "val.txt", *shards):
         assert name in names
-    assert fs.cat_file("pub/a/shard-000001.tar") == (local / "shard-000001.tar").read_bytes()
     assert verify("s3://pub/a", storage_options=options) == []
+    from cytodata.shards import verify as verify_set
+
+    assert verify_set("s3://pub/a", deep=True, storage_options=options) == []  # DEST is a shard set
     meta = {p: fs.cat_file(f"pub/a/{p}") for p in ("README.md", "croissant.json", "SHA256SUMS")}
     _quiet_publish(local, "s3://pub/a", storage_options=options)  # unchanged set: same bytes
     assert all(fs.cat_file(f"pub/a/{p}") == data for p, data in meta.items())
@@ -61,11 +64,11 @@ def test_publish_to_s3_then_verify_catches_damage(s3, tmp_path):
     _quiet_publish(local, tmp_path / "here")
     assert all((tmp_path / "here" / p).read_bytes() == data for p, data in meta.items())
 
-    fs.pipe_file("pub/a/shard-000002.tar", fs.cat_file("pub/a/shard-000002.tar")[:-1024])
+    fs.pipe_file(f"pub/a/{shards[1]}", fs.cat_file(f"pub/a/{shards[1]}")[:-1024])
     fs.rm("pub/a/splits/val.txt")
     problems = verify("s3://pub/a", storage_options=options)
     assert sorted(p.split(" (")[0] for p in problems) == ["missing: splits/val.txt",
-                                                          "truncated: shard-000002.tar"]
+                                                          f"truncated: {shards[1]}"]
 
 
 def test_publish_from_s3_in_place_and_cli(s3, tmp_path):

@@ -78,6 +78,12 @@ def test_cli_manifest_qc_shard_puts_uniform_field_in_the_ledger(tmp_path):
     keys = [x["__key__"] for x in wds.WebDataset(sorted(str(p) for p in s.glob("shard-*.tar")),
                                                   shardshuffle=False)]
     assert sorted(keys) == sorted(_shard_keys(s))
+    # without --qc, shard applies the rules qc applied (the recipe has no image_qc: the defaults)
+    r = _cli("shard", str(m), "-o", str(tmp_path / "s2"), "--scheduler", "synchronous", "--no-progress")
+    assert r.returncode == 0 and "the default rules" in r.stdout, r.stderr
+    assert pd.read_parquet(tmp_path / "s2" / "ledger.parquet")["reason"].tolist() == ["uniform"]
+    r = _cli("shard", str(m), "-o", str(tmp_path / "s3"), "--scheduler", "synchronous", "--no-qc", "-q")
+    assert r.returncode == 0 and len(_shard_keys(tmp_path / "s3")) == 6
 
 
 def test_cli_shard_runs_the_recipes_qc_rules(tmp_path):

@@ -32,14 +32,16 @@ def test_xarray_open_zarr_round_trip_with_names_and_coordinates(tmp_path):
           progress=False)
     for ds in (xr.open_zarr(out), xr.open_dataset(out, engine="zarr", chunks={})):
         assert ds["image"].dims == ("sample", "channel", "y", "x")
-        assert ds["image"].shape == (6, 2, 32, 32) and ds["image"].dtype == np.uint16
+        # the truncated image's planned row is gone: every row of a finished set is written
+        assert ds["image"].shape == (5, 2, 32, 32) and ds["image"].dtype == np.uint16
+        assert bool(ds["written"].all()) and "" not in set(ds["key"].values)
         assert list(ds["channel"].values) == ["DNA", "RNA"]
         for name in ("key", "plate", "well", "site", "label", "split", "written"):
             assert ds[name].dims == ("sample",) and name in ds.coords
     ds = open_xarray(out)
-    assert ds["image"].chunks == ((1,) * 6, (2,), (32,), (32,))  # one dask chunk per image, lazily
+    assert ds["image"].chunks == ((1,) * 5, (2,), (32,), (32,))  # one dask chunk per image, lazily
     index = pd.read_parquet(out / "index.parquet")
-    assert int(ds["written"].sum()) == len(index) == 5
+    assert int(ds["written"].sum()) == len(index) == 5 and sorted(index["row"]) == list(range(5))
     for r in index.itertuples():
         sample = ds.sel(sample=r.row)
         i = int(r.key.split("im")[-1])
@@ -47,13 +49,24 @@ def test_xarray_open_zarr_round_trip_with_names_and_coordinates(tmp_path):
                 int(sample["site"].values), str(sample["label"].values)) == (
             r.key, rows[i]["plate"], rows[i]["split"], rows[i]["site"], rows[i]["label"])
         np.testing.assert_array_equal(sample["image"].values, read_image(rows[i]["channel_paths"]))
-    # the truncated image's planned row: zeros, written=False, empty labels
-    bad = ds.where(~ds["written"], drop=True)
-    assert bad.sizes["sample"] == 1 and str(bad["key"].values[0]) == ""
+    # plain xarray.open_zarr: a mean over all rows is the mean of the written images (no zero rows)
+    plain = xr.open_zarr(out)
+    want = np.mean([read_image(rows[int(k.split("im")[-1])]["channel_paths"]).mean() for k in index["key"]])
+    assert float(plain["image"].mean()) == pytest.approx(want)
+    assert "trunc" not in set(plain["image_id"].values)
+    # docs/publish.md's example on plain xarray: open_zarr leaves coordinates lazy, so the
+    # selection loads its (small) condition first
+    means = plain.image.where(plain.split.load() == "train", drop=True).mean(("y", "x")).compute()
+    assert means.sizes["sample"] == int((index["split"] == "train").sum())
+    # re-running a compacted set rewrites it (its row numbers moved) and gives the same set
+    before = plain["image"].values.copy()
+    write(make_manifest(rows), out, format="zarr", chunk=16, scheduler="synchronous", progress=False)
+    again = xr.open_zarr(out)
+    assert again["image"].shape == (5, 2, 32, 32) and np.array_equal(again["image"].values, before)
     # selection by coordinate works as in any xarray Dataset
     train = ds.isel(sample=(ds["split"] == "train").values)
     assert set(train["key"].values) == set(index.loc[index["split"] == "train", "key"])
-    assert ds["image"].sel(channel="RNA").shape == (6, 32, 32)
+    assert ds["image"].sel(channel="RNA").shape == (5, 32, 32)
     # the same set through the training reader, which prints readably
     from cytodata.loaders import ZarrDataset
 

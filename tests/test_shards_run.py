@@ -9,7 +9,7 @@ import warnings
 def test_local_cluster_does_not_want_port_8787(tmp_path):
     from dask.distributed import Client
 
-    from cytodata.shards._run import local_cluster
+    from cytodata._cluster import local_cluster
 
     held = socket.socket()
     try:

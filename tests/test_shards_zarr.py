@@ -57,7 +57,10 @@ def test_ome_zarr_plate_readable_by_ome_zarr(tmp_path):
     from ome_zarr.io import parse_url
     from ome_zarr.reader import Reader
 
-    rows = real_rows()[:1] + [dict(real_rows()[0], image_id="BR00121482_A01_2", site=2)]
+    treat = dict(compound="taxol", concentration=0.3, moa="microtubule stabilizer", label="taxol",
+                 control_type="trt")
+    rows = [dict(real_rows()[0], **treat),
+            dict(real_rows()[0], image_id="BR00121482_A01_2", site=2, **dict(treat, concentration=1.0))]
     out = tmp_path / "ome"
     write(make_manifest(rows), out, format="ome-zarr", scheduler="synchronous", progress=False)
     plate_path = out / "BR00121482.ome.zarr"
@@ -72,6 +75,12 @@ def test_ome_zarr_plate_readable_by_ome_zarr(tmp_path):
     field = zarr.open_array(plate_path / "A" / "01" / "1" / level0, mode="r")
     assert field.shape == (6, 1080, 1080)
     np.testing.assert_array_equal(field[:], read_image(PHENIX))
+    # well-level treatment annotations beside the NGFF metadata: on the well, its fields, the plate
+    well = zarr.open_group(plate_path / "A" / "01", mode="r").attrs["cytodata"]
+    assert {k: well[k] for k in treat} == dict(treat, concentration=[0.3, 1.0])  # fields differ
+    assert group.attrs["cytodata"]["concentration"] == 1.0 and group.attrs["cytodata"]["site"] == 2
+    plate = zarr.open_group(plate_path, mode="r").attrs
+    assert plate["cytodata"]["wells"]["A/01"]["compound"] == "taxol" and "plate" in plate["ome"]
 
 
 ZARR_KILL_SCRIPT = """

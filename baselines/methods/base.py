@@ -75,6 +75,12 @@ class Method:
     def load_state(self, state: dict) -> None:
         """Restore :meth:`state`."""
 
+    def summary(self) -> dict:
+        """Outcome of the finished run (JSON-able), written to RUN_DIR/summary.json and as the
+        last metrics row (DINO: ``collapsed`` and its evidence); empty: no summary.
+        """
+        return {}
+
     # --- evaluation ---
     def embedder(self, pool: str | None = None) -> torch.nn.Module:
         """``(B, C, h, w)`` float -> ``(B, D)`` features used by ``cytodata embed``.
@@ -88,6 +94,14 @@ class Method:
         if pool is not None:
             raise TrainingError(f"embed pool={pool!r}: {self.cfg.method} runs have one embedding "
                                 "(their pooled backbone features); pool= applies to DINO runs")
+
+    def backbone(self) -> torch.nn.Module:
+        """The network whose named modules ``cytodata embed --layer NAME`` can read."""
+        model = getattr(self, "model", None)
+        if not isinstance(model, torch.nn.Module):
+            raise TrainingError(f"embed --layer: {self.cfg.method} runs name no single backbone; "
+                                "embed without --layer")
+        return model
 
     def embed_crop(self) -> int:
         """The crop side embeddings are computed at (the training crop)."""

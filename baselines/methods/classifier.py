@@ -1,13 +1,16 @@
-"""The weak-label classifier (CytoImageNet; Cell Painting CNN, Moshkov et al. 2024).
+"""The weak-label classifier: the method of the ``classifier`` (ours), ``cytoimagenet`` and
+``cellpainting-cnn`` configs.
 
-Any timm backbone (default EfficientNet-B0) with ``in_chans`` = the shard set's channel count,
-cross-entropy over the weak labels (optional label smoothing), random crop + flips/90-degree
-rotations + intensity jitter on the device; the pooled penultimate features are the profile.
+Any timm backbone (default EfficientNet-B0) with ``in_chans`` = the shard set's channel count
+(or 1/3 after ``data.merge``), cross-entropy over the weak labels (optional label smoothing),
+the augmentations of :func:`~baselines.augment.augment_batch` on the device. Embeddings: the
+pooled penultimate features, or the spatial mean of any named module (``embed_layer``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -16,10 +19,10 @@ from cytodata.errors import TrainingError
 
 from .. import augment
 from ..config import TrainConfig
-from ..data import balanced_sampler
+from ..data import balanced_sampler, model_channels
 from ..models import create
+from ..registry import METHODS
 from ..runtime import autocast
-from . import METHODS
 from .base import Method
 
 
@@ -30,6 +33,8 @@ class ClassifierConfig(TrainConfig):
     label_smoothing: float = 0.0
     drop_rate: float = 0.0            # dropout before the classifier (timm ``drop_rate``)
     drop_path_rate: float = 0.0
+    # extra keyword arguments of timm.create_model (e.g. bn_momentum: 0.01 = Keras' 0.99)
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 @METHODS.register("classifier")
@@ -37,19 +42,25 @@ class Classifier(Method):
     """Cross-entropy on weak labels; embeddings = pooled penultimate features."""
 
     config_class = ClassifierConfig
+    supports_merge = True       # data.merge: the model is built for the merged channel count
 
     def __init__(self, cfg: ClassifierConfig, info, device):
         super().__init__(cfg, info, device)
+        if cfg.init == "pretrained" and not cfg.pretrained:
+            raise TrainingError(f"init=pretrained ({cfg.description or cfg.model}) needs a weights file: "
+                                f"--set pretrained=PATH (a local {cfg.model} state dict, e.g. "
+                                "ImageNet weights), or --set init=random to train from scratch")
         if info.shape is not None and cfg.data.crop > min(info.shape[1:]):
             raise TrainingError(f"data.crop={cfg.data.crop}: crop {cfg.data.crop} is larger than the "
                                 f"images ({info.shape[1]}x{info.shape[2]}); lower data.crop")
-        kwargs = {}
+        kwargs = dict(cfg.model_kwargs)
         if cfg.drop_rate:
             kwargs["drop_rate"] = cfg.drop_rate
         if cfg.drop_path_rate:
             kwargs["drop_path_rate"] = cfg.drop_path_rate
-        self.model = create(cfg.model, in_chans=info.n_channels, num_classes=len(info.classes),
-                            pretrained=cfg.pretrained, **kwargs).to(device)
+        self.in_chans = model_channels(info.n_channels, cfg.data.merge)
+        self.model = create(cfg.model, in_chans=self.in_chans, num_classes=len(info.classes),
+                            pretrained=cfg.pretrained, first_conv=cfg.first_conv, **kwargs).to(device)
 
     def modules(self):
         return {"model": self.model}
@@ -58,12 +69,12 @@ class Classifier(Method):
         return self.model
 
     def signature(self):
-        return {"method": "classifier", "model": self.cfg.model, "in_chans": self.info.n_channels,
+        return {"method": "classifier", "model": self.cfg.model, "in_chans": self.in_chans,
                 "num_classes": len(self.info.classes), "classes": list(self.info.classes)}
 
     @classmethod
     def make_sampler(cls, cfg):
-        return balanced_sampler(cfg.data.label) if cfg.data.balanced else None
+        return balanced_sampler(cfg.data.label, cfg.data.balance) if cfg.data.balanced else None
 
     def loss(self, model, batch, step, g):
         x = augment.augment_batch(batch["image"], self.cfg.augment, self.cfg.data.crop, g)

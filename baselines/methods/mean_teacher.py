@@ -20,7 +20,8 @@ Unlabelled images come from ``data.unlabelled`` (a second shard set, normalised 
 ``shards.json`` statistics; ``unlabelled_ratio`` of them per labelled image in each micro-batch)
 and from rows of the training set without a label. The unlabelled stream is owned here; its
 position is checkpointed through :meth:`MeanTeacher.state`, so a resumed run sees the same
-images. Predictions and embeddings use the teachers (the students when ``mean_teacher: false``).
+images. Predictions and embeddings use the students (``predict_with: teacher``: the teachers).
+The teachers keep their own BatchNorm statistics (they run in train mode on their own views).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
@@ -40,8 +42,8 @@ from ..arcface import HEADS
 from ..config import TrainConfig
 from ..data import DevicePrep, NormStats, collate, open_dataset
 from ..models import create
+from ..registry import METHODS
 from ..runtime import autocast
-from . import METHODS
 from .base import Method
 
 
@@ -60,6 +62,22 @@ class MeanTeacherConfig(TrainConfig):
     consistency_rampup: float = 0.3   # fraction of the run over which weights ramp up (sigmoid)
     pseudo_label: float = 1.0         # weight of the soft pseudo-label loss on unlabelled images
     pseudo_threshold: float = 0.0     # only images whose averaged teacher max prob >= this
+    predict_with: str = "student"     # student | teacher: the ensemble of predict/embed/validate
+    # DeepNoise's stage 2 (configs deepnoise-stage2*); epochs count labelled-set epochs
+    ema_schedule: list[list[float]] = field(default_factory=list)  # [[epoch, decay], ...]
+    rampup_epochs: float | None = None  # ramp-up length in epochs (None: consistency_rampup)
+    epoch_steps: int | None = None    # steps per epoch of the epoch-based schedules (None: the
+    #                                   labelled rows / global batch)
+    init_from: str | None = None      # stage-1 run: students and teachers start from its students
+    requires_init: bool = False       # refuse to train without init_from (a second stage)
+    init_skip_head: bool = False      # the students' heads are not loaded (fresh), teachers' are
+    pseudo_mode: str = "soft"         # soft: every step, soft, unbalanced | deepnoise
+    pseudo_first_epoch: float = 0.0   # deepnoise: first labels after this many epochs
+    pseudo_warmup_epochs: float = 0.0  # deepnoise: pseudo-label weight 0 before (then the
+    #                                    supervised loss is scaled by 1 - pseudo_label)
+    pseudo_views: int = 4             # deepnoise: teacher views averaged per label update
+    pseudo_smoothing: float = 0.9     # deepnoise: share of the new logits in later updates
+    pseudo_balance_iterations: int = 500
     unlabelled_ratio: float = 1.0     # data.unlabelled images per labelled image per micro-batch
     erasing: float = 0.25             # probability of random erasing per image
     scale: list[float] = field(default_factory=lambda: [0.8, 1.25])  # random scale range
@@ -80,11 +98,25 @@ def sigmoid_rampup(step: float, length: float) -> float:
 
 @torch.no_grad()
 def ema_update(teacher: torch.nn.Module, student: torch.nn.Module, decay: float) -> None:
-    """``teacher = decay * teacher + (1 - decay) * student`` for parameters; buffers copied."""
+    """``teacher = decay * teacher + (1 - decay) * student`` for parameters.
+
+    Buffers (BatchNorm running statistics) are left alone: the teacher, run in train mode on
+    its own views, tracks its own (CuriousAI/mean-teacher ``pytorch/main.py:189-194, 212``;
+    DeepNoise ``main.py:32-36, 555``).
+    """
     for t, s in zip(teacher.parameters(), student.parameters(), strict=True):
         t.mul_(decay).add_(s.detach(), alpha=1.0 - decay)
-    for t, s in zip(teacher.buffers(), student.buffers(), strict=True):
-        t.copy_(s)
+
+
+def softmax_mse(student_logits: torch.Tensor, teacher_probs: torch.Tensor) -> torch.Tensor:
+    """Mean over images of ``sum_k (softmax(s)_k - t_k)^2 / K`` (the reference's normalisation).
+
+    CuriousAI/mean-teacher ``pytorch/mean_teacher/losses.py:15-27`` (``softmax_mse_loss``: summed
+    squared error divided by the number of classes) and ``pytorch/main.py:263`` (divided by the
+    minibatch size); DeepNoise ``main.py:14-26, 652`` the same.
+    """
+    p = F.softmax(student_logits.float(), dim=1)
+    return ((p - teacher_probs) ** 2).mean(1).mean()
 
 
 def ema_decay_at(step: int, decay: float) -> float:
@@ -94,6 +126,18 @@ def ema_decay_at(step: int, decay: float) -> float:
     the first step), then averages over ever longer windows up to ``decay``.
     """
     return min(1.0 - 1.0 / (step + 2), decay)
+
+
+def scheduled_decay(step: int, steps_per_epoch: int, schedule: list[list[float]],
+                    decay: float) -> float:
+    """The EMA decay after step ``step``: ``schedule`` ``[[epoch, decay], ...]`` by 0-based epoch
+    (DeepNoise ``main.py:693-700``), else ``decay``; capped by the warm-up of :func:`ema_decay_at`.
+    """
+    epoch = step // max(1, steps_per_epoch)
+    for start, value in sorted(schedule):
+        if epoch >= start:
+            decay = value
+    return ema_decay_at(step, decay)
 
 
 class Member(torch.nn.Module):
@@ -194,8 +238,54 @@ class MeanTeacher(Method):
             p.requires_grad_(False)
         self.unlabelled = None        # the second stream (training only)
         self._u_iter, self._u_prep, self._u_batch = None, None, 0
+        per_step = cfg.batch_size * cfg.accumulate * runtime.world_size()
+        self.steps_per_epoch = (int(cfg.epoch_steps) if cfg.epoch_steps else
+                                max(1, int(info.n_train) // per_step) if info.n_train else 1)
+        # DeepNoise pseudo-labels: per unlabelled key its class (-1 none), smoothed well logits
+        self._pl_label: dict[str, int] = {}
+        self._pl_logits: np.ndarray | None = None
+        self._pl_best, self._pl_due, self._groups = -1.0, False, None
+        if info.n_train and cfg.requires_init and not cfg.init_from:
+            raise TrainingError("this config is a second stage: it starts from a stage-1 run "
+                                "(e.g. cytodata train deepnoise-stage1 -o RUN1), so pass "
+                                "--set init_from=RUN1")
+        if info.n_train and cfg.init_from:
+            self._init_from(cfg.init_from)
         if info.n_train and cfg.data.unlabelled and cfg.mean_teacher and cfg.unlabelled_ratio > 0:
             self._open_unlabelled(info)
+        if self.unlabelled is not None and cfg.pseudo_mode == "deepnoise":
+            from ..plate_groups import groups_from_shards
+
+            self._groups = groups_from_shards(cfg.data.train, cfg.data.label,
+                                              cfg.data.storage_options)
+
+    def _init_from(self, source: str) -> None:
+        """Start students and teachers from a stage-1 run's students (DeepNoise main.py:427-431)."""
+        from .. import checkpoint
+
+        try:
+            state = checkpoint.load(source)
+        except (TrainingError, FileNotFoundError, OSError) as exc:
+            raise TrainingError(f"init_from={source}: no stage-1 checkpoint there ({exc}); train "
+                                "stage 1 first (cytodata train deepnoise-stage1 -o RUN) and pass "
+                                "--set init_from=RUN") from None
+        saved = state.get("signature") or {}
+        mine = self.signature()
+        for key in ("members", "in_chans", "classes"):
+            if saved.get(key) != mine.get(key):
+                raise TrainingError(f"init_from={source}: its {key} {saved.get(key)!r} differ "
+                                    f"from this run's {mine.get(key)!r}; stage 2 must use stage "
+                                    "1's architecture, channels and classes")
+        weights = state["modules"].get("students")
+        if weights is None:
+            raise TrainingError(f"init_from={source}: not a mean-teacher run (no students); "
+                                "train stage 1 with cytodata train deepnoise-stage1")
+        self.teachers.load_state_dict(weights)
+        if self.cfg.init_skip_head:   # main.py:429 is_skip_fc=True: the student's head is fresh
+            weights = {k: v for k, v in weights.items() if ".head." not in k}
+            self.students.load_state_dict(weights, strict=False)
+        else:
+            self.students.load_state_dict(weights)
 
     # ------------------------------------------------------------ the unlabelled stream
     def _open_unlabelled(self, info) -> None:
@@ -219,8 +309,8 @@ class MeanTeacher(Method):
         self._u_batch = max(1, int(round(cfg.batch_size * cfg.unlabelled_ratio)))
         ds.set_epoch(0)
 
-    def _next_unlabelled(self) -> torch.Tensor:
-        """Return the next normalised unlabelled batch (a new epoch when the stream ends)."""
+    def _next_unlabelled(self) -> tuple[torch.Tensor, list[str]]:
+        """Return the next normalised unlabelled batch and its keys (new epoch at the end)."""
         ds = self.unlabelled
         if self._u_iter is None:
             self._u_iter = iter(torch.utils.data.DataLoader(
@@ -232,7 +322,7 @@ class MeanTeacher(Method):
             self._u_iter = iter(torch.utils.data.DataLoader(
                 ds, batch_size=self._u_batch, num_workers=0, collate_fn=collate))
             batch = next(self._u_iter)
-        return self._u_prep(batch["image"], batch["meta"])
+        return self._u_prep(batch["image"], batch["meta"]), list(batch["key"])
 
     # ------------------------------------------------------------ engine hooks
     def modules(self):
@@ -250,14 +340,27 @@ class MeanTeacher(Method):
                 "classes": list(self.info.classes)}
 
     def state(self) -> dict:
-        """Return the unlabelled stream's position (exact resume)."""
-        return {"unlabelled": self.unlabelled.state_dict()} if self.unlabelled is not None else {}
+        """Return the unlabelled stream's position and the pseudo-labels (exact resume)."""
+        if self.unlabelled is None:
+            return {}
+        out = {"unlabelled": self.unlabelled.state_dict()}
+        if self.cfg.pseudo_mode == "deepnoise":
+            out["pseudo"] = {"best": self._pl_best, "due": self._pl_due,
+                             "keys": list(self._pl_label), "labels": list(self._pl_label.values()),
+                             "logits": None if self._pl_logits is None
+                             else torch.from_numpy(self._pl_logits)}
+        return out
 
     def load_state(self, state: dict) -> None:
         """Continue the unlabelled stream where the checkpoint left it."""
         if self.unlabelled is not None and state.get("unlabelled"):
             self.unlabelled.load_state_dict(state["unlabelled"])
             self._u_iter = None
+        pl = state.get("pseudo")
+        if pl:
+            self._pl_best, self._pl_due = float(pl["best"]), bool(pl["due"])
+            self._pl_label = dict(zip(pl["keys"], (int(v) for v in pl["labels"]), strict=True))
+            self._pl_logits = None if pl["logits"] is None else pl["logits"].numpy()
 
     def _view(self, parts: list[torch.Tensor], g: torch.Generator) -> torch.Tensor:
         """One augmented view of the concatenated parts (each scaled and cropped on its own)."""
@@ -277,18 +380,31 @@ class MeanTeacher(Method):
         x = batch["image"]
         y = batch["label"].to(x.device, non_blocking=True)
         parts = [x]
+        u_keys: list[str] = []
         if self.unlabelled is not None:
-            xu = self._next_unlabelled()
+            xu, u_keys = self._next_unlabelled()
             parts.append(xu)
             y = torch.cat([y, torch.full((len(xu),), -1, dtype=y.dtype, device=y.device)])
         labelled = y >= 0
         student_view = self._view(parts, g)
         outs = model(student_view, y)
-        ramp = sigmoid_rampup(step, cfg.consistency_rampup * cfg.steps)
+        rampup = (cfg.rampup_epochs * self.steps_per_epoch if cfg.rampup_epochs is not None
+                  else cfg.consistency_rampup * cfg.steps)
+        ramp = sigmoid_rampup(step, rampup)
         logs = {"ramp": ramp, "labelled_frac": float(labelled.float().mean())}
+        deepnoise = cfg.mean_teacher and cfg.pseudo_mode == "deepnoise"
+        w_pl, hard = 0.0, None
+        if deepnoise:
+            # main.py:657-669: hard labels, weight 0.05 after the warm-up, supervised * (1 - w)
+            if self._pl_label and step >= cfg.pseudo_warmup_epochs * self.steps_per_epoch:
+                w_pl = cfg.pseudo_label
+            hard = torch.tensor([-1] * (len(y) - len(u_keys))
+                                + [self._pl_label.get(k, -1) for k in u_keys], device=y.device)
+            logs["pseudo_weight"] = w_pl
         total = student_view.new_zeros((), dtype=torch.float32)
         if cfg.mean_teacher:
             with torch.no_grad():
+                self.teachers.train()   # the teacher's BatchNorm tracks its own views
                 t_outs = self.teachers(self._view(parts, g), None)
             t_probs = [F.softmax(t[0].float(), dim=1) for t in t_outs]
             pseudo = torch.stack(t_probs).mean(0)
@@ -301,27 +417,98 @@ class MeanTeacher(Method):
             else:
                 cls = train_logits.sum() * 0.0
             logs[f"cls_{k}"] = float(cls.detach())
-            total = total + cls
+            total = total + (1.0 - w_pl) * cls
             if not cfg.mean_teacher:
                 continue
-            p_s = F.softmax(logits.float(), dim=1)
-            cons = ((p_s - t_probs[k]) ** 2).sum(1).mean()
+            cons = softmax_mse(logits, t_probs[k])
             logs[f"consistency_{k}"] = float(cons.detach())
             total = total + cfg.consistency * ramp * cons
-            if cfg.pseudo_label > 0 and keep.any():
+            if deepnoise:
+                on = hard >= 0
+                if w_pl > 0 and on.any():
+                    pl = F.cross_entropy(logits[on].float(), hard[on])
+                    logs[f"pseudo_{k}"] = float(pl.detach())
+                    total = total + w_pl * pl
+            elif cfg.pseudo_label > 0 and keep.any():
                 pl = -(pseudo[keep] * F.log_softmax(logits[keep].float(), dim=1)).sum(1).mean()
                 logs[f"pseudo_{k}"] = float(pl.detach())
                 total = total + cfg.pseudo_label * ramp * pl
         return total, logs
 
+    def decay_at(self, step: int) -> float:
+        """The EMA decay after step ``step`` (:func:`scheduled_decay` of this config)."""
+        return scheduled_decay(step, self.steps_per_epoch, self.cfg.ema_schedule,
+                               self.cfg.ema_decay)
+
     def after_step(self, step: int) -> None:
-        """Move the teachers towards the students (EMA)."""
-        ema_update(self.teachers, self.students, ema_decay_at(step, self.cfg.ema_decay))
+        """Move the teachers towards the students (EMA); refresh DeepNoise pseudo-labels."""
+        ema_update(self.teachers, self.students, self.decay_at(step))
+        cfg = self.cfg
+        if self.unlabelled is None or cfg.pseudo_mode != "deepnoise":
+            return
+        done = step + 1
+        first = max(1, int(round(cfg.pseudo_first_epoch * self.steps_per_epoch)))
+        if done == first:
+            self.refresh_pseudo_labels(1.0)      # main.py:571-577: ratio 1.0 first
+        elif done > first and self._pl_due:
+            self.refresh_pseudo_labels(cfg.pseudo_smoothing)  # main.py:588-596
+
+    @torch.no_grad()
+    def refresh_pseudo_labels(self, ratio: float) -> None:
+        """New hard labels for every unlabelled key from the teachers (module pseudo_labels)."""
+        from .. import pseudo_labels
+
+        cfg, d = self.cfg, self.cfg.data
+        ds = open_dataset(d.unlabelled, split=d.unlabelled_split, cfg=d, seed=cfg.seed + 2,
+                          shuffle=False, rank=0, world_size=1, what="data.unlabelled")
+        keys = ds.index["key"].astype(str).tolist()
+        row = {k: i for i, k in enumerate(keys)}
+        g = torch.Generator().manual_seed(cfg.seed + 7919 * (len(self._pl_label) + 1))
+        logits = np.zeros((len(keys), len(self.info.classes)), dtype=np.float64)
+        self.teachers.train()                    # main.py:555: the teacher stays in train mode
+        for _ in range(cfg.pseudo_views):
+            ds.set_epoch(0)
+            for batch in torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size,
+                                                     num_workers=0, collate_fn=collate):
+                x = self._u_prep(batch["image"], batch["meta"])
+                v = self._easy_view(x, g)
+                with autocast(v.device, cfg.precision):
+                    out = torch.stack([m.head.logits(m(v)).float()
+                                       for m in self.teachers.members]).mean(0)
+                logits[[row[k] for k in batch["key"]]] += out.cpu().numpy() / cfg.pseudo_views
+        idx = ds.index
+        if {"plate", "well"} <= set(idx.columns) and idx[["plate", "well"]].notna().all().all():
+            wc, wells = pd.factorize(idx["plate"].astype(str) + "/" + idx["well"].astype(str),
+                                     sort=True)
+        else:                           # no wells: every image its own well
+            wc, wells = np.arange(len(keys)), pd.Index(keys)
+        sums = np.zeros((len(wells), logits.shape[1]))
+        np.add.at(sums, wc, logits)
+        well_logits = sums / np.bincount(wc, minlength=len(wells))[:, None]
+        prev = self._pl_logits if self._pl_logits is not None \
+            and self._pl_logits.shape == well_logits.shape else None
+        self._pl_logits = pseudo_labels.smooth(prev, well_logits, ratio)
+        plates = ds.index.assign(_w=wc).groupby("_w", sort=True)["plate"].first().astype(str)
+        labels, _ = pseudo_labels.balanced_labels(
+            self._pl_logits, plates.to_numpy(), list(self.info.classes), self._groups,
+            iterations=cfg.pseudo_balance_iterations)
+        self._pl_label = {k: int(labels[c]) for k, c in zip(keys, wc, strict=True)}
+        self._pl_due = False
+
+    def _easy_view(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """DeepNoise's 'easy' view (process/augmentation.py:205-218): flips, rot90, scale."""
+        crop, a = self.cfg.data.crop, self.cfg.augment
+        x = random_scale_crop(x, crop, tuple(self.cfg.scale), g)
+        return augment.flips_rot90(x, g, flips=a.flips, rot90=a.rot90)
 
     # ------------------------------------------------------------ evaluation
     def predictor(self) -> Ensemble:
-        """Return the ensemble that predicts: the teachers (students without mean teacher)."""
-        return self.teachers if self.cfg.mean_teacher else self.students
+        """Return the ensemble that predicts: the students (DeepNoise ``main.py:563-569, 915``
+        keeps the student), or the teachers with ``predict_with: teacher``.
+        """
+        if self.cfg.mean_teacher and self.cfg.predict_with == "teacher":
+            return self.teachers
+        return self.students
 
     @torch.no_grad()
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
@@ -337,12 +524,21 @@ class MeanTeacher(Method):
 
     @torch.no_grad()
     def validate(self, batches, prep):
-        """Top-1/top-5 of the predicting ensemble on the labelled validation rows."""
+        """Top-1/top-5 of the predicting ensemble on the labelled validation rows.
+
+        With DeepNoise pseudo-labels, also the teachers' accuracy restricted to each plate's
+        group (main.py:88-93, ``balance_plate_probability_training`` with 0 iterations); an
+        improvement schedules a pseudo-label update (main.py:580-596).
+        """
         net = self.predictor()
-        was = net.training
-        net.eval()
+        deepnoise = self.unlabelled is not None and self.cfg.pseudo_mode == "deepnoise"
+        nets = [net] + ([self.teachers] if deepnoise else [])
+        was = [m.training for m in nets]
+        for m in nets:
+            m.eval()
         n, top1, top5 = 0, 0, 0
         k = min(5, len(self.info.classes))
+        t_probs, t_labels, t_plates = [], [], []
         for batch in batches:
             y = batch["label"]
             keep = y >= 0
@@ -351,12 +547,43 @@ class MeanTeacher(Method):
             x = augment.center_crop(prep(batch["image"], batch["meta"]), self.cfg.data.crop)
             with autocast(x.device, self.cfg.precision):
                 p = net.proba(x).float().cpu()
+                if deepnoise:
+                    t_probs.append(self.teachers.proba(x).float().cpu()[keep].numpy())
+                    t_labels.append(y[keep].numpy())
+                    t_plates += [str(v) for v, on in zip(batch["meta"].get("plate", [""] * len(y)),
+                                                         keep.tolist(), strict=True) if on]
             best = p[keep].topk(k, dim=1).indices
             top1 += int((best[:, 0] == y[keep]).sum())
             top5 += int((best == y[keep][:, None]).any(1).sum())
             n += int(keep.sum())
-        net.train(was)
-        return {"val_top1": top1 / n, "val_top5": top5 / n, "val_samples": n} if n else {}
+        for m, w in zip(nets, was, strict=True):
+            m.train(w)
+        if not n:
+            return {}
+        out = {"val_top1": top1 / n, "val_top5": top5 / n, "val_samples": n}
+        if deepnoise and t_probs:
+            acc = self._group_accuracy(np.concatenate(t_probs), np.concatenate(t_labels), t_plates)
+            out["val_teacher_group_top1"] = acc
+            if acc > self._pl_best:
+                self._pl_best = acc
+                self._pl_due = bool(self._pl_label)   # only once the first labels exist
+        return out
+
+    def _group_accuracy(self, probs: np.ndarray, labels: np.ndarray, plates: list[str]) -> float:
+        """Top-1 with each plate restricted to its learned group (argmax inside the group)."""
+        from ..plate_groups import group_columns, match_groups
+
+        pred = probs.argmax(1)
+        if self._groups is not None and self._groups.groups:
+            cols = group_columns(self._groups, list(self.info.classes))
+            match = match_groups(probs, plates, list(self.info.classes), self._groups)
+            arr = np.asarray(plates, dtype=object)
+            for plate, gi in match.group.items():
+                if gi >= 0:
+                    rows = np.flatnonzero(arr == plate)
+                    c = cols[gi]
+                    pred[rows] = c[probs[np.ix_(rows, c)].argmax(1)]
+        return float((pred == labels).mean())
 
 
 class _Features(torch.nn.Module):
@@ -377,6 +604,17 @@ def _check(cfg: MeanTeacherConfig) -> None:
             raise RecipeError(f"mean-teacher config: {msg}")
 
     need(cfg.head in HEADS, f"head={cfg.head!r}; valid: {', '.join(HEADS.names())}")
+    need(cfg.epoch_steps is None or cfg.epoch_steps >= 1,
+         f"epoch_steps={cfg.epoch_steps}; must be >= 1 (or null)")
+    need(cfg.pseudo_mode in ("soft", "deepnoise"),
+         f"pseudo_mode={cfg.pseudo_mode!r}; valid: soft, deepnoise")
+    need(cfg.pseudo_views >= 1 and 0 < cfg.pseudo_smoothing <= 1,
+         f"pseudo_views={cfg.pseudo_views}, pseudo_smoothing={cfg.pseudo_smoothing}; need "
+         ">= 1 and (0, 1]")
+    need(all(len(e) == 2 and e[0] >= 0 and 0 <= e[1] < 1 for e in cfg.ema_schedule),
+         f"ema_schedule={cfg.ema_schedule!r}; expected [[epoch >= 0, decay in [0, 1)], ...]")
+    need(cfg.predict_with in ("student", "teacher"),
+         f"predict_with={cfg.predict_with!r}; valid: student, teacher")
     need(0 <= cfg.ema_decay < 1, f"ema_decay={cfg.ema_decay}; use 0 <= decay < 1 (e.g. 0.999)")
     need(cfg.arcface_s > 0 and 0 <= cfg.arcface_m < math.pi / 2,
          f"arcface_s={cfg.arcface_s}, arcface_m={cfg.arcface_m}; need s > 0, 0 <= m < pi/2")

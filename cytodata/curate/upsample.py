@@ -131,6 +131,8 @@ def upsample_classes(
                     detail=[errors[i][1] for i in idx])
     table = table[~bad].reset_index(drop=True)
     hw = [s for s, b in zip(hw, bad, strict=True) if not b]
+    if not len(table):  # every labelled row unreadable: all of them are in the ledger
+        return rest.reset_index(drop=True)
 
     class_size = table[label_column].map(table[label_column].value_counts()).to_numpy()
     windows: list[list] = []
@@ -175,7 +177,7 @@ def upsample_classes(
 
 def _expand(table: pd.DataFrame, windows: list[list]) -> pd.DataFrame:
     """Whole rows (no windows) and one row per window, with ``_parent`` = input position."""
-    counts = np.array([max(len(w), 1) for w in windows])
+    counts = np.array([max(len(w), 1) for w in windows], dtype=np.int64)
     pos = np.repeat(np.arange(len(table)), counts)
     out = table.iloc[pos].reset_index(drop=True)
     out["_parent"] = pos

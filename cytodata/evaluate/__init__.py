@@ -62,13 +62,6 @@ __all__ = [
     "feature_matrix", "from_metadata_names", "grit", "hit_at_k", "infer_features",
     "knn_accuracy", "mean_average_precision", "median_batch", "multilabel_average_precision",
     "normalize", "nsc", "nscb", "percent_matching", "percent_replicating", "precision_at_k",
-    "proportion_ci", "register", "run_protocol", "select_features", "summary_table",
+    "proportion_ci", "run_protocol", "select_features", "summary_table",
     "to_metadata_names", "tvn", "write_report",
 ]
-
-
-def register(subparsers) -> None:
-    """Add ``cytodata evaluate``."""
-    from ._cli import add_parser
-
-    add_parser(subparsers)

@@ -44,6 +44,10 @@ genet             images               mean                    ando)
   ``post_select`` = NaN share, variance, correlation) and same-MOA retrieval (treatment profiles,
   positives = same MOA, other compound), with percent replicating / matching, grit,
   precision@k, hit@k and enrichment.
+- ``cellpainting-cnn`` (Moshkov et al. 2024, DeepProfilerExperiments' notebooks): cell -> site
+  median -> well mean -> ZCA whitening on the control wells (lambda 1e-2) -> treatment mean ->
+  cosine; enrichment at the top 1%, precision at the top 1%, recall at the top 10% and the
+  interpolated-PR mAP over treatments sharing an MOA (:mod:`cytodata.evaluate.deepprofiler`).
 
 None of the BBBC021 papers above applied feature selection to learned embeddings, so those
 protocols do not; ``map`` follows pycytominer's pipeline and selects after normalizing. Every
@@ -244,8 +248,10 @@ def _check_columns(table: pd.DataFrame, cols: list[str], protocol: str) -> None:
     missing = [c for c in cols if c not in table.columns]
     if missing:
         raise EvaluationError(f"protocol {protocol!r} needs metadata column(s) {missing}; "
-                              f"columns are {preview(table.columns, 10)}. A pycytominer "
-                              "table? pass metadata_prefix='Metadata_'.")
+                              f"columns are {preview(table.columns, 10)}. Join the manifest the "
+                              "shards were written from: `cytodata evaluate EMBEDDINGS --metadata "
+                              "MANIFEST_DIR` (Python: metadata=); a pycytominer table: "
+                              "--metadata-prefix Metadata_ (Python: metadata_prefix='Metadata_').")
 
 
 DEFAULTS = {"compound": "compound", "concentration": "concentration", "moa": "moa",
@@ -582,6 +588,67 @@ def map_protocol(embeddings, metadata, **opts) -> dict:
                                       "reason": "single well: no replicate"}),
             "definitions": {getattr(m, "name", k): getattr(m, "definition", "")
                             for k, m in metrics.items()},
+            "notes": notes}
+
+
+@PROTOCOLS.register("cellpainting-cnn")
+def cellpainting_cnn(embeddings, metadata, **opts) -> dict:
+    """The Cell Painting CNN's evaluation (Moshkov et al. 2024; :mod:`.deepprofiler`).
+
+    cell -> site median -> well mean -> whitening on the control wells (lambda 1e-2) ->
+    treatment mean -> cosine; enrichment at the top 1%, precision at the top 1%, recall at the
+    top 10%, interpolated-PR mAP over treatments that share an MOA with another. Any table at
+    cell, site or well level with ``treatment`` (default: ``compound@concentration``),
+    ``plate``, ``well``, ``moa`` and a control column (``control_column`` equal to
+    ``control_value``; default ``control_type == "negcon"``, else ``compound == control``).
+    """
+    from . import deepprofiler as dp
+
+    o = _opts(opts, treatment="treatment", site="site", control_column=None, control_value=None,
+              reg_param=dp.REG_PARAM)
+    table, cols, counts, notes = _prepare(embeddings, metadata, o, "cellpainting-cnn",
+                                          ["plate", "well", "moa"])
+    table = table.copy()
+    if o["treatment"] not in table.columns:
+        if o["compound"] in table.columns and o["concentration"] in table.columns:
+            table[o["treatment"]] = (table[o["compound"]].astype(str) + "@"
+                                     + table[o["concentration"]].map(_fmt_conc))
+            notes.append(f"treatment = {o['compound']}@{o['concentration']}")
+        else:
+            raise EvaluationError(f"protocol 'cellpainting-cnn' needs a treatment column "
+                                  f"{o['treatment']!r} (or {o['compound']!r} and "
+                                  f"{o['concentration']!r}); columns are {preview(table.columns, 10)}")
+    column, value = o["control_column"], o["control_value"]
+    if column is None:
+        column, value = (("control_type", "negcon") if "control_type" in table.columns
+                         else (o["compound"], o["control"]))
+    _check_columns(table, [column], "cellpainting-cnn")
+    values = table[column]
+    if value is None and values.dtype == bool:
+        is_ctrl = values.to_numpy(bool)
+    else:
+        is_ctrl = _casefold_eq(values, str(value if value is not None else "true"))
+    if not is_ctrl.any():
+        raise EvaluationError(f"no control rows ({column} == {value!r}); whitening is fitted on "
+                              "the control wells: pass control_column=/control_value=")
+    site = o["site"] if o["site"] in table.columns else None
+    wells, treat, c = dp.profiles(table, cols, treatment=o["treatment"], plate=o["plate"],
+                                  well=o["well"], site=site, is_control=is_ctrl, lam=o["reg_param"])
+    counts.update(c)
+    moas = (table.loc[~is_ctrl].groupby(o["treatment"])[o["moa"]].first())
+    metrics = dp.score(treat, moas)
+    counts.update(treatments_scored=metrics["treatments"], queries=metrics["queries"])
+    definitions = {
+        "chain": "cell -> site median -> well mean -> ZCA whitening on control wells "
+                 f"(1/sqrt(eig + {o['reg_param']:g})) -> treatment mean -> cosine",
+        "enrichment_top1": "mean odds ratio (one-sided Fisher) of same-MOA among each query's "
+                           "similarities above its 99th percentile",
+        "precision_top1": f"share of same-MOA among the k={metrics['k_precision']} most similar",
+        "recall_top10": f"same-MOA among the {metrics['k_recall'] - 1} most similar / (same-MOA + 1)",
+        "map": "mean of the interpolated precision-recall curve (queries with >= 2 same-MOA)"}
+    return {"protocol": "cellpainting-cnn", "options": o, "metrics": metrics,
+            "profiles": treat, "wells": wells, "features": cols, "counts": counts,
+            "excluded": pd.DataFrame(columns=["profile", "reason"]), "definitions": definitions,
             "notes": notes}
 
 

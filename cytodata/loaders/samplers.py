@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from .partition import epoch_order, rng_for
+from .partition import epoch_order, rng_for, window_order
 
 
 def shard_sizes(index: pd.DataFrame) -> list[int] | None:
@@ -71,11 +71,40 @@ class ShardShuffle:
 
 
 @dataclass
+class WindowShuffle:
+    """Shard-window shuffling: shards in a seeded order, samples shuffled within ``window`` shards.
+
+    Every reader's working set is one window of shards (what a local shard cache must hold,
+    plus what it prefetches), at the price of a less mixed order than a global per-sample
+    shuffle: a batch draws from ``window`` shards only (docs/streaming.md measures it).
+    ``shuffle=False``: the index order.
+    """
+
+    window: int = 4
+    shuffle: bool = True
+
+    def __post_init__(self):
+        if int(self.window) < 1:
+            raise ValueError(f"shuffle_window={self.window}; use 1 or more shards per window")
+
+    def order(self, index: pd.DataFrame, *, seed: int, epoch: int, world_size: int = 1) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(len(index), dtype=np.int64)
+        sizes = shard_sizes(index)
+        if sizes is None:  # no shard column: fixed blocks stand in for shards
+            return epoch_order(len(index), seed=seed, epoch=epoch)
+        return window_order(sizes, seed=seed, epoch=epoch, window=self.window)
+
+
+@dataclass
 class ClassBalanced:
     """Balance label groups of ``column`` each epoch (fresh draw per epoch).
 
-    ``mode="median"`` (DeepProfiler's rule): groups larger than the median group size are
-    downsampled to it without replacement; smaller groups keep all their rows.
+    ``mode="median"``: groups larger than the median group size are downsampled to it without
+    replacement; smaller groups keep all their rows.
+    ``mode="resample_median"`` (DeepProfiler's ``balanced_sample``, sampled_crop_generator.py:61-73):
+    every group is drawn to ``int(median)`` rows, larger ones without replacement, smaller ones
+    with replacement (``DataFrame.sample(replace=True)``).
     ``mode="equal"``: every group gets ``per_class`` rows (default: the largest group size),
     small groups drawn with replacement after taking all their rows once.
     Rows with NA in ``column`` are left out (counted in ``self.excluded``).
@@ -92,13 +121,15 @@ class ClassBalanced:
         sizes = {k: len(v) for k, v in groups.items()}
         if not sizes:
             return {}
-        if self.mode == "median":
+        if self.mode in ("median", "resample_median"):
             med = int(np.median(list(sizes.values())))
+            if self.mode == "resample_median":
+                return {k: med for k in sizes}
             return {k: min(n, med) for k, n in sizes.items()}
         if self.mode == "equal":
             target = int(self.per_class or max(sizes.values()))
             return {k: target for k in sizes}
-        raise ValueError(f"ClassBalanced mode={self.mode!r}; valid: median, equal")
+        raise ValueError(f"ClassBalanced mode={self.mode!r}; valid: median, resample_median, equal")
 
     def order(self, index: pd.DataFrame, *, seed: int, epoch: int, world_size: int = 1) -> np.ndarray:
         groups, self.excluded = _groups(index, self.column)
@@ -106,7 +137,10 @@ class ClassBalanced:
         chosen = []
         for name, want in self.counts(index).items():
             rows = groups[name]
-            chosen.append(_draw(rows, want, rng))
+            if self.mode == "resample_median":
+                chosen.append(rng.choice(rows, size=want, replace=want > len(rows)).astype(np.int64))
+            else:
+                chosen.append(_draw(rows, want, rng))
         picked = np.concatenate(chosen) if chosen else np.empty(0, np.int64)
         return local_first(picked, index, seed=seed, epoch=epoch)
 

@@ -344,41 +344,28 @@ class PlateNormalize:
     ``stats``: a shards.json dict, its ``normalization`` section, or ``{plate: {"mean", "std"}}``.
     Plates without statistics use ``fallback`` (the ``"all"`` entry by default); with
     ``fallback=None`` they raise. Needs float input. Means/stds are in raw stored intensities,
-    so apply it before any scaling (``ToFloat()`` without ``scale``).
+    so apply it before any scaling (``ToFloat()`` without ``scale``). The table is the trainers'
+    :class:`~cytodata.loaders.normstats.NormStats`.
     """
 
     def __init__(self, stats: dict, level: str = "plate", fallback: str | None = "all", eps: float = 1e-6):
-        norm = stats.get("normalization", stats)
-        self.table = norm[level] if level in norm else norm
-        if fallback == "all":
-            self.fallback = (norm.get("all") or {}).get("all")
-        else:
-            self.fallback = self.table.get(fallback) if fallback else None
-        self.level, self.eps = level, eps
-        self._cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        from .normstats import NormStats
 
-    def _stats(self, group, device, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        entry = self.table.get(group) or self.fallback
-        if entry is None:
-            raise ShardError(f"PlateNormalize: no {self.level} statistics for {group!r} and no fallback; "
-                             f"known: {sorted(self.table)[:10]}")
-        if len(entry["mean"]) != n:
-            raise ShardError(f"PlateNormalize: {self.level} {group!r} has {len(entry['mean'])} channel "
-                             f"statistics, the image has {n} channels (normalize before channel selection)")
-        key = (group, str(device))
-        if key not in self._cache:
-            mean = torch.tensor(entry["mean"], dtype=torch.float32, device=device)[:, None, None]
-            std = torch.tensor(entry["std"], dtype=torch.float32, device=device)[:, None, None]
-            self._cache[key] = (mean, std.clamp_min(self.eps))
-        return self._cache[key]
+        norm = stats.get("normalization", stats)
+        if level not in norm:  # a bare {group: {"mean", "std"}} table
+            norm = {level: norm}
+        self.level = level
+        self.table = NormStats({"normalization": norm}, level, eps=eps, fallback=fallback, error=ShardError)
 
     def __call__(self, sample: dict) -> dict:
         group = (sample.get("meta") or {}).get(self.level)
 
         def fn(x):
             _need_float(x, "PlateNormalize")
-            mean, std = self._stats(group, x.device, x.shape[-3])
-            return (x - mean) / std
+            if x.shape[-3] != self.table.n_channels:
+                raise ShardError(f"PlateNormalize: the {self.level} statistics have {self.table.n_channels} "
+                                 f"channels, the image has {x.shape[-3]} (normalize before channel selection)")
+            return self.table.apply(x[None], [str(group)])[0]
         return map_images(sample, fn)
 
 

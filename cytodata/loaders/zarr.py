@@ -51,7 +51,9 @@ class ZarrDataset(Dataset):
         self.meta = json.loads(meta_path.read_text())
         if self.meta.get("format") != FORMAT:
             raise ShardError(f"{meta_path} has format {self.meta.get('format')!r}, expected {FORMAT!r}; "
-                             "for tar shards use StreamingDataset")
+                             "a cytodata-webdataset set reads with StreamingDataset; an OME-Zarr set is for "
+                             "viewers: write a training set from the same manifest with `cytodata shard "
+                             "MANIFEST_DIR -o OUT --format zarr` (or without --format for WebDataset)")
         index = pd.read_parquet(self.path / "index.parquet")
         if split is not None:
             index = index[(index["split"] == split).fillna(False)]

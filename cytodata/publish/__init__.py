@@ -6,8 +6,11 @@ fsspec URL such as ``s3://bucket/name``)::
     README.md            dataset card: Hugging Face YAML header + Datasheets-for-Datasets sections
     croissant.json       Croissant 1.1 JSON-LD (mlcroissant validates it and reads its records)
     SHA256SUMS           every published file (``sha256sum -c SHA256SUMS`` works locally)
-    shard-*.tar          the shards (copied; with ``in_place=True`` referenced where they are)
-    index.parquet  shards.json  ledger.parquet       copied from the shard set
+    shard-<split>-<id>-NNNNNN.tar   the samples, one run of shards per split, payload ``npy``
+                         (``payload=``: ``portable`` | ``fast`` | a codec; repack.py); with
+                         ``in_place=True`` the source's ``shard-*.tar`` referenced where they are
+    index.parquet  shards.json    of the published shards (DEST is itself a shard set)
+    ledger.parquet       copied from the shard set
     provenance.parquet   per sample: source, image id, plate/well/site, crop, original channel files
     splits/<split>.txt   keys of each split; splits/<split>.parquet: its index rows
     manifest-provenance.json   the manifest's recipe + source file checksums (with ``manifest=``)
@@ -26,6 +29,8 @@ import uuid
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
+import pandas as pd
+
 from ..errors import PublishError
 from .checksums import SUMS_FILE, format_sums, is_url, parse_sums, stream_sha256, verify
 from .collect import Facts, collect, open_fs, open_shard_set, split_counts
@@ -34,6 +39,9 @@ __all__ = ["publish", "verify", "PublishWarning", "register"]
 
 MARKER = ".cytodata-publish"  # identity of the set being published into DEST (claimed first)
 COPIED_FILES = ("index.parquet", "shards.json", "ledger.parquet")
+#: ``publish`` default payload; see docs/publish.md for the measurements behind it
+DEFAULT_PAYLOAD = "portable"
+REPACK_LAYOUT = "one run of shards per split, v1"  # part of a repacked publication's identity
 
 
 class PublishWarning(UserWarning):
@@ -166,29 +174,62 @@ def _shard_urls(facts: Facts, src, dst, *, in_place: bool, same: bool) -> dict[s
     return {n: f"{base}/{n}" for n in names}
 
 
+def _payload(payload: str | None, shard_set, *, keep: bool) -> str | None:
+    """The codec to publish payloads in (None: keep the shards as they are)."""
+    from ..errors import ShardError
+    from ..shards.codecs import payload_codec
+
+    current = str(shard_set.meta.get("codec"))
+    try:
+        codec = payload_codec(payload or DEFAULT_PAYLOAD).name if (payload or not keep) else current
+    except ShardError as exc:
+        raise PublishError(str(exc)) from None
+    if keep and codec != current:
+        raise PublishError(f"--in-place publishes the shards as written (codec {current!r}); payload "
+                           f"{payload!r} needs new shards: drop --in-place, or drop --payload")
+    if not keep:  # refuse before any work: a dtype the payload cannot hold, named
+        from ..shards.codecs import CODECS
+
+        dtypes = [d for d in shard_set.meta.get("dtypes") or [shard_set.meta.get("dtype")] if d]
+        try:
+            for dtype in dtypes:
+                CODECS.get(codec).check_dtype(dtype, f"{shard_set.source} (shards.json dtypes)")
+        except ShardError as exc:
+            raise PublishError(str(exc)) from None
+    return None if keep else codec
+
+
 def publish(shards, dest, *, in_place: bool = False, manifest=None, name: str | None = None,
             description: str = "", licenses: dict[str, str] | None = None,
             citations: dict[str, str] | None = None, overwrite: bool = False,
             storage_options: dict | None = None, workers: int = 8, url: str | None = None,
-            creator: str | None = None) -> dict:
+            creator: str | None = None, payload: str | None = None) -> dict:
     """Publish the WebDataset shard set ``shards`` into ``dest``; return a summary dict.
 
-    ``dest``: folder or fsspec URL (``storage_options`` apply to both locations). ``in_place``:
-    reference the shards where they are instead of copying them. ``manifest``: the manifest
-    folder the shards were written from (adds the recipe: split rule, QC rules, per-stage
-    counts). ``licenses`` / ``citations``: per source id, override what the recipe and
-    :data:`~cytodata.publish.sources.KNOWN_SOURCES` say. A source without a license makes the
-    card say "unknown" and warns (:class:`PublishWarning`). ``url`` / ``creator``: the
-    dataset's landing page and publisher, stated in Croissant when given.
+    ``dest``: folder or fsspec URL (``storage_options`` apply to both locations). ``payload``:
+    ``"portable"`` (the default: ``npy`` members that webdataset, Hugging Face ``datasets`` and
+    numpy decode with no extra code), ``"fast"`` (``blosc-lz4``) or a codec name; the shards are
+    rewritten one run per split (``shard-<split>-<id>-NNNNNN.tar``, see :mod:`.repack`).
+    ``in_place``: reference the shards where they are instead (as written: no payload change,
+    splits mixed in shards). ``manifest``: the manifest folder the shards were written from
+    (adds the recipe: split rule, QC rules, per-stage counts). ``licenses`` / ``citations``: per
+    source id, override what the recipe and :data:`~cytodata.publish.sources.KNOWN_SOURCES` say.
+    A source without a license makes the card say "unknown" and warns (:class:`PublishWarning`).
+    ``url`` / ``creator``: the dataset's landing page and publisher, stated in Croissant.
     """
     src = _open(shards, storage_options)
     dst = _open(dest, storage_options)
     same = _same_place(src, dst)
     shard_set = open_shard_set(str(shards), storage_options)
+    codec = _payload(payload, shard_set, keep=in_place or same)
     name = name or posixpath.basename(src[1].rstrip("/")) or "cytodata dataset"
     facts = collect(shard_set, name=name, description=description, manifest=manifest,
                     licenses=licenses, citations=citations)
     facts.url, facts.creator = url, creator
+    if codec is not None:  # the published set is the source repacked: its own identity
+        from ..shards._samples import digest
+
+        facts.identity = digest({"source": facts.identity, "payload": codec, "layout": REPACK_LAYOUT})
     unknown = sorted(n for n, s in facts.sources.items() if s.license is None)
     if unknown:
         warnings.warn(f"no license known for source(s) {unknown}: the dataset card says 'unknown'; "
@@ -203,9 +244,22 @@ def publish(shards, dest, *, in_place: bool = False, manifest=None, name: str | 
     claimed = not same and not dfs.exists(marker)
     if not same:  # claim DEST first: a publish killed mid-copy resumes into it
         _write_bytes(dfs, marker, facts.identity.encode() + b"\n", dlocal)
-    facts.shard_urls = _shard_urls(facts, src, dst, in_place=in_place, same=same)
     try:
-        shard_files = _transfer_shards(facts, src, dst, in_place=in_place, same=same, workers=workers)
+        if codec is None:
+            facts.shard_urls = _shard_urls(facts, src, dst, in_place=in_place, same=same)
+            shard_files = _transfer_shards(facts, src, dst, in_place=in_place, same=same, workers=workers)
+        else:
+            from .repack import repack
+
+            new_shards, new_index, new_meta = repack(shard_set, dst, codec, tag=facts.identity[:8],
+                                                     workers=workers)
+            shard_files = {s["name"]: (s["sha256"], int(s["bytes"])) for s in new_shards}
+            facts.meta, facts.index = new_meta, new_index
+            facts.shard_urls = {n: n for n in shard_files}
+            # provenance rows follow the published index (same order, the new shard names)
+            prov = facts.provenance.set_index(facts.provenance["key"].astype(str))
+            prov = prov.loc[new_index["key"].astype(str).tolist()].reset_index(drop=True)
+            facts.provenance = prov.assign(shard=pd.array(new_index["shard"].astype(str), dtype="string"))
     except PublishError:
         if claimed:  # nothing was published: leave DEST as it was
             dfs.rm(marker)
@@ -222,11 +276,18 @@ def publish(shards, dest, *, in_place: bool = False, manifest=None, name: str | 
 
     sfs, sroot, _ = src
     for fname in COPIED_FILES:
+        if codec is not None and fname != "ledger.parquet":
+            continue  # the repacked set's own index and shard list, below
         try:
             data = sfs.cat_file(f"{sroot}/{fname}")
         except FileNotFoundError:
             continue
         put(fname, data, write=not same)
+    if codec is not None:
+        import json
+
+        put("index.parquet", _parquet_bytes(facts.index))
+        put("shards.json", (json.dumps(facts.meta, indent=1, sort_keys=True) + "\n").encode())
     if manifest is not None:
         from pathlib import Path
 
@@ -256,6 +317,7 @@ def publish(shards, dest, *, in_place: bool = False, manifest=None, name: str | 
             dfs.rm(f"{droot}/{stale}")
     return {"dest": str(dest), "samples": int(len(index)), "shards": len(shard_files),
             "in_place": bool(in_place or same), "files": len(sums) + 1,
+            "codec": str(facts.meta.get("codec")),
             "bytes": sum(b for _, b in shard_files.values()) + sum(b for _, b in files.values()),
             "licenses_unknown": unknown, "splits": split_counts(index)}
 
@@ -281,7 +343,14 @@ def register(subparsers) -> None:
     )
     p.add_argument("shards", help="WebDataset shard set folder or URL (written by `cytodata shard`)")
     p.add_argument("-o", "--out", required=True, help="destination folder or URL")
-    p.add_argument("--in-place", action="store_true", help="reference the shards where they are")
+    p.add_argument("--payload", default=None, metavar="portable|fast|CODEC",
+                   help="payload of the published shards: portable (default; npy, which webdataset's "
+                        ".decode(), Hugging Face datasets and numpy read with no extra code; ~1.3-1.6x "
+                        "the bytes of blosc), fast (blosc-lz4: smallest at GB/s decode, needs numcodecs "
+                        "or cytodata) or a codec name (npy-gz: portable and ~blosc's size, ~10x slower "
+                        "to decode)")
+    p.add_argument("--in-place", action="store_true",
+                   help="reference the shards where they are (as written: no --payload, splits mixed)")
     p.add_argument("--manifest", default=None,
                    help="manifest folder the shards came from (adds recipe, split rule, QC counts)")
     p.add_argument("--name", default=None, help="dataset name (default: the shard folder's name)")
@@ -310,11 +379,11 @@ def _main(args) -> int:
                           licenses=_pairs(args.license, "--license"),
                           citations=_pairs(args.citation, "--citation"),
                           overwrite=args.overwrite, storage_options=options, url=args.url,
-                          creator=args.creator)
+                          creator=args.creator, payload=args.payload)
     for w in caught:
         print(f"cytodata publish: warning: {w.message}", file=sys.stderr)
     print(f"published {summary['samples']} samples in {summary['shards']} shards to {summary['dest']} "
-          f"({'shards referenced in place' if summary['in_place'] else 'shards copied'}); "
+          f"({'shards referenced in place' if summary['in_place'] else 'payload ' + summary['codec']}); "
           f"splits: {', '.join(f'{k}={v}' for k, v in summary['splits'].items())}")
     if not args.quiet:
         print(f"wrote README.md, croissant.json, {SUMS_FILE} ({summary['files'] - 1} files listed); "

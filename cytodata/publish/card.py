@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import yaml
 
+from ..schema import BOOL_COLUMNS, FLOAT_COLUMNS, INT_COLUMNS, LIST_COLUMNS
 from .collect import Facts, groups_across_splits, size_category, split_counts
+from .repack import split_of
+from .snippets import PORTABLE, repacked, snippets
 from .sources import LICENSE_URLS, hf_license_id
 
 MAX_LABEL_ROWS = 60  # longer label lists are cut in the card (index.parquet has them all)
@@ -25,13 +28,73 @@ def card_header(facts: Facts) -> dict:
         "tags": ["biology", "microscopy", "cell-painting", "high-content-screening", "webdataset",
                  "cytodata"],
         "size_categories": [size_category(len(facts.index))],
-        "configs": [{"config_name": "default",
-                     "data_files": [{"split": s, "path": f"splits/{s}.parquet"} for s in splits]}],
     }
+    if repacked(facts):  # each split has its own shards: the datasets webdataset builder reads them
+        # listed, not globbed: a glob would skip a missing shard and load fewer samples silently
+        by_split: dict[str, list[str]] = {}
+        for name, split in zip(facts.index["shard"].astype(str), split_of(facts.index), strict=True):
+            names = by_split.setdefault(split, [])
+            if not names or names[-1] != name:
+                names.append(name)
+        header["configs"] = [{"config_name": "default",
+                              "data_files": [{"split": s, "path": by_split[s]} for s in splits]}]
+        features = hf_features(facts)
+        if features:
+            header["dataset_info"] = {"config_name": "default", "features": features}
+    else:  # shards referenced in place hold several splits each: the metadata rows per split
+        header["configs"] = [{"config_name": "default",
+                              "data_files": [{"split": s, "path": f"splits/{s}.parquet"} for s in splits]}]
     if "unknown" in ids:
         header["license_details"] = ("one or more sources have no known license; see 'Sources' "
                                      "before redistributing")
     return header
+
+
+def _json_feature(key: str, value) -> dict:
+    """The Hugging Face feature of one ``KEY.json`` field (types from the harmonized schema)."""
+    if key == "shape":
+        return {"name": key, "list": "int64"}
+    if key in LIST_COLUMNS or isinstance(value, list):
+        return {"name": key, "list": "string"}
+    if key in INT_COLUMNS:
+        return {"name": key, "dtype": "int64"}
+    if key in FLOAT_COLUMNS:
+        return {"name": key, "dtype": "float64"}
+    if key in BOOL_COLUMNS:
+        return {"name": key, "dtype": "bool"}
+    return {"name": key, "dtype": "string"}
+
+
+def hf_features(facts: Facts) -> list[dict] | None:
+    """``dataset_info.features`` of the webdataset columns (payload, json, __key__, __url__).
+
+    Declared rather than inferred: ``datasets`` infers types from the first five samples, so a
+    metadata field that is null there and a string later fails the cast. None when the
+    payload's dtype varies (no single column type).
+    """
+    meta, example = facts.meta, facts.example_meta
+    dtype, shape, ext = meta.get("dtype"), meta.get("shape"), str(meta.get("ext"))
+    if example is None:
+        return None
+    if meta.get("codec") in PORTABLE:
+        if not dtype:
+            return None
+        payload = ({"name": ext, "dtype": {"array3_d": {"shape": [int(v) for v in shape], "dtype": dtype}}}
+                   if shape else {"name": ext, "list": {"list": {"list": dtype}}})
+    else:
+        payload = {"name": ext, "dtype": "binary"}
+    fields = [_json_feature(k, v) for k, v in sorted(example.items())]
+    return [payload, {"name": "json", "struct": fields}, {"name": "__key__", "dtype": "string"},
+            {"name": "__url__", "dtype": "string"}]
+
+
+def _reading(facts: Facts) -> str:
+    parts = ["Each snippet runs from a local copy of this folder (e.g. "
+             "`huggingface-cli download REPO --repo-type dataset --local-dir DEST`, then `cd DEST`) "
+             "and prints one sample's key, shape and dtype."]
+    for client, explain, code in snippets(facts):
+        parts += ["", f"**{client}**: {explain}", "", "```python", code.rstrip("\n"), "```"]
+    return "\n".join(parts)
 
 
 def _table(rows: list[list], head: list[str]) -> str:
@@ -147,15 +210,20 @@ def _format(facts: Facts) -> str:
     meta = facts.meta
     shape = meta.get("shape")
     return "\n".join([
-        f"- {len(meta.get('shards', []))} WebDataset shards (`shard-*.tar`, plain POSIX tar), "
+        f"- {len(meta.get('shards', []))} WebDataset shards ("
+        + ("`shard-<split>-<id>-NNNNNN.tar`: each split in its own shards" if repacked(facts) else "`shard-*.tar`")
+        + ", plain POSIX tar), "
         f"{sum(s['bytes'] for s in meta.get('shards', []))} bytes; per sample `KEY.{meta.get('ext')}` "
         "(the image) and `KEY.json` (its metadata).",
         f"- Image: `(C, H, W)` array, dtype `{meta.get('dtype') or meta.get('dtypes')}`, shape "
         f"`{tuple(shape) if shape else 'varies (see index.parquet n_channels/height/width)'}`, "
         f"channels `{meta.get('channels') or 'vary per sample (KEY.json channels)'}`.",
-        f"- Codec `{meta.get('codec')}` (lossless). Decode with `cytodata.shards.decode(sample)` "
-        "from a plain `webdataset.WebDataset` sample, or `cytodata.loaders.StreamingDataset(DEST)`; "
-        "blosc payloads also decode with `numcodecs.Blosc().decode(...)` + the shape/dtype in KEY.json.",
+        f"- Codec `{meta.get('codec')}` (lossless)"
+        + (": a NumPy `.npy` file per image, decoded by webdataset's `.decode()`, Hugging Face "
+           "`datasets` and `numpy.load`" if meta.get("codec") in PORTABLE else
+           ": decode with `cytodata.shards.decode(sample)` or `cytodata.shards.wds_handler`; blosc "
+           "payloads also with `numcodecs.Blosc().decode(...)` + the shape/dtype in KEY.json")
+        + ". See *Reading this dataset*.",
         "- `index.parquet`: one row per sample with the byte range of its payload in its shard "
         "(`offset`, `size`) and the metadata columns; `croissant.json` describes every column.",
     ])
@@ -221,6 +289,7 @@ def render_card(facts: Facts) -> str:
         ("QC and ledger", _qc(facts)),
         ("Preprocessing", _preprocessing(facts)),
         ("Image format", _format(facts)),
+        ("Reading this dataset", _reading(facts)),
         ("Provenance", _provenance(facts)),
         ("Intended uses", _uses(facts)),
         ("Limitations", _limitations(facts)),

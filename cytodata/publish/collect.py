@@ -47,6 +47,7 @@ class Facts:
     version: str = "1.0.0"
     url: str | None = None           # landing page of the published dataset
     creator: str | None = None       # person or organization publishing it
+    example_meta: dict | None = None  # the first sample's KEY.json (its keys type the card's features)
 
     @property
     def recipe(self) -> dict:
@@ -209,9 +210,15 @@ def collect(shard_set, *, name: str, description: str = "", manifest=None,
 
     identity = digest({"shards": [(s["name"], s["sha256"]) for s in meta.get("shards", [])],
                        "manifest": (meta.get("manifest") or {}).get("identity")})
+    example = None
+    if len(shard_set.index):
+        first = shard_set.index.iloc[0]
+        start = int(first["meta_offset"])
+        example = json.loads(shard_set.fs.cat_file(shard_set.path(str(first["shard"])), start=start,
+                                                   end=start + int(first["meta_size"])))
     return Facts(name=name, description=description, meta=meta, index=shard_set.index,
                  ledger=ledger, provenance=read_image_provenance(shard_set), sources=sources,
-                 manifest_provenance=prov, identity=identity)
+                 manifest_provenance=prov, identity=identity, example_meta=example)
 
 
 def size_category(n: int) -> str:

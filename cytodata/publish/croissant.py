@@ -10,8 +10,6 @@ and the file table; checked with ``mlcroissant`` in tests/test_publish.py.
 
 from __future__ import annotations
 
-import re
-
 import pandas as pd
 
 from .collect import Facts, split_counts
@@ -64,11 +62,6 @@ CONTEXT: dict = {
     "transform": "cr:transform",
 }
 
-#: numpy dtype name -> Croissant data type of one array element
-ELEMENT_TYPES = {"uint8": "cr:UInt8", "uint16": "cr:UInt16", "uint32": "cr:UInt32",
-                 "int8": "cr:Int8", "int16": "cr:Int16", "int32": "cr:Int32",
-                 "float32": "cr:Float32", "float64": "cr:Float64"}
-
 _COLUMN_DOCS = {
     "shard": "tar file holding the sample", "shard_index": "number of the shard",
     "key": "sample key (tar member stem)", "offset": "byte offset of the payload data in the shard",
@@ -82,6 +75,23 @@ _COLUMN_DOCS = {
     "channels": "channel names, in array order", "channel_paths": "original file of each channel",
     "x_min": "crop window in the source image (pixels)", "scaling": "resize factor applied",
 }
+
+
+#: media type of each codec's payload members (the ``payloads`` FileSet)
+PAYLOAD_FORMATS = {"npy": "application/x-npy", "npy-gz": "application/gzip", "png16": "image/png",
+                   "tiff": "image/tiff", "zstd": "application/zstd"}
+
+
+def decode_hint(codec) -> str:
+    """How a reader without cytodata turns one payload member's bytes into the array."""
+    if codec == "npy":
+        return "decode with numpy.load(io.BytesIO(data), allow_pickle=False)"
+    if codec == "npy-gz":
+        return "decode with numpy.load(gzip.open(io.BytesIO(data)), allow_pickle=False)"
+    if str(codec).startswith("blosc"):
+        return ("decode with numpy.frombuffer(numcodecs.Blosc().decode(data), dtype).reshape(shape), "
+                "shape and dtype from the sample's KEY.json")
+    return "decode with cytodata.shards.CODECS.get(codec).decode(data, shape, dtype)"
 
 
 def _data_type(series: pd.Series) -> str:
@@ -153,11 +163,11 @@ def build_croissant(facts: Facts, files: dict[str, tuple[str, int]]) -> dict:
                  "description": f"all {len(shard_names)} shards (checksums on each shard's FileObject "
                                 "and in SHA256SUMS)",
                  "encodingFormat": "application/x-tar", "includes": _glob(facts, shard_names)})
-    codec_doc = (f"{meta.get('codec')} payloads of (C, H, W) arrays; decode with "
-                 "cytodata.shards.decode or numcodecs.Blosc + the KEY.json shape/dtype")
+    codec_doc = f"{meta.get('codec')} payloads of (C, H, W) arrays ({decode_hint(meta.get('codec'))})"
     dist.append({"@type": "cr:FileSet", "@id": "payloads", "name": "payloads", "description": codec_doc,
                  "containedIn": [_ref(n) for n in shard_names],
-                 "encodingFormat": "application/octet-stream", "includes": f"*.{ext}"})
+                 "encodingFormat": PAYLOAD_FORMATS.get(str(meta.get("codec")), "application/octet-stream"),
+                 "includes": f"*.{ext}"})
 
     splits = list(split_counts(facts.index))
     records = [{
@@ -186,12 +196,15 @@ def build_croissant(facts: Facts, files: dict[str, tuple[str, int]]) -> dict:
     shape = meta.get("shape")
     dtype = meta.get("dtype")  # None when samples differ (8- and 16-bit sources)
     dtype_doc = dtype or f"one of {meta.get('dtypes')} (per sample: KEY.json dtype)"
+    # mlcroissant yields a file's content as bytes and casts them to the field's dataType; an
+    # element type (cr:UInt16) makes it call int() on the whole payload. The payload is
+    # therefore declared as bytes (sc:Text) and its description and the card say how to decode it.
     image = {"@type": "cr:Field", "@id": "images/image", "name": "image",
-             "description": (f"(C, H, W) {dtype_doc} image, channels "
-                             f"{channels or 'per sample (KEY.json channels)'}, "
-                             f"stored with codec {meta.get('codec')}"),
-             "dataType": ELEMENT_TYPES.get(dtype, "sc:Integer"), "isArray": True,
-             "arrayShape": ",".join(str(int(v)) for v in shape) if shape else "-1,-1,-1",
+             "description": (f"(C, H, W) {dtype_doc} image"
+                             + (f" of shape {list(shape)}" if shape else "")
+                             + f", channels {channels or 'per sample (KEY.json channels)'}: the bytes of "
+                             f"the {meta.get('codec')} member; {decode_hint(meta.get('codec'))}"),
+             "dataType": "sc:Text",
              "source": {"fileSet": _ref("payloads"), "extract": {"fileProperty": "content"}}}
     records.append({
         "@type": "cr:RecordSet", "@id": "images", "name": "images",
@@ -199,8 +212,9 @@ def build_croissant(facts: Facts, files: dict[str, tuple[str, int]]) -> dict:
         "key": _ref("images/key"),
         "field": [{"@type": "cr:Field", "@id": "images/key", "name": "key",
                    "description": "sample key", "dataType": "sc:Text",
+                   # keys hold no dots (FORMAT.md), so the key is the member name up to its first dot
                    "source": {"fileSet": _ref("payloads"), "extract": {"fileProperty": "filename"},
-                              "transform": {"regex": f"^(.+)\\.{re.escape(ext)}$"}},
+                              "transform": {"regex": "^([^.]+)"}},
                    "references": {"field": _ref("samples/key")}},
                   image],
     })

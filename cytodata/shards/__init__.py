@@ -1,86 +1,31 @@
 """Shards: manifest images -> WebDataset tars | Zarr array | OME-Zarr plates (see FORMAT.md).
 
 ``write(manifest, out, format=..., codec=...)`` writes; ``decode(sample)`` turns a raw sample
-from plain ``webdataset.WebDataset`` into ``(image, meta)``; ``CODECS`` lists the codecs.
+from plain ``webdataset.WebDataset`` into ``(image, meta)``; ``wds_handler`` does it inside a
+webdataset pipeline (``.decode().map(wds_handler)``); ``CODECS`` lists the codecs.
 """
 
 from __future__ import annotations
 
-from ._writer import FORMATS, write
-from .codecs import CODECS, Codec
-from .integrity import Problem, verify
-from .labels import open_xarray
-from .webdataset import decode
+import importlib
 
-__all__ = ["write", "decode", "verify", "Problem", "open_xarray", "CODECS", "Codec", "FORMATS", "register"]
+#: public name -> the module defining it (loaded on first use: `cytodata shard --help` stays light)
+_LAZY = {"write": "_writer", "FORMATS": "_writer", "CODECS": "codecs", "Codec": "codecs", "PAYLOADS": "codecs",
+         "verify": "integrity", "Problem": "integrity", "open_xarray": "labels", "decode": "webdataset",
+         "wds_handler": "webdataset"}
 
-
-def _import_formats() -> None:
-    # zarr/ome-zarr writers register themselves; imported here so FORMATS lists them
-    from . import omezarr, zarr  # noqa: F401
+__all__ = ["write", "decode", "wds_handler", "verify", "Problem", "open_xarray", "CODECS", "Codec", "FORMATS"]
 
 
-_import_formats()
-
-
-def register(subparsers) -> None:
-    """``cytodata shard MANIFEST_DIR --format ... -o OUT`` and ``cytodata shards describe DIR``."""
-    p = subparsers.add_parser(
-        "shard", help="write a manifest's images as WebDataset / Zarr / OME-Zarr shards",
-        description="Read every image of a manifest, drop unreadable ones into OUT/ledger.parquet, "
-                    "and write shards with an index, checksums and normalization statistics. "
-                    "Re-running with the same arguments resumes (finished shards are kept).",
-    )
-    p.add_argument("manifest", help="manifest folder (holding manifest.parquet) or the parquet file")
-    p.add_argument("-o", "--out", required=True, help="output folder")
-    p.add_argument("--format", default=None, choices=FORMATS.names(),
-                   help="default: the recipe's shards.format, else webdataset. webdataset: tar "
-                        "shards for StreamingDataset; zarr: one (sample, channel, y, x) array for "
-                        "random crops and xarray; ome-zarr: HCS plates for viewers (napari, OMERO)")
-    p.add_argument("--codec", default=None, choices=CODECS.names(),
-                   help="payload codec (blosc-lz4, the default: fastest to write and read; "
-                        "blosc-zstd: ~5%% smaller; png16/tiff: readable by image tools)")
-    p.add_argument("--channel-mode", default=None, choices=["own", "merged", "split"],
-                   help="own: each image keeps its channels (default); merged: one gray channel "
-                        "after per-channel percentile scaling; split: one sample per channel")
-    p.add_argument("--shard-size", default=None,
-                   help="target tar size; 100MB-1GB streams well from object stores (default 256MB)")
-    p.add_argument("--samples-per-shard", type=int, default=None, help="overrides --shard-size")
-    p.add_argument("--tile", type=int, default=None, help="zarr: cut images into TILE x TILE tiles")
-    p.add_argument("--pixel-size", type=float, default=None,
-                   help="ome-zarr: pixel size in micrometers (default: OME/ImageJ TIFF metadata)")
-    p.add_argument("--workers", type=int, default=None, help="dask LocalCluster workers (default: cores)")
-    p.add_argument("--scheduler", default=None,
-                   help="existing dask scheduler address (tcp://HOST:PORT) or 'synchronous'")
-    p.add_argument("--overwrite", action="store_true", help="replace a different shard set in OUT")
-    q = p.add_mutually_exclusive_group()
-    q.add_argument("--qc", metavar="QC_DIR", default=None,
-                   help="output folder of `cytodata qc MANIFEST_DIR -o QC_DIR`: images it failed "
-                        "are not written and go to the ledger with their QC reason")
-    q.add_argument("--no-qc", action="store_true",
-                   help="write every readable image (skip the recipe's image_qc rules)")
-    p.add_argument("-q", "--quiet", "--no-progress", dest="quiet", action="store_true",
-                   help="no progress bars (--no-progress is the old spelling)")
-    p.set_defaults(func=_main)
-    from .integrity import register as register_verify
-
-    register_verify(subparsers)  # `cytodata verify SHARDS [--deep]`
-
-    d = subparsers.add_parser(
-        "shards", help="inspect shard sets (describe)",
-        description="Inspect a shard set written by `cytodata shard`.")
-    sub = d.add_subparsers(dest="shards_command", metavar="ACTION")
-    desc = sub.add_parser(
-        "describe", help="summarize a shard set folder",
-        description="Samples, shards, bytes, codec, channels, shapes, labels, plates, splits, "
-                    "sources and the ledger of a WebDataset, Zarr or OME-Zarr shard set.")
-    desc.add_argument("path", metavar="DIR", help="shard set folder (holding shards.json)")
-    desc.add_argument("-o", "--out", default=None, metavar="FILE",
-                      help="also write the summary as JSON to FILE")
-    desc.add_argument("--json", action="store_true", help="print the summary as JSON")
-    desc.add_argument("-q", "--quiet", action="store_true", help="print only the first line")
-    desc.set_defaults(func=_describe)
-    d.set_defaults(func=lambda args: (d.print_help(), 2)[1])
+def __getattr__(name: str):
+    if name in _LAZY:
+        if name in ("write", "FORMATS"):
+            # zarr/ome-zarr writers register themselves in FORMATS when imported
+            from . import omezarr, zarr  # noqa: F401
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _describe(args) -> int:
@@ -97,35 +42,12 @@ def _describe(args) -> int:
     return 0
 
 
-def _recipe_of(manifest) -> "object | None":
-    """The recipe a manifest folder was built from (its provenance.json), or None."""
-    import json
-    from pathlib import Path
-
-    from ..recipe import parse_recipe
-
-    p = Path(manifest)
-    prov = (p if p.is_dir() else p.parent) / "provenance.json"
-    if not prov.exists():
-        return None
-    import warnings
-
-    from ..errors import RecipeError
-
-    try:
-        data = json.loads(prov.read_text())
-        if not isinstance(data, dict) or not isinstance(data.get("recipe"), dict):
-            return None
-        return parse_recipe(data["recipe"], where=f"{prov} (recipe)")
-    except (RecipeError, ValueError) as exc:  # an older or edited provenance: no defaults
-        warnings.warn(f"{prov}: its recipe cannot be read ({exc}); using the command-line "
-                      "options only (no recipe image_qc / shards defaults)", UserWarning,
-                      stacklevel=2)
-        return None
-
-
 def _main(args) -> int:
-    recipe = _recipe_of(args.manifest)
+    from ..images.qc import manifest_image_qc
+    from ..recipe import recipe_of
+    from . import PAYLOADS, write
+
+    recipe = recipe_of(args.manifest)
     cfg = recipe.shards if recipe is not None else None
     fmt = args.format or (cfg.format if cfg else "webdataset")
     tile = args.tile or (cfg.tile if cfg else None)
@@ -135,14 +57,13 @@ def _main(args) -> int:
     qc = None
     if args.qc:
         print(f"image QC: gating with {args.qc}")
-    elif not args.no_qc and recipe is not None and recipe.image_qc is not None:
-        qc = recipe.image_qc  # the recipe's rules, checked on every image as it is written
-        print(f"image QC: the recipe's image_qc rules ({', '.join(qc.rules)}) run while sharding")
     elif not args.no_qc:
-        print("image QC: none (no --qc QC_DIR and no image_qc in the recipe); every readable "
-              "image is written")
+        # the rules `cytodata qc` applies to this manifest: the recipe's image_qc, else the defaults
+        qc, whose = manifest_image_qc(args.manifest)
+        print(f"image QC: {whose} rules ({', '.join(qc.rules)}) run while sharding (--no-qc: none)")
     summary = write(args.manifest, args.out, format=fmt,
-                    codec=args.codec or (cfg.codec if cfg else "blosc-lz4"),
+                    codec=args.codec or (PAYLOADS[args.payload] if args.payload else None)
+                    or (cfg.codec if cfg else "blosc-lz4"),
                     channel_mode=args.channel_mode or (cfg.channel_mode if cfg else "own"),
                     shard_size=args.shard_size or (cfg.shard_size if cfg else "256MB"),
                     samples_per_shard=args.samples_per_shard or (

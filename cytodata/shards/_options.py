@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 from ._samples import Sample, load_samples
 
 if TYPE_CHECKING:
-    from ..curate.qc import QCConfig
+    from ..images.qc import QCConfig
 
 #: options of ``write(**options)`` that only some formats read (the others ignore them)
 FORMAT_OPTIONS: dict[str, str] = {
@@ -30,7 +30,7 @@ class SampleOptions:
     """How one manifest row becomes samples: the part of the options every write task needs.
 
     ``channel_mode``: a ``CHANNEL_MODES`` name (own, merged, split); ``qc``: image QC rules for
-    ``cytodata.curate.qc.check`` (a ``QCConfig``, a mapping, or None for no QC); ``gray``: how
+    ``cytodata.images.qc.check`` (a ``QCConfig``, a mapping, or None for no QC); ``gray``: how
     RGB files become one channel (``cytodata.images.read_image``'s ``gray``).
     """
 

@@ -122,8 +122,8 @@ def _split(image: np.ndarray, rec: dict) -> list[Sample]:
 
 
 def _qc_check():
-    """The image QC hook from cytodata.curate.qc (imported lazily: a separate stage)."""
-    from ..curate.qc import check
+    """The image QC check of cytodata.images.qc (imported on first use)."""
+    from ..images.qc import check
 
     return check
 

@@ -14,13 +14,13 @@ from typing import Any, Callable
 
 import pandas as pd
 
+from .._cluster import run_tasks
 from .._files import file_sha256, load_json_dict, save_json
 from .._registry import Registry
 from ..errors import ShardError
 from . import _plan
 from ._finalize import finalize, index_frame, sweep_temps
 from ._options import SampleOptions, WriteOptions
-from ._run import run_tasks
 from ._samples import CHANNEL_MODES, INDEX_COLUMNS, Dropped, digest, records
 from .checksum import COLUMN as CHECKSUM
 from .codecs import CODECS
@@ -39,17 +39,16 @@ class Identity(str):
     parts: dict
 
 
-def load_table(manifest) -> tuple[pd.DataFrame, str | None]:
-    """A manifest folder/file (validated) or a harmonized DataFrame; plus the file's sha256."""
+def _load_manifest(manifest) -> tuple[pd.DataFrame, dict]:
+    """The validated table and its file's ``{"sha256", "path"}`` (empty for a DataFrame)."""
     from ..schema import conform, read_manifest, validate
 
     if isinstance(manifest, pd.DataFrame):
-        return validate(conform(manifest), where="manifest DataFrame"), None
-
+        return validate(conform(manifest), where="manifest DataFrame"), {}
     p = Path(manifest)
     table = read_manifest(p)
     f = p / "manifest.parquet" if p.is_dir() else p
-    return table, file_sha256(f)
+    return table, {"sha256": file_sha256(f), "path": str(f.resolve())}
 
 
 def write(manifest, out, *, format: str = "webdataset", codec: str = "blosc-lz4",  # noqa: A002
@@ -89,13 +88,15 @@ def write(manifest, out, *, format: str = "webdataset", codec: str = "blosc-lz4"
     out = claim_stage_folder(out, "shards", empty_or_own=True, inputs=(
         manifest if not isinstance(manifest, pd.DataFrame) else None,
         qc_results if isinstance(qc_results, (str, Path)) else None))
-    table, manifest_sha = load_table(manifest)
+    table, source = _load_manifest(manifest)
     recs = records(table)
     check_keys(recs)
     if qc_results is not None:
         gate_with_qc(recs, qc_results, min_class_size)
     out.mkdir(parents=True, exist_ok=True)
-    manifest_info = {"sha256": manifest_sha, "content_sha256": digest(recs), "n_rows": len(recs)}
+    manifest_info = {"sha256": source.get("sha256"), "content_sha256": digest(recs), "n_rows": len(recs)}
+    if source:
+        manifest_info["path"] = source["path"]  # cytodata.shards.source finds it (checked by sha256)
     started = time.perf_counter()
     summary = writer(recs, out, manifest_info, opts)
     seconds = time.perf_counter() - started

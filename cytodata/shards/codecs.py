@@ -31,6 +31,17 @@ class Codec:
     _decode: Callable[[bytes, tuple[int, ...], np.dtype, "np.ndarray | None"], np.ndarray]
     #: decoder taking a per-call thread count (blosc codecs); None: ``threads`` is ignored
     _decode_threads: Callable[[bytes, tuple[int, ...], np.dtype, "np.ndarray | None", int], np.ndarray] | None = None
+    #: dtypes the payload holds (None: any fixed-size numeric dtype)
+    dtypes: tuple[str, ...] | None = None
+
+    def check_dtype(self, dtype, where: str = "") -> None:
+        """Raise ShardError naming ``dtype`` when this codec's payload cannot hold it."""
+        dtype = np.dtype(dtype)
+        if dtype.hasobject or (self.dtypes is not None and dtype.name not in self.dtypes):
+            held = ", ".join(self.dtypes) if self.dtypes else "fixed-size numeric dtypes"
+            raise ShardError(f"{where + ': ' if where else ''}codec {self.name!r} cannot hold dtype "
+                             f"{dtype.name!r} (it holds {held}); pick another payload, e.g. "
+                             "--payload fast (blosc-lz4)")
 
     def __reduce__(self):
         # codecs hold plain functions; pickle (for dask/spawned workers) by registry name
@@ -202,7 +213,28 @@ def _npy_decode(data, shape, dtype, out):
     return arr.copy()
 
 
-_register(Codec("npy", "npy", _npy_encode, _npy_decode))
+#: dtypes every client of a published set names the same way (numpy, Arrow in Hugging Face
+#: ``datasets``, Croissant's ``cr:`` element types): the portable payloads hold only these
+PORTABLE_DTYPES = ("uint8", "uint16", "uint32", "int8", "int16", "int32", "float32", "float64")
+
+_register(Codec("npy", "npy", _npy_encode, _npy_decode, dtypes=PORTABLE_DTYPES))
+
+
+# --- npy-gz: the npy file gzipped; webdataset's default decoders and the datasets webdataset
+# builder both un-gzip ``.gz`` members and then decode the ``.npy`` inside ---
+def _npy_gz_encode(arr: np.ndarray) -> bytes:
+    import gzip
+
+    return gzip.compress(_npy_encode(arr), compresslevel=6, mtime=0)  # mtime 0: byte-identical re-runs
+
+
+def _npy_gz_decode(data, shape, dtype, out):
+    import zlib
+
+    return _npy_decode(zlib.decompress(data, wbits=31), shape, dtype, out)
+
+
+_register(Codec("npy-gz", "npy.gz", _npy_gz_encode, _npy_gz_decode, dtypes=PORTABLE_DTYPES))
 
 
 # --- png16: channels stacked vertically into one (C*H, W) grayscale PNG ---
@@ -220,7 +252,7 @@ def _png_decode(data, shape, dtype, out):
     return flat.reshape(shape) if flat.size == int(np.prod(shape)) else flat
 
 
-_register(Codec("png16", "png", _png_encode, _png_decode))
+_register(Codec("png16", "png", _png_encode, _png_decode, dtypes=("uint8", "uint16")))
 
 
 # --- tiff: one page per channel, deflate ---
@@ -243,7 +275,20 @@ def _tiff_decode(data, shape, dtype, out):
 
 _register(Codec("tiff", "tiff", _tiff_encode, _tiff_decode))
 
-#: extension -> codec (what a reader sees in a raw webdataset sample)
+#: ``--payload`` names: ``portable`` decodes with every client's stock decoders (webdataset
+#: ``.decode()``, Hugging Face ``datasets``, ``numpy.load``); ``fast`` is the shard writer's default
+PAYLOADS = {"portable": "npy", "fast": "blosc-lz4"}
+
+
+def payload_codec(name: str) -> Codec:
+    """The codec of a ``--payload`` name (``portable``, ``fast``) or of a codec name."""
+    codec = PAYLOADS.get(name, name)
+    if codec not in CODECS:
+        raise ShardError(f"unknown payload {name!r}; use one of {sorted(PAYLOADS)} or a codec name "
+                         f"{CODECS.names()}")
+    return CODECS.get(codec)
+
+
 def codec_for_ext(ext: str) -> Codec:
     """The codec whose member extension is ``ext`` (raises ShardError listing them)."""
     for name in CODECS:

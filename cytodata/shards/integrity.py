@@ -44,12 +44,14 @@ def verify(path, deep: bool = False, storage_options: dict | None = None) -> lis
 
     ``deep``: also check every sample's checksum (reads every byte of the set once).
     """
-    from ..loaders._shardset import open_fs
+    from .._fs import open_fs
 
     fs, root = open_fs(path, storage_options)
     try:
         meta = json.loads(fs.cat_file(f"{root}/shards.json"))
     except FileNotFoundError:
+        if not fs.exists(root):
+            return [Problem(None, None, f"{path} does not exist")]
         return [Problem(None, None, f"{path} has no shards.json: not a cytodata shard set")]
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         return [Problem("shards.json", None, f"not valid JSON ({exc}); rewrite the shard set")]
@@ -178,68 +180,3 @@ def _verify_zarr(path, meta: dict, index: pd.DataFrame, deep: bool, storage_opti
         if got != want:
             problems.append(Problem(array_name, key, f"row {row} {column} {got}, index.parquet says {want}"))
     return problems
-
-
-# --- CLI ------------------------------------------------------------------------------------
-def register(subparsers) -> None:
-    """``cytodata verify SHARDS [--deep]``."""
-    p = subparsers.add_parser(
-        "verify", help="check a shard set or a published dataset against its checksums (exit 1 "
-                       "naming each bad file, shard and key)",
-        description="A shard set: check every shard's size and sha256 against shards.json and "
-                    "index.parquet against both; with --deep also every sample's XXH3-64 checksum "
-                    "(reads the whole set once). A published dataset (a folder or URL holding "
-                    "SHA256SUMS, written by `cytodata publish`): check every listed file; with "
-                    "--deep also the shard set inside it.")
-    p.add_argument("shards", help="shard set or published folder, or URL (s3://bucket/set)")
-    p.add_argument("--deep", action="store_true", help="also check every sample's checksum")
-    p.add_argument("-o", "--out", default=None, metavar="FILE",
-                   help="also write the problems found as JSON lines to FILE")
-    p.add_argument("-q", "--quiet", action="store_true", help="print only problems and the verdict")
-    p.set_defaults(func=_main)
-
-
-def _published(path: str) -> bool:
-    """Whether ``path`` is a published dataset (holds SHA256SUMS)."""
-    import fsspec
-
-    from ..publish.checksums import SUMS_FILE
-
-    fs, root = fsspec.core.url_to_fs(str(path))
-    return fs.exists(f"{root.rstrip('/')}/{SUMS_FILE}")
-
-
-def _main(args) -> int:
-    import json
-    import sys
-
-    if _published(args.shards):
-        from ..publish.checksums import report
-        from ..publish.checksums import verify as verify_published
-
-        code = report(args.shards)
-        if args.out:
-            with open(args.out, "w", encoding="utf-8") as f:
-                for p in verify_published(args.shards):
-                    f.write(json.dumps({"problem": p}) + "\n")
-        return code
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        problems = verify(args.shards, deep=args.deep)
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            for p in problems:
-                f.write(json.dumps({"shard": p.shard, "key": p.key, "problem": p.what}) + "\n")
-    for w in caught:
-        print(f"note: {w.message}", file=sys.stderr)
-    for p in problems:
-        print(f"BAD {p}", file=sys.stderr)
-    if problems:
-        bad_shards = sorted({p.shard for p in problems if p.shard})
-        bad_keys = sorted({p.key for p in problems if p.key})
-        print(f"{args.shards}: {len(problems)} problem(s); bad shards: {bad_shards}; bad keys: {bad_keys}",
-              file=sys.stderr)
-        return 1
-    what = "every shard sha256" + (" and every sample checksum" if args.deep and not caught else "")
-    print(f"{args.shards}: ok ({what} verified)")
-    return 0

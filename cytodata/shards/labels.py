@@ -106,9 +106,10 @@ def open_xarray(path: str | os.PathLike, *, chunks: dict | str | None = "image",
     """Open the Zarr shard set at ``path`` as a lazy ``xarray.Dataset`` (dask arrays).
 
     Variable ``image`` ``(sample, channel, y, x)`` at the stored dtype (uint16 or uint8);
-    coordinates ``channel`` (names) and per sample ``key``, ``written`` (False: the row failed
-    to read and holds zeros), ``plate``, ``well``, ``site``, ``label``, ``split``, ``source``,
-    ``batch``, ... (``""``/``-1`` where unknown). ``chunks="image"`` (default) gives one dask
+    coordinates ``channel`` (names) and per sample ``key``, ``written`` (True for every row
+    of a finished set; False only in sets written before unwritten rows were removed),
+    ``plate``, ``well``, ``site``, ``label``, ``split``, ``source``, ``batch``, ...
+    (``""``/``-1`` where unknown). ``chunks="image"`` (default) gives one dask
     chunk per image (one zarr shard object); ``None`` gives the stored ``(1, C, tile, tile)``
     chunks; a dict is passed to xarray. Pixels are read only when computed; the 1-D sample
     coordinates are loaded (a few bytes per sample).

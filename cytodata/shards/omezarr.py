@@ -6,22 +6,25 @@ Wells come from the manifest ``well`` column (``B02`` -> row ``B``, column ``02`
 from ``site`` (ordered per well). Rows without plate/well go to the ledger ("no plate/well").
 Each field carries omero channel labels (the manifest's channel names) and, where known
 (``pixel_size=`` or the source TIFF's OME/ImageJ metadata), pixel sizes in micrometers;
-``OUT/index.parquet`` maps every manifest key to its plate, well and field.
+``OUT/index.parquet`` maps every manifest key to its plate, well and field. Treatment
+annotations (compound, concentration, MOA, label, control type) are in the well, field and
+plate groups' ``attrs["cytodata"]`` (FORMAT.md section 3).
 """
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._cluster import run_tasks
 from .._files import save_json
 from ..errors import ShardError
 from ._finalize import finalize, index_frame
 from ._options import SampleOptions, WriteOptions
-from ._run import run_tasks
 from ._samples import INDEX_COLUMNS, Dropped, Moments, moment_groups
 from ._writer import FORMATS, begin
 
@@ -76,6 +79,23 @@ def _omero(channels: list[str], image) -> dict:
         for i, (name, plane) in enumerate(zip(channels, image, strict=True))]}
 
 
+#: treatment columns a well carries in its ``attrs["cytodata"]`` (and the plate's ``wells`` table)
+WELL_ANNOTATIONS: tuple[str, ...] = ("compound", "concentration", "moa", "label", "category",
+                                     "control_type")
+
+
+def well_annotations(fields: list[dict]) -> dict:
+    """One well's annotations from its fields' records: a value all fields share, else the
+    sorted list of their distinct values (each field's own value is in its group's attrs).
+    """
+    out = {}
+    for key in WELL_ANNOTATIONS:
+        values = {json.dumps(f.get(key), sort_keys=True) for f in fields}
+        decoded = sorted((json.loads(v) for v in values), key=lambda v: (v is None, str(v)))
+        out[key] = decoded[0] if len(decoded) == 1 else decoded
+    return out
+
+
 def _split_well(well: str) -> tuple[str, str] | None:
     m = _WELL.match(well or "")
     return (m.group(1).upper(), f"{int(m.group(2)):02d}") if m else None
@@ -119,6 +139,7 @@ def _write_plate(task: PlateTask) -> dict:
     fmt, path, plate = FormatV05(), task.path, task.plate
     root = zarr.open_group(path, mode="w", zarr_format=3)
     ledger, wells, moments, index, labels = [], defaultdict(list), Moments(), [], Counter()
+    annotations: dict[tuple[str, str], list[dict]] = defaultdict(list)
     channel_sets, dtypes, pixel_bytes = [], set(), 0
     for f in task.fields:
         rec, row, col = f.rec, f.row, f.column
@@ -139,8 +160,10 @@ def _write_plate(task: PlateTask) -> dict:
         write_image(image, group, scale_factors=[2 ** (k + 1) for k in range(task.pyramid_levels)],
                     axes="cyx", fmt=fmt, omero=_omero(names, image), **physical)
         group.attrs["cytodata"] = {"key": rec["key"], "source": rec["source"],
-                                   "image_id": rec["image_id"], "site": rec.get("site")}
+                                   "image_id": rec["image_id"], "site": rec.get("site"),
+                                   **{k: rec.get(k) for k in WELL_ANNOTATIONS}}
         wells[(row, col)].append(field)
+        annotations[(row, col)].append({k: rec.get(k) for k in WELL_ANNOTATIONS})
         moments.add(moment_groups(rec, plate), image, names)
         if names not in channel_sets:
             channel_sets.append(names)
@@ -161,8 +184,13 @@ def _write_plate(task: PlateTask) -> dict:
         cols = sorted({c for _, c in wells})
         write_plate_metadata(root, rows, cols, [f"{r}/{c}" for r, c in sorted(wells)], fmt=fmt,
                              name=plate, field_count=max(len(v) for v in wells.values()))
+        table = {}
         for (r, c), fs in sorted(wells.items()):
             write_well_metadata(root[r][c], fs, fmt=fmt)
+            table[f"{r}/{c}"] = well_annotations(annotations[(r, c)])
+            # beside "ome": NGFF lets groups carry other keys; viewers ignore them
+            root[r][c].attrs["cytodata"] = {"well": f"{r}{c}", **table[f"{r}/{c}"]}
+        root.attrs["cytodata"] = {"plate": plate, "annotations": list(WELL_ANNOTATIONS), "wells": table}
     else:  # an HCS plate needs a well (ome-zarr refuses an empty one): no folder at all
         shutil.rmtree(path, ignore_errors=True)
     return {"ledger": ledger, "rows_written": sum(len(v) for v in wells.values()),

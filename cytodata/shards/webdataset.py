@@ -133,6 +133,7 @@ def write_shard(task: ShardTask) -> dict:
                 continue
             rows_written += 1
             for s in samples:
+                enc.check_dtype(s.image.dtype, f"{rec.get('image_id')} (key {s.key})")
                 payload = enc.encode(s.image)
                 digest = checksum(payload)
                 meta = json.dumps(sample_meta(s, rec, codec, channel_mode, digest), sort_keys=True).encode()
@@ -192,3 +193,25 @@ def decode(sample: dict, out: np.ndarray | None = None, verify: bool = True) -> 
                          "names every bad sample")
     image = codec.decode(sample[codec.ext], meta["shape"], meta["dtype"], out=out)
     return image, meta
+
+
+def wds_handler(sample: dict) -> dict:
+    """Decode a cytodata sample inside a plain ``webdataset`` pipeline (any codec).
+
+    ``webdataset.WebDataset(urls).decode().map(cytodata.shards.wds_handler)``: the payload
+    member (``sample["blosc"]``, ``sample["npy"]``, ...) becomes the ``(C, H, W)`` array at
+    the stored dtype, checked against its ``xxh3_64``; ``sample["json"]`` becomes the metadata
+    dict. Works before or after ``.decode()`` (a payload webdataset already decoded, such as
+    ``npy``, is kept). Other members are left as they are.
+    """
+    out = dict(sample)
+    meta = out.get("json")
+    if meta is not None and not isinstance(meta, dict):
+        meta = json.loads(bytes(meta).decode("utf-8"))
+        out["json"] = meta
+    payload = next((k for k in out if not k.startswith("__") and k != "json"), None)
+    if payload is not None and isinstance(out[payload], np.ndarray):
+        return out  # decoded by webdataset's own handlers (npy)
+    image, meta = decode(out)
+    out[payload], out["json"] = image, meta
+    return out

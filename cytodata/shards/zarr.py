@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .._cluster import run_tasks
 from .._files import load_json_dict, save_json
 from ..errors import ImageReadError
 from ._finalize import finalize, index_frame
 from ._options import SampleOptions, WriteOptions
-from ._run import run_tasks
 from ._samples import INDEX_COLUMNS, Dropped, Moments, fit_window, moment_groups, window_of
 from ._writer import FORMATS, begin
 from .checksum import CHUNK_COLUMN as CHUNK_CHECKSUMS
@@ -253,6 +253,8 @@ def write_zarr(recs: list[dict], out: Path, manifest_info: dict, opts: WriteOpti
     parts = [results[k] for k in sorted(results)]
     index = index_frame([x for r in parts for x in r["index"]], ints=_ZARR_INTS,
                         strings=("sha256", CHECKSUM))
+    if len(index) < n:  # rows whose images failed to read: a finished set holds none
+        n = compact_rows(arr, index, out / "plan.json")
     names = next((r["index"][0] for r in parts if r["index"]), None)
     channels = None if names is None else _channels(recs, names, mode)
     summary = finalize(
@@ -268,6 +270,28 @@ def write_zarr(recs: list[dict], out: Path, manifest_info: dict, opts: WriteOpti
     # after finalize: write_labels adds the coordinates attribute to the array's metadata
     summary["bytes"] = sum(p.stat().st_size for p in (out / ARRAY).rglob("*") if p.is_file())
     return summary
+
+
+def compact_rows(arr, index, plan_path: Path) -> int:
+    """Move the written rows up over the unwritten ones and cut the array to them; return its length.
+
+    A plain ``xarray.open_zarr`` user would otherwise average all-zero rows in. ``index["row"]``
+    is renumbered in place. plan.json is marked first, so a run interrupted here (or any later
+    re-run of the set) rewrites the array instead of trusting row numbers that moved.
+    """
+    plan = load_json_dict(plan_path) or {}
+    plan["layout"] = dict(plan.get("layout") or {}, compacted=True)
+    save_json(plan_path, plan)
+    order = np.argsort(index["row"].to_numpy(dtype=np.int64), kind="stable")
+    old_rows = index["row"].to_numpy(dtype=np.int64)[order]
+    for new, old in enumerate(old_rows.tolist()):
+        if new != old:  # new < old: rows only move up, so no row is overwritten before it moves
+            arr[new] = arr[old]
+    arr.resize((len(old_rows),) + tuple(arr.shape[1:]))
+    rows = index["row"].to_numpy(dtype=np.int64).copy()
+    rows[order] = np.arange(len(old_rows), dtype=np.int64)
+    index["row"] = rows
+    return len(old_rows)
 
 
 def _channels(recs, first_row: dict, mode: str):

@@ -14,21 +14,16 @@ documents its parameters. Adding one is one new module imported below.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
 
 from .. import schema
-from .._registry import Registry
 from ..curate.ledger import Ledger
 from ..errors import SchemaError, preview
 from ..vocab import TEXT_COLUMNS, harmonize_labels
-
-Adapter = Callable[..., pd.DataFrame]
-
-#: name -> adapter function
-SOURCES: Registry[Adapter] = Registry("source")
+from ._registry import SOURCES, Adapter  # noqa: F401  (Adapter: the adapters' type)
 
 
 def available() -> list[str]:

@@ -24,8 +24,8 @@ import numpy as np
 import pandas as pd
 
 from ..errors import SourceError, preview
-from . import SOURCES
 from ._io import PathLike, channel_lists, join_paths, read_table
+from ._registry import SOURCES
 
 CHANNELS: tuple[str, ...] = ("DAPI", "Tubulin", "Actin")
 NEGATIVE_CONTROL = "DMSO"

@@ -20,8 +20,8 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import SourceError
-from . import SOURCES
 from ._io import PathLike, channel_lists, check_unique_channels, join_paths, read_table
+from ._registry import SOURCES
 
 
 @SOURCES.register("csv")

@@ -37,8 +37,8 @@ import pandas as pd
 
 from ..errors import SourceError, preview
 from ..vocab import parse_cell
-from . import SOURCES
 from ._io import PathLike, read_table
+from ._registry import SOURCES
 
 #: HPA Single-Cell Classification 2021 class numbers -> names (Kaggle competition labels)
 HPA_CLASSES: dict[int, str] = {

@@ -24,8 +24,8 @@ import pandas as pd
 
 from .. import schema
 from ..errors import SourceError, preview
-from . import SOURCES
 from ._io import PathLike
+from ._registry import SOURCES
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 

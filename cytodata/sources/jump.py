@@ -34,8 +34,8 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import SourceError, preview
-from . import SOURCES
 from ._io import PathLike, channel_lists, join_paths, read_table
+from ._registry import SOURCES
 
 _ORIG = re.compile(r"^FileName_Orig(?P<channel>.+)$")
 _KEYS = ("Metadata_Plate", "Metadata_Well", "Metadata_Site")

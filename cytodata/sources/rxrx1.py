@@ -37,8 +37,8 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import SourceError, preview
-from . import SOURCES
 from ._io import PathLike, read_table
+from ._registry import SOURCES
 
 #: RxRx1 stains in file order w1..w6 (Hoechst nuclei, ConA ER, phalloidin actin, SYTO14
 #: nucleoli/RNA, MitoTracker mitochondria, WGA Golgi/plasma membrane)

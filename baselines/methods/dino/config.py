@@ -32,8 +32,15 @@ class DinoConfig(TrainConfig):
     momentum_teacher: float = 0.99    # WS-DINO 0.99; DINO 0.996; cosine to 1
     local_crops: int = 8
     local_crop: int = 96
-    global_scale: list[float] = field(default_factory=lambda: [0.4, 1.0])
-    local_scale: list[float] = field(default_factory=lambda: [0.05, 0.4])
+    # area fractions [min, max] of the (prescaled) image per view; null: derived from the image
+    # size so views keep cells at the resolution embed sees them at (native resolution)
+    global_scale: list[float] | None = None
+    local_scale: list[float] | None = None
+    crop_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])  # aspect ratios
+    view_interpolation: str = "bilinear"  # bilinear | bicubic (resampling of the views)
+    prescale: float = 1.0             # resize whole images by this factor before views and embed
+    intensity_clip: float | None = None  # raw intensity clipped at this value, then / it (0..1);
+    #                                      needs data.normalize: none (WS-DINO: 10000)
     warmup_epochs: float | None = None  # lr warm-up in epochs (overrides optim.warmup_steps)
     embed_crop: int | None = None     # side of the four centre crops (default data.crop)
     collapse_patience: int = 50       # consecutive collapsed steps before the warning
@@ -54,8 +61,22 @@ class DinoConfig(TrainConfig):
         need(self.local_crop >= 8, f"local_crop={self.local_crop}; must be >= 8 pixels")
         for name in ("global_scale", "local_scale"):
             lo_hi = getattr(self, name)
-            need(len(lo_hi) == 2 and 0 < lo_hi[0] <= lo_hi[1] <= 1,
-                 f"{name}={lo_hi}; expected [min, max] area fractions with 0 < min <= max <= 1")
+            need(lo_hi is None or (len(lo_hi) == 2 and 0 < lo_hi[0] <= lo_hi[1] <= 1),
+                 f"{name}={lo_hi}; expected [min, max] area fractions with 0 < min <= max <= 1, "
+                 "or null for native-resolution views derived from the image size")
+        need(len(self.crop_ratio) == 2 and 0 < self.crop_ratio[0] <= self.crop_ratio[1],
+             f"crop_ratio={self.crop_ratio}; expected [min, max] aspect ratios > 0 (DINO: "
+             "[0.75, 1.333]; WS-DINO: [1, 1])")
+        need(self.view_interpolation in ("bilinear", "bicubic"),
+             f"view_interpolation={self.view_interpolation!r}; valid: bilinear, bicubic")
+        need(0 < self.prescale <= 1, f"prescale={self.prescale}; must be in (0, 1] (WS-DINO "
+             "halves BBBC021 fields: 0.5)")
+        need(self.intensity_clip is None or self.intensity_clip > 0,
+             f"intensity_clip={self.intensity_clip}; must be > 0 (raw intensity units)")
+        need(self.intensity_clip is None or self.data.normalize == "none",
+             f"intensity_clip={self.intensity_clip} scales raw intensities, but data.normalize="
+             f"{self.data.normalize!r} normalises them first; set --set data.normalize=none, or "
+             "--set intensity_clip=null to keep the normalisation")
         need(self.student_temp > 0 and self.teacher_temp > 0 and self.warmup_teacher_temp > 0,
              "student_temp, teacher_temp and warmup_teacher_temp must be > 0")
         need(0.0 <= self.center_momentum <= 1.0,

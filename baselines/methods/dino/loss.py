@@ -41,9 +41,12 @@ class DINOLoss(nn.Module):
     """
 
     def __init__(self, out_dim: int, n_models: int = 1, student_temp: float = 0.1,
-                 center_momentum: float = 0.9):
+                 center_momentum: float = 0.9, sum_models: bool = False):
         super().__init__()
         self.student_temp, self.center_momentum = student_temp, center_momentum
+        # separate per-channel models: the sum, so each model's gradient is its own loss's
+        # (the models share no parameter, so the joint step is each model's separate step)
+        self.sum_models = sum_models
         self.register_buffer("center", torch.zeros(n_models, 1, out_dim))
 
     def teacher_probs(self, teacher: torch.Tensor, temp: float) -> torch.Tensor:
@@ -56,10 +59,13 @@ class DINOLoss(nn.Module):
         probs = self.teacher_probs(teacher, temp)
         losses = [dino_cross_entropy(student[m], probs[m], n_views, n_global, self.student_temp)
                   for m in range(student.shape[0])]
-        loss = torch.stack(losses).mean()
+        per_model = torch.stack(losses)
+        loss = per_model.mean()
         stats = monitor_stats(probs.detach(), float(loss.detach()))
+        if per_model.numel() > 1:
+            stats.update({f"loss_model{m}": float(v) for m, v in enumerate(per_model.detach())})
         self.update_center(teacher)
-        return loss, stats
+        return (per_model.sum() if self.sum_models else loss), stats
 
     @torch.no_grad()
     def update_center(self, teacher: torch.Tensor) -> None:

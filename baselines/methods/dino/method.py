@@ -36,16 +36,16 @@ from cytodata.errors import TrainingError
 
 from ... import augment, runtime
 from ...config import EMBED_POOLS
-from ...models import create
+from ...models import create, read_checkpoint
+from ...registry import METHODS
 from ...schedules import cosine_schedule, lr_schedule, wd_schedule
-from .. import METHODS
 from ..base import Method
 from .collapse import REMEDIES, collapse_kind
 from .config import DinoConfig
 from .head import DINOHead, DinoModels, DinoNet
 from .loss import DINOLoss, teacher_temp_schedule
-from .pretrained import load_dino_pretrained
-from .views import ZOOM_TOLERANCE, resized_crops
+from .pretrained import is_full_checkpoint, load_dino_centre, load_dino_pretrained
+from .views import ZOOM_TOLERANCE, native_scale, resized_crops
 
 
 @METHODS.register("dino")
@@ -58,20 +58,32 @@ class Dino(Method):
 
     def __init__(self, cfg: DinoConfig, info, device):
         super().__init__(cfg, info, device)
+        if cfg.per_channel and info.n_channels == 1:
+            raise TrainingError(f"{cfg.method}: per_channel=true trains one model per channel, but "
+                                f"the training set has one channel ({info.channels[0]}); set "
+                                "--set per_channel=false")
         self.n_models = info.n_channels if cfg.per_channel else 1
         in_chans = 1 if cfg.per_channel else info.n_channels
-        student = [self._net(in_chans, cfg.drop_path_rate) for _ in range(self.n_models)]
+        raw = read_checkpoint(cfg.pretrained) if cfg.pretrained else None
+        full = raw is not None and is_full_checkpoint(raw)
+        student = [self._net(in_chans, cfg.drop_path_rate, raw, "student" if full else None)
+                   for _ in range(self.n_models)]
         self.student = DinoModels(student, cfg.per_channel).to(device)
-        # the teacher starts as the student's copy, without drop-path (DINO), never optimised
-        self.teacher = DinoModels([self._net(in_chans, 0.0) for _ in range(self.n_models)],
-                                  cfg.per_channel).to(device)
-        self.teacher.load_state_dict(self.student.state_dict())
+        # the teacher starts as the student's copy, without drop-path (DINO), never optimised;
+        # from a full checkpoint, as its own teacher (WS-DINO_BBBC021.py:355-363 restores both)
+        self.teacher = DinoModels([self._net(in_chans, 0.0, raw, "teacher" if full else None)
+                                   for _ in range(self.n_models)], cfg.per_channel).to(device)
+        if not full:
+            self.teacher.load_state_dict(self.student.state_dict())
         for p in self.teacher.parameters():
             p.requires_grad = False
         self.teacher.eval()
         self.criterion = DINOLoss(cfg.out_dim, self.n_models, cfg.student_temp,
-                                  cfg.center_momentum).to(device)
+                                  cfg.center_momentum, sum_models=cfg.per_channel).to(device)
+        self.centre_loaded = full and load_dino_centre(self.criterion.center, raw, cfg.pretrained)
+        del raw
         self._check_sizes()
+        self.global_scale, self.local_scale = self._scales()
         self._warn_zoom()
         world = runtime.world_size()
         self.global_batch = cfg.batch_size * cfg.accumulate * world
@@ -83,9 +95,12 @@ class Dino(Method):
                                                   cfg.steps)
         self.freeze_steps = int(round(cfg.freeze_last_layer * spe))
         self._collapse_run, self._collapse_warned = 0, False
+        self._collapse_kind: str | None = None
+        self._collapse_since, self._last_stats = -1, {}
 
     # --- construction ---
-    def _net(self, in_chans: int, drop_path: float) -> DinoNet:
+    def _net(self, in_chans: int, drop_path: float, raw: dict | None = None,
+             part: str | None = None) -> DinoNet:
         cfg = self.cfg
         kwargs = dict(cfg.model_kwargs)
         if drop_path:
@@ -110,7 +125,7 @@ class Dino(Method):
         head = DINOHead(backbone.num_features, cfg.out_dim, cfg.head_hidden_dim,
                         cfg.head_bottleneck_dim, cfg.head_layers, cfg.norm_last_layer)
         if cfg.pretrained:
-            load_dino_pretrained(backbone, head, cfg.pretrained, in_chans)
+            load_dino_pretrained(backbone, head, cfg.pretrained, in_chans, raw=raw, part=part)
         return DinoNet(backbone, head)
 
     def _check_sizes(self) -> None:
@@ -130,16 +145,37 @@ class Dino(Method):
                 raise TrainingError(f"{detail}: not a multiple of the patch size {self.patch} of "
                                     f"model={cfg.model!r}; use multiples of {self.patch} (e.g. "
                                     f"{example}) or set patch_size")
-        shape = self.info.shape
+        shape = self.view_shape()
         if shape is not None:
-            h, w = shape[-2:]
+            h, w = shape
+            scaled = f" after prescale={cfg.prescale}" if cfg.prescale != 1 else ""
             for name, size in (("data.crop (global crop)", cfg.data.crop),
                                ("local_crop", cfg.local_crop)):
                 if size > min(h, w):
                     raise TrainingError(f"{name}={size} is larger than the training images "
-                                        f"({h}x{w}); lower it to at most {min(h, w)} (a crop "
-                                        "is resampled from "
-                                        "inside the image)")
+                                        f"({h}x{w}{scaled}); lower it to at most {min(h, w)} "
+                                        "(a crop is resampled from inside the image)")
+
+    def view_shape(self) -> tuple[int, int] | None:
+        """``(H, W)`` of the training images views are cut from (after ``prescale``)."""
+        shape = self.info.shape
+        if shape is None:
+            return None
+        return (int(round(shape[-2] * self.cfg.prescale)), int(round(shape[-1] * self.cfg.prescale)))
+
+    def _scales(self) -> tuple[list[float] | None, list[float] | None]:
+        """Area fractions of the global and local views: the config's, or native (derived)."""
+        cfg, shape = self.cfg, self.view_shape()
+        out = []
+        for name, side, given in (("data.crop", cfg.data.crop, cfg.global_scale),
+                                  ("local_crop", cfg.local_crop, cfg.local_scale)):
+            if given is not None:
+                out.append(list(given))
+            elif shape is None:
+                out.append(None)          # cytodata embed: no views are cut
+            else:
+                out.append(native_scale(side, shape[0], shape[1], name))
+        return out[0], out[1]
 
     def _warn_zoom(self) -> None:
         """Warn when the views resample cells far from the resolution ``embed`` sees them at.
@@ -148,12 +184,15 @@ class Dino(Method):
         crop, ``global_scale`` 0.4-1 shrinks cells several-fold in training while embeddings use
         native-resolution centre crops, and the model learns to ignore cell size.
         """
-        cfg, shape = self.cfg, self.info.shape
+        cfg, shape = self.cfg, self.view_shape()
         if shape is None or not runtime.is_main():
             return
         area = float(shape[-2]) * float(shape[-1])
-        for name, size, (lo, hi) in (("global_scale", cfg.data.crop, cfg.global_scale),
-                                     ("local_scale", cfg.local_crop, cfg.local_scale)):
+        for name, size, given in (("global_scale", cfg.data.crop, cfg.global_scale),
+                                  ("local_scale", cfg.local_crop, cfg.local_scale)):
+            if given is None:             # derived: native resolution by construction
+                continue
+            lo, hi = given
             zoom = size / math.sqrt(math.sqrt(lo * hi) * area)   # output px per source px
             if not 1 / ZOOM_TOLERANCE <= zoom <= ZOOM_TOLERANCE:
                 native = size * size / area
@@ -196,16 +235,24 @@ class Dino(Method):
         jitter. Returns (views, n_global).
         """
         cfg, aug = self.cfg, self.cfg.augment
-        x = batch["image"]
-        local_src = batch["partner"]["image"] if self.pairs else x
+        if self.global_scale is None or self.local_scale is None:
+            raise TrainingError(f"{cfg.method}: the image shape is unknown, so native-resolution "
+                                "views cannot be derived; set global_scale and local_scale")
+        x = self.preprocess(batch["image"])
+        local_src = self.preprocess(batch["partner"]["image"]) if self.pairs else x
 
         def one(src, size, scale):
-            v = resized_crops(src, size, scale, g, flips=aug.flips, rot90=aug.rot90)
+            v = resized_crops(src, size, scale, g, flips=aug.flips, rot90=aug.rot90,
+                              ratio=cfg.crop_ratio, mode=cfg.view_interpolation)
             return augment.intensity_jitter(v, g, aug.intensity, aug.shift)
 
-        views = [one(x, cfg.data.crop, cfg.global_scale) for _ in range(2)]
-        views += [one(local_src, cfg.local_crop, cfg.local_scale) for _ in range(cfg.local_crops)]
+        views = [one(x, cfg.data.crop, self.global_scale) for _ in range(2)]
+        views += [one(local_src, cfg.local_crop, self.local_scale) for _ in range(cfg.local_crops)]
         return views, 2
+
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        """The recipe's image preprocessing before any view (training and embedding alike)."""
+        return preprocess(x, self.cfg.prescale, self.cfg.intensity_clip)
 
     def loss(self, model, batch, step, g):
         extra = self._check_pairs(batch) if self.pairs else {}
@@ -238,15 +285,52 @@ class Dino(Method):
         torch._foreach_add_(pt, ps, alpha=1 - m)
 
     def state(self):
-        return {"collapse_run": self._collapse_run, "collapse_warned": self._collapse_warned}
+        return {"collapse_run": self._collapse_run, "collapse_warned": self._collapse_warned,
+                "collapse_kind": self._collapse_kind or "", "collapse_since": self._collapse_since,
+                "last_stats": dict(self._last_stats)}
 
     def load_state(self, state):
         self._collapse_run = int(state.get("collapse_run", 0))
         self._collapse_warned = bool(state.get("collapse_warned", False))
+        self._collapse_kind = state.get("collapse_kind") or None
+        self._collapse_since = int(state.get("collapse_since", -1))
+        self._last_stats = dict(state.get("last_stats") or {})
+
+    def summary(self) -> dict:
+        """``collapsed``: the run ended in a collapse (its last ``collapse_patience`` steps, or
+        all of a shorter run, collapsed), with the evidence (the last step's monitor, as
+        fractions of ln K, and when the collapse began). Written to RUN_DIR/summary.json.
+        """
+        patience = min(self.cfg.collapse_patience, self.cfg.steps)
+        collapsed = self._collapse_run >= patience
+        ln_k = math.log(self.cfg.out_dim)
+        last = self._last_stats
+        evidence = {
+            "kind": self._collapse_kind if collapsed else None,
+            "steps_in_collapse": int(self._collapse_run),
+            "since_step": int(self._collapse_since) + 1 if collapsed else None,
+            "warned_during_run": bool(self._collapse_warned),
+            "loss_over_ln_k": last.get("loss_over_ln_k"),
+            "teacher_entropy_over_ln_k": (last["teacher_entropy"] / ln_k
+                                          if "teacher_entropy" in last else None),
+            "kl_over_ln_k": (last["kl_teacher_student"] / ln_k
+                             if "kl_teacher_student" in last else None),
+            "teacher_marginal_entropy": last.get("teacher_marginal_entropy"),
+            "rule": "uniform: teacher entropy > 0.9 ln K and KL < 0.02 ln K; one-prototype: "
+                    "entropy < 0.05 ln K and batch-marginal entropy < 0.1 ln(min(K, N))",
+        }
+        return {"collapsed": bool(collapsed), "collapse": evidence}
 
     def _watch(self, stats: dict, step: int) -> None:
-        """Warn once when the run has sat in a collapse for ``collapse_patience`` steps."""
+        """Track collapse per step; warn once when it has lasted ``collapse_patience`` steps."""
         kind = collapse_kind(stats, self.cfg.out_dim)
+        self._last_stats = {k: float(stats[k]) for k in ("loss_over_ln_k", "kl_teacher_student",
+                                                         "teacher_entropy",
+                                                         "teacher_marginal_entropy")}
+        if kind and (not self._collapse_run or kind != self._collapse_kind):
+            self._collapse_since = step
+            self._collapse_run = 0
+        self._collapse_kind = kind
         self._collapse_run = self._collapse_run + 1 if kind else 0
         if kind and self._collapse_run >= self.cfg.collapse_patience and not self._collapse_warned:
             self._collapse_warned = True
@@ -273,13 +357,16 @@ class Dino(Method):
 
     # --- evaluation ---
     def embed_crop(self) -> int:
-        return int(self.cfg.embed_crop or self.cfg.data.crop)
+        """Side of embed's crops in source pixels (``embed_crop`` is in prescaled pixels)."""
+        side = int(self.cfg.embed_crop or self.cfg.data.crop)
+        return side if self.cfg.prescale == 1 else int(round(side / self.cfg.prescale))
 
     def embedder(self, pool=None):
         pool = "cls" if pool is None else pool
         if pool not in EMBED_POOLS:
             raise TrainingError(f"embed pool={pool!r}; valid for DINO runs: {', '.join(EMBED_POOLS)}")
-        return _TeacherFeatures(self.teacher, self.cfg.per_channel, pool)
+        return _TeacherFeatures(self.teacher, self.cfg.per_channel, pool,
+                                prescale=self.cfg.prescale, intensity_clip=self.cfg.intensity_clip)
 
 
 class _TeacherFeatures(nn.Module):
@@ -287,9 +374,11 @@ class _TeacherFeatures(nn.Module):
     models: concatenated over channels, then L2-normalised).
     """
 
-    def __init__(self, models: DinoModels, per_channel: bool, pool: str = "cls"):
+    def __init__(self, models: DinoModels, per_channel: bool, pool: str = "cls",
+                 prescale: float = 1.0, intensity_clip: float | None = None):
         super().__init__()
         self.models, self.per_channel, self.pool = models, per_channel, pool
+        self.prescale, self.intensity_clip = prescale, intensity_clip
 
     def _one(self, backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if self.pool == "cls":
@@ -299,7 +388,23 @@ class _TeacherFeatures(nn.Module):
         return patches if self.pool == "avg" else torch.cat([tokens[:, 0], patches], dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = preprocess(x, self.prescale, self.intensity_clip)
         if not self.per_channel:
             return self._one(self.models.nets[0].backbone, x)
         feats = [self._one(net.backbone, x[:, i: i + 1]) for i, net in enumerate(self.models.nets)]
         return F.normalize(torch.cat(feats, dim=1), dim=1)
+
+
+def preprocess(x: torch.Tensor, prescale: float = 1.0, intensity_clip: float | None = None
+               ) -> torch.Tensor:
+    """Resize by ``prescale`` (bicubic, antialiased), then clip raw intensities at
+    ``intensity_clip`` and divide by it (WS-DINO: values > 10,000 set to 10,000, then / 10,000).
+
+    ``x`` ``(B, C, H, W)`` float as ``data.normalize: none`` gives it (raw / 65535).
+    """
+    if prescale != 1:             # WS-DINO resized before saving, then clipped on reading
+        x = F.interpolate(x, scale_factor=prescale, mode="bicubic", antialias=True,
+                          align_corners=False)
+    if intensity_clip is not None:
+        x = (x * 65535.0).clamp(max=float(intensity_clip)) / float(intensity_clip)
+    return x

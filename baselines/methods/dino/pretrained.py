@@ -4,19 +4,29 @@ from __future__ import annotations
 
 import warnings
 
+import torch
 import torch.nn as nn
 
 from ...models import load_pretrained, read_state_dict
 from .head import DINOHead
 
 
-def load_dino_pretrained(backbone: nn.Module, head: DINOHead, path: str, in_chans: int) -> None:
+def is_full_checkpoint(raw: dict) -> bool:
+    """A DINO full checkpoint (``*_pretrain_full_checkpoint.pth``): ``student`` and ``teacher``."""
+    return isinstance(raw.get("student"), dict) and isinstance(raw.get("teacher"), dict)
+
+
+def load_dino_pretrained(backbone: nn.Module, head: DINOHead, path: str, in_chans: int,
+                         raw: dict | None = None, part: str | None = None) -> None:
     """Load local DINO/timm weights into a backbone (timm's first-conv rule) and head.
 
-    A DINO head (``head.mlp.*``, ``head.last_layer.*``) is loaded when its shapes fit, else the
-    head stays fresh (a warning says so).
+    Accepts the official backbone file (``dino_deitsmall8_pretrain.pth``: ViT keys, no prefix),
+    a full checkpoint (``part``: its ``student`` or ``teacher`` dict, keys ``module.backbone.*``
+    / ``backbone.*`` / ``head.*``) or a timm state dict. A DINO head (``head.mlp.*``,
+    ``head.last_layer.*``) is loaded when its shapes fit, else the head stays fresh (a warning
+    says so). ``raw``: the file already read (:func:`read_checkpoint`).
     """
-    state = read_state_dict(path)
+    state = read_state_dict(path, key=part, raw=raw)
     head_state = {k[len("head."):]: v for k, v in state.items()
                   if k.startswith(("head.mlp.", "head.last_layer."))}
     body = {k: v for k, v in state.items() if k not in {"head." + h for h in head_state}}
@@ -32,3 +42,20 @@ def load_dino_pretrained(backbone: nn.Module, head: DINOHead, path: str, in_chan
             warnings.warn(f"pretrained={path}: its DINO head does not fit (out_dim or sizes "
                           "differ); the head starts fresh, the backbone is loaded",
                           RuntimeWarning, stacklevel=3)
+
+
+def load_dino_centre(centre: torch.Tensor, raw: dict, path: str) -> bool:
+    """Copy a full checkpoint's ``dino_loss.center`` ``(1, K)`` into every model's centre
+    ``(M, 1, K)`` (WS-DINO restores it with the weights, WS-DINO_BBBC021.py:355-363).
+    """
+    loss = raw.get("dino_loss")
+    c = loss.get("center") if isinstance(loss, dict) else None
+    if not isinstance(c, torch.Tensor):
+        return False
+    if c.numel() != centre.shape[-1]:
+        warnings.warn(f"pretrained={path}: its DINO centre has {c.numel()} prototypes, the head "
+                      f"{centre.shape[-1]}; the centre starts at zero", RuntimeWarning, stacklevel=3)
+        return False
+    with torch.no_grad():
+        centre.copy_(c.reshape(1, 1, -1).expand_as(centre))
+    return True

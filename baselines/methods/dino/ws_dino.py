@@ -9,7 +9,7 @@ import pandas as pd
 
 from cytodata.errors import TrainingError
 
-from .. import METHODS
+from ...registry import METHODS
 from .config import WSDinoConfig
 from .method import Dino
 from .sampling import BalancedWeakLabelPairs, group_codes, image_ids

@@ -1,4 +1,6 @@
-"""Run one task per shard: in-process, on a dask LocalCluster, or on an existing scheduler."""
+"""Run one task per item (a shard, a QC batch): in-process, on a dask LocalCluster, or on an
+existing scheduler (`connect` with a timeout and a ClusterError naming the address).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +8,7 @@ import os
 import uuid
 from typing import Any, Callable, Sequence
 
-from ..errors import ClusterError
+from .errors import ClusterError
 
 
 def run_tasks(
@@ -140,8 +142,8 @@ def local_cluster(workers: int):
 
 
 def _bar(items, progress: bool, desc: str, total: int | None = None):
-    if not progress:
-        return items
-    from tqdm.auto import tqdm
+    from ._progress import bar, shown
 
-    return tqdm(items, total=total, desc=desc, unit="shard")
+    if not shown(progress):
+        return items
+    return bar(items, total=total, desc=desc, unit="shard")

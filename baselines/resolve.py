@@ -1,0 +1,32 @@
+"""``load_config``: a shipped config name, YAML path or mapping + ``--set`` overrides -> the
+registered method's typed config (the method registry picks the config class).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+from cytodata.errors import RecipeError
+from cytodata.recipe import _from_dict
+
+from .config import TrainConfig, check, read_config_mapping, set_dotted, to_dict
+from .methods import METHODS
+
+
+def load_config(config: "str | Path | Mapping[str, Any] | TrainConfig",
+                overrides: Mapping[str, Any] | None = None) -> TrainConfig:
+    """Load and validate a config; ``overrides`` are dotted keys -> values (``--set``)."""
+    if isinstance(config, TrainConfig):
+        config = to_dict(config)
+    data, where = read_config_mapping(config)
+    for key, value in (overrides or {}).items():
+        set_dotted(data, key, value)
+    method = data.get("method", TrainConfig.method)
+    try:
+        cls = METHODS.get(method).config_class
+    except ValueError as exc:
+        raise RecipeError(f"{where}: method: {exc}") from None
+    cfg = _from_dict(cls, data, where)
+    check(cfg, where)
+    return cfg

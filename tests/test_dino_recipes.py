@@ -1,0 +1,380 @@
+"""The DINO recipes named after papers hold the values of the authors' code (tables transcribed
+from crosszamirski/WS-DINO and facebookresearch/dino), the project's own configs say so, views
+keep cells at embed's scale, per-channel models train as separate models, DINO checkpoints
+load from local files, and a collapsed run says so in its summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cytodata.baselines import load_config, train
+from cytodata.baselines.config import CONFIG_DIR
+from cytodata.baselines.data import DataInfo
+from cytodata.baselines.methods import METHODS
+from cytodata.baselines.methods.dino import DinoModels
+from cytodata.baselines.methods.dino.method import preprocess
+from cytodata.baselines.methods.dino.views import cell_zoom
+from cytodata.errors import RecipeError, TrainingError
+
+# ----------------------------------------------------------------------------- source tables
+#: crosszamirski/WS-DINO, transcribed: key -> (value, where). W = WS-DINO_BBBC021.py,
+#: E = Eval_BBBC021.py, P = preprocessing/BBBC021_IlluminationApply.cppipe, V = vision_transformer.py
+WS_DINO_CODE = {
+    "model": ("vit_small_patch8_224", "W:44 vit_small, W:49 patch 8"),
+    "drop_path_rate": (0.1, "W:104"),
+    "weak_label": ("compound", "W:129 Unique_Compounds"),
+    "per_channel": (True, "W:4, W:155 one channel per run"),
+    "out_dim": (65536, "W:54"),
+    "head_hidden_dim": (2048, "V:250"),
+    "head_bottleneck_dim": (256, "V:250"),
+    "head_layers": (3, "V:250"),
+    "norm_last_layer": (False, "W:56"),
+    "freeze_last_layer": (1.0, "W:92"),
+    "student_temp": (0.07, "W:464"),
+    "teacher_temp": (0.04, "W:70"),
+    "warmup_teacher_temp": (0.04, "W:67"),
+    "warmup_teacher_temp_epochs": (10, "W:73"),
+    "center_momentum": (0.8, "W:465"),
+    "momentum_teacher": (0.99, "W:60"),
+    "local_crops": (8, "W:111"),
+    "local_crop": (96, "W:179"),
+    "global_scale": ([0.1, 0.2], "W:161, W:169"),
+    "local_scale": ([0.04, 0.08], "W:179"),
+    "crop_ratio": ([1.0, 1.0], "W:161, W:169, W:179"),
+    "view_interpolation": ("bicubic", "W:161 cv2.INTER_CUBIC"),
+    "prescale": (0.5, "P:47"),
+    "intensity_clip": (10000, "W:195, W:160"),
+    "warmup_epochs": (10, "W:98"),
+    "embed_crop": (224, "E:351-357"),
+    "batch_size": (16, "W:89"),
+    "precision": ("fp32", "W:77"),
+    "steps": (400 * (2528 // 16), "W:91 400 epochs of BBBC021_annotated.csv"),
+    "data.crop": (224, "W:161"),
+    "data.normalize": ("none", "W:160, W:195"),
+    "augment.flips": (True, "W:158-159"),
+    "augment.rot90": (False, "W:157-161"),
+    "augment.intensity": (0.0, "W:157-161"),
+    "augment.shift": (0.0, "W:157-161"),
+    "optim.name": ("adamw", "W:102"),
+    "optim.lr": (4e-6, "W:95"),
+    "optim.scale_lr_by_batch": (False, "W:338"),
+    "optim.min_lr": (3e-6, "W:100"),
+    "optim.weight_decay": (0.0, "W:81"),
+    "optim.weight_decay_end": (0.0, "W:83"),
+    "optim.clip_grad": (None, "W:86"),
+}
+
+#: facebookresearch/dino: M = main_dino.py, U = utils.py, V = vision_transformer.py, R = README.md
+DINO_CODE = {
+    "model": ("vit_small_patch8_224", "M:45, R:36-45 ViT-S/8"),
+    "drop_path_rate": (0.1, "M:105"),
+    "per_channel": (False, "one model"),
+    "out_dim": (65536, "M:55"),
+    "head_hidden_dim": (2048, "V:258"),
+    "head_bottleneck_dim": (256, "V:258"),
+    "head_layers": (3, "V:258"),
+    "norm_last_layer": (True, "M:57"),
+    "freeze_last_layer": (1.0, "M:93"),
+    "student_temp": (0.1, "M:365"),
+    "teacher_temp": (0.04, "M:71"),
+    "warmup_teacher_temp": (0.04, "M:68"),
+    "warmup_teacher_temp_epochs": (0, "M:74"),
+    "center_momentum": (0.9, "M:366"),
+    "momentum_teacher": (0.996, "M:61"),
+    "local_crops": (10, "ViT-S/8 release args"),
+    "local_crop": (96, "M:452"),
+    "crop_ratio": ([0.75, 4 / 3], "M:436"),
+    "view_interpolation": ("bicubic", "M:436"),
+    "warmup_epochs": (10, "M:99"),
+    "batch_size": (64, "M:90"),
+    "data.crop": (224, "M:436"),
+    "augment.flips": (True, "M:422"),
+    "optim.name": ("adamw", "M:103"),
+    "optim.lr": (5e-4, "M:96"),
+    "optim.scale_lr_by_batch": (True, "M:239"),
+    "optim.min_lr": (1e-6, "M:101"),
+    "optim.weight_decay": (0.04, "M:82"),
+    "optim.weight_decay_end": (0.4, "M:84"),
+    "optim.clip_grad": (3.0, "M:87"),
+    "optim.clip_mode": ("per_tensor", "M:332, U:132-141"),
+}
+
+#: the tiny recipes shrink the model, the views and the run; nothing else
+TINY_SIZES = {"model", "out_dim", "head_hidden_dim", "head_bottleneck_dim", "local_crop",
+              "embed_crop", "steps", "batch_size", "data.crop", "precision"}
+
+
+def _get(cfg, dotted: str):
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+@pytest.mark.parametrize(("name", "table"), [("ws-dino", WS_DINO_CODE), ("dino", DINO_CODE),
+                                              ("ws-dino-tiny", WS_DINO_CODE),
+                                              ("dino-tiny", DINO_CODE)])
+def test_recipe_holds_the_authors_values(name, table):
+    cfg = load_config(name)
+    tiny = name.endswith("-tiny")
+    for key, (value, where) in table.items():
+        if tiny and key in TINY_SIZES:
+            continue
+        got = _get(cfg, key)
+        if isinstance(value, list):
+            assert got == pytest.approx(value), f"{name} {key}: {got} != {value} ({where})"
+        else:
+            assert got == value, f"{name} {key}: {got!r} != {value!r} ({where})"
+    if not tiny:   # every transcribed top-level value carries its source on its line
+        text = (CONFIG_DIR / f"{name}.yaml").read_text()
+        for key in table:
+            leaf = key.split(".")[-1]
+            if "." in key and key.split(".")[0] == "augment":
+                continue
+            line = next(x for x in text.splitlines() if re.match(rf"\s*{leaf}:", x))
+            assert re.search(r"# .*([WEPVMUR]:\d+|release|one model|own)", line), line
+
+
+def test_dino_changes_only_the_view_geometry():
+    cfg = load_config("dino")
+    assert cfg.global_scale is None and cfg.local_scale is None   # derived: native resolution
+    assert cfg.prescale == 1.0 and cfg.intensity_clip is None
+
+
+def test_project_configs_are_described_as_ours():
+    for name in ("dino-cells", "ws-dino-cells", "dino-cells-tiny", "ws-dino-cells-tiny",
+                 "dino-cells-demo", "ws-dino-cells-demo"):
+        cfg = load_config(name)
+        assert cfg.description.startswith("ours:"), name
+        assert cfg.global_scale is None and cfg.local_scale is None, name
+    for name in ("dino", "ws-dino"):
+        assert not load_config(name).description.startswith("ours")
+
+
+# ----------------------------------------------------------------------------- geometry
+def _method(name: str, shape=(3, 1024, 1280), **over):
+    small = {"model": "test_vit", "patch_size": 8, "model_kwargs": {"depth": 1}, "out_dim": 64,
+             "head_hidden_dim": 32, "head_bottleneck_dim": 16, "pretrained": None}
+    cfg = load_config(name, {**small, **over})
+    info = DataInfo(channels=[f"c{i}" for i in range(shape[0])], n_channels=shape[0], shape=shape,
+                    classes=[], n_train=64, extra={})
+    return METHODS.get(cfg.method)(cfg, info, torch.device("cpu"))
+
+
+def _zooms(m) -> tuple[float, float, float]:
+    """Mean cell scale (output px per raw px) of global views, local views and embed's crops."""
+    cfg = m.cfg
+    h, w = m.view_shape()
+    g = cell_zoom(cfg.data.crop, h, w, m.global_scale, cfg.crop_ratio) * cfg.prescale
+    lo = cell_zoom(cfg.local_crop, h, w, m.local_scale, cfg.crop_ratio) * cfg.prescale
+    return g, lo, cfg.prescale        # embed: crops without resampling after the prescale
+
+
+@pytest.mark.parametrize("name", ["dino", "dino-cells", "ws-dino-cells"])
+def test_native_views_keep_cells_at_embeds_scale_on_a_1024x1280_field(name):
+    g, lo, emb = _zooms(_method(name))
+    for zoom in (g, lo):
+        assert 1 / 1.25 <= zoom / emb <= 1.25, (name, g, lo, emb)
+
+
+def test_ws_dino_geometry_implies_the_documented_cell_scales():
+    """The authors' views of 0.5x fields: global ~0.52x, local ~0.35x of raw pixels; embed 0.5x."""
+    g, lo, emb = _zooms(_method("ws-dino"))
+    assert g == pytest.approx(0.52, abs=0.01) and lo == pytest.approx(0.35, abs=0.01)
+    assert emb == 0.5 and g / emb == pytest.approx(1.04, abs=0.02)
+    assert lo / emb == pytest.approx(0.70, abs=0.02)
+    assert _method("ws-dino").embed_crop() == 448   # 224 px of the 0.5x field
+
+
+def test_explicit_far_geometry_warns_and_impossible_geometry_is_an_error():
+    with pytest.warns(RuntimeWarning, match="global_scale=.*scales cells by"):
+        _method("dino-cells", global_scale=[0.4, 1.0])
+    with pytest.raises(TrainingError, match=r"data.crop \(global crop\)=224 is larger than the "
+                                            r"training images \(128x160\); lower it to at most 128"):
+        _method("dino-cells", shape=(3, 128, 160))
+    with pytest.raises(TrainingError, match=r"larger than the training images \(256x320 after "
+                                            r"prescale=0.5\)"):
+        _method("ws-dino", shape=(1 * 3, 512, 640), **{"data.crop": 384})
+
+
+def test_per_channel_with_one_channel_and_clip_with_normalisation_are_errors():
+    with pytest.raises(TrainingError, match=r"one channel \(c0\).*per_channel=false"):
+        _method("ws-dino", shape=(1, 1024, 1280))
+    with pytest.raises(RecipeError, match="intensity_clip=10000.*data.normalize=none"):
+        load_config("ws-dino", {"data.normalize": "plate"})
+
+
+# ----------------------------------------------------------------------------- preprocessing
+def test_preprocess_clips_at_10000_scales_to_unit_and_halves_fields():
+    raw = torch.tensor([0, 5000, 10000, 30000], dtype=torch.float32).view(1, 1, 2, 2)
+    x = preprocess(raw / 65535.0, 1.0, 10000)      # as data.normalize: none delivers it
+    assert torch.allclose(x.flatten(), torch.tensor([0.0, 0.5, 1.0, 1.0]), atol=1e-6)
+    field = torch.rand(2, 3, 64, 80)
+    assert preprocess(field, 0.5, None).shape == (2, 3, 32, 40)
+
+
+def test_one_channel_repeated_three_times_equals_summed_rgb_filters():
+    """WS-DINO feeds one channel x3 to the RGB ViT (W:208-209); in_chans=1 with timm's first-conv
+    rule (RGB filters summed) computes the same patch embedding."""
+    from timm.models import adapt_input_conv
+
+    torch.manual_seed(0)
+    w = torch.randn(16, 3, 8, 8, dtype=torch.float64)
+    x = torch.rand(2, 1, 32, 32, dtype=torch.float64)
+    three = torch.nn.functional.conv2d(x.repeat(1, 3, 1, 1), w, stride=8)
+    one = torch.nn.functional.conv2d(x, adapt_input_conv(1, w), stride=8)
+    assert torch.allclose(three, one, rtol=1e-6, atol=1e-5)   # timm sums in float32
+
+
+def test_joint_per_channel_step_is_each_channels_separate_step():
+    """The per-channel models share no parameter and the loss is their sum: each model's
+    gradient is exactly the gradient of its own loss (so AdamW, per parameter, steps it as a
+    separately trained model); centres are per model."""
+    m = _method("ws-dino", shape=(2, 64, 64), **{"data.crop": 16, "local_crop": 8,
+                                                   "local_crops": 2, "embed_crop": 16})
+    assert isinstance(m.student, DinoModels) and len(m.student.nets) == 2
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 2, 64, 64) * 0.2
+    views, n_global = m.views({"image": x, "partner": {"image": x}}, g)
+    out = m.student(views)
+    with torch.no_grad():
+        t = m.teacher(views[:n_global])
+    m.criterion.center.zero_()
+    loss, stats = m.criterion(out, t, 0.04, len(views), n_global)
+    loss.backward()
+    joint = [p.grad.clone() for p in m.student.nets[1].parameters() if p.grad is not None]
+    assert "loss_model1" in stats
+    m.student.zero_grad()
+    single = m.student.nets[1]([v[:, 1:2] for v in views])[None]
+    m.criterion.center.zero_()
+    own, _ = m.criterion.__class__(m.cfg.out_dim, 1, m.cfg.student_temp, m.cfg.center_momentum)(
+        single, t[1:2], 0.04, len(views), n_global)
+    own.backward()
+    alone = [p.grad for p in m.student.nets[1].parameters() if p.grad is not None]
+    assert len(joint) == len(alone) > 0
+    for a, b in zip(joint, alone, strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- pretrained
+def _official_backbone(depth: int = 1) -> dict[str, torch.Tensor]:
+    """A state dict with dino_deitsmall8_pretrain.pth's key names and shapes (ViT-S/8, 224 px:
+    785 position embeddings), cut to ``depth`` blocks."""
+    d = 384
+    s = {"cls_token": torch.randn(1, 1, d), "pos_embed": torch.randn(1, 785, d),
+         "patch_embed.proj.weight": torch.randn(d, 3, 8, 8), "patch_embed.proj.bias": torch.randn(d),
+         "norm.weight": torch.ones(d), "norm.bias": torch.zeros(d)}
+    for i in range(depth):
+        b = f"blocks.{i}."
+        s.update({b + "norm1.weight": torch.ones(d), b + "norm1.bias": torch.zeros(d),
+                  b + "attn.qkv.weight": torch.randn(3 * d, d) * 0.02,
+                  b + "attn.qkv.bias": torch.zeros(3 * d),
+                  b + "attn.proj.weight": torch.randn(d, d) * 0.02, b + "attn.proj.bias": torch.zeros(d),
+                  b + "norm2.weight": torch.ones(d), b + "norm2.bias": torch.zeros(d),
+                  b + "mlp.fc1.weight": torch.randn(4 * d, d) * 0.02,
+                  b + "mlp.fc1.bias": torch.zeros(4 * d),
+                  b + "mlp.fc2.weight": torch.randn(d, 4 * d) * 0.02, b + "mlp.fc2.bias": torch.zeros(d)})
+    return s
+
+
+VIT_S8 = {"model": "vit_small_patch8_224", "model_kwargs": {"depth": 1}, "out_dim": 64,
+          "head_hidden_dim": 32, "head_bottleneck_dim": 16, "local_crops": 2}
+
+
+def _load(name: str, path: Path, shape=(3, 1024, 1280), **over):
+    cfg = load_config(name, {**VIT_S8, "pretrained": str(path), **over})
+    info = DataInfo(channels=[f"c{i}" for i in range(shape[0])], n_channels=shape[0], shape=shape,
+                    classes=[], n_train=64, extra={})
+    return METHODS.get(cfg.method)(cfg, info, torch.device("cpu"))
+
+
+def test_official_backbone_file_loads_into_every_channel_model(tmp_path):
+    state = _official_backbone()
+    torch.save(state, tmp_path / "dino_deitsmall8_pretrain.pth")
+    m = _load("ws-dino", tmp_path / "dino_deitsmall8_pretrain.pth")
+    rgb_sum = state["patch_embed.proj.weight"].sum(1, keepdim=True)
+    for net in list(m.student.nets) + list(m.teacher.nets):
+        assert torch.equal(net.backbone.pos_embed, state["pos_embed"])
+        assert torch.allclose(net.backbone.patch_embed.proj.weight, rgb_sum)
+        assert torch.equal(net.backbone.blocks[0].attn.qkv.weight, state["blocks.0.attn.qkv.weight"])
+
+
+def test_full_checkpoint_loads_student_teacher_and_centre(tmp_path):
+    """The full checkpoint (DDP student ``module.backbone.*``, teacher ``backbone.*``, heads with
+    DINO's weight-norm names, the centre, and the run's argparse.Namespace) with weights_only."""
+    back, head_k = _official_backbone(), 64
+    head = {"mlp.0.weight": torch.randn(32, 384), "mlp.0.bias": torch.zeros(32),
+            "mlp.2.weight": torch.randn(32, 32), "mlp.2.bias": torch.zeros(32),
+            "mlp.4.weight": torch.randn(16, 32), "mlp.4.bias": torch.zeros(16),
+            "last_layer.weight_g": torch.full((head_k, 1), 2.0),
+            "last_layer.weight_v": torch.randn(head_k, 16)}
+    student = {f"module.backbone.{k}": v + 1 for k, v in back.items()}
+    student.update({f"module.head.{k}": v for k, v in head.items()})
+    teacher = {f"backbone.{k}": v for k, v in back.items()}
+    teacher.update({f"head.{k}": v for k, v in head.items()})
+    centre = torch.randn(1, head_k)
+    torch.save({"student": student, "teacher": teacher, "optimizer": {}, "epoch": 800,
+                "args": argparse.Namespace(arch="vit_small", patch_size=8),
+                "dino_loss": {"center": centre}}, tmp_path / "full.pth")
+    m = _load("dino", tmp_path / "full.pth")
+    s, t = m.student.nets[0], m.teacher.nets[0]
+    assert torch.equal(t.backbone.cls_token, back["cls_token"])
+    assert torch.equal(s.backbone.cls_token, back["cls_token"] + 1)      # its own student
+    assert torch.equal(t.head.last_layer.parametrizations.weight.original0, head["last_layer.weight_g"])
+    assert m.centre_loaded and torch.allclose(m.criterion.center[0], centre)
+
+
+def test_unexpected_keys_name_the_first_few_and_what_would_load(tmp_path):
+    state = _official_backbone()
+    state.update({"extra.adapter.weight": torch.zeros(3), "extra.adapter.bias": torch.zeros(3)})
+    torch.save(state, tmp_path / "odd.pth")
+    with pytest.raises(TrainingError, match=r"2 unexpected key\(s\) \['extra.adapter.weight', "
+                                            r"'extra.adapter.bias'\].*model tensors would load"):
+        _load("dino", tmp_path / "odd.pth")
+
+
+# ----------------------------------------------------------------------------- runs
+def _field_shards(out: Path, n: int = 24, shape=(3, 64, 64)) -> Path:
+    from cytodata.loaders.demo import demo_manifest
+    from cytodata.shards import write
+
+    table = demo_manifest(out.parent / f"{out.name}-img", n, shape, pixels="cells")
+    import pandas as pd
+
+    table["compound"] = pd.array([f"c{i % 4}" for i in range(n)], dtype="string")
+    write(table, out, samples_per_shard=12, scheduler="synchronous", progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def fields(tmp_path_factory) -> Path:
+    return _field_shards(tmp_path_factory.mktemp("recipes") / "shards")
+
+
+def test_tiny_recipes_train_and_record_their_outcome(fields, tmp_path):
+    common = {"steps": 4, "log_every": 2, "progress": False, "checkpoint_every": 100,
+              "data.train": str(fields), "data.train_split": None, "data.threads": 1,
+              "batch_size": 8, "model_kwargs": {"depth": 1}}
+    torch.set_num_threads(1)
+    with pytest.warns(RuntimeWarning):     # c0..c3 over 24 images: some groups are small
+        ws = train("ws-dino-tiny", tmp_path / "ws", **common)
+    summary = json.loads((ws / "summary.json").read_text())
+    assert isinstance(summary["collapsed"], bool) and "kl_over_ln_k" in summary["collapse"]
+    rows = [json.loads(x) for x in (ws / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["summary"] and rows[-1]["collapsed"] == summary["collapsed"]
+    assert "loss_model2" in rows[0]                     # three channel models
+    # a run forced into the uniform collapse (teacher as flat as the student) says so
+    flat = train("dino-tiny", tmp_path / "flat", **{**common, "steps": 6, "teacher_temp": 50.0,
+                                                    "warmup_teacher_temp": 50.0, "student_temp": 50.0,
+                                                    "collapse_patience": 3})
+    out = json.loads((flat / "summary.json").read_text())
+    assert out["collapsed"] is True and out["collapse"]["kind"] == "uniform"
+    assert out["collapse"]["teacher_entropy_over_ln_k"] > 0.9
+    assert np.isfinite(out["collapse"]["loss_over_ln_k"])
