@@ -45,6 +45,7 @@ $(BENCH_VENV)/.installed: pyproject.toml
 
 bench-peers: $(BENCH_VENV)/.installed
 	$(BENCH_VENV)/bin/python benchmarks/loader.py --checks 16 --segment 6 $(BENCH_ARGS)
+	$(BENCH_VENV)/bin/python benchmarks/remote.py --quality $(REMOTE_ARGS)
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) $(DEMO_OUT) .pytest_cache .site site tour

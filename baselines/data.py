@@ -164,13 +164,19 @@ def open_dataset(path: str, *, split: str | None, cfg, seed: int, shuffle: bool,
                             "`cytodata shard MANIFEST_DIR -o OUT`")
     if local:
         _refuse_other_formats(Path(path), what)
+    window = getattr(cfg, "shuffle_window", None)
+    if window is not None and sampler is not None:
+        raise TrainingError(f"data.shuffle_window={window} and the sampler {type(sampler).__name__} (data.balanced "
+                            "or the method's own) are two epoch orders; set --set data.shuffle_window=null")
     columns = tuple({"plate", "batch", "well", "site", "source", "split", "label", "parent_id",
                      "compound", "moa", cfg.label})
     try:  # one read of index.parquet; the loader refuses a split the index has no column for
         ds = StreamingDataset(path, seed=seed, shuffle=shuffle, split=split, sampler=sampler,
                               threads=cfg.threads, read_ahead=cfg.read_ahead, columns=columns,
                               storage_options=cfg.storage_options or None, rank=rank,
-                              world_size=world_size)
+                              world_size=world_size, cache_dir=getattr(cfg, "cache_dir", None),
+                              cache_limit=getattr(cfg, "cache_limit", None),
+                              shuffle_window=window)
     except ShardError as exc:
         hint = (f"; pass --set {what}_split=null to use every row"
                 if split is not None and "'split' column" in str(exc) else "")

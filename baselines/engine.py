@@ -39,7 +39,8 @@ from .resolve import load_config
 
 #: config keys that may change between a run and its resume (they do not change the result)
 RESUMABLE_CHANGES = ("steps", "progress", "checkpoint_every", "keep_checkpoints", "log_every",
-                     "val_every", "description", "data.threads", "data.read_ahead", "torch_threads")
+                     "val_every", "description", "data.threads", "data.read_ahead", "torch_threads",
+                     "data.cache_dir", "data.cache_limit")
 
 
 def train(config: "str | Path | Mapping[str, Any] | TrainConfig", out: "str | Path", *,

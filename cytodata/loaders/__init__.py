@@ -5,7 +5,8 @@ resumable partitioning over ranks and workers; ``ZarrDataset`` serves random cro
 Zarr training array; ``samplers`` build class-balanced / mixed / paired / grouped epoch orders;
 ``transforms`` are dict-in, dict-out and seeded per (seed, epoch, sample). ``ds.batches(B)``
 (:class:`Batches`) yields whole batches written straight into one preallocated tensor;
-``ReadOptions`` / ``OrderOptions`` group the dataset's options.
+``ReadOptions`` / ``OrderOptions`` group the dataset's options; remote sets stream through a
+local shard cache (``cache_dir=``) in shard windows (``shuffle_window=``), docs/streaming.md.
 ``StreamingDataLoader`` counts consumed samples for exact resume with workers; ``collate``
 explains mixed-shape batches (``pad_collate`` pads them).
 """
@@ -16,12 +17,20 @@ from .collate import MixedShapeError, collate, pad_collate
 from .dataloader import StreamingDataLoader
 from .options import OrderOptions, ReadOptions
 from .partition import epoch_order, interleave
-from .samplers import ClassBalanced, GroupedBatches, ShardShuffle, SourceMix, WeakLabelPairs, grouped_batches
+from .samplers import (
+    ClassBalanced,
+    GroupedBatches,
+    ShardShuffle,
+    SourceMix,
+    WeakLabelPairs,
+    WindowShuffle,
+    grouped_batches,
+)
 from .stream import Batches, StreamingDataset
 
 __all__ = ["StreamingDataset", "Batches", "ReadOptions", "OrderOptions",
            "StreamingDataLoader", "collate", "pad_collate", "MixedShapeError",
-           "ZarrDataset", "epoch_order", "interleave", "ShardShuffle",
+           "ZarrDataset", "epoch_order", "interleave", "ShardShuffle", "WindowShuffle",
            "ClassBalanced", "SourceMix", "WeakLabelPairs", "GroupedBatches", "grouped_batches"]
 
 

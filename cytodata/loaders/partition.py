@@ -73,6 +73,29 @@ def epoch_order(n_samples: int, *, seed: int, epoch: int, shuffle: bool = True,
     return np.concatenate(parts).astype(np.int64) if parts else np.empty(0, np.int64)
 
 
+def window_order(shard_sizes: list[int] | np.ndarray, *, seed: int, epoch: int, window: int) -> np.ndarray:
+    """One epoch read through a sliding set of shards: shards in a seeded global order, cut into
+    consecutive windows of ``window`` shards, the samples of each window shuffled together.
+
+    The working set of every reader is the current window (``window`` shards, plus the next
+    one near a boundary): ranks and workers take consecutive global positions, so they move
+    through the windows together. ``window=1`` reads shard by shard; a window of all shards
+    is a global per-sample shuffle. Returns an int64 permutation of ``range(sum(shard_sizes))``,
+    a pure function of ``(shard_sizes, seed, epoch, window)``.
+    """
+    window = int(window)
+    if window < 1:
+        raise ValueError(f"shuffle_window={window}; use 1 or more shards per window (None: no window)")
+    bounds = block_bounds(int(np.sum(shard_sizes)), shard_sizes=shard_sizes)
+    rng = rng_for("window_order", seed, epoch, window)
+    shards = rng.permutation(len(bounds) - 1)
+    parts = []
+    for lo in range(0, len(shards), window):
+        rows = np.concatenate([np.arange(bounds[b], bounds[b + 1]) for b in shards[lo: lo + window]])
+        parts.append(rng.permutation(rows))
+    return np.concatenate(parts).astype(np.int64) if parts else np.empty(0, np.int64)
+
+
 def remaining(order: np.ndarray, *, world_size: int, tail: str = "pad", start: int = 0) -> np.ndarray:
     """The global positions still to be yielded, padded or cut so every rank gets the same count.
 

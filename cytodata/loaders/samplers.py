@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from .partition import epoch_order, rng_for
+from .partition import epoch_order, rng_for, window_order
 
 
 def shard_sizes(index: pd.DataFrame) -> list[int] | None:
@@ -68,6 +68,32 @@ class ShardShuffle:
 
     def order(self, index: pd.DataFrame, *, seed: int, epoch: int, world_size: int = 1) -> np.ndarray:
         return base_order(index, seed=seed, epoch=epoch, shuffle=self.shuffle, block_size=self.block_size)
+
+
+@dataclass
+class WindowShuffle:
+    """Shard-window shuffling: shards in a seeded order, samples shuffled within ``window`` shards.
+
+    Every reader's working set is one window of shards (what a local shard cache must hold,
+    plus what it prefetches), at the price of a less mixed order than a global per-sample
+    shuffle: a batch draws from ``window`` shards only (docs/streaming.md measures it).
+    ``shuffle=False``: the index order.
+    """
+
+    window: int = 4
+    shuffle: bool = True
+
+    def __post_init__(self):
+        if int(self.window) < 1:
+            raise ValueError(f"shuffle_window={self.window}; use 1 or more shards per window")
+
+    def order(self, index: pd.DataFrame, *, seed: int, epoch: int, world_size: int = 1) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(len(index), dtype=np.int64)
+        sizes = shard_sizes(index)
+        if sizes is None:  # no shard column: fixed blocks stand in for shards
+            return epoch_order(len(index), seed=seed, epoch=epoch)
+        return window_order(sizes, seed=seed, epoch=epoch, window=self.window)
 
 
 @dataclass

@@ -37,16 +37,26 @@ from ..shards.checksum import COLUMN as CHECKSUM
 from ..shards.checksum import checksum_int, to_ints
 from . import partition as part  # noqa: F401  (module; the package does not re-export the function)
 from ._buffers import BufferPool, Scratch
+from ._cache import Prefetch, ShardCache
 from ._shardset import ShardSet
 from .collate import check_shapes, collate
 from .options import ON_ERROR, OrderOptions, ReadOptions, grouped  # noqa: F401  (ON_ERROR: re-export)
-from .samplers import ShardShuffle
+from .samplers import ShardShuffle, WindowShuffle
 from .transforms import plan
 
 #: index columns passed in ``meta`` by default
 META_COLUMNS = ("plate", "well", "site", "batch", "source", "split", "label", "control_type", "compound",
                 "moa", "parent_id")
 ROLES = ("anchor", "partner")
+#: with a shard cache: bytes of shards fetched ahead of the reader (at most half the cache limit)
+PREFETCH_BYTES = 256 << 20
+
+
+def _connections(read: ReadOptions) -> int:
+    """Object-store requests in flight per process: every decode thread's ranged batch + prefetch."""
+    if read.connections is not None:
+        return max(1, int(read.connections))
+    return min(256, max(10, max(1, read.threads) * read.read_ahead + max(2, read.threads)))
 
 
 def _dist() -> tuple[int, int]:
@@ -76,6 +86,12 @@ class StreamingDataset(IterableDataset):
     (default on; a mismatch follows ``on_error``). Sets written before checksums existed load
     with one warning suggesting ``cytodata verify``.
 
+    ``cache_dir`` / ``cache_limit`` (remote sets): read whole shards through a node-local cache,
+    fetched once, sha256-checked, shared by all ranks and workers, LRU under ``cache_limit``
+    bytes (``ds.cache.stats()``). ``shuffle_window=K``: shards in a seeded order, samples
+    shuffled within windows of K shards (a bounded working set for the cache). See
+    docs/streaming.md.
+
     Options come grouped (``read=ReadOptions(...)``, ``order=OrderOptions(...)``, see
     ``options.py``) or as the flat keywords above, which override the groups' fields.
     :meth:`batches` yields whole batches built on the decode threads straight into one
@@ -87,7 +103,7 @@ class StreamingDataset(IterableDataset):
                  order: OrderOptions | None = None, **options: Any):
         read, order = grouped(read, order, options)
         self.read_options, self.order_options = read, order
-        self.shards = ShardSet(source, read.storage_options)
+        self.shards = ShardSet(source, read.storage_options, connections=_connections(read))
         index = self.shards.index
         split = order.split
         self.rows = np.arange(len(index), dtype=np.int64)
@@ -97,7 +113,10 @@ class StreamingDataset(IterableDataset):
             self.rows = np.flatnonzero((index["split"] == split).fillna(False).to_numpy())
         self.index = index.iloc[self.rows].reset_index(drop=True)
         self.split, self.seed, self.epoch, self.start = split, order.seed, 0, 0
-        self.sampler = order.sampler if order.sampler is not None else ShardShuffle(shuffle=order.shuffle)
+        if order.shuffle_window is not None:
+            self.sampler = WindowShuffle(order.shuffle_window, shuffle=order.shuffle)
+        else:
+            self.sampler = order.sampler if order.sampler is not None else ShardShuffle(shuffle=order.shuffle)
         self._rank, self._world = order.rank, order.world_size
         self.tail, self.transform, self.on_error = order.tail, transform, read.on_error
         self.batch_size_hint = int(order.batch_size_hint or getattr(self.sampler, "batch_size", 1))
@@ -114,10 +133,21 @@ class StreamingDataset(IterableDataset):
         self.verify, self._mmap = read.verify, read.mmap
         self._sums = _checksums(self.index, str(source)) if self.verify else None
         self._codec_threads: int | None = None  # set per pass: 1 inside decode threads / workers
+        self._prefetch: Prefetch | None = None  # set per pass when a shard cache is used
+        if read.cache_dir is not None and not self.shards.local:  # local sets are read in place
+            self.shards.cache = ShardCache(read.cache_dir, source=self.shards.source,
+                                           fingerprint=self.shards.fingerprint,
+                                           shards=self.shards.meta.get("shards", []), limit=read.cache_limit,
+                                           check_hits=not read.verify)
+
+    @property
+    def cache(self) -> ShardCache | None:
+        """The local shard cache of a remote set (``cache_dir=``), with this process's counters."""
+        return self.shards.cache
 
     def __getstate__(self):  # spawn-safe: locks do not pickle
         state = dict(self.__dict__)
-        state["_count_lock"] = state["_scratch"] = None
+        state["_count_lock"] = state["_scratch"] = state["_prefetch"] = None
         return state
 
     def __setstate__(self, state):
@@ -210,10 +240,33 @@ class StreamingDataset(IterableDataset):
         self._yielded = 0  # state_dict counts from this pass's start
         step = self.read_ahead
         chunks = ((units[lo: lo + step], pos[lo: lo + step]) for lo in range(0, len(units), step))
-        for outs in self._produce(self._chunk, chunks, own_threads=False):
-            for out in outs:
-                self._yielded += 1
-                yield out
+        self._start_prefetch(units)
+        try:
+            for outs in self._produce(self._chunk, chunks, own_threads=False):
+                for out in outs:
+                    self._yielded += 1
+                    yield out
+        finally:
+            self._stop_prefetch()
+
+    def _start_prefetch(self, units: np.ndarray) -> None:
+        """With a shard cache: fetch this stream's shards ahead, in the order it first needs them."""
+        self._stop_prefetch()
+        cache = self.shards.cache
+        if cache is None or cache.disabled:
+            return
+        rows = self.rows[units.reshape(-1)]
+        names = pd.unique(self.shards._ranges[0][rows]).tolist()
+        ahead = self.read_options.prefetch_bytes
+        if ahead is None:
+            ahead = PREFETCH_BYTES if cache.limit is None else min(PREFETCH_BYTES, cache.limit // 2)
+        self._prefetch = Prefetch(cache, self.shards.fetch_shard, names, ahead,
+                                  threads=max(2, self.threads))
+
+    def _stop_prefetch(self) -> None:
+        prefetch, self._prefetch = self._prefetch, None
+        if prefetch is not None:
+            prefetch.close()
 
     def batches(self, batch_size: int, *, pin_memory: bool | None = None) -> "Batches":
         """Iterate collated batches of ``batch_size`` instead of samples (see :class:`Batches`)."""
@@ -226,10 +279,14 @@ class StreamingDataset(IterableDataset):
         chunks = ((units[lo: lo + batch_size], pos[lo: lo + batch_size])
                   for lo in range(0, len(units), batch_size))
         task = functools.partial(self._batch, pin_memory=pin_memory)
-        for consumed, batch in self._produce(task, chunks, own_threads=True):
-            self._yielded += consumed  # units, failed ones included: a resume never repeats them
-            if batch is not None:
-                yield batch
+        self._start_prefetch(units)
+        try:
+            for consumed, batch in self._produce(task, chunks, own_threads=True):
+                self._yielded += consumed  # units, failed ones included: a resume never repeats them
+                if batch is not None:
+                    yield batch
+        finally:
+            self._stop_prefetch()
 
     def _produce(self, task, chunks, own_threads: bool):
         """``task(chunk)`` results in order: inline, or ``threads`` chunks in flight on a thread pool.
@@ -291,10 +348,82 @@ class StreamingDataset(IterableDataset):
         """
         if self.shards.local:
             return (self._read_local(int(self.rows[r]), with_meta) for r in unique)
+        if self.shards.cache is not None and not self.shards.cache.disabled:
+            return self._cached_blobs(self.rows[unique], with_meta)
         try:  # object stores: one concurrent ranged request for the whole chunk
             return self.shards.read(self.rows[unique], with_meta=with_meta)
         except OSError as exc:
             return [exc] * len(unique)
+
+    def _cached_blobs(self, rows: np.ndarray, with_meta: bool):
+        """Payloads of index ``rows`` from the shard cache (fetched as needed), one file open per
+        shard and chunk; rows of shards the cache could not take come from the object store.
+        """
+        shards = self.shards
+        names = shards._ranges[0][rows]
+        held: dict[str, Any] = {}
+        for name in dict.fromkeys(names.tolist()):
+            try:
+                held[name] = self._shard(name)
+            except OSError as exc:  # the object store failed: its samples follow on_error
+                held[name] = exc
+        far = [i for i, name in enumerate(names) if held[name] is None]
+        remote = iter(shards.read(rows[far], with_meta=with_meta) if far else ())
+        fds: dict[str, int] = {}
+        try:
+            for row, name in zip(rows.tolist(), names.tolist()):
+                where = held[name]
+                if where is None:
+                    yield next(remote)
+                elif isinstance(where, BaseException):
+                    yield where
+                elif isinstance(where, bytes):  # fetched, but the folder could not store it
+                    yield shards.slice_of(where, row, with_meta)
+                else:
+                    try:
+                        if name not in fds:
+                            fds[name] = self._open_cached(name, where)
+                        yield shards.pread_at(fds[name], row, self._scratch.view(shards.span(row, with_meta)),
+                                              with_meta)
+                    except OSError as exc:
+                        yield exc
+        finally:
+            for fd in fds.values():
+                os.close(fd)
+
+    def _shard(self, name: str):
+        """Shard ``name`` through this pass's prefetcher (or the cache directly)."""
+        prefetch = self._prefetch
+        if prefetch is not None:
+            return prefetch.get(name)
+        return self.shards.cache.ensure(name, self.shards.fetch_shard)
+
+    def _open_cached(self, name: str, path: str) -> int:
+        """Open a cached shard; one evicted since :meth:`ShardCache.ensure` said so is fetched again."""
+        try:
+            return os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            again = self.shards.cache.ensure(name, self.shards.fetch_shard)
+            if not isinstance(again, str):
+                raise
+            return os.open(again, os.O_RDONLY)
+
+    def _refetched(self, r: int, with_meta: bool) -> Any:
+        """The bytes of selected row ``r`` after the cache re-checked (and maybe re-fetched) its shard."""
+        cache = self.shards.cache
+        if cache is None or cache.disabled:
+            return None
+        row = int(self.rows[r])
+        where = cache.repair(str(self.shards._ranges[0][row]), self.shards.fetch_shard)
+        if where is None:
+            return None
+        if isinstance(where, bytes):
+            return self.shards.slice_of(where, row, with_meta)
+        fd = os.open(where, os.O_RDONLY)
+        try:
+            return os.pread(fd, self.shards.span(row, with_meta), int(self.shards._ranges[1][row]))
+        finally:
+            os.close(fd)
 
     def _load(self, rows: np.ndarray) -> dict[int, dict]:
         """Fetch + decode index ``rows`` (selected index numbering); failed ones are left out."""
@@ -335,27 +464,14 @@ class StreamingDataset(IterableDataset):
         """
         key, shard = row["key"], row["shard"]
         try:
-            if isinstance(blob, BaseException):
-                raise blob
-            size = row["size"]
-            if len(blob) < size:
-                raise ValueError(f"read {len(blob)} of {size} payload bytes")
-            dtype = self._dtype
-            if with_meta:
-                gap = row["meta_offset"] - row["offset"]
-                dtype = json.loads(bytes(blob[gap: gap + row["meta_size"]]))["dtype"]
-            payload = blob if len(blob) == size else memoryview(blob)[:size]  # no copy when exact
-            want = self._sums[r] if self._sums is not None else None
-            if want is not None:
-                got = checksum_int(payload)  # GIL-free: decode threads hash in parallel
-                if got != want:
-                    raise ValueError(f"checksum mismatch: the payload's xxh3_64 is {got:016x}, index.parquet "
-                                     f"says {want:016x} (flipped bytes, or an index row pointing at "
-                                     "another sample's bytes); `cytodata verify --deep` lists all")
-            shape = self._shape(r)
-            # the pool's buffers are recycled once every view of them is gone
-            buf = self._scratch.array(shape, dtype) if scratch else self._pool.get(shape, dtype)
-            return self.shards.codec.decode(payload, buf.shape, buf.dtype, out=buf, threads=self._codec_threads)
+            try:
+                return self._checked_pixels(r, row, blob, with_meta, scratch)
+            except Exception:
+                # a cached shard gone bad is fetched again (counted) and the sample read once more
+                fresh = None if isinstance(blob, BaseException) else self._refetched(r, with_meta)
+                if fresh is None:
+                    raise
+                return self._checked_pixels(r, row, fresh, with_meta, scratch)
         except Exception as exc:  # noqa: BLE001 - any decode failure is a corrupt sample
             err = ShardError(f"{self.shards.source}: shard {shard} sample {key!r} is unreadable "
                              f"({type(exc).__name__}: {exc}); rewrite that shard or use on_error='skip'")
@@ -366,6 +482,30 @@ class StreamingDataset(IterableDataset):
                 self.skipped_keys.append(key)
             warnings.warn(f"skipped: {err}", stacklevel=2)
             raise err from exc
+
+    def _checked_pixels(self, r: int, row: dict, blob: Any, with_meta: bool, scratch: bool) -> np.ndarray:
+        """The body of :meth:`_pixels`: check + decode, raising whatever fails."""
+        if isinstance(blob, BaseException):
+            raise blob
+        size = row["size"]
+        if len(blob) < size:
+            raise ValueError(f"read {len(blob)} of {size} payload bytes")
+        dtype = self._dtype
+        if with_meta:
+            gap = row["meta_offset"] - row["offset"]
+            dtype = json.loads(bytes(blob[gap: gap + row["meta_size"]]))["dtype"]
+        payload = blob if len(blob) == size else memoryview(blob)[:size]  # no copy when exact
+        want = self._sums[r] if self._sums is not None else None
+        if want is not None:
+            got = checksum_int(payload)  # GIL-free: decode threads hash in parallel
+            if got != want:
+                raise ValueError(f"checksum mismatch: the payload's xxh3_64 is {got:016x}, index.parquet "
+                                 f"says {want:016x} (flipped bytes, or an index row pointing at "
+                                 "another sample's bytes); `cytodata verify --deep` lists all")
+        shape = self._shape(r)
+        # the pool's buffers are recycled once every view of them is gone
+        buf = self._scratch.array(shape, dtype) if scratch else self._pool.get(shape, dtype)
+        return self.shards.codec.decode(payload, buf.shape, buf.dtype, out=buf, threads=self._codec_threads)
 
     # --- whole batches (Batches) ---
     def _batch(self, chunk: tuple[np.ndarray, np.ndarray], pin_memory: bool = False) -> tuple[int, dict | None]:
