@@ -107,10 +107,11 @@ def register(subparsers) -> None:
                    help="embed the spatial mean of this named module of the backbone (timm names, "
                         "e.g. blocks.5.0.bn2 = Keras EfficientNet-B0 block6a_activation); default: "
                         "the run's embed_layer, else the pooled penultimate features")
-    e.add_argument("--view", default=None, choices=["crops", "whole"],
+    e.add_argument("--view", default=None, choices=["crops", "whole", "native"],
                    help="crops: median over four centre crops (WS-DINO); whole: the whole image, "
-                        "resized to the run's data.resize if it trained with one (CytoImageNet). "
-                        "Default: the run's embed_view")
+                        "resized to the run's data.resize if it trained with one; native: the whole "
+                        "image at its stored size (CytoImageNet's evaluation; --batch-size 1 for "
+                        "images of several sizes). Default: the run's embed_view")
     e.add_argument("--channels", default="merged", choices=["merged", "each"],
                    help="each: every channel alone through a single-channel (data.merge) model, "
                         "features concatenated (CytoImageNet's per-channel variant)")

@@ -127,7 +127,8 @@ class TrainConfig:
     #                                   rescaled by 3/in_chans) | tile (DeepProfiler: i <- i % 3)
     embed_layer: str | None = None    # module whose spatial mean is the embedding (None: pooled
     #                                   penultimate features); `cytodata embed --layer` overrides
-    embed_view: str = "crops"         # crops (centre crops) | whole (the whole image, resized)
+    embed_view: str = "crops"         # crops (centre crops) | whole (the whole image, resized to
+    #                                   data.resize) | native (the whole image, stored size)
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -255,7 +256,8 @@ def check(cfg: TrainConfig, where: str) -> None:
          "optim.weight_decay_mode=decoupled with optim.name=adam: use optim.name=adamw")
     need(cfg.first_conv in FIRST_CONV, f"first_conv={cfg.first_conv!r}; valid: {', '.join(FIRST_CONV)}")
     need(cfg.init in INITS, f"init={cfg.init!r}; valid: {', '.join(INITS)}")
-    need(cfg.embed_view in ("crops", "whole"), f"embed_view={cfg.embed_view!r}; valid: crops, whole")
+    need(cfg.embed_view in ("crops", "whole", "native"),
+         f"embed_view={cfg.embed_view!r}; valid: crops, whole, native")
     need(cfg.kind in KINDS, f"kind={cfg.kind!r}; valid: {', '.join(KINDS)}")
     a = cfg.augment
     need(0 <= a.scale_p <= 1 and 0 < a.scale_min <= 1,

@@ -3,7 +3,9 @@
 Views (``view``): ``crops`` embeds full fields as WS-DINO did: the feature-wise median over four
 non-overlapping centre crops of the training crop size (a single centre crop when the field is
 smaller than two crops); ``whole`` embeds the whole image, resized to ``data.resize`` when the
-run trained with one (else at its stored size), as CytoImageNet embeds whole images. Features
+run trained with one (else at its stored size); ``native`` the whole image at its stored size
+(CytoImageNet's evaluation, model_evaluation.py:107-110: ``input_shape=(None, None, 3)``;
+images of several sizes need ``batch_size=1``). Features
 (``layer``): the method's embedding (pooled penultimate features for classifiers), or the
 spatial mean of any named module of the backbone (the Cell Painting CNN reads
 ``block6a_activation``: ``blocks.5.0.bn2`` in timm's EfficientNet-B0). ``channels="each"``: every
@@ -35,7 +37,7 @@ from .resolve import load_config
 STORAGE_COLUMNS = ("shard", "offset", "size", "meta_offset", "meta_size", "shard_index",
                    "n_channels", "height", "width", "sha256", "checksum")
 PER = ("auto", "image", "field")
-VIEWS = ("crops", "whole")
+VIEWS = ("crops", "whole", "native")
 CHANNELS = ("merged", "each")
 
 
@@ -180,11 +182,18 @@ def embed(checkpoint_or_run: "str | Path", shards: "str | Path", out: "str | Pat
     prep = device_prep(cfg, stats, dev)
     crop = method.embed_crop()
     resize = cfg.data.resize if view == "whole" else None
+    if view == "native" and batch_size > 1 and {"height", "width"} <= set(ds.index.columns):
+        sizes = ds.index[["height", "width"]].drop_duplicates()
+        if len(sizes) > 1:
+            raise TrainingError(f"embed --view native: {shards} holds images of {len(sizes)} sizes "
+                                f"(e.g. {[tuple(r) for r in sizes.head(3).itertuples(index=False)]}); "
+                                "they cannot share a batch at their stored size: pass --batch-size 1, "
+                                "or --view whole to resize them as in training")
 
     def features(x: torch.Tensor) -> torch.Tensor:
         """Normalised, un-merged ``x`` -> one feature row per sample for the chosen view."""
         def views_of(z):
-            if view == "whole":
+            if view in ("whole", "native"):
                 return [z]
             return center_views(z, crop)
 

@@ -193,9 +193,19 @@ def apply_named_prior(meta: pd.DataFrame, probs: np.ndarray, classes: list[str],
     if prior == "experiment":
         exps = _column(meta, "batch", prior, "the experiment is the index's batch column; "
                                              "predict with --prior plate, or re-shard with it")
+        allowed = None
+        if groups is not None and groups.shared and "plate" in meta.columns:
+            # shared classes (controls, on every plate) may occur once per plate of the experiment
+            lookup = {c: i for i, c in enumerate(classes)}
+            shared = np.array([lookup[c] for c in groups.shared if c in lookup], dtype=np.int64)
+            n_plates = meta.groupby("batch")["plate"].nunique()
+            allowed = {str(e): np.concatenate([np.arange(len(classes))]
+                                              + [shared] * max(0, int(n) - 1))
+                       for e, n in n_plates.items()}
+            extra["shared_classes"] = len(shared)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            res = apply_prior(probs, exps, method, what="experiment")
+            res = apply_prior(probs, exps, method, allowed=allowed, what="experiment")
         if res.fallback_plates:
             warnings.warn(f"experiment prior: experiment(s) {res.fallback_plates[:5]} have more "
                           f"wells than the {len(classes)} classes; their wells keep the argmax "
@@ -332,6 +342,12 @@ def predict(run: "str | Path", shards: "str | Path", out: "str | Path", *, prior
     if prior == "group":
         state = checkpoint.load(run)
         groups = training_groups(load_config(state["config"]), train_plates, storage_options)
+    elif prior == "experiment":   # the training plates name the shared classes (controls)
+        try:
+            groups = training_groups(load_config(checkpoint.load(run)["config"]), train_plates,
+                                     storage_options)
+        except TrainingError:
+            groups = None
     index, probs, classes, extra = image_probabilities(
         run, shards, device=device, batch_size=batch_size, threads=threads, progress=progress,
         storage_options=storage_options)
@@ -358,6 +374,9 @@ def format_summary(summary: dict) -> str:
         lines.append(f"prior changed {summary['changed_by_prior']} rows"
                      + (f"; plates kept at argmax (more rows than classes): "
                         f"{summary['fallback_plates']}" if summary["fallback_plates"] else ""))
+    if summary.get("plates_without_group"):
+        lines.append(f"plates that fit no learned group (plate prior used): "
+                     f"{summary['plates_without_group']}")
     if "accuracy" in summary:
         lines.append(f"accuracy on {summary['rows_scored']} labelled rows: "
                      f"{summary['accuracy_argmax']:.4f} argmax -> {summary['accuracy']:.4f} "

@@ -263,9 +263,10 @@ def apply_prior(probs: np.ndarray, plates, method: str = "exact",
                 ) -> PriorResult:
     """Each class at most once per unit; ``plates`` ``(n,)`` names each row's unit.
 
-    ``allowed``: unit -> class indices it may take (a plate group); units not in it may take
-    every class. Units with more rows than allowed classes cannot hold the prior: a warning
-    names them and their rows keep the argmax. Rows may come in any order.
+    ``allowed``: unit -> class indices it may take (a plate group; a class listed twice may be
+    taken twice); units not in it may take every class once. Units with more rows than allowed
+    classes cannot hold the prior: a warning names them and their rows keep the argmax. Rows
+    may come in any order.
     """
     assign = ASSIGNERS.get(method)
     probs = np.asarray(probs, dtype=np.float64)

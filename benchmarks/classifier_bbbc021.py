@@ -120,7 +120,8 @@ def run(out: "str | Path", *, steps: int = 200, batch_size: int = 64,
 
 def _run(out: Path, steps: int, batch_size: int, model: str, lr: float, seed: int,
          screen: SyntheticScreen, cell_size: int, train_crop: int) -> dict:
-    from cytodata.baselines import embed, train
+    from cytodata.baselines import train
+    from cytodata.baselines.embed import embed
 
     t0 = time.perf_counter()
     data = prepare(out, screen, cell_size)
@@ -148,7 +149,8 @@ def _run(out: Path, steps: int, batch_size: int, model: str, lr: float, seed: in
 def run_recipe(data: dict, out: Path, recipe: str, seed: int) -> dict:
     """Train shipped config ``recipe`` with ``seed`` on the prepared cells; score it and the same
     backbone at random init. Returns ``{"trained": {...}, "random": {...}, "seconds", "steps"}``."""
-    from cytodata.baselines import embed, load_config, train
+    from cytodata.baselines import load_config, train
+    from cytodata.baselines.embed import embed
 
     t0 = time.perf_counter()
     overrides = {"data.train": str(data["shards"]), "data.train_split": None, "data.val_split": None,
@@ -159,9 +161,11 @@ def run_recipe(data: dict, out: Path, recipe: str, seed: int) -> dict:
     seconds = time.perf_counter() - t0
     res = {"recipe": recipe, "seed": seed, "seconds": round(seconds, 1),
            "steps": int(load_config(str(run_dir / "config.yaml")).steps)}
+    # resizing recipes embed at their training size (all cells are 40 px; native would feed 40)
+    view = "whole" if load_config(recipe).data.resize else None
     for name, rand in (("trained", False), ("random", True)):
         emb = embed(run_dir, data["shards"], out / f"{recipe}-s{seed}-{name}.parquet", progress=False,
-                    random_init=rand, per="image")
+                    random_init=rand, per="image", view=view)
         res[name] = evaluate_cells(emb, data)
     return res
 

@@ -286,9 +286,10 @@ def main(argv=None) -> None:
     peers = prepare_peers(folder, shards, paths)
     peers = {k: v for k, v in peers.items() if k in ("mds", "litdata-raw")}
     server, s3_port = start_s3()
-    proxy = Proxy(s3_port)
+    proxy = None
     tmp = Path(tempfile.mkdtemp(prefix="cytodata-remote-"))
     try:
+        proxy = Proxy(s3_port)
         urls = upload(folder, shards, peers, f"http://127.0.0.1:{s3_port}")
         endpoint = f"http://127.0.0.1:{proxy.port}"
         os.environ.update(CREDS, S3_ENDPOINT_URL=endpoint, AWS_ENDPOINT_URL=endpoint)
@@ -326,8 +327,9 @@ def main(argv=None) -> None:
                     shutil.rmtree(tmp, ignore_errors=True)
                     tmp.mkdir(exist_ok=True)
         report(runs, names, delays)
-    finally:
-        proxy.stop()
+    finally:  # the server and the proxy never outlive the run
+        if proxy is not None:
+            proxy.stop()
         server.terminate()
         server.wait()
         shutil.rmtree(tmp, ignore_errors=True)

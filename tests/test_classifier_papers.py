@@ -10,7 +10,6 @@ import torch
 from cytodata.baselines import load_config
 from cytodata.baselines.config import CONFIG_DIR, config_names
 from cytodata.baselines.describe import list_configs, show_config, yaml_comments
-from cytodata.baselines.embed import LayerMean
 from cytodata.baselines.models import create
 from cytodata.errors import TrainingError
 
@@ -66,7 +65,7 @@ CYTOIMAGENET = {
     "batch_size": (64, "MP:256"),
     "epochs": (24, "ME:71"),                                   # efficientnetb0_from_random-epoch_24.h5
     "embed_layer": (None, "ME:107-110"),                       # include_top=False, pooling="avg"
-    "embed_view": ("whole", "ME:109,122"),
+    "embed_view": ("native", "ME:109,122"),
     "data.crop": (224, "MP:109"),
     "data.resize": (224, "MP:109-110"),                        # target_size=(224, 224), bilinear
     "data.normalize": ("image_percentile", "PP:52-78"),
@@ -147,6 +146,10 @@ def test_yaml_comments_follow_nesting():
 
 
 def test_block6a_is_blocks_5_0_bn2_and_the_layer_embedding_is_its_spatial_mean():
+    # imported here, not at collection: an early import of the submodule would make the lazy
+    # package attribute `cytodata.baselines.embed` the module for test files collected later
+    from cytodata.baselines.embed import LayerMean
+
     torch.manual_seed(0)
     model = create("tf_efficientnet_b0", in_chans=5, num_classes=3).eval()
     x = torch.rand(2, 5, 64, 64)
@@ -215,7 +218,8 @@ def test_cytoimagenet_tiny_trains_and_embeds_images_of_several_sizes(tmp_path):
     and --channels each (three channels -> three gray embeddings concatenated)."""
     import pandas as pd
 
-    from cytodata.baselines import embed, train
+    from cytodata.baselines import train
+    from cytodata.baselines.embed import embed
     from cytodata.loaders.demo import demo_manifest
     from cytodata.schema import make_key
     from cytodata.shards import write
@@ -232,6 +236,13 @@ def test_cytoimagenet_tiny_trains_and_embeds_images_of_several_sizes(tmp_path):
         "data.train": str(tmp_path / "s"), "data.train_split": None, "data.val_split": None,
         "epochs": None, "steps": 2, "batch_size": 8, "progress": False})
     each = pd.read_parquet(embed(run, tmp_path / "s", tmp_path / "e.parquet", progress=False,
-                                 channels="each"))      # the recipe's view: whole, resized to 32
+                                 channels="each", view="whole"))      # resized to 32
     n = create("test_efficientnet", in_chans=3, num_classes=2).num_features
     assert len(each) == 16 and sum(c.startswith("emb_") for c in each.columns) == 3 * n
+    # native (the recipe's view): each image at its stored size (24 or 40 px), one per batch
+    with pytest.raises(TrainingError, match="--batch-size 1"):
+        embed(run, tmp_path / "s", tmp_path / "n.parquet", progress=False)
+    native = pd.read_parquet(embed(run, tmp_path / "s", tmp_path / "n.parquet", progress=False,
+                                   batch_size=1))
+    cols = [c for c in native.columns if c.startswith("emb_")]
+    assert len(native) == 16 and len(cols) == n and native[cols].notna().all().all()

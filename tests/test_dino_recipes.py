@@ -152,10 +152,11 @@ def test_project_configs_are_described_as_ours():
     for name in ("dino-cells", "ws-dino-cells", "dino-cells-tiny", "ws-dino-cells-tiny",
                  "dino-cells-demo", "ws-dino-cells-demo"):
         cfg = load_config(name)
-        assert cfg.description.startswith("ours:"), name
+        assert cfg.description.startswith("ours:") and cfg.kind == "ours", name
         assert cfg.global_scale is None and cfg.local_scale is None, name
-    for name in ("dino", "ws-dino"):
-        assert not load_config(name).description.startswith("ours")
+    for name in ("dino", "ws-dino", "dino-tiny", "ws-dino-tiny"):
+        cfg = load_config(name)
+        assert not cfg.description.startswith("ours") and cfg.kind == "paper", name
 
 
 # ----------------------------------------------------------------------------- geometry

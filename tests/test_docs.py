@@ -81,6 +81,7 @@ def _env() -> dict:
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.pop("CYTODATA_PROGRESS", None)
+    env.setdefault("OMP_NUM_THREADS", "1")  # one torch thread per process: the suite shares the cores
     return env
 
 

@@ -16,9 +16,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cytodata.baselines import checkpoint, embed, load_config, train
+from cytodata.baselines import checkpoint, load_config, train
 from cytodata.baselines.arcface import ArcFace, Softmax, arc_margin
 from cytodata.baselines.data import NormStats, cell_type_table
+from cytodata.baselines.embed import embed
 from cytodata.baselines.methods.mean_teacher import (
     ema_decay_at,
     ema_update,
@@ -411,11 +412,10 @@ def test_deepnoise_stage2_starts_from_stage1_and_trains_on_balanced_pseudo_label
     stage1 = train("deepnoise-stage1-tiny", tmp_path / "s1", **small, steps=1,
                    checkpoint_every=1)
     with pytest.raises(TrainingError, match=r"second stage.*--set init_from=RUN1"):
-        train("deepnoise-stage2-tiny", tmp_path / "bad", **small, steps=2)
+        train_state_at_start(None, sets, checkpoint.load(stage1))
     with pytest.raises(TrainingError, match=r"init_from=.*nowhere: no stage-1 checkpoint.*"
                                             r"deepnoise-stage1"):
-        train("deepnoise-stage2-tiny", tmp_path / "bad2", **small, steps=2,
-              init_from=str(tmp_path / "nowhere"))
+        train_state_at_start(tmp_path / "nowhere", sets, checkpoint.load(stage1))
     # labels after epoch 1 (step 2), their weight from epoch 2 (0-based steps 4, 5: logged 5, 6)
     out = train("deepnoise-stage2-tiny", tmp_path / "s2", **small, steps=6, checkpoint_every=6,
                 init_from=str(stage1), epoch_steps=2, pseudo_first_epoch=1,
@@ -447,13 +447,14 @@ def _keys_and_plates(path):
     return index["key"].astype(str).tolist(), index["plate"].astype(str).tolist()
 
 
-def train_state_at_start(stage1, sets):
-    """The stage-2 method's modules right after construction from ``stage1``."""
+def train_state_at_start(stage1, sets, st=None):
+    """The stage-2 method's modules right after construction from ``stage1`` (a training run)."""
     from cytodata.baselines.data import DataInfo
     from cytodata.baselines.methods.mean_teacher import MeanTeacher
 
-    st = checkpoint.load(stage1)
-    cfg = load_config("deepnoise-stage2-tiny", {"init_from": str(stage1)})
+    st = st or checkpoint.load(stage1)
+    cfg = load_config("deepnoise-stage2-tiny",
+                      {"init_from": None if stage1 is None else str(stage1)})
     info = DataInfo(channels=list(st["channels"]), n_channels=len(st["channels"]), shape=None,
                     classes=list(st["classes"]), n_train=8)
     method = MeanTeacher(cfg, info, torch.device("cpu"))

@@ -170,3 +170,21 @@ def test_deepnoise_balancing_on_a_hand_worked_example():
     assert len(set(got.tolist())) == 20
     assert (got == truth).mean() >= (probs.argmax(1) == truth).mean()
     assert apply_prior(probs, plates, "deepnoise").classes.tolist() == got.tolist()
+
+
+def test_experiment_prior_lets_shared_controls_occur_once_per_plate():
+    # two plates of one experiment, each: 3 group classes + the control "ctl"; the control
+    # occurs twice in the experiment and must keep both wells
+    classes = ["a", "b", "c", "d", "e", "f", "ctl"]
+    labels = ["a", "b", "c", "ctl", "d", "e", "f", "ctl"]
+    meta = pd.DataFrame({"key": [f"k{i}" for i in range(8)], "plate": ["P1"] * 4 + ["P2"] * 4,
+                         "well": [f"W{i}" for i in range(8)], "batch": "E1", "label": labels})
+    probs = _perfect(meta, classes)
+    groups = discover_groups(["T1"] * 4 + ["T2"] * 4, labels, ["X"] * 8)
+    assert groups.shared == ["ctl"] and groups.sizes() == [3, 3]
+    _, summary = predictions(meta, probs, classes, prior="experiment", groups=groups)
+    assert summary["accuracy"] == 1.0 and summary["shared_classes"] == 1
+    # without the training plates every class is once per experiment: 8 wells, 7 classes
+    with pytest.warns(UserWarning, match=r"experiment\(s\) \['E1'\] have more wells"):
+        _, without = predictions(meta, probs, classes, prior="experiment")
+    assert without["fallback_plates"] == ["E1"]

@@ -247,10 +247,10 @@ def _nsc(small: dict, features: np.ndarray) -> float:
 
 def test_targets_at_a_small_size(small):
     """Whole-image intensity statistics near chance, the oracle near perfect (loose bounds)."""
-    stats = np.array([np.concatenate([[*np.percentile(tifffile.imread(p).astype(float),
-                                                      [1, 5, 25, 50, 75, 95, 99]),
-                                       tifffile.imread(p).mean(), tifffile.imread(p).std()]
-                                      for p in paths])
+    def stats_of(plane: np.ndarray) -> list[float]:
+        return [*np.percentile(plane, [1, 5, 25, 50, 75, 95, 99]), plane.mean(), plane.std()]
+
+    stats = np.array([np.concatenate([stats_of(tifffile.imread(p).astype(float)) for p in paths])
                       for paths in small["images"]["paths"]])
     fields = small["ground_truth"]["fields"].set_index(["plate", "well", "site"])
     keys = list(zip(small["images"]["plate"], small["images"]["well"], small["images"]["site"],

@@ -448,14 +448,19 @@ class MeanTeacher(Method):
             return
         done = step + 1
         first = max(1, int(round(cfg.pseudo_first_epoch * self.steps_per_epoch)))
+        if done > first and runtime.is_dist():
+            # validation runs on rank 0 only: every rank refreshes when it asks for it
+            self._pl_due = max(runtime.all_gather_floats(float(self._pl_due))) > 0
         if done == first:
-            self.refresh_pseudo_labels(1.0)      # main.py:571-577: ratio 1.0 first
+            self.refresh_pseudo_labels(1.0, step)      # main.py:571-577: ratio 1.0 first
         elif done > first and self._pl_due:
-            self.refresh_pseudo_labels(cfg.pseudo_smoothing)  # main.py:588-596
+            self.refresh_pseudo_labels(cfg.pseudo_smoothing, step)  # main.py:588-596
 
     @torch.no_grad()
-    def refresh_pseudo_labels(self, ratio: float) -> None:
-        """New hard labels for every unlabelled key from the teachers (module pseudo_labels)."""
+    def refresh_pseudo_labels(self, ratio: float, step: int = 0) -> None:
+        """New hard labels for every unlabelled key from the teachers (module pseudo_labels);
+        the views are seeded by ``step``, so a resumed run repeats them.
+        """
         from .. import pseudo_labels
 
         cfg, d = self.cfg, self.cfg.data
@@ -463,7 +468,7 @@ class MeanTeacher(Method):
                           shuffle=False, rank=0, world_size=1, what="data.unlabelled")
         keys = ds.index["key"].astype(str).tolist()
         row = {k: i for i, k in enumerate(keys)}
-        g = torch.Generator().manual_seed(cfg.seed + 7919 * (len(self._pl_label) + 1))
+        g = torch.Generator().manual_seed(cfg.seed + 7919 * (step + 1))
         logits = np.zeros((len(keys), len(self.info.classes)), dtype=np.float64)
         self.teachers.train()                    # main.py:555: the teacher stays in train mode
         for _ in range(cfg.pseudo_views):

@@ -86,6 +86,12 @@ class StreamingDataset(IterableDataset):
     (default on; a mismatch follows ``on_error``). Sets written before checksums existed load
     with one warning suggesting ``cytodata verify``.
 
+    ``cache_dir`` / ``cache_limit`` (remote sets): read whole shards through a node-local cache,
+    fetched once, sha256-checked, shared by all ranks and workers, LRU under ``cache_limit``
+    bytes (``ds.cache.stats()``). ``shuffle_window=K``: shards in a seeded order, samples
+    shuffled within windows of K shards (a bounded working set for the cache). See
+    docs/streaming.md.
+
     Options come grouped (``read=ReadOptions(...)``, ``order=OrderOptions(...)``, see
     ``options.py``) or as the flat keywords above, which override the groups' fields.
     :meth:`batches` yields whole batches built on the decode threads straight into one
