@@ -217,7 +217,8 @@ def part_embed(ctx: Context) -> dict:
     import pandas as pd
     import torch
 
-    from cytodata.baselines import embed, train
+    from cytodata.baselines import train
+    from cytodata.baselines.embed import embed
 
     s = ctx.sizes
     shards = ctx.shards()
