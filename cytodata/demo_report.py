@@ -60,11 +60,13 @@ def run_collapse(run: Path) -> dict:
 
     A run whose ``metrics.jsonl`` rows carry their own verdict (``collapsed``: bool, or
     ``collapse``: the kind or null) is taken at its word. Otherwise the last ``TAIL`` of its
-    logged training rows decide: DINO-family rows log ``loss_over_ln_k`` (and the teacher's
-    entropy, KL(teacher || student)); a median loss at or above ``UNIFORM_LOSS_OVER_LN_K`` of
-    ln K, or a teacher entropy above ``UNIFORM_ENTROPY`` ln K with KL below ``UNIFORM_KL`` ln K,
-    is a uniform collapse; an entropy below ``ONE_PROTOTYPE_ENTROPY`` ln K is a one-prototype
-    collapse. Runs that log neither (classifiers) are ``collapsed: False``, ``checked: False``.
+    logged training rows decide: DINO-family rows log ``loss_over_ln_k`` and the teacher's
+    entropy and KL(teacher || student). A teacher entropy above ``UNIFORM_ENTROPY`` ln K with KL
+    below ``UNIFORM_KL`` ln K is a uniform collapse (the student copies a flat teacher); a loss
+    near ln K whose KL is well above zero still learns. Rows without the teacher's statistics
+    fall back to the loss: a median at or above ``UNIFORM_LOSS_OVER_LN_K`` ln K is uniform. An
+    entropy below ``ONE_PROTOTYPE_ENTROPY`` ln K is a one-prototype collapse. Runs that log
+    neither (classifiers) are ``collapsed: False``, ``checked: False``.
     """
     rows = [r for r in _rows(run) if "loss" in r]
     verdict = {"collapsed": False, "kind": None, "checked": False, "evidence": "", "source": None}
@@ -90,8 +92,10 @@ def run_collapse(run: Path) -> dict:
                 + (f", teacher entropy {ent_m:.2f} x ln K" if ent_m is not None else "")
                 + (f", KL(teacher||student) {kl_m:.3f} x ln K" if kl_m is not None else ""))
     verdict.update(checked=True, evidence=evidence, source="detected from metrics.jsonl")
-    if ratio >= UNIFORM_LOSS_OVER_LN_K or (
-            ent_m is not None and kl_m is not None and ent_m > UNIFORM_ENTROPY and kl_m < UNIFORM_KL):
+    # the teacher's statistics decide when logged: a loss near ln K with KL well above zero still learns
+    teacher = ent_m is not None and kl_m is not None
+    if (teacher and ent_m > UNIFORM_ENTROPY and kl_m < UNIFORM_KL) or (
+            not teacher and ratio >= UNIFORM_LOSS_OVER_LN_K):
         verdict.update(collapsed=True, kind="uniform")
     elif ent_m is not None and ent_m < ONE_PROTOTYPE_ENTROPY:
         verdict.update(collapsed=True, kind="one-prototype")
