@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DEMO_OUT ?= demo_output
 BENCH_VENV ?= .venv-bench
 
-.PHONY: demo test docs install bench bench-peers clean
+.PHONY: demo test docs install bench bench-peers gpu-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,12 @@ $(BENCH_VENV)/.installed: pyproject.toml
 bench-peers: $(BENCH_VENV)/.installed
 	$(BENCH_VENV)/bin/python benchmarks/loader.py --checks 16 --segment 6 $(BENCH_ARGS)
 	$(BENCH_VENV)/bin/python benchmarks/remote.py --quality $(REMOTE_ARGS)
+
+# Every GPU path on a machine with one CUDA GPU, in one call within 8 minutes (after the install):
+# writes gpu_check.json + gpu_check.md to $(OUT) (default: gpu-check/). docs/gpu.md has the schema.
+# GPU_CHECK_ARGS: e.g. --only train-ratio,config: or --budget-s 600 (--dry-run: the CPU check).
+gpu-check: $(STAMP)
+	$(BIN)/python benchmarks/gpu_check.py $(if $(OUT),--out $(OUT),) $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) $(DEMO_OUT) .pytest_cache .site site tour

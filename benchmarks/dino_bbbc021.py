@@ -124,7 +124,9 @@ def run(out: "str | Path", *, steps: int = 1500, seed: int = 0, torch_threads: i
 RECIPES = (("ws-dino-tiny (authors')", "ws-dino-tiny", {}),
            ("dino-tiny (DINO's)", "dino-tiny", {}),
            ("ws-dino-cells-tiny (ours)", "ws-dino-cells-tiny", {"weak_label": "compound"}),
-           ("dino-cells-tiny (ours)", "dino-cells-tiny", {}))
+           ("dino-cells-tiny (ours)", "dino-cells-tiny", {}),
+           ("ws-dino-cells-demo (ours)", "ws-dino-cells-demo", {}),
+           ("dino-cells-demo (ours)", "dino-cells-demo", {}))
 #: whole fields of 128 px (the tiny WS-DINO views need >= 48 px after its 0.5x prescale)
 FIELD_SIZE = 128
 
@@ -174,8 +176,10 @@ def score_fields(parquet: Path, fields: Path) -> dict:
 
 
 def run_recipes(out: Path, *, steps: int, seed: int, sites: int = SITES,
-                data_dir: "Path | None" = None, pools: tuple[str, ...] = POOLS) -> dict:
-    """Train each of :data:`RECIPES` on the field shards and score it against its random init."""
+                data_dir: "Path | None" = None, pools: tuple[str, ...] = POOLS,
+                configs: "tuple[str, ...] | None" = None) -> dict:
+    """Train each of :data:`RECIPES` (or those named in ``configs``) on the field shards and
+    score it against its random init."""
     import warnings
 
     from cytodata.baselines import embed, train
@@ -184,6 +188,8 @@ def run_recipes(out: Path, *, steps: int, seed: int, sites: int = SITES,
     data = prepare_fields(Path(data_dir) if data_dir else out / "data", sites)
     rows = {}
     for name, config, extra in RECIPES:
+        if configs and config not in configs:
+            continue
         run_dir = out / "runs" / config
         t = time.perf_counter()
         if not (run_dir / "summary.json").exists():
@@ -206,7 +212,7 @@ def run_recipes(out: Path, *, steps: int, seed: int, sites: int = SITES,
                                "steps": 0 if init else steps,
                                "seconds": 0.0 if init else round(seconds, 1),
                                "collapsed": None if init else summary["collapsed"],
-                               "collapse": None if init else summary["collapse"]}
+                               "collapse": None if init else summary["collapse_evidence"]}
                 r = rows[label]
                 print(f"{label}: NSC {r['nsc']['acc']:.3f} NSCB {r['nscb']['acc']:.3f} week "
                       f"{r['week_knn']['acc']:.3f} collapsed {r['collapsed']}", flush=True)
@@ -219,9 +225,13 @@ def recipes_table(runs: list[dict]) -> str:
     per-seed values, the week 11-NN accuracy, and how many seeds' runs collapsed."""
     from cytodata.evaluate import proportion_ci
 
+    by_seed: dict = {}
+    for r in runs:                  # several results files of one seed (--configs) are merged
+        by_seed.setdefault(r["seed"], {"seed": r["seed"], "rows": {}})["rows"].update(r["rows"])
+    runs = list(by_seed.values())
     lines = [f"| embeddings (seeds {', '.join(str(r['seed']) for r in runs)}) | NSC [95% CI] "
-             "(per seed) | NSCB [95% CI] (per seed) | chance NSC/NSCB | week 11-NN | collapsed |",
-             "|---|---|---|---|---|---|"]
+             "(per seed) | NSCB [95% CI] (per seed) | chance NSC/NSCB | week 11-NN (chance) | "
+             "collapsed |", "|---|---|---|---|---|---|"]
     for name in runs[0]["rows"]:
         rs = [r["rows"][name] for r in runs]
         cells = []
@@ -233,8 +243,9 @@ def recipes_table(runs: list[dict]) -> str:
             cells.append(f"{c / n:.3f} [{lo:.2f}, {hi:.2f}] ({per})")
         chance = f"{rs[0]['nsc']['chance']:.2f} / {rs[0]['nscb']['chance']:.2f}"
         week = sum(x["week_knn"]["acc"] for x in rs) / len(rs)
+        week = f"{week:.3f} ({rs[0]['week_knn']['chance']:.2f})"
         coll = "" if rs[0]["collapsed"] is None else f"{sum(bool(x['collapsed']) for x in rs)}/{len(rs)}"
-        lines.append(f"| {name} | {cells[0]} | {cells[1]} | {chance} | {week:.3f} | {coll} |")
+        lines.append(f"| {name} | {cells[0]} | {cells[1]} | {chance} | {week} | {coll} |")
     return "\n".join(lines)
 
 
@@ -359,6 +370,8 @@ def main(argv=None) -> None:
     ap.add_argument("--recipes", action="store_true",
                     help="compare ws-dino-tiny, dino-tiny, ws-dino-cells-tiny, dino-cells-tiny on "
                          "whole fields (see the module docstring)")
+    ap.add_argument("--configs", default=None,
+                    help="--recipes: only these shipped configs (comma-separated)")
     args = ap.parse_args(argv)
     if args.combine:
         loaded = [json.loads(Path(p).read_text()) for p in args.combine]
@@ -371,7 +384,8 @@ def main(argv=None) -> None:
         for seed in (int(s) for s in args.seeds.split(",")):
             res = run_recipes(base / f"seed-{seed}", steps=args.steps, seed=seed, sites=args.sites,
                               data_dir=Path(args.data) if args.data else base / "data",
-                              pools=tuple(args.pools.split(",")))
+                              pools=tuple(args.pools.split(",")),
+                              configs=tuple(args.configs.split(",")) if args.configs else None)
             (base / f"seed-{seed}" / "results.json").write_text(json.dumps(res, indent=1, default=str))
             done.append(res)
             print(f"seed {seed}: {res['seconds']} s", flush=True)

@@ -16,7 +16,7 @@ Usage:
   python benchmarks/train.py --tiny               # CPU: classifier-tiny (test_efficientnet,
                                                   # 40 px shards, 32 crops, batch 16, fp32)
   options: --model --channels --size --crop --batch --steps --n --threads --device --precision
-           --torch-threads --resident --dir
+           --torch-threads --resident --dir --compile (torch.compile on both sides)
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ def overrides(args, shards: Path) -> dict:
             "data.crop": args.crop, "data.threads": args.threads, "model": args.model,
             "batch_size": args.batch, "steps": args.steps, "device": args.device,
             "precision": args.precision, "checkpoint_every": args.steps, "progress": False,
-            "log_every": args.window, "optim.warmup_steps": 0, "optim.schedule": "constant"}
+            "log_every": args.window, "optim.warmup_steps": 0, "optim.schedule": "constant",
+            "compile": bool(getattr(args, "compile", False))}
 
 
 def loader_side(args, shards: Path, run: Path) -> dict:
@@ -116,7 +117,7 @@ def bound_side(args, shards: Path, run: Path) -> dict:
     return {"images_per_s": timed * cfg.batch_size / seconds, "resident_batches": len(resident)}
 
 
-def main() -> None:
+def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="CPU classifier-tiny settings")
     for name, kind in (("config", str), ("model", str), ("channels", int), ("size", int),
@@ -126,10 +127,11 @@ def main() -> None:
     parser.add_argument("--resident", type=int, default=8,
                         help="distinct batches kept on the device")
     parser.add_argument("--dir", default=None, help="work folder (default: a temporary one)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the trained module (both sides)")
     parser.add_argument("--torch-threads", type=int, default=None,
                         help="torch intra-op threads for both sides (1 is fastest on a shared "
                              "2-core machine: OpenMP threads spin against the decode threads)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
     for k, v in (TINY_DEFAULTS if args.tiny else CUDA_DEFAULTS).items():
@@ -158,6 +160,10 @@ def main() -> None:
           f"data wait {ours['data_wait']:.3f} of step time")
     print(f"bound (batches resident on device): {bound['images_per_s']:8.1f} images/s")
     print(f"ratio loader / bound: {ratio:.3f}")
+    return {"model": args.model, "channels": args.channels, "crop": args.crop, "batch": args.batch,
+            "precision": args.precision, "device": args.device, "steps": args.steps,
+            "compile": args.compile, "loader_images_per_s": ours["images_per_s"],
+            "bound_images_per_s": bound["images_per_s"], "ratio": ratio, "data_wait": ours["data_wait"]}
 
 
 if __name__ == "__main__":

@@ -63,17 +63,14 @@ def _opens(lines: list[str], i: int) -> bool:
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> Path:
     """A working folder holding ``demo_output/`` as the demo lays it out, small and fast."""
-    from cytodata import demo, schema
+    from cytodata import demo
     from cytodata.shards import write
 
     root = tmp_path_factory.mktemp("docs")
     out = root / "demo_output"
     demo.make_sources(out, 0)
     demo.build_manifest(out, False)
-    manifest = schema.read_manifest(out / "manifest")
-    bbbc = manifest[manifest["source"] == "synth-bbbc021"]
-    (out / "manifest-bbbc021").mkdir()
-    schema.write_manifest(bbbc, out / "manifest-bbbc021" / "manifest.parquet")
+    demo.write_source_manifest(out / "manifest", out / "manifest-bbbc021", "synth-bbbc021")
     write(out / "manifest-bbbc021", out / "shards" / "bbbc021", samples_per_shard=64,
           scheduler="synchronous", progress=False)
     return root
@@ -84,6 +81,7 @@ def _env() -> dict:
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.pop("CYTODATA_PROGRESS", None)
+    env.setdefault("OMP_NUM_THREADS", "1")  # one torch thread per process: the suite shares the cores
     return env
 
 

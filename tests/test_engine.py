@@ -440,3 +440,11 @@ def test_train_on_a_zarr_set_or_without_splits_gives_the_cli_way_out(tmp_path):
     write(table, tmp_path / "nosplit", samples_per_shard=12, scheduler="synchronous", progress=False)
     with pytest.raises(TrainingError, match=r"splits present: \[\]; .*--set data.train_split=null"):
         train("classifier-tiny", tmp_path / "run2", **{**TINY, "data.train": str(tmp_path / "nosplit")})
+    # the loaders' own refusals name the command that writes the other format (no circle)
+    from cytodata.errors import ShardError
+    from cytodata.loaders import StreamingDataset, ZarrDataset
+
+    with pytest.raises(ShardError, match=r"`cytodata shard MANIFEST_DIR -o OUT`"):
+        StreamingDataset(tmp_path / "zarr")
+    with pytest.raises(ShardError, match=r"`cytodata shard MANIFEST_DIR -o OUT --format zarr`"):
+        ZarrDataset(tmp_path / "nosplit")

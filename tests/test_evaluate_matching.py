@@ -81,12 +81,12 @@ def test_nan_features_and_missing_moa_name_rows():
         nsc(t, features=["x", "y"])
 
 
-def naive_knn(x, y, k, metric):
+def naive_knn(x, y, k, metric, group=None):
     preds = []
     for i in range(len(x)):
         d = []
         for j in range(len(x)):
-            if j == i:
+            if j == i or (group is not None and group[j] == group[i]):
                 continue
             if metric == "euclidean":
                 d.append((float(np.sqrt(((x[i] - x[j]) ** 2).sum())), j))
@@ -114,6 +114,25 @@ def test_knn_matches_naive_loop(metric, k):
     expected = naive_knn(x, y, k, metric)
     assert res.predictions["predicted"].tolist() == expected.tolist()
     assert res.correct == int((expected == y).sum())
+
+
+def test_knn_excluding_the_querys_own_compound_matches_naive_loop():
+    # replicates of a compound sit together: with them voting, every image is "right"
+    rng = np.random.default_rng(5)
+    compound = np.repeat([f"c{i}" for i in range(12)], 5)
+    moa = np.repeat(["m0", "m1", "m2"], 20)
+    x = rng.normal(size=(12, 4))[np.arange(60) // 5] * 3 + rng.normal(size=(60, 4)) * 0.1
+    table = pd.DataFrame(x, columns=list("pqrs")).assign(moa=moa, compound=compound)
+    loose = knn_accuracy(table, features=list("pqrs"), label="moa", k=3)
+    assert loose.accuracy == 1.0
+    res = knn_accuracy(table, features=list("pqrs"), label="moa", k=3, exclude_same="compound")
+    expected = naive_knn(x, moa, 3, "euclidean", group=compound)
+    assert res.predictions["predicted"].tolist() == expected.tolist()
+    assert res.accuracy < 1.0 and "own 'compound' excluded" in res.definition
+    assert res.chance == pytest.approx(15 / 55)     # 3 other compounds x 5 of the 55 admissible rows
+    one = table.iloc[:5]                             # one compound only: nobody to compare with
+    with pytest.raises(EvaluationError, match="no neighbour of another 'compound'"):
+        knn_accuracy(one, features=list("pqrs"), label="moa", k=3, exclude_same="compound")
 
 
 def test_knn_train_test_split():

@@ -265,6 +265,7 @@ def test_codec_decodes_on_one_thread_per_call():
     assert blosc.use_threads is before
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_batches_are_pinned_when_cuda_is_available(shard_set):
     aug = Compose([RandomCrop(12), RandomFlip()])

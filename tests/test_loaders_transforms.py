@@ -95,6 +95,7 @@ def test_channel_dropout_keeps_min_channels():
         assert int((out.flatten(1).sum(1) > 0).sum()) == 2
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_transforms_on_cuda_match_cpu():
     pipe = Compose([ToFloat(), RandomCrop(20), RandomFlip(), RandomRot90(), RandomErasing(p=1.0)])

@@ -363,13 +363,17 @@ TIE_BREAKERS: dict[str, Callable[[np.ndarray, np.ndarray], str]] = {
 
 def knn_accuracy(table: pd.DataFrame, *, features: Features, label: str, k: int = 11,
                  metric: str = "euclidean", leave_one_out: bool = True,
-                 fallback: str = "nearest", query_mask=None) -> MatchResult:
+                 fallback: str = "nearest", query_mask=None,
+                 exclude_same: str | None = None) -> MatchResult:
     """k-NN majority-vote accuracy (CytoImageNet COOS-7 / CyCLOPS style).
 
     Without ``query_mask`` every row is a query against all others (``leave_one_out`` drops
     the row itself). With a boolean ``query_mask`` the masked rows are queries and the others
     the reference set (train/test). Ties in the vote go to ``fallback`` (``"nearest"``: the
     label of the nearest neighbour among the tied labels; ``"sorted"``: alphabetical).
+    ``exclude_same``: a column (e.g. ``compound``); rows sharing the query's value are not
+    neighbours (NSC's rule at the image level: replicates of the query's own compound cannot
+    vote for its MOA). A query left without any neighbour is an error naming it.
     """
     if fallback not in TIE_BREAKERS:
         raise EvaluationError(f"unknown fallback {fallback!r}; valid: {sorted(TIE_BREAKERS)}")
@@ -390,6 +394,14 @@ def knn_accuracy(table: pd.DataFrame, *, features: Features, label: str, k: int 
     if query_mask is None and leave_one_out:
         np.fill_diagonal(dist, np.inf)
     n_ref = len(ref) - (1 if query_mask is None and leave_one_out else 0)
+    if exclude_same is not None:
+        group = _labels(table, exclude_same, "exclude_same")
+        dist[group[q][:, None] == group[ref][None, :]] = np.inf
+        n_ref = int(np.isfinite(dist).sum(axis=1).min()) if len(q) else 0
+        if n_ref < 1:
+            lonely = table.index[q][~np.isfinite(dist).any(axis=1)]
+            raise EvaluationError(f"k-NN with exclude_same={exclude_same!r}: rows {preview(lonely)} "
+                                  f"have no neighbour of another {exclude_same!r}; drop them or add rows")
     kk = min(k, n_ref)
     if kk < 1:
         raise EvaluationError("k-NN needs at least one reference row per query")
@@ -401,7 +413,8 @@ def knn_accuracy(table: pd.DataFrame, *, features: Features, label: str, k: int 
     definition = (f"{kk}-NN accuracy: each row takes the majority {label!r} of its {kk} nearest "
                   f"rows ({metric} distance; "
                   + ("leave-one-out" if query_mask is None else "queries vs reference rows")
-                  + f"; ties: {fallback}); chance = share of reference rows with the "
+                  + (f"; rows of the query's own {exclude_same!r} excluded" if exclude_same else "")
+                  + f"; ties: {fallback}); chance = share of admissible reference rows with the "
                   "query's label.")
     return _result(f"{kk}-NN", table.iloc[q], cols, y[q], pred, table.index.to_numpy()[nearest],
                    dist[np.arange(len(q)), order[:, 0]], label,

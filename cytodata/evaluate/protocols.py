@@ -463,7 +463,7 @@ def bbbc021_cytoimagenet(embeddings, metadata, **opts) -> dict:
 def knn(embeddings, metadata, **opts) -> dict:
     """k-NN accuracy of ``label`` (leave-one-out, or ``query_split`` vs the other rows)."""
     o = _opts(opts, label="label", k=11, metric="euclidean", query_split=None,
-              split_column="split", fallback="nearest")
+              split_column="split", fallback="nearest", exclude_same=None)
     table, cols, counts, notes = _prepare(embeddings, metadata, o, "knn", ["label"])
     unlabeled = table[o["label"]].isna()
     if unlabeled.any():
@@ -477,8 +477,10 @@ def knn(embeddings, metadata, **opts) -> dict:
             raise EvaluationError(f"knn: query_split={o['query_split']!r} selects {int(mask.sum())}"
                                   f" of {len(mask)} rows; need queries and references")
         mask = mask.to_numpy(bool)
+    if o["exclude_same"] is not None:
+        _check_columns(table, [o["exclude_same"]], "knn")
     res = knn_accuracy(table, features=cols, label=o["label"], k=o["k"], metric=o["metric"],
-                       fallback=o["fallback"], query_mask=mask)
+                       fallback=o["fallback"], query_mask=mask, exclude_same=o["exclude_same"])
     counts["knn_scored"] = res.total
     return {"protocol": "knn", "options": o, "metrics": {"knn": res}, "profiles": table,
             "features": cols, "counts": counts, "excluded": pd.DataFrame(),
