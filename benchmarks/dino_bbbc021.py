@@ -212,7 +212,7 @@ def run_recipes(out: Path, *, steps: int, seed: int, sites: int = SITES,
                                "steps": 0 if init else steps,
                                "seconds": 0.0 if init else round(seconds, 1),
                                "collapsed": None if init else summary["collapsed"],
-                               "collapse": None if init else summary["collapse"]}
+                               "collapse": None if init else summary["collapse_evidence"]}
                 r = rows[label]
                 print(f"{label}: NSC {r['nsc']['acc']:.3f} NSCB {r['nscb']['acc']:.3f} week "
                       f"{r['week_knn']['acc']:.3f} collapsed {r['collapsed']}", flush=True)

@@ -367,7 +367,7 @@ def test_tiny_recipes_train_and_record_their_outcome(fields, tmp_path):
     with pytest.warns(RuntimeWarning):     # c0..c3 over 24 images: some groups are small
         ws = train("ws-dino-tiny", tmp_path / "ws", **common)
     summary = json.loads((ws / "summary.json").read_text())
-    assert isinstance(summary["collapsed"], bool) and "kl_over_ln_k" in summary["collapse"]
+    assert isinstance(summary["collapsed"], bool) and "kl_over_ln_k" in summary["collapse_evidence"]
     rows = [json.loads(x) for x in (ws / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["summary"] and rows[-1]["collapsed"] == summary["collapsed"]
     assert "loss_model2" in rows[0]                     # three channel models
@@ -376,6 +376,6 @@ def test_tiny_recipes_train_and_record_their_outcome(fields, tmp_path):
                                                     "warmup_teacher_temp": 50.0, "student_temp": 50.0,
                                                     "collapse_patience": 3})
     out = json.loads((flat / "summary.json").read_text())
-    assert out["collapsed"] is True and out["collapse"]["kind"] == "uniform"
-    assert out["collapse"]["teacher_entropy_over_ln_k"] > 0.9
-    assert np.isfinite(out["collapse"]["loss_over_ln_k"])
+    assert out["collapsed"] is True and out["collapse"] == "uniform"
+    assert out["collapse_evidence"]["teacher_entropy_over_ln_k"] > 0.9
+    assert np.isfinite(out["collapse_evidence"]["loss_over_ln_k"])

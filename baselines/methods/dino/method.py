@@ -298,15 +298,15 @@ class Dino(Method):
 
     def summary(self) -> dict:
         """``collapsed``: the run ended in a collapse (its last ``collapse_patience`` steps, or
-        all of a shorter run, collapsed), with the evidence (the last step's monitor, as
-        fractions of ln K, and when the collapse began). Written to RUN_DIR/summary.json.
+        all of a shorter run, collapsed); ``collapse``: its kind or None; ``collapse_evidence``:
+        the last step's monitor as fractions of ln K and when the collapse began. Written to
+        RUN_DIR/summary.json and as the last metrics row.
         """
         patience = min(self.cfg.collapse_patience, self.cfg.steps)
         collapsed = self._collapse_run >= patience
         ln_k = math.log(self.cfg.out_dim)
         last = self._last_stats
         evidence = {
-            "kind": self._collapse_kind if collapsed else None,
             "steps_in_collapse": int(self._collapse_run),
             "since_step": int(self._collapse_since) + 1 if collapsed else None,
             "warned_during_run": bool(self._collapse_warned),
@@ -319,7 +319,9 @@ class Dino(Method):
             "rule": "uniform: teacher entropy > 0.9 ln K and KL < 0.02 ln K; one-prototype: "
                     "entropy < 0.05 ln K and batch-marginal entropy < 0.1 ln(min(K, N))",
         }
-        return {"collapsed": bool(collapsed), "collapse": evidence}
+        return {"collapsed": bool(collapsed),
+                "collapse": self._collapse_kind if collapsed else None,
+                "collapse_evidence": evidence}
 
     def _watch(self, stats: dict, step: int) -> None:
         """Track collapse per step; warn once when it has lasted ``collapse_patience`` steps."""
