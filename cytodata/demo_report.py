@@ -68,15 +68,19 @@ def run_collapse(run: Path) -> dict:
     entropy below ``ONE_PROTOTYPE_ENTROPY`` ln K is a one-prototype collapse. Runs that log
     neither (classifiers) are ``collapsed: False``, ``checked: False``.
     """
-    rows = [r for r in _rows(run) if "loss" in r]
+    everything = _rows(run)
+    rows = [r for r in everything if "loss" in r]
     verdict = {"collapsed": False, "kind": None, "checked": False, "evidence": "", "source": None}
-    flagged = [r for r in rows if "collapsed" in r or "collapse" in r]
+    # the engine's last row (``summary: true``, also RUN_DIR/summary.json) carries the verdict
+    flagged = [r for r in everything if "collapsed" in r or "collapse" in r]
     if flagged:
         last = flagged[-1]
         kind = last.get("collapse")
         collapsed = bool(last["collapsed"]) if "collapsed" in last else kind is not None
-        return {"collapsed": collapsed, "kind": kind if collapsed else None, "checked": True,
-                "evidence": f"the run's own verdict at step {last.get('step')}", "source": "run"}
+        detail = last.get("collapse_evidence") or {}
+        rule = f"; rule: {detail['rule']}" if isinstance(detail, dict) and detail.get("rule") else ""
+        return {"collapsed": collapsed, "kind": (kind or "flagged") if collapsed else None, "checked": True,
+                "evidence": f"the run's own verdict at step {last.get('step')}{rule}", "source": "run"}
     dino = [r for r in rows if "loss_over_ln_k" in r]
     if not dino:
         return verdict

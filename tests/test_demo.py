@@ -208,6 +208,11 @@ def test_a_collapsed_run_is_labelled_collapsed_never_trained(tmp_path):
     assert run_collapse(runs["sharp"])["kind"] == "one-prototype"
     assert run_collapse(runs["classifier"]) == {"collapsed": False, "kind": None, "checked": False,
                                                 "evidence": "", "source": None}
+    # the engine's summary row (no loss) with the run's own verdict is taken at its word
+    said = _metrics(tmp_path / "said", healthy + [{"step": 150, "epoch": 2, "summary": True, "collapsed": True,
+                                                   "collapse": "uniform", "collapse_evidence": {"rule": "r"}}])
+    assert run_collapse(said)["collapsed"] and run_collapse(said)["kind"] == "uniform"
+    assert run_collapse(said)["source"] == "run"
     # a run that logs its own verdict is taken at its word
     assert not run_collapse(runs["flagged"])["collapsed"] and run_collapse(runs["flagged"])["source"] == "run"
     assert status_of({"kind": "trained", "run": "dino"}, run_collapse(runs["dino"])).startswith("collapsed")
