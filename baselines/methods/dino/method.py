@@ -19,7 +19,7 @@ single image fall back to same-image local crops; their count is reported.
 ``batch_size * accumulate * world size``): the streaming loader has no epoch of its own length.
 
 Embeddings (``cytodata embed``): the teacher's CLS token; per-channel models' CLS tokens are
-concatenated then L2-normalised; ``embed.py`` takes the median over four centre crops.
+concatenated then L2-normalised; ``embedding.py`` takes the median over four centre crops.
 """
 
 from __future__ import annotations
