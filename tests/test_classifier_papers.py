@@ -83,6 +83,7 @@ CYTOIMAGENET = {
     "optim.name": ("adam", "MP:272"),
     "optim.lr": (1e-3, "MP:258"),
     "optim.betas": ([0.9, 0.999], "Keras Adam defaults"),
+    "optim.eps": (1e-7, "Keras Adam default epsilon"),
     "optim.schedule": ("constant", "MP:296-301"),
     "optim.warmup_steps": (0, ""),
     "optim.weight_decay": (0.0, "MP: no"),
