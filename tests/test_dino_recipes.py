@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -53,7 +54,10 @@ WS_DINO_CODE = {
     "prescale": (0.5, "P:47"),
     "intensity_clip": (10000, "W:195, W:160"),
     "warmup_epochs": (10, "W:98"),
-    "embed_crop": (224, "E:351-357"),
+    "embed_crop": (224, "E:353, E:357"),
+    "embed_boxes": ([[64, 32, 320, 256], [320, 32, 544, 256], [64, 256, 320, 480],
+                     [320, 256, 544, 480]], "E:351-357 Crop(x_min, y_min, x_max, y_max)"),
+    "pair_sampling": ("weighted", "W:132-147, W:245 WeightedRandomSampler; W:217 random.choice"),
     "batch_size": (16, "W:89"),
     "precision": ("fp32", "W:77"),
     "steps": (400 * (2528 // 16), "W:91 400 epochs of BBBC021_annotated.csv"),
@@ -109,7 +113,7 @@ DINO_CODE = {
 
 #: the tiny recipes shrink the model, the views and the run; nothing else
 TINY_SIZES = {"model", "out_dim", "head_hidden_dim", "head_bottleneck_dim", "local_crop",
-              "embed_crop", "steps", "batch_size", "data.crop", "precision"}
+              "embed_crop", "embed_boxes", "steps", "batch_size", "data.crop", "precision"}
 
 
 def _get(cfg, dotted: str):
@@ -128,7 +132,7 @@ def test_recipe_holds_the_authors_values(name, table):
         if tiny and key in TINY_SIZES:
             continue
         got = _get(cfg, key)
-        if isinstance(value, list):
+        if isinstance(value, list) and not isinstance(value[0], list):
             assert got == pytest.approx(value), f"{name} {key}: {got} != {value} ({where})"
         else:
             assert got == value, f"{name} {key}: {got!r} != {value!r} ({where})"
@@ -192,6 +196,75 @@ def test_ws_dino_geometry_implies_the_documented_cell_scales():
     assert emb == 0.5 and g / emb == pytest.approx(1.04, abs=0.02)
     assert lo / emb == pytest.approx(0.70, abs=0.02)
     assert _method("ws-dino").embed_crop() == 448   # 224 px of the 0.5x field
+
+
+#: Eval_BBBC021.py:351-357, albumentations Crop(x_min, y_min, x_max, y_max) on the 0.5x field
+E_BOXES = [(64, 32, 320, 256), (320, 32, 544, 256), (64, 256, 320, 480), (320, 256, 544, 480)]
+
+
+def test_ws_dino_embeds_the_authors_four_crop_boxes():
+    """ws-dino's crops view takes E's boxes (two 224x256, two 224x224) of the 0.5x field; the
+    other recipes keep four centre squares."""
+    from cytodata.baselines.embed import box_views, center_views
+
+    m = _method("ws-dino")
+    boxes = m.embed_boxes()
+    assert [tuple(v // 2 for v in b) for b in boxes] == E_BOXES      # stored px = 2 x prescaled
+    field = torch.arange(1024 * 1280, dtype=torch.float32).reshape(1, 1, 1024, 1280) / 2**21
+    views = box_views(field, boxes)
+    shown = [m.preprocess(v).shape[-2:] for v in views]           # the model's input sizes
+    assert shown == [(224, 256), (224, 224), (224, 256), (224, 224)]
+    for v, (x0, y0, x1, y1) in zip(views, E_BOXES, strict=True):
+        assert torch.equal(v, field[..., 2 * y0: 2 * y1, 2 * x0: 2 * x1])
+    # the prescaled crop equals E's box of the prescaled field away from the box's border
+    half = m.preprocess(field)
+    inner = m.preprocess(views[0])[..., 4:-4, 4:-4]
+    assert torch.allclose(inner, half[..., 32 + 4: 256 - 4, 64 + 4: 320 - 4], atol=1e-5)
+    assert _method("dino").embed_boxes() is None                  # centre crops elsewhere
+    assert _method("ws-dino-cells").embed_boxes() is None
+    assert len(center_views(field, 448)) == 4
+    with pytest.raises(TrainingError, match=r"does not fit 512x640 images"):
+        box_views(field[..., :512, :640], boxes)
+    with pytest.raises(RecipeError, match=r"embed_boxes: \[64, 32, 20, 256\]"):
+        load_config("ws-dino", {"embed_boxes": [[64, 32, 20, 256]]})
+
+
+def test_weighted_pairs_draw_as_the_authors_sampler():
+    """W:132-147 weights 1/count with replacement (each group equally likely, rows uniform
+    inside it); W:217 the partner is any row of the group, the anchor itself included."""
+    from cytodata.baselines.methods.dino.sampling import WeightedWeakLabelPairs
+
+    sizes = {"a": 2, "b": 6, "c": 12}
+    labels = [k for k, n in sizes.items() for _ in range(n)] + [None]
+    index = pd.DataFrame({"key": [f"k{i}" for i in range(len(labels))],
+                          "compound": pd.array(labels, dtype="string"),
+                          "shard": ["s0"] * 10 + ["s1"] * 11})
+    sampler = WeightedWeakLabelPairs("compound")
+    epochs = [sampler.order(index, seed=1, epoch=e) for e in range(300)]
+    assert all(o.shape == (20, 2) for o in epochs)                 # num_samples = labelled rows
+    allp = np.concatenate(epochs)
+    lab = index["compound"].to_numpy(dtype=object)
+    assert (lab[allp[:, 0]] == lab[allp[:, 1]]).all() and 20 not in allp   # NA row never drawn
+    n = len(allp)
+    row_freq = np.bincount(allp[:, 0], minlength=21)[:20] / n
+    w = np.array([1 / sizes[x] for x in labels[:20]])              # W:139, W:147 weighty
+    expected = w / w.sum()
+    sd = np.sqrt(expected * (1 - expected) / n)
+    assert (np.abs(row_freq - expected) < 5 * sd).all()
+    group = pd.Series(lab[allp[:, 0]]).value_counts(normalize=True)
+    assert np.allclose(group.sort_index().to_numpy(), 1 / 3, atol=0.03)
+    self_rate = (allp[:, 0] == allp[:, 1]).mean()
+    want = np.mean([1 / sizes[x] for x in lab[allp[:, 0]]])        # E[1 / group size]
+    assert abs(self_rate - want) < 0.03 and self_rate > 0.1
+    assert sampler.self_pairs == int((epochs[-1][:, 0] == epochs[-1][:, 1]).sum())
+    assert any(len(np.unique(o[:, 0])) < len(o) for o in epochs)   # with replacement
+    assert np.array_equal(epochs[7], sampler.order(index, seed=1, epoch=7))     # resumable
+    assert not np.array_equal(epochs[7], sampler.order(index, seed=2, epoch=7))
+    cells = METHODS.get("ws-dino").make_sampler(load_config("ws-dino-cells"))
+    assert type(cells).__name__ == "BalancedWeakLabelPairs"
+    assert type(METHODS.get("ws-dino").make_sampler(load_config("ws-dino-tiny"))) is WeightedWeakLabelPairs
+    with pytest.raises(RecipeError, match=r"pair_sampling='uniform'; valid: balanced, weighted"):
+        load_config("ws-dino", {"pair_sampling": "uniform"})
 
 
 def test_explicit_far_geometry_warns_and_impossible_geometry_is_an_error():

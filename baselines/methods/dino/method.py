@@ -363,6 +363,12 @@ class Dino(Method):
         side = int(self.cfg.embed_crop or self.cfg.data.crop)
         return side if self.cfg.prescale == 1 else int(round(side / self.cfg.prescale))
 
+    def embed_boxes(self) -> list[tuple[int, int, int, int]] | None:
+        """``embed_boxes`` (prescaled pixels) in stored pixels: each coordinate / ``prescale``."""
+        if not self.cfg.embed_boxes:
+            return None
+        return [tuple(int(round(v / self.cfg.prescale)) for v in box) for box in self.cfg.embed_boxes]
+
     def embedder(self, pool=None):
         pool = "cls" if pool is None else pool
         if pool not in EMBED_POOLS:
