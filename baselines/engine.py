@@ -196,6 +196,7 @@ class Engine:
             step, epoch = int(state["step"]), int(state["epoch"])
             train_ds.load_state_dict(state["loader"])
         else:
+            method.init_optimizer(optimizer)
             train_ds.set_epoch(0)
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
