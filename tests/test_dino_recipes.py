@@ -205,7 +205,7 @@ E_BOXES = [(64, 32, 320, 256), (320, 32, 544, 256), (64, 256, 320, 480), (320, 2
 def test_ws_dino_embeds_the_authors_four_crop_boxes():
     """ws-dino's crops view takes E's boxes (two 224x256, two 224x224) of the 0.5x field; the
     other recipes keep four centre squares."""
-    from cytodata.baselines.embed import box_views, center_views
+    from cytodata.baselines.embedding import box_views, center_views
 
     m = _method("ws-dino")
     boxes = m.embed_boxes()
