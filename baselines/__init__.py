@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 
 #: public name -> the module defining it
-_LAZY = {"train": "engine", "Engine": "engine", "embed": "embed", "METHODS": "methods",
+_LAZY = {"train": "engine", "Engine": "engine", "embed": "embedding", "METHODS": "methods",
          "Method": "methods", "load_config": "resolve", "TrainConfig": "config",
          "config_names": "config"}
 

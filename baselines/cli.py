@@ -35,7 +35,7 @@ def _train(args) -> int:
 
 
 def _embed(args) -> int:
-    from .embed import embed
+    from .embedding import embed
 
     out = embed(args.checkpoint, args.shards, args.out, device=args.device,
                 batch_size=args.batch_size, per=args.per, threads=args.threads,

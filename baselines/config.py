@@ -103,6 +103,7 @@ class OptimConfig:
     weight_decay: float = 0.0
     weight_decay_end: float | None = None  # cosine weight-decay schedule end (None: constant)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8                 # adam/adamw denominator term (torch's default; Keras' is 1e-7)
     momentum: float = 0.9             # sgd only
     nesterov: bool = False            # sgd only: Nesterov momentum
     # auto: adamw decoupled, adam/sgd coupled (torch's weight_decay: grad += wd * w);

@@ -196,6 +196,7 @@ class Engine:
             step, epoch = int(state["step"]), int(state["epoch"])
             train_ds.load_state_dict(state["loader"])
         else:
+            method.init_optimizer(optimizer)
             train_ds.set_epoch(0)
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -364,9 +365,9 @@ def build_optimizer(o, groups: list[dict]) -> torch.optim.Optimizer:
             g["weight_decay_scale"] = 0.0
             g["weight_decay"] = 0.0
     if o.name == "adam":
-        return torch.optim.Adam(groups, lr=o.lr, betas=tuple(o.betas))
+        return torch.optim.Adam(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps)
     if o.name == "adamw":
-        return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas))
+        return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps)
     if mode == "decoupled":
         raise TrainingError(f"optim.weight_decay_mode=decoupled with optim.name={o.name!r}: "
                             "decoupled decay is AdamW's; use optim.name=adamw or mode coupled")

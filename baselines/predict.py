@@ -37,7 +37,7 @@ from cytodata.errors import TrainingError
 
 from . import checkpoint, runtime
 from .data import collate, device_prep, make_stats
-from .embed import STORAGE_COLUMNS, center_views, load_method
+from .embedding import STORAGE_COLUMNS, center_views, load_method
 from .plate_groups import PlateGroups, group_columns, groups_from_shards, match_groups
 from .prior import ASSIGNERS, PriorResult, apply_prior
 from .resolve import load_config

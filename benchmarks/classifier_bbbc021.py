@@ -121,7 +121,7 @@ def run(out: "str | Path", *, steps: int = 200, batch_size: int = 64,
 def _run(out: Path, steps: int, batch_size: int, model: str, lr: float, seed: int,
          screen: SyntheticScreen, cell_size: int, train_crop: int) -> dict:
     from cytodata.baselines import train
-    from cytodata.baselines.embed import embed
+    from cytodata.baselines.embedding import embed
 
     t0 = time.perf_counter()
     data = prepare(out, screen, cell_size)
@@ -150,7 +150,7 @@ def run_recipe(data: dict, out: Path, recipe: str, seed: int) -> dict:
     """Train shipped config ``recipe`` with ``seed`` on the prepared cells; score it and the same
     backbone at random init. Returns ``{"trained": {...}, "random": {...}, "seconds", "steps"}``."""
     from cytodata.baselines import load_config, train
-    from cytodata.baselines.embed import embed
+    from cytodata.baselines.embedding import embed
 
     t0 = time.perf_counter()
     overrides = {"data.train": str(data["shards"]), "data.train_split": None, "data.val_split": None,
@@ -172,7 +172,7 @@ def run_recipe(data: dict, out: Path, recipe: str, seed: int) -> dict:
 
 def evaluate_cells(embeddings: Path, data: dict) -> dict:
     """NSC/NSCB (bbbc021-ando on cells averaged per field) and the cellpainting-cnn protocol."""
-    from cytodata.baselines.embed import _per_field
+    from cytodata.baselines.embedding import _per_field
     from cytodata.evaluate import run_protocol
     from cytodata.schema import read_manifest
 

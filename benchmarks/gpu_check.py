@@ -218,7 +218,7 @@ def part_embed(ctx: Context) -> dict:
     import torch
 
     from cytodata.baselines import train
-    from cytodata.baselines.embed import embed
+    from cytodata.baselines.embedding import embed
 
     s = ctx.sizes
     shards = ctx.shards()

@@ -193,7 +193,7 @@ def _slug(label: str) -> str:
 
 def embed_runs(out: Path, runs: dict) -> dict[str, pd.DataFrame]:
     """Embed the BBBC021-layout shards with every trained run and its random initialisation."""
-    from .baselines.embed import embed
+    from .baselines.embedding import embed
 
     baseline = {name: flag for name, _config, _overrides, flag in TRAINING}
     tables = {}

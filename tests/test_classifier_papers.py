@@ -83,6 +83,7 @@ CYTOIMAGENET = {
     "optim.name": ("adam", "MP:272"),
     "optim.lr": (1e-3, "MP:258"),
     "optim.betas": ([0.9, 0.999], "Keras Adam defaults"),
+    "optim.eps": (1e-7, "Keras Adam default epsilon"),
     "optim.schedule": ("constant", "MP:296-301"),
     "optim.warmup_steps": (0, ""),
     "optim.weight_decay": (0.0, "MP: no"),
@@ -146,9 +147,7 @@ def test_yaml_comments_follow_nesting():
 
 
 def test_block6a_is_blocks_5_0_bn2_and_the_layer_embedding_is_its_spatial_mean():
-    # imported here, not at collection: an early import of the submodule would make the lazy
-    # package attribute `cytodata.baselines.embed` the module for test files collected later
-    from cytodata.baselines.embed import LayerMean
+    from cytodata.baselines.embedding import LayerMean
 
     torch.manual_seed(0)
     model = create("tf_efficientnet_b0", in_chans=5, num_classes=3).eval()
@@ -182,7 +181,7 @@ def test_trained_tiny_recipe_embeds_its_layer(tmp_path, capsys):
 
     from cytodata.baselines import train
     from cytodata.baselines.data import crop_minmax, to_device_float
-    from cytodata.baselines.embed import load_method
+    from cytodata.baselines.embedding import load_method
     from cytodata.cli import main
     from cytodata.loaders import StreamingDataset
     from cytodata.loaders.demo import write_demo_shards
@@ -219,7 +218,7 @@ def test_cytoimagenet_tiny_trains_and_embeds_images_of_several_sizes(tmp_path):
     import pandas as pd
 
     from cytodata.baselines import train
-    from cytodata.baselines.embed import embed
+    from cytodata.baselines.embedding import embed
     from cytodata.loaders.demo import demo_manifest
     from cytodata.schema import make_key
     from cytodata.shards import write

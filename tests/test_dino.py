@@ -226,7 +226,7 @@ def test_embed_writes_teacher_cls_per_image(healthy, shards, tmp_path):
 
 
 def test_embed_pools_cls_patch_mean_or_both(healthy, shards, tmp_path):
-    from cytodata.baselines.embed import center_views, load_method
+    from cytodata.baselines.embedding import center_views, load_method
     from cytodata.loaders import StreamingDataset
 
     run, _ = healthy

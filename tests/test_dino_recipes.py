@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -53,7 +54,10 @@ WS_DINO_CODE = {
     "prescale": (0.5, "P:47"),
     "intensity_clip": (10000, "W:195, W:160"),
     "warmup_epochs": (10, "W:98"),
-    "embed_crop": (224, "E:351-357"),
+    "embed_crop": (224, "E:353, E:357"),
+    "embed_boxes": ([[64, 32, 320, 256], [320, 32, 544, 256], [64, 256, 320, 480],
+                     [320, 256, 544, 480]], "E:351-357 Crop(x_min, y_min, x_max, y_max)"),
+    "pair_sampling": ("weighted", "W:132-147, W:245 WeightedRandomSampler; W:217 random.choice"),
     "batch_size": (16, "W:89"),
     "precision": ("fp32", "W:77"),
     "steps": (400 * (2528 // 16), "W:91 400 epochs of BBBC021_annotated.csv"),
@@ -109,7 +113,7 @@ DINO_CODE = {
 
 #: the tiny recipes shrink the model, the views and the run; nothing else
 TINY_SIZES = {"model", "out_dim", "head_hidden_dim", "head_bottleneck_dim", "local_crop",
-              "embed_crop", "steps", "batch_size", "data.crop", "precision"}
+              "embed_crop", "embed_boxes", "steps", "batch_size", "data.crop", "precision"}
 
 
 def _get(cfg, dotted: str):
@@ -128,7 +132,7 @@ def test_recipe_holds_the_authors_values(name, table):
         if tiny and key in TINY_SIZES:
             continue
         got = _get(cfg, key)
-        if isinstance(value, list):
+        if isinstance(value, list) and not isinstance(value[0], list):
             assert got == pytest.approx(value), f"{name} {key}: {got} != {value} ({where})"
         else:
             assert got == value, f"{name} {key}: {got!r} != {value!r} ({where})"
@@ -192,6 +196,75 @@ def test_ws_dino_geometry_implies_the_documented_cell_scales():
     assert emb == 0.5 and g / emb == pytest.approx(1.04, abs=0.02)
     assert lo / emb == pytest.approx(0.70, abs=0.02)
     assert _method("ws-dino").embed_crop() == 448   # 224 px of the 0.5x field
+
+
+#: Eval_BBBC021.py:351-357, albumentations Crop(x_min, y_min, x_max, y_max) on the 0.5x field
+E_BOXES = [(64, 32, 320, 256), (320, 32, 544, 256), (64, 256, 320, 480), (320, 256, 544, 480)]
+
+
+def test_ws_dino_embeds_the_authors_four_crop_boxes():
+    """ws-dino's crops view takes E's boxes (two 224x256, two 224x224) of the 0.5x field; the
+    other recipes keep four centre squares."""
+    from cytodata.baselines.embedding import box_views, center_views
+
+    m = _method("ws-dino")
+    boxes = m.embed_boxes()
+    assert [tuple(v // 2 for v in b) for b in boxes] == E_BOXES      # stored px = 2 x prescaled
+    field = torch.arange(1024 * 1280, dtype=torch.float32).reshape(1, 1, 1024, 1280) / 2**21
+    views = box_views(field, boxes)
+    shown = [m.preprocess(v).shape[-2:] for v in views]           # the model's input sizes
+    assert shown == [(224, 256), (224, 224), (224, 256), (224, 224)]
+    for v, (x0, y0, x1, y1) in zip(views, E_BOXES, strict=True):
+        assert torch.equal(v, field[..., 2 * y0: 2 * y1, 2 * x0: 2 * x1])
+    # the prescaled crop equals E's box of the prescaled field away from the box's border
+    half = m.preprocess(field)
+    inner = m.preprocess(views[0])[..., 4:-4, 4:-4]
+    assert torch.allclose(inner, half[..., 32 + 4: 256 - 4, 64 + 4: 320 - 4], atol=1e-5)
+    assert _method("dino").embed_boxes() is None                  # centre crops elsewhere
+    assert _method("ws-dino-cells").embed_boxes() is None
+    assert len(center_views(field, 448)) == 4
+    with pytest.raises(TrainingError, match=r"does not fit 512x640 images"):
+        box_views(field[..., :512, :640], boxes)
+    with pytest.raises(RecipeError, match=r"embed_boxes: \[64, 32, 20, 256\]"):
+        load_config("ws-dino", {"embed_boxes": [[64, 32, 20, 256]]})
+
+
+def test_weighted_pairs_draw_as_the_authors_sampler():
+    """W:132-147 weights 1/count with replacement (each group equally likely, rows uniform
+    inside it); W:217 the partner is any row of the group, the anchor itself included."""
+    from cytodata.baselines.methods.dino.sampling import WeightedWeakLabelPairs
+
+    sizes = {"a": 2, "b": 6, "c": 12}
+    labels = [k for k, n in sizes.items() for _ in range(n)] + [None]
+    index = pd.DataFrame({"key": [f"k{i}" for i in range(len(labels))],
+                          "compound": pd.array(labels, dtype="string"),
+                          "shard": ["s0"] * 10 + ["s1"] * 11})
+    sampler = WeightedWeakLabelPairs("compound")
+    epochs = [sampler.order(index, seed=1, epoch=e) for e in range(300)]
+    assert all(o.shape == (20, 2) for o in epochs)                 # num_samples = labelled rows
+    allp = np.concatenate(epochs)
+    lab = index["compound"].to_numpy(dtype=object)
+    assert (lab[allp[:, 0]] == lab[allp[:, 1]]).all() and 20 not in allp   # NA row never drawn
+    n = len(allp)
+    row_freq = np.bincount(allp[:, 0], minlength=21)[:20] / n
+    w = np.array([1 / sizes[x] for x in labels[:20]])              # W:139, W:147 weighty
+    expected = w / w.sum()
+    sd = np.sqrt(expected * (1 - expected) / n)
+    assert (np.abs(row_freq - expected) < 5 * sd).all()
+    group = pd.Series(lab[allp[:, 0]]).value_counts(normalize=True)
+    assert np.allclose(group.sort_index().to_numpy(), 1 / 3, atol=0.03)
+    self_rate = (allp[:, 0] == allp[:, 1]).mean()
+    want = np.mean([1 / sizes[x] for x in lab[allp[:, 0]]])        # E[1 / group size]
+    assert abs(self_rate - want) < 0.03 and self_rate > 0.1
+    assert sampler.self_pairs == int((epochs[-1][:, 0] == epochs[-1][:, 1]).sum())
+    assert any(len(np.unique(o[:, 0])) < len(o) for o in epochs)   # with replacement
+    assert np.array_equal(epochs[7], sampler.order(index, seed=1, epoch=7))     # resumable
+    assert not np.array_equal(epochs[7], sampler.order(index, seed=2, epoch=7))
+    cells = METHODS.get("ws-dino").make_sampler(load_config("ws-dino-cells"))
+    assert type(cells).__name__ == "BalancedWeakLabelPairs"
+    assert type(METHODS.get("ws-dino").make_sampler(load_config("ws-dino-tiny"))) is WeightedWeakLabelPairs
+    with pytest.raises(RecipeError, match=r"pair_sampling='uniform'; valid: balanced, weighted"):
+        load_config("ws-dino", {"pair_sampling": "uniform"})
 
 
 def test_explicit_far_geometry_warns_and_impossible_geometry_is_an_error():
@@ -332,6 +405,91 @@ def test_full_checkpoint_loads_student_teacher_and_centre(tmp_path):
     assert m.centre_loaded and torch.allclose(m.criterion.center[0], centre)
 
 
+def _official_optimizer(back: dict, head: dict) -> tuple[dict, list[str]]:
+    """DINO's AdamW ``state_dict`` over the student as utils.get_params_groups builds it:
+    parameters in named_parameters order (ViT: cls_token, pos_embed, patch_embed, blocks, norm;
+    head: mlp, last_layer weight_g, weight_v), weights then biases / 1-D tensors."""
+    blocks = [k for k in back if k.startswith("blocks.")]      # norm1, attn, norm2, mlp order
+    names = (["cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias"]
+             + blocks + ["norm.weight", "norm.bias"])
+    shapes = {f"backbone.{k}": back[k].shape for k in names}
+    shapes.update({f"head.{k}": v.shape for k, v in head.items()})
+    ordered = list(shapes)
+    decay = [n for n in ordered if not (n.endswith(".bias") or len(shapes[n]) == 1)]
+    rest = [n for n in ordered if n not in decay]
+    ids = {n: i for i, n in enumerate(decay + rest)}
+    state = {ids[n]: {"step": 3750, "exp_avg": torch.randn(shapes[n]),
+                      "exp_avg_sq": torch.rand(shapes[n])} for n in ordered}
+    groups = [{"params": [ids[n] for n in decay], "lr": 1e-4, "weight_decay": 0.04},
+              {"params": [ids[n] for n in rest], "lr": 1e-4, "weight_decay": 0.0}]
+    return {"state": state, "param_groups": groups}, decay + rest
+
+
+def test_full_checkpoint_restores_the_optimizer_moments(tmp_path):
+    """W:355-363 restores the optimizer with student, teacher and centre: AdamW moments land on
+    the matching parameters of every per-channel model; a 3-channel patch-embedding moment
+    does not fit a 1-channel model and starts fresh, with a warning."""
+    from cytodata.baselines.engine import build_optimizer
+
+    back, head_k = _official_backbone(), 64
+    head = {"mlp.0.weight": torch.randn(32, 384), "mlp.0.bias": torch.zeros(32),
+            "mlp.2.weight": torch.randn(32, 32), "mlp.2.bias": torch.zeros(32),
+            "mlp.4.weight": torch.randn(16, 32), "mlp.4.bias": torch.zeros(16),
+            "last_layer.weight_g": torch.full((head_k, 1), 2.0),
+            "last_layer.weight_v": torch.randn(head_k, 16)}
+    optim, ids = _official_optimizer(back, head)
+    student = {f"module.backbone.{k}": v for k, v in back.items()}
+    student.update({f"module.head.{k}": v for k, v in head.items()})
+    teacher = {f"backbone.{k}": v for k, v in back.items()}
+    teacher.update({f"head.{k}": v for k, v in head.items()})
+    torch.save({"student": student, "teacher": teacher, "optimizer": optim, "epoch": 800,
+                "args": argparse.Namespace(arch="vit_small"),
+                "dino_loss": {"center": torch.zeros(1, head_k)}}, tmp_path / "full.pth")
+    saved = {n: optim["state"][i] for i, n in enumerate(ids)}
+
+    def fresh_optimizer(m):
+        return build_optimizer(m.cfg.optim, m.param_groups(m.trainable()))
+
+    m = _load("ws-dino", tmp_path / "full.pth", per_channel=False)   # one 3-channel model
+    opt = fresh_optimizer(m)
+    m.init_optimizer(opt)
+    net = m.student.nets[0]
+    assert m.optimizer_restored == len(ids)
+    for name, p in (("backbone.cls_token", net.backbone.cls_token),
+                    ("backbone.patch_embed.proj.weight", net.backbone.patch_embed.proj.weight),
+                    ("backbone.norm.bias", net.backbone.norm.bias),
+                    ("head.last_layer.weight_v",
+                     net.head.last_layer.parametrizations.weight.original1)):
+        assert torch.equal(opt.state[p]["exp_avg"], saved[name]["exp_avg"]), name
+        assert torch.equal(opt.state[p]["exp_avg_sq"], saved[name]["exp_avg_sq"]), name
+        assert float(opt.state[p]["step"]) == 3750
+    before = net.backbone.cls_token.detach().clone()
+    for p in m.student.parameters():
+        p.grad = torch.ones_like(p)
+    opt.step()                                                    # the restored state steps
+    assert float(opt.state[net.backbone.cls_token]["step"]) == 3751
+    assert not torch.equal(before, net.backbone.cls_token)
+
+    ws = _load("ws-dino", tmp_path / "full.pth")                  # 3 models of 1 channel
+    opt = fresh_optimizer(ws)
+    with pytest.warns(RuntimeWarning, match=r"3 optimizer moment\(s\) differ in shape.*"
+                                            r"\(384, 3, 8, 8\) -> \(384, 1, 8, 8\)"):
+        ws.init_optimizer(opt)
+    assert ws.optimizer_restored == 3 * (len(ids) - 1)
+    for net in ws.student.nets:
+        assert torch.equal(opt.state[net.backbone.pos_embed]["exp_avg"],
+                           saved["backbone.pos_embed"]["exp_avg"])
+        assert net.backbone.patch_embed.proj.weight not in opt.state
+    # norm_last_layer=true freezes weight_g: one parameter fewer than the checkpoint's groups;
+    # like torch's load_state_dict in utils.restart_from_checkpoint (dino utils.py:172-176),
+    # the optimiser then starts fresh
+    plain = _load("dino", tmp_path / "full.pth")
+    plain_opt = fresh_optimizer(plain)
+    with pytest.warns(RuntimeWarning, match=r"\(\[12, 14\] parameters per group\) does not fit"):
+        plain.init_optimizer(plain_opt)
+    assert plain.optimizer_restored == 0 and not plain_opt.state
+
+
 def test_unexpected_keys_name_the_first_few_and_what_would_load(tmp_path):
     state = _official_backbone()
     state.update({"extra.adapter.weight": torch.zeros(3), "extra.adapter.bias": torch.zeros(3)})
@@ -379,3 +537,40 @@ def test_tiny_recipes_train_and_record_their_outcome(fields, tmp_path):
     assert out["collapsed"] is True and out["collapse"] == "uniform"
     assert out["collapse_evidence"]["teacher_entropy_over_ln_k"] > 0.9
     assert np.isfinite(out["collapse_evidence"]["loss_over_ln_k"])
+
+
+def test_a_run_from_a_full_checkpoint_starts_from_its_optimizer_moments(fields, tmp_path):
+    """The engine hands a fresh run's optimiser to the method (W:355-363): after one step the
+    restored AdamW step counts continue from the checkpoint's."""
+    from cytodata.baselines import checkpoint
+
+    over = {"model_kwargs": {"depth": 1}, "per_channel": False}
+    cfg = load_config("ws-dino-tiny", over)
+    info = DataInfo(channels=["a", "b", "c"], n_channels=3, shape=(3, 64, 64), classes=[],
+                    n_train=24, extra={})
+    net = METHODS.get("ws-dino")(cfg, info, torch.device("cpu")).student.nets[0]
+    official = {k.replace("parametrizations.weight.original0", "weight_g")
+                 .replace("parametrizations.weight.original1", "weight_v"): v
+                for k, v in net.state_dict().items()}
+    trained = [n.replace("parametrizations.weight.original0", "weight_g")
+               .replace("parametrizations.weight.original1", "weight_v")
+               for n, p in net.named_parameters() if p.requires_grad]
+    decay = [n for n in trained if not (n.endswith(".bias") or official[n].ndim == 1)]
+    order = decay + [n for n in trained if n not in decay]
+    optim = {"state": {i: {"step": 10, "exp_avg": torch.zeros_like(official[n]),
+                           "exp_avg_sq": torch.ones_like(official[n])} for i, n in enumerate(order)},
+             "param_groups": [{"params": list(range(len(decay)))},
+                              {"params": list(range(len(decay), len(order)))}]}
+    torch.save({"student": {f"module.{k}": v for k, v in official.items()}, "teacher": official,
+                "optimizer": optim, "dino_loss": {"center": torch.zeros(1, cfg.out_dim)}},
+               tmp_path / "full.pth")
+    torch.set_num_threads(1)
+    with pytest.warns(RuntimeWarning, match=r"3 optimizer moment\(s\) differ in shape"):
+        run = train("ws-dino-tiny", tmp_path / "run", steps=1, progress=False, batch_size=8,
+                    model_kwargs={"depth": 1}, pretrained=str(tmp_path / "full.pth"),
+                    **{"data.train": str(fields), "data.train_split": None, "data.threads": 1})
+    saved = checkpoint.load(checkpoint.newest(run / "checkpoints"))["optimizer"]["state"]
+    steps = sorted(float(s["step"]) for s in saved.values())
+    # patch embeddings start fresh; the last layer (weight_g, weight_v) is frozen in epoch 0
+    # (W:92), so its restored step count is not advanced; every other parameter stepped once
+    assert steps == [1.0] * 3 + [10.0] * 6 + [11.0] * (3 * (len(order) - 3))

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from cytodata.baselines import checkpoint, load_config, train
 from cytodata.baselines.arcface import ArcFace, Softmax, arc_margin
 from cytodata.baselines.data import NormStats, cell_type_table
-from cytodata.baselines.embed import embed
+from cytodata.baselines.embedding import embed
 from cytodata.baselines.methods.mean_teacher import (
     ema_decay_at,
     ema_update,
@@ -297,7 +297,7 @@ def test_train_mixes_unlabelled_images_and_logs_every_loss(run):
 
 
 def test_prediction_uses_the_students_by_default_and_the_teachers_as_an_option(run):
-    from cytodata.baselines.embed import load_method
+    from cytodata.baselines.embedding import load_method
 
     method, cfg, _ = load_method(checkpoint.load(run), torch.device("cpu"))
     assert cfg.predict_with == "student"

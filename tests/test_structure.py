@@ -4,6 +4,8 @@ no import circles, and no import from a lower layer up to a higher one."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -152,3 +154,16 @@ def test_every_module_imports(graph):
         if name.endswith("__main__"):
             continue  # runs the CLI
         importlib.import_module(name)
+
+
+def test_lazy_package_names_are_never_shadowed_by_a_submodule():
+    """Every lazy public name of ``cytodata.baselines`` stays the function/class it names after all
+    of the package's modules have been imported (a submodule of the same name would replace it)."""
+    code = ("import importlib, pkgutil, types\nimport cytodata.baselines as b\n"
+            "for m in pkgutil.walk_packages(b.__path__, b.__name__ + '.'):\n"
+            "    importlib.import_module(m.name)\n"
+            "bad = [n for n in b.__all__ if isinstance(getattr(b, n), types.ModuleType)]\n"
+            "print('shadowed:', bad)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "shadowed: []", done.stdout

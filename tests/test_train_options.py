@@ -48,6 +48,14 @@ def test_sgd_nesterov_matches_torch_and_the_keras_update():
     assert plain.defaults["nesterov"] is False
 
 
+def test_adam_epsilon_reaches_the_optimiser():
+    for name in ("adam", "adamw"):
+        opt = build_optimizer(OptimConfig(name=name, eps=1e-7), [{"params": [torch.zeros(1, requires_grad=True)]}])
+        assert opt.defaults["eps"] == 1e-7
+    default = build_optimizer(OptimConfig(name="adam"), [{"params": [torch.zeros(1, requires_grad=True)]}])
+    assert default.defaults["eps"] == 1e-8
+
+
 class _Net(torch.nn.Module):
     def __init__(self):
         super().__init__()

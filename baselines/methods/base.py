@@ -107,6 +107,15 @@ class Method:
         """The crop side embeddings are computed at (the training crop)."""
         return self.cfg.data.crop
 
+    def init_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Called once on a fresh run's optimiser (not on resume): e.g. restore saved moments."""
+
+    def embed_boxes(self) -> list[tuple[int, int, int, int]] | None:
+        """Fixed crop boxes ``(x_min, y_min, x_max, y_max)`` in stored pixels for embed's
+        ``crops`` view, or None for centre crops of :meth:`embed_crop`.
+        """
+        return None
+
     def validate(self, batches, prep) -> dict:
         """Metrics on the validation batches (empty dict if the method has none)."""
         return {}

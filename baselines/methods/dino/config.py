@@ -43,6 +43,9 @@ class DinoConfig(TrainConfig):
     #                                      needs data.normalize: none (WS-DINO: 10000)
     warmup_epochs: float | None = None  # lr warm-up in epochs (overrides optim.warmup_steps)
     embed_crop: int | None = None     # side of the four centre crops (default data.crop)
+    # embed's crop boxes [x_min, y_min, x_max, y_max] in pixels of the prescaled field (the
+    # feature-wise median over them); null: four centre crops of embed_crop
+    embed_boxes: list[list[int]] | None = None
     collapse_patience: int = 50       # consecutive collapsed steps before the warning
 
     def __post_init__(self):
@@ -84,7 +87,14 @@ class DinoConfig(TrainConfig):
         need(0.0 <= self.momentum_teacher <= 1.0,
              f"momentum_teacher={self.momentum_teacher}; must be in [0, 1]")
         need(self.patch_size is None or self.patch_size >= 1, f"patch_size={self.patch_size}")
+        for box in self.embed_boxes or []:
+            need(len(box) == 4 and 0 <= box[0] < box[2] and 0 <= box[1] < box[3],
+                 f"embed_boxes: {box}; expected [x_min, y_min, x_max, y_max] pixels with "
+                 "0 <= x_min < x_max and 0 <= y_min < y_max (WS-DINO: [64, 32, 320, 256], ...)")
         need(self.collapse_patience >= 1, f"collapse_patience={self.collapse_patience}; >= 1")
+
+
+PAIR_SAMPLING = ("balanced", "weighted")
 
 
 @dataclass
@@ -93,3 +103,12 @@ class WSDinoConfig(DinoConfig):
 
     weak_label: str = "label"         # index column(s); "compound+concentration" = treatment
     pair_image_column: str = "auto"   # what makes two rows the same image (auto: parent_id/key)
+    # balanced: groups evenly, without replacement, partner another image (ours); weighted: the
+    # authors' inverse-frequency draw with replacement, partner any row of the group (itself too)
+    pair_sampling: str = "balanced"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.pair_sampling not in PAIR_SAMPLING:
+            raise RecipeError(f"{self.method} config: pair_sampling={self.pair_sampling!r}; valid: "
+                              f"{', '.join(PAIR_SAMPLING)}")

@@ -19,7 +19,7 @@ single image fall back to same-image local crops; their count is reported.
 ``batch_size * accumulate * world size``): the streaming loader has no epoch of its own length.
 
 Embeddings (``cytodata embed``): the teacher's CLS token; per-channel models' CLS tokens are
-concatenated then L2-normalised; ``embed.py`` takes the median over four centre crops.
+concatenated then L2-normalised; ``embedding.py`` takes the median over four centre crops.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from .collapse import REMEDIES, collapse_kind
 from .config import DinoConfig
 from .head import DINOHead, DinoModels, DinoNet
 from .loss import DINOLoss, teacher_temp_schedule
-from .pretrained import is_full_checkpoint, load_dino_centre, load_dino_pretrained
+from .pretrained import is_full_checkpoint, load_dino_centre, load_dino_optimizer, load_dino_pretrained
 from .views import ZOOM_TOLERANCE, native_scale, resized_crops
 
 
@@ -81,6 +81,9 @@ class Dino(Method):
         self.criterion = DINOLoss(cfg.out_dim, self.n_models, cfg.student_temp,
                                   cfg.center_momentum, sum_models=cfg.per_channel).to(device)
         self.centre_loaded = full and load_dino_centre(self.criterion.center, raw, cfg.pretrained)
+        # the optimiser is built by the engine: its saved moments wait for init_optimizer
+        self._saved_optimizer = raw.get("optimizer") if full else None
+        self.optimizer_restored = 0
         del raw
         self._check_sizes()
         self.global_scale, self.local_scale = self._scales()
@@ -211,6 +214,12 @@ class Dino(Method):
 
     def trainable(self):
         return self.student
+
+    def init_optimizer(self, optimizer):
+        """A fresh run from a full checkpoint takes its AdamW moments (W:355-363)."""
+        saved, self._saved_optimizer = self._saved_optimizer, None
+        self.optimizer_restored = load_dino_optimizer(optimizer, saved, str(self.cfg.pretrained),
+                                                      self.n_models)
 
     def signature(self):
         cfg = self.cfg
@@ -362,6 +371,12 @@ class Dino(Method):
         """Side of embed's crops in source pixels (``embed_crop`` is in prescaled pixels)."""
         side = int(self.cfg.embed_crop or self.cfg.data.crop)
         return side if self.cfg.prescale == 1 else int(round(side / self.cfg.prescale))
+
+    def embed_boxes(self) -> list[tuple[int, int, int, int]] | None:
+        """``embed_boxes`` (prescaled pixels) in stored pixels: each coordinate / ``prescale``."""
+        if not self.cfg.embed_boxes:
+            return None
+        return [tuple(int(round(v / self.cfg.prescale)) for v in box) for box in self.cfg.embed_boxes]
 
     def embedder(self, pool=None):
         pool = "cls" if pool is None else pool

@@ -59,3 +59,47 @@ def load_dino_centre(centre: torch.Tensor, raw: dict, path: str) -> bool:
     with torch.no_grad():
         centre.copy_(c.reshape(1, 1, -1).expand_as(centre))
     return True
+
+
+def load_dino_optimizer(optimizer: torch.optim.Optimizer, saved: dict | None, path: str,
+                        n_models: int = 1) -> int:
+    """Copy a full checkpoint's AdamW moments (``optimizer``) into ``optimizer``'s state.
+
+    WS-DINO restores the optimiser with the weights (WS-DINO_BBBC021.py:355-363). DINO's groups
+    (``utils.get_params_groups``: weights, then biases and 1-D tensors) list the student's
+    parameters in ``named_parameters`` order, as :meth:`Method.param_groups` does; with
+    ``n_models`` per-channel models each group holds the models one after another, and each
+    model takes the checkpoint's state (one run per channel, all from the same checkpoint).
+    A parameter whose saved moments differ in shape (the 3-channel patch embedding of a
+    1-channel model) starts fresh; a warning names it. Returns the parameters restored.
+    """
+    if not isinstance(saved, dict) or not saved.get("state") or not saved.get("param_groups"):
+        return 0
+    theirs = [list(g.get("params", [])) for g in saved["param_groups"]]
+    ours = [g["params"] for g in optimizer.param_groups]
+    if not isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW) or len(theirs) != len(ours) \
+            or any(len(o) != n_models * len(t) for o, t in zip(ours, theirs, strict=True)):
+        warnings.warn(f"pretrained={path}: its optimizer state ({[len(t) for t in theirs]} "
+                      f"parameters per group) does not fit this run's {type(optimizer).__name__} "
+                      f"({[len(o) for o in ours]} over {n_models} model(s)); the optimiser starts "
+                      "fresh, the weights are loaded", RuntimeWarning, stacklevel=3)
+        return 0
+    restored, odd = 0, []
+    for o, t in zip(ours, theirs, strict=True):
+        for j, p in enumerate(o):
+            st = saved["state"].get(t[j % len(t)])
+            if not isinstance(st, dict) or not {"exp_avg", "exp_avg_sq"} <= set(st):
+                continue
+            if any(st[k].shape != p.shape for k in ("exp_avg", "exp_avg_sq")):
+                odd.append(f"{tuple(st['exp_avg'].shape)} -> {tuple(p.shape)}")
+                continue
+            optimizer.state[p] = {
+                "step": torch.tensor(float(st.get("step", 0))),
+                "exp_avg": st["exp_avg"].to(p.device, p.dtype).clone(),
+                "exp_avg_sq": st["exp_avg_sq"].to(p.device, p.dtype).clone()}
+            restored += 1
+    if odd:
+        warnings.warn(f"pretrained={path}: {len(odd)} optimizer moment(s) differ in shape from "
+                      f"their parameter ({sorted(set(odd))}) and start fresh; {restored} restored",
+                      RuntimeWarning, stacklevel=3)
+    return restored

@@ -113,3 +113,41 @@ def _partners(rows: np.ndarray, images: np.ndarray, pos: np.ndarray, rng: np.ran
     draw = np.floor(rng.random(len(pos)) * np.maximum(others, 1)).astype(np.int64)
     at = np.where(draw < first, draw, draw + wide)
     return np.where(others > 0, rows[order][np.minimum(at, n - 1)], rows[pos])
+
+
+@dataclass
+class WeightedWeakLabelPairs:
+    """(anchor, partner) pairs as WS-DINO's code draws them (WS-DINO_BBBC021.py).
+
+    Each epoch draws as many anchors as labelled rows *with replacement*, row ``i`` with
+    probability proportional to ``1 / (rows of its weak-label group)`` (W:132-147 weights,
+    W:245 ``WeightedRandomSampler(weighty, num_samples=len(weighty))``, replacement by default).
+    The partner is uniform over the group's rows, the anchor itself included (W:191
+    ``same_idx``, W:217 ``random.choice(same_idx)``): ``self_pairs`` counts those. Rows with an NA
+    label are left out. Pure in ``(seed, epoch)``, so a resumed run redraws the same epoch.
+    """
+
+    weak_label: str = "label"
+    image_column: str = "auto"
+    self_pairs: int = field(default=0, init=False)
+
+    def order(self, index: pd.DataFrame, *, seed: int, epoch: int, world_size: int = 1
+              ) -> np.ndarray:
+        """Return the ``(n, 2)`` (anchor, partner) rows of ``epoch`` (pure in its inputs)."""
+        codes, _ = group_codes(index, self.weak_label)
+        labelled = np.flatnonzero(codes >= 0)
+        if not len(labelled):
+            raise TrainingError(f"weak_label={self.weak_label!r}: every training row is NA; choose "
+                                "a column with values")
+        rng = rng_for("ws-dino-weighted-pairs", seed, epoch)
+        counts = np.bincount(codes[labelled])
+        weights = 1.0 / counts[codes[labelled]]
+        anchors = labelled[rng.choice(len(labelled), size=len(labelled), replace=True,
+                                      p=weights / weights.sum())]
+        # rows grouped by label: a partner is a uniform position inside the anchor's block
+        by_label = labelled[np.argsort(codes[labelled], kind="stable")]
+        start = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        c = codes[anchors]
+        partners = by_label[start[c] + np.floor(rng.random(len(anchors)) * counts[c]).astype(np.int64)]
+        self.self_pairs = int((partners == anchors).sum())
+        return local_first(np.stack([anchors, partners], axis=1), index, seed=seed, epoch=epoch)

@@ -12,7 +12,7 @@ from cytodata.errors import TrainingError
 from ...registry import METHODS
 from .config import WSDinoConfig
 from .method import Dino
-from .sampling import BalancedWeakLabelPairs, group_codes, image_ids
+from .sampling import BalancedWeakLabelPairs, WeightedWeakLabelPairs, group_codes, image_ids
 
 
 @METHODS.register("ws-dino")
@@ -50,12 +50,15 @@ class WSDino(Dino):
 
     @classmethod
     def make_sampler(cls, cfg):
+        if cfg.pair_sampling == "weighted":
+            return WeightedWeakLabelPairs(cfg.weak_label, cfg.pair_image_column)
         return BalancedWeakLabelPairs(cfg.weak_label, cfg.pair_image_column)
 
     def _check_pairs(self, batch: dict) -> dict:
         """Check the pair invariant on a batch and return the same-image fallback fraction.
 
-        Same weak label; another image unless the group has a single image.
+        Same weak label; another image unless the group has a single image (``balanced``; the
+        ``weighted`` draw pairs an anchor with itself as the authors' code does).
         """
         if "partner" not in batch:
             raise TrainingError("ws-dino: the batch has no 'partner' images; the loader must use "
@@ -70,6 +73,8 @@ class WSDino(Dino):
         same_image = self._images[a] == self._images[p]
         bad_label = (ca != cp) | (ca < 0)
         bad_self = same_image & (self._n_images[np.maximum(ca, 0)] > 1)
+        if self.cfg.pair_sampling == "weighted":
+            bad_self[:] = False
         if bad_label.any() or bad_self.any():
             i = int(np.flatnonzero(bad_label | bad_self)[0])
             raise TrainingError(f"ws-dino pair invariant broken: anchor {batch['key'][i]!r} paired "

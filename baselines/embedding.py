@@ -2,10 +2,11 @@
 
 Views (``view``): ``crops`` embeds full fields as WS-DINO did: the feature-wise median over four
 non-overlapping centre crops of the training crop size (a single centre crop when the field is
-smaller than two crops); ``whole`` embeds the whole image, resized to ``data.resize`` when the
-run trained with one (else at its stored size); ``native`` the whole image at its stored size
-(CytoImageNet's evaluation, model_evaluation.py:107-110: ``input_shape=(None, None, 3)``;
-images of several sizes need ``batch_size=1``). Features
+smaller than two crops), or at the fixed boxes a recipe names (``ws-dino``: E:351-357);
+``whole`` embeds the whole image, resized to ``data.resize`` when the run trained with one
+(else at its stored size); ``native`` the whole image at its stored size (CytoImageNet's
+evaluation, model_evaluation.py:107-110: ``input_shape=(None, None, 3)``; images of several
+sizes need ``batch_size=1``). Features
 (``layer``): the method's embedding (pooled penultimate features for classifiers), or the
 spatial mean of any named module of the backbone (the Cell Painting CNN reads
 ``block6a_activation``: ``blocks.5.0.bn2`` in timm's EfficientNet-B0). ``channels="each"``: every
@@ -125,6 +126,19 @@ def center_views(x: torch.Tensor, crop: int) -> list[torch.Tensor]:
     return [x]
 
 
+def box_views(x: torch.Tensor, boxes: "list[tuple[int, int, int, int]]") -> list[torch.Tensor]:
+    """Crops of ``x`` ``(..., H, W)`` at fixed boxes ``(x_min, y_min, x_max, y_max)`` (pixels,
+    end exclusive, as albumentations' ``Crop``); a box outside the image is a :class:`TrainingError`.
+    """
+    h, w = x.shape[-2:]
+    for box in boxes:
+        if box[2] > w or box[3] > h:
+            raise TrainingError(f"embed crop box {list(box)} (x_min, y_min, x_max, y_max in stored "
+                                f"pixels) does not fit {h}x{w} images; embed fields of the size "
+                                "the recipe's embed_boxes were set for, or pass --view whole")
+    return [x[..., y0:y1, x0:x1] for x0, y0, x1, y1 in boxes]
+
+
 def embed(checkpoint_or_run: "str | Path", shards: "str | Path", out: "str | Path", *,
           device: str = "auto", batch_size: int = 64, per: str = "auto", threads: int = 2,
           progress: bool = True, storage_options: dict | None = None, random_init: bool = False,
@@ -181,6 +195,7 @@ def embed(checkpoint_or_run: "str | Path", shards: "str | Path", out: "str | Pat
         model = method.embedder(pool=pool).to(dev).eval()
     prep = device_prep(cfg, stats, dev)
     crop = method.embed_crop()
+    boxes = method.embed_boxes()
     resize = cfg.data.resize if view == "whole" else None
     if view == "native" and batch_size > 1 and {"height", "width"} <= set(ds.index.columns):
         sizes = ds.index[["height", "width"]].drop_duplicates()
@@ -195,7 +210,7 @@ def embed(checkpoint_or_run: "str | Path", shards: "str | Path", out: "str | Pat
         def views_of(z):
             if view in ("whole", "native"):
                 return [z]
-            return center_views(z, crop)
+            return box_views(z, boxes) if boxes else center_views(z, crop)
 
         def run(z):
             outs = [model(v).float() for v in views_of(merge_channels(z, cfg.data.merge))]
