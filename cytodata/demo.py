@@ -153,6 +153,9 @@ TRAINING = (
                                  "data.normalize": "controls"}, True),
     ("dino", "dino-cells-demo", {**DINO_VIEWS, **SHORT_RUN, "data.normalize": "controls"}, False),
 )
+#: run name -> the shipped config it trains (the report names it: the demo's DINO rows are the
+#: project's own settings, not the papers' recipes)
+CONFIGS = {name: config for name, config, _, _ in TRAINING}
 #: DINO runs are embedded twice: WS-DINO's CLS token and the mean of the patch tokens (DINO's
 #: --avgpool_patchtokens), each next to the random init embedded the same way
 EXTRA_POOLS = {"ws-dino": ("avg",), "dino": ("avg",)}
@@ -328,7 +331,7 @@ def evaluate_embeddings(out: Path, seed: int, trained: dict[str, pd.DataFrame] |
         row = {k: (v["score"] if v else float("nan")) for k, v in scores.items()}
         results[name] = dict(row, scores=scores, kind=kind, run=run,
                              labels_in_training=LABELS_IN_TRAINING.get(run) if kind == "trained" else None,
-                             report=f"{slug}/report.html", result=merged)
+                             config=CONFIGS.get(run), report=f"{slug}/report.html", result=merged)
     lines = summary_lines(results)
     (out / "report" / "summary.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines[:len(results) + 4]))

@@ -355,11 +355,12 @@ def write_index_html(out: Path, results: dict) -> Path:
             cls = "collapsed" if status.startswith("collapsed") else ""
             trained_on = (html.escape(r.get("labels_in_training") or "no labels (self-supervised)")
                           if r.get("kind") == "trained" else "-")
+            config = html.escape(r.get("config") or "-")
             rows.append([f'<a href="{html.escape(r["report"])}">{html.escape(name)}</a>',
-                         f"<span class='{cls}'>{html.escape(status)}</span>", trained_on,
+                         f"<span class='{cls}'>{html.escape(status)}</span>", config, trained_on,
                          *(score_cell(r["scores"].get(k)) for k, _ in SCORE_COLUMNS)])
         parts.append("<h2>Results</h2>")
-        parts.append(_table(rows, ["embedding (full report)", "status", "learned from",
+        parts.append(_table(rows, ["embedding (full report)", "status", "config", "learned from",
                                    *(t for _, t in SCORE_COLUMNS)], "results"))
         n_treat = max((v for v in n_rows.values() if v), default=0)
         parts.append(
@@ -375,6 +376,9 @@ def write_index_html(out: Path, results: dict) -> Path:
             "the 11 nearest images, with every image of the query's own compound excluded (its "
             "replicates would otherwise vote for it). <b>mAP</b>: MOA retrieval over treatment "
             "profiles, bootstrap interval over treatments, chance from random rankings. "
+            "<b>config</b>: the shipped training config; the <code>*-cells-demo</code> DINO configs are "
+            "the project's own settings for runs this short, not the papers' recipes (<code>dino</code>, "
+            "<code>ws-dino</code>). "
             "<b>random init</b>: the same backbone before training (ws-dino's random init serves both "
             "ViT rows: one architecture, one seed). <b>collapsed</b>: the run's loss ended at the "
             "uniform-output level (loss / ln K near 1) or on one prototype; its embeddings are those "

@@ -101,7 +101,7 @@ def test_every_score_in_the_report_has_n_interval_and_chance(demo_run):
     assert len(rows) == len(evaluation) >= 7
     for row in rows:
         cells = re.findall(r"<td>(.*?)</td>", row)
-        scores = cells[3:]
+        scores = cells[4:]
         assert len(scores) == 6, row
         for cell in scores:
             m = SCORE_CELL.fullmatch(cell)
@@ -115,6 +115,16 @@ def test_every_score_in_the_report_has_n_interval_and_chance(demo_run):
     for name in evaluation:
         line = next(x for x in summary.splitlines() if x.startswith(f"| [{name}]"))
         assert line.count("chance") >= 5 and line.count("n=") >= 5, line
+
+
+def test_each_trained_row_names_the_config_it_ran(demo_run):
+    index_html = (demo_run["out"] / "report" / "index.html").read_text()
+    rows = {re.search(r">([^<]+)</a>", r).group(1): re.findall(r"<td>(.*?)</td>", r)[2]
+            for r in _result_rows(index_html)}
+    # the demo's DINO rows are the project's own settings, never shown under a paper recipe's name
+    assert rows["ws-dino (trained)"] == "ws-dino-cells-demo" and rows["dino (trained)"] == "dino-cells-demo"
+    assert rows["classifier (trained)"] == "classifier-tiny" and rows["intensity-texture"] == "-"
+    assert "project's own settings" in index_html
 
 
 def test_knn_excludes_the_querys_own_compound_and_says_so(demo_run):
