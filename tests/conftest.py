@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import socket
 import sys
 from pathlib import Path
 
@@ -30,3 +32,26 @@ def benchmark_module():
         spec.loader.exec_module(module)
         return module
     return load
+
+
+@contextlib.contextmanager
+def moto_s3(bucket: str):
+    """A real S3-compatible server (moto in server mode) on a free loopback port with ``bucket``
+    created; yields the s3fs/fsspec ``storage_options`` that reach it."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        options = {"endpoint_url": f"http://{host}:{port}", "key": "testing", "secret": "testing",
+                   "client_kwargs": {"region_name": "us-east-1"}}
+        boto3.client("s3", endpoint_url=options["endpoint_url"], region_name="us-east-1",
+                     aws_access_key_id="testing", aws_secret_access_key="testing").create_bucket(Bucket=bucket)
+        yield options
+    finally:
+        server.stop()

@@ -8,45 +8,31 @@ import hashlib
 import json
 import multiprocessing
 import os
-import socket
 import threading
 
 import numpy as np
 import pytest
+from conftest import moto_s3
 
 from cytodata.errors import ShardError
 from cytodata.loaders import StreamingDataset
 from cytodata.loaders.demo import sample_pixels, write_demo_shards
 
-moto_server = pytest.importorskip("moto.server")
+pytest.importorskip("moto.server")
 s3fs = pytest.importorskip("s3fs")
 
 SHAPE = (2, 12, 12)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    options = {"endpoint_url": f"http://{host}:{port}", "key": "testing", "secret": "testing",
-               "client_kwargs": {"region_name": "us-east-1"}}
-    import boto3
-
-    boto3.client("s3", endpoint_url=options["endpoint_url"], region_name="us-east-1",
-                 aws_access_key_id="testing", aws_secret_access_key="testing").create_bucket(Bucket="cache")
-    fs = s3fs.S3FileSystem(**options)
-    local = tmp_path_factory.mktemp("cachesrc") / "set"
-    write_demo_shards(local, 23, SHAPE, samples_per_shard=6)  # 4 shards: 6, 6, 6, 5 samples
-    fs.put(str(local) + "/", "cache/set/", recursive=True)
-    yield options, local, fs
-    server.stop()
+    with moto_s3("cache") as options:
+        fs = s3fs.S3FileSystem(**options)
+        local = tmp_path_factory.mktemp("cachesrc") / "set"
+        write_demo_shards(local, 23, SHAPE, samples_per_shard=6)  # 4 shards: 6, 6, 6, 5 samples
+        fs.put(str(local) + "/", "cache/set/", recursive=True)
+        yield options, local, fs
 
 
 def number(key: str) -> int:

@@ -2,44 +2,29 @@
 
 from __future__ import annotations
 
-import socket
-
 import numpy as np
 import pytest
 import torch
+from conftest import moto_s3
 from torch.utils.data import DataLoader
 
 from cytodata.errors import ShardError
 from cytodata.loaders import StreamingDataset
 from cytodata.loaders.demo import write_demo_shards
 
-moto_server = pytest.importorskip("moto.server")
+pytest.importorskip("moto.server")
 s3fs = pytest.importorskip("s3fs")
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    options = {"endpoint_url": f"http://{host}:{port}", "key": "testing", "secret": "testing",
-               "client_kwargs": {"region_name": "us-east-1"}}
-    import boto3
-
-    boto3.client("s3", endpoint_url=options["endpoint_url"], region_name="us-east-1",
-                 aws_access_key_id="testing", aws_secret_access_key="testing").create_bucket(Bucket="cyto")
-    fs = s3fs.S3FileSystem(**options)
-    local = tmp_path_factory.mktemp("s3src") / "set"
-    write_demo_shards(local, 23, (2, 12, 12), samples_per_shard=6)
-    fs.put(str(local) + "/", "cyto/set/", recursive=True)
-    yield options, local, fs
-    server.stop()
+    with moto_s3("cyto") as options:
+        fs = s3fs.S3FileSystem(**options)
+        local = tmp_path_factory.mktemp("s3src") / "set"
+        write_demo_shards(local, 23, (2, 12, 12), samples_per_shard=6)
+        fs.put(str(local) + "/", "cyto/set/", recursive=True)
+        yield options, local, fs
 
 
 def test_s3_stream_equals_local(s3):

@@ -8,34 +8,21 @@ import sys
 import warnings
 
 import pytest
+from conftest import moto_s3
 
 from cytodata.loaders.demo import write_demo_shards
 from cytodata.publish import PublishWarning, publish, verify
 
-moto_server = pytest.importorskip("moto.server")
+pytest.importorskip("moto.server")
 s3fs = pytest.importorskip("s3fs")
 
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
-    import socket
-
-    import boto3
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    options = {"endpoint_url": f"http://{host}:{port}", "key": "testing", "secret": "testing",
-               "client_kwargs": {"region_name": "us-east-1"}}
-    boto3.client("s3", endpoint_url=options["endpoint_url"], region_name="us-east-1",
-                 aws_access_key_id="testing", aws_secret_access_key="testing").create_bucket(Bucket="pub")
-    local = tmp_path_factory.mktemp("s3pub") / "set"
-    write_demo_shards(local, 17, (2, 10, 10), samples_per_shard=5)
-    yield options, local, s3fs.S3FileSystem(**options)
-    server.stop()
+    with moto_s3("pub") as options:
+        local = tmp_path_factory.mktemp("s3pub") / "set"
+        write_demo_shards(local, 17, (2, 10, 10), samples_per_shard=5)
+        yield options, local, s3fs.S3FileSystem(**options)
 
 
 def _quiet_publish(*args, **kw):
