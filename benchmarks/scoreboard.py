@@ -77,24 +77,13 @@ def prepare(data: Path, screen: SyntheticScreen = SCREEN) -> dict:
     """The screen, its field manifest, cell crops and shards under ``data`` (reused when done)."""
     done = data / "prepared.json"
     if not done.exists():
-        from cytodata.curate.cells import build_cells
-        from cytodata.manifest import build
-        from cytodata.shards import write
-        from cytodata.synthetic import write_bbbc021_layout
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from classifier_bbbc021 import prepare as write_cells_and_shards  # one data path for both benchmarks
 
         t0 = time.perf_counter()
-        layout = write_bbbc021_layout(data / "screen", screen)
-        recipe = {"name": "scoreboard", "seed": 0,
-                  "sources": [{"adapter": "bbbc021", "source": "synth-bbbc021",
-                               "params": {"root": str(layout["root"])}}]}
-        build(recipe, data / "fields", progress=False)
-        prov = build_cells(data / "fields", layout["locations_csv"], data / "cells", CELL_SIZE,
-                           label_columns=("compound", "concentration"))
-        write(data / "cells", data / "shards", codec="blosc-lz4", samples_per_shard=512,
-              scheduler="synchronous", progress=False)
+        written = write_cells_and_shards(data, screen, CELL_SIZE)
         done.write_text(json.dumps({"response_fraction": screen.response_fraction,
-                                    "cells": prov["counts"]["cells"],
-                                    "fields": prov["counts"]["fields"],
+                                    "cells": written["n_cells"], "fields": written["n_fields"],
                                     "seconds": round(time.perf_counter() - t0, 1)}))
     return json.loads(done.read_text())
 
