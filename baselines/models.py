@@ -25,8 +25,9 @@ def create(name: str, *, in_chans: int, num_classes: int, pretrained: str | None
                                   **kwargs)
     except RuntimeError as exc:
         if "Unknown model" in str(exc):
-            raise TrainingError(f"model={name!r} is not a timm model; see timm.list_models() "
-                                "(tiny ones for tests: test_efficientnet, test_vit, resnet10t)") from None
+            raise TrainingError(f"model={name!r} is not a timm model; set one with `cytodata train "
+                                "CONFIG --set model=NAME` (names: timm.list_models(); tiny ones for "
+                                "tests: test_efficientnet, test_vit, resnet10t)") from None
         raise
     if pretrained:
         load_pretrained(model, pretrained, in_chans, first_conv=first_conv)
