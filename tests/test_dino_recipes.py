@@ -244,6 +244,27 @@ def test_ws_dino_embeds_the_authors_four_crop_boxes():
         load_config("ws-dino", {"embed_boxes": [[64, 32, 20, 256]]})
 
 
+def test_ws_dino_tiny_embeds_the_authors_centre_squares_at_its_scale():
+    """E's boxes are the 2 x 2 squares of the global-view side around the 512 x 640 field's
+    centre, the left two widened to 256; ws-dino-tiny's four centre crops are those squares at
+    its scale (global view 24 px after the halving) on its square fields."""
+    from cytodata.baselines.embedding import center_views
+
+    h, w, side = 512, 640, 224
+    squares = sorted((w // 2 - side + dx, h // 2 - side + dy, w // 2 + dx, h // 2 + dy)
+                     for dx in (0, side) for dy in (0, side))
+    unwidened = sorted((max(x0, x1 - side), y0, x1, y1) for x0, y0, x1, y1 in E_BOXES)
+    assert unwidened == squares and sorted(b[2] - b[0] for b in E_BOXES) == [224, 224, 256, 256]
+    cfg = load_config("ws-dino-tiny")
+    assert cfg.embed_boxes is None and cfg.embed_crop == cfg.data.crop == 24
+    crop = round(cfg.embed_crop / cfg.prescale)                      # 48 stored px
+    field = torch.arange(128 * 128, dtype=torch.float32).reshape(1, 1, 128, 128)
+    views = center_views(field, crop)
+    expected = [field[..., 64 - crop + dy: 64 + dy, 64 - crop + dx: 64 + dx]
+                for dy in (0, crop) for dx in (0, crop)]
+    assert len(views) == 4 and all(torch.equal(a, b) for a, b in zip(views, expected, strict=True))
+
+
 def test_weighted_pairs_draw_as_the_authors_sampler():
     """W:132-147 weights 1/count with replacement (each group equally likely, rows uniform
     inside it); W:217 the partner is any row of the group, the anchor itself included."""
@@ -291,6 +312,9 @@ def test_explicit_far_geometry_warns_and_impossible_geometry_is_an_error():
     with pytest.raises(TrainingError, match=r"larger than the training images \(256x320 after "
                                             r"prescale=0.5\)"):
         _method("ws-dino", shape=(1 * 3, 512, 640), **{"data.crop": 384})
+    with pytest.raises(TrainingError, match=r"local_crop=96 is larger than the training images "
+                                            r"\(64x80\); lower it to at most 64"):
+        _method("dino-cells", shape=(3, 64, 80), **{"data.crop": 32})
 
 
 def test_per_channel_with_one_channel_and_clip_with_normalisation_are_errors():
@@ -512,6 +536,21 @@ def test_unexpected_keys_name_the_first_few_and_what_would_load(tmp_path):
     with pytest.raises(TrainingError, match=r"2 unexpected key\(s\) \['extra.adapter.weight', "
                                             r"'extra.adapter.bias'\].*model tensors would load"):
         _load("dino", tmp_path / "odd.pth")
+    # many unexpected keys and a missing one: the first four of each are named, with the counts,
+    # the tensors that would have loaded, and that nothing was loaded (the fix: same architecture)
+    state = _official_backbone()
+    del state["norm.weight"]
+    state.update({f"adapter.{i}.weight": torch.zeros(2) for i in range(7)})
+    torch.save(state, tmp_path / "many.pth")
+    with pytest.raises(TrainingError) as err:
+        _load("dino", tmp_path / "many.pth")
+    msg = str(err.value)
+    assert "7 unexpected key(s) ['adapter.0.weight', 'adapter.1.weight', 'adapter.2.weight', " \
+           "'adapter.3.weight']" in msg and "adapter.4.weight" not in msg
+    assert "1 missing ['norm.weight']" in msg
+    n_own = len(state) - 7 + 1                        # the model's tensors: the file's, norm.weight
+    assert f"{n_own - 1} of " in msg and "model tensors would load (['cls_token'," in msg
+    assert "Nothing was loaded" in msg and "dino_deitsmall8_pretrain.pth" in msg
 
 
 # ----------------------------------------------------------------------------- runs
