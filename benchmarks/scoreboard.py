@@ -192,7 +192,9 @@ def reference_rows(data: Path) -> dict:
 
 def _overrides(name: str, shards: Path, seed: int) -> dict:
     """What every recipe changes to run on the cell shards (paths, crop, logging, seed)."""
+    # steps (the CPU budget) set the length: recipes measured in epochs drop them here
     return {"data.train": str(shards), "data.train_split": None, "data.val_split": None,
+            "epochs": None,
             "data.crop": TRAIN_CROP, "progress": False, "seed": seed, "device": "cpu",
             "data.threads": 1}
 

@@ -63,3 +63,13 @@ def test_a_second_stage_waits_for_its_first_stage(board, tmp_path):
     (done / "result.json").write_text("{}")
     assert board._ready(job, needs, tmp_path, [], [])
     assert board._ready(job, needs, tmp_path, [], [("deepnoise-stage1-tiny", 1)])  # to be skipped
+
+
+def test_the_cpu_budget_sets_the_length_of_every_recipe(board, tmp_path):
+    """Recipes measured in epochs (cellpainting-cnn-tiny: 3) train the budget's steps instead."""
+    from cytodata.baselines import load_config
+
+    for name in board.tiny_configs():
+        kw = board._overrides(name, tmp_path, 0)
+        cfg = load_config(name, overrides={**kw, "steps": 123})
+        assert cfg.epochs is None and cfg.steps == 123, name
