@@ -443,3 +443,15 @@ def _cmd(args) -> int:
     run(args.out, seed=args.seed, workers=args.workers, progress=not args.quiet, quick=args.quick)
     return 0
 
+
+def register(subparsers) -> None:
+    """Add ``cytodata demo``."""
+    p = subparsers.add_parser("demo", help="run the end-to-end demo on synthetic screens",
+                              description=__doc__)
+    p.add_argument("-o", "--out", default="demo_output", help="output folder (default demo_output)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic screens and sampling")
+    p.add_argument("--workers", type=int, default=2, help="dask workers / loader workers")
+    p.add_argument("--quick", action="store_true",
+                   help="short training runs, no OME-Zarr export (about 2 minutes)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd)
