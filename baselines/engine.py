@@ -152,8 +152,8 @@ class Engine:
         try:
             return self._run(device)
         finally:
-            if started_dist and runtime.is_dist():
-                torch.distributed.destroy_process_group()
+            if started_dist:
+                runtime.shutdown_distributed()
 
     def _run(self, device: torch.device) -> Path:
         cfg = self.cfg

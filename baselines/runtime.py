@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from datetime import timedelta
 
@@ -81,8 +82,33 @@ def init_distributed(device: torch.device) -> bool:
     if is_dist() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return is_dist()
     backend = "nccl" if device.type == "cuda" else "gloo"
+    # DistributedDataParallel imports torch._dynamo; imported while a group exists, its module
+    # state keeps references to the group until the interpreter's exit, past
+    # destroy_process_group (see shutdown_distributed). Imported first, it holds none.
+    import torch._dynamo  # noqa: F401
+
     dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
     return True
+
+
+def shutdown_distributed() -> None:
+    """Leave the process group with its threads joined while the interpreter is fully alive.
+
+    Whatever still references the group when ``destroy_process_group`` runs keeps gloo's worker
+    and transport threads running: ``DistributedDataParallel`` and its reducer sit in reference
+    cycles that only the cyclic GC frees, and ``torch._dynamo`` imported after the group was
+    made keeps references in its module state (:func:`init_distributed` imports it first). A
+    group freed during the interpreter's finalisation joins its threads then, and a worker
+    still releasing a collective's tensors needs the GIL and aborts the process ("terminate
+    called without an active exception"). Collecting the cycles first makes
+    ``destroy_process_group`` drop the last reference: the group's destructor joins its threads
+    here.
+    """
+    if not is_dist():
+        return
+    gc.collect()
+    dist.destroy_process_group()
+    gc.collect()
 
 
 def autocast(device: torch.device, precision: str):

@@ -64,6 +64,22 @@ VIT_MODELS = ("vit", "deit", "test_vit")
 PROTOCOL = "bbbc021-ws-dino"
 
 
+def first_stage(name: str) -> str | None:
+    """The first-stage recipe a second-stage recipe starts from (``*-stage2-*`` -> ``*-stage1-*``).
+
+    ``None`` for recipes that train from scratch (no ``requires_init`` in the config).
+    """
+    from cytodata.baselines import load_config
+
+    if not getattr(load_config(name), "requires_init", False):
+        return None
+    first = name.replace("-stage2", "-stage1")
+    if first == name or not (CONFIGS / f"{first}.yaml").exists():
+        raise SystemExit(f"{name} needs a first-stage run (requires_init) and no {first} recipe "
+                         "ships beside it")
+    return first
+
+
 def tiny_configs() -> list[str]:
     """Names of every shipped CPU recipe (``baselines/configs/*-tiny.yaml``), sorted."""
     return sorted(p.stem for p in CONFIGS.glob("*-tiny.yaml"))
@@ -176,7 +192,9 @@ def reference_rows(data: Path) -> dict:
 
 def _overrides(name: str, shards: Path, seed: int) -> dict:
     """What every recipe changes to run on the cell shards (paths, crop, logging, seed)."""
+    # steps (the CPU budget) set the length: recipes measured in epochs drop them here
     return {"data.train": str(shards), "data.train_split": None, "data.val_split": None,
+            "epochs": None,
             "data.crop": TRAIN_CROP, "progress": False, "seed": seed, "device": "cpu",
             "data.threads": 1}
 
@@ -198,6 +216,13 @@ def work(name: str, seed: int, data: Path, out: Path, budget_min: float) -> dict
     out.mkdir(parents=True, exist_ok=True)
     shards = data / "shards"
     kw = _overrides(name, shards, seed)
+    first = first_stage(name)
+    if first:   # a second stage starts from the same seed's first-stage run (its own budget)
+        source = out.parent / f"{first}-seed{seed}" / "run"
+        if not (out.parent / f"{first}-seed{seed}" / "result.json").exists():
+            raise SystemExit(f"{name} seed {seed} starts from {first} seed {seed}, which has not "
+                             f"run under {out.parent}: run both (--only {first},{name})")
+        kw["init_from"] = str(source)
     cpu0 = _cpu_seconds()
     # CPU per step from two short runs after a warm-up run (one-off import and first-call costs
     # land in the warm-up; the difference of the other two cancels the per-run start-up)
@@ -351,13 +376,30 @@ def main() -> None:
     print(f"data: {info['fields']} fields, {info['cells']} cells ({info['seconds']} s)",
           flush=True)
     reference = reference_rows(data)
-    jobs = [(n, s) for n in names for s in range(args.seeds)]
+    # first stages before the second stages that start from them
+    jobs = sorted(((n, s) for n in names for s in range(args.seeds)),
+                  key=lambda job: (first_stage(job[0]) is not None, job[1], job[0]))
+    needs = {n: first_stage(n) for n in names}
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     running: list[tuple[subprocess.Popen, tuple[str, int]]] = []
     failed = []
     while jobs or running:
         while jobs and len(running) < args.jobs:
-            name, seed = jobs.pop(0)
+            ready = [j for j in jobs if _ready(j, needs, out, running, failed)]
+            if not ready:
+                if not running:     # waiting on a first stage that is neither run nor queued
+                    for name, seed in jobs:
+                        print(f"skipped {name} seed {seed}: no {needs[name]} seed {seed} run "
+                              f"under {out} (add it to --only)", flush=True)
+                    failed.extend(jobs)
+                    jobs = []
+                break
+            name, seed = ready[0]
+            jobs.remove((name, seed))
+            if needs[name] and (needs[name], seed) in failed:
+                failed.append((name, seed))
+                print(f"skipped {name} seed {seed}: {needs[name]} seed {seed} failed", flush=True)
+                continue
             cmd = [sys.executable, __file__, "--worker", name, str(seed), "--out", str(out),
                    "--budget", str(args.budget)]
             log = open(out / f"{name}-seed{seed}.log", "w")  # noqa: SIM115 (closed with the process)
@@ -374,6 +416,17 @@ def main() -> None:
     command = (f"python benchmarks/scoreboard.py --seeds {args.seeds} --budget {args.budget}"
                + (f" --only {args.only}" if args.only else ""))
     report(out, info, reference, command, failed, t0)
+
+
+def _ready(job: tuple[str, int], needs: dict, out: Path, running: list, failed: list) -> bool:
+    """A job may start: it needs no first stage, or that stage's same seed has ended."""
+    first = needs.get(job[0])
+    if not first:
+        return True
+    if (first, job[1]) in failed:
+        return True      # started only to be reported as skipped
+    busy = any(j == (first, job[1]) for _, j in running)
+    return not busy and (out / "runs" / f"{first}-seed{job[1]}" / "result.json").exists()
 
 
 def report(out: Path, info: dict, reference: dict, command: str, failed: list,

@@ -405,8 +405,24 @@ def test_resume_with_a_changed_out_dim_is_refused(shards, tmp_path):
 
 
 # ----------------------------------------------------------------------------- DDP
-def test_torchrun_two_ranks_share_one_centre(shards, tmp_path):
+#: ``cytodata train`` under torchrun, then the threads each rank still runs once it returned
+#: (the cyclic GC off, so that nothing depends on when it would have run)
+_DDP_DRIVER = """
+import gc, json, os, sys
+gc.disable()
+from cytodata.cli import main
+rc = main(sys.argv[1:])
+left = sorted(open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task"))
+print("THREADS " + json.dumps({"rank": int(os.environ["RANK"]), "threads": left}), flush=True)
+sys.exit(rc)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="thread names from /proc (Linux)")
+def test_torchrun_two_ranks_share_one_centre_and_leave_no_gloo_thread(shards, tmp_path):
     run = tmp_path / "ddp"
+    driver = tmp_path / "driver.py"
+    driver.write_text(_DDP_DRIVER)
     args = []
     for k, v in {**TINY, "steps": 4, "batch_size": 4, "data.train": shards}.items():
         args += ["--set", f"{k}={json.dumps(v) if isinstance(v, dict) else v}"]
@@ -415,7 +431,7 @@ def test_torchrun_two_ranks_share_one_centre(shards, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = str(s.getsockname()[1])
     res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_addr", "127.0.0.1", "--master_port", port, "-m", "cytodata",
+                          "--master_addr", "127.0.0.1", "--master_port", port, str(driver),
                           "train", "dino-cells-tiny", "-o", str(run), "-q", *args],
                          capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -423,6 +439,13 @@ def test_torchrun_two_ranks_share_one_centre(shards, tmp_path):
     assert len(logged) == 4 and all(r["center_rank_spread"] == 0.0 for r in logged)
     centre = checkpoint.load(run)["modules"]["dino_loss"]["center"]
     assert centre.abs().sum() > 0
+    # the process group is gone when train returns: gloo's threads were joined then, not left
+    # to the interpreter's exit, where a worker needing the GIL aborts the rank
+    left = [json.loads(line.split(" ", 1)[1]) for line in res.stdout.splitlines()
+            if line.startswith("THREADS ")]
+    assert sorted(x["rank"] for x in left) == [0, 1]
+    for x in left:
+        assert not [t for t in x["threads"] if "gloo" in t], x
 
 
 def test_resume_repeats_the_uninterrupted_run_exactly(shards, tmp_path):

@@ -64,6 +64,12 @@ WS_DINO_CODE = {
     "data.crop": (224, "W:161"),
     "data.normalize": ("none", "W:160, W:195"),
     "augment.flips": (True, "W:158-159"),
+    "vertical_flip": (True, "W:159, W:167, W:177"),
+    "photometric.jitter_p": (0.0, "W:157-181 no ColorJitter"),
+    "photometric.brightness": (0.0, "W:157-181"),
+    "photometric.contrast": (0.0, "W:157-181"),
+    "photometric.blur_p": ([0.0, 0.0, 0.0], "W:157-181 no GaussianBlur"),
+    "photometric.solarize_p": ([0.0, 0.0, 0.0], "W:157-181 no Solarization"),
     "augment.rot90": (False, "W:157-161"),
     "augment.intensity": (0.0, "W:157-161"),
     "augment.shift": (0.0, "W:157-161"),
@@ -93,7 +99,7 @@ DINO_CODE = {
     "warmup_teacher_temp_epochs": (0, "M:74"),
     "center_momentum": (0.9, "M:366"),
     "momentum_teacher": (0.996, "M:61"),
-    "local_crops": (10, "ViT-S/8 release args"),
+    "local_crops": (8, "M:112 (the ViT-S/8 release's args.txt is not in the repository)"),
     "local_crop": (96, "M:452"),
     "crop_ratio": ([0.75, 4 / 3], "M:436"),
     "view_interpolation": ("bicubic", "M:436"),
@@ -101,6 +107,15 @@ DINO_CODE = {
     "batch_size": (64, "M:90"),
     "data.crop": (224, "M:436"),
     "augment.flips": (True, "M:422"),
+    "vertical_flip": (False, "M:422 RandomHorizontalFlip only"),
+    "augment.rot90": (False, "M:421-428"),
+    "augment.intensity": (0.0, "M:424 brightness is photometric.brightness"),
+    "photometric.jitter_p": (0.8, "M:425"),
+    "photometric.brightness": (0.4, "M:424"),
+    "photometric.contrast": (0.4, "M:424"),
+    "photometric.blur_p": ([1.0, 0.1, 0.5], "M:438, M:445, M:454"),
+    "photometric.blur_sigma": ([0.1, 2.0], "U:40"),
+    "photometric.solarize_p": ([0.0, 0.2, 0.0], "M:446"),
     "optim.name": ("adamw", "M:103"),
     "optim.lr": (5e-4, "M:96"),
     "optim.scale_lr_by_batch": (True, "M:239"),
@@ -229,6 +244,27 @@ def test_ws_dino_embeds_the_authors_four_crop_boxes():
         load_config("ws-dino", {"embed_boxes": [[64, 32, 20, 256]]})
 
 
+def test_ws_dino_tiny_embeds_the_authors_centre_squares_at_its_scale():
+    """E's boxes are the 2 x 2 squares of the global-view side around the 512 x 640 field's
+    centre, the left two widened to 256; ws-dino-tiny's four centre crops are those squares at
+    its scale (global view 24 px after the halving) on its square fields."""
+    from cytodata.baselines.embedding import center_views
+
+    h, w, side = 512, 640, 224
+    squares = sorted((w // 2 - side + dx, h // 2 - side + dy, w // 2 + dx, h // 2 + dy)
+                     for dx in (0, side) for dy in (0, side))
+    unwidened = sorted((max(x0, x1 - side), y0, x1, y1) for x0, y0, x1, y1 in E_BOXES)
+    assert unwidened == squares and sorted(b[2] - b[0] for b in E_BOXES) == [224, 224, 256, 256]
+    cfg = load_config("ws-dino-tiny")
+    assert cfg.embed_boxes is None and cfg.embed_crop == cfg.data.crop == 24
+    crop = round(cfg.embed_crop / cfg.prescale)                      # 48 stored px
+    field = torch.arange(128 * 128, dtype=torch.float32).reshape(1, 1, 128, 128)
+    views = center_views(field, crop)
+    expected = [field[..., 64 - crop + dy: 64 + dy, 64 - crop + dx: 64 + dx]
+                for dy in (0, crop) for dx in (0, crop)]
+    assert len(views) == 4 and all(torch.equal(a, b) for a, b in zip(views, expected, strict=True))
+
+
 def test_weighted_pairs_draw_as_the_authors_sampler():
     """W:132-147 weights 1/count with replacement (each group equally likely, rows uniform
     inside it); W:217 the partner is any row of the group, the anchor itself included."""
@@ -276,6 +312,9 @@ def test_explicit_far_geometry_warns_and_impossible_geometry_is_an_error():
     with pytest.raises(TrainingError, match=r"larger than the training images \(256x320 after "
                                             r"prescale=0.5\)"):
         _method("ws-dino", shape=(1 * 3, 512, 640), **{"data.crop": 384})
+    with pytest.raises(TrainingError, match=r"local_crop=96 is larger than the training images "
+                                            r"\(64x80\); lower it to at most 64"):
+        _method("dino-cells", shape=(3, 64, 80), **{"data.crop": 32})
 
 
 def test_per_channel_with_one_channel_and_clip_with_normalisation_are_errors():
@@ -497,6 +536,21 @@ def test_unexpected_keys_name_the_first_few_and_what_would_load(tmp_path):
     with pytest.raises(TrainingError, match=r"2 unexpected key\(s\) \['extra.adapter.weight', "
                                             r"'extra.adapter.bias'\].*model tensors would load"):
         _load("dino", tmp_path / "odd.pth")
+    # many unexpected keys and a missing one: the first four of each are named, with the counts,
+    # the tensors that would have loaded, and that nothing was loaded (the fix: same architecture)
+    state = _official_backbone()
+    del state["norm.weight"]
+    state.update({f"adapter.{i}.weight": torch.zeros(2) for i in range(7)})
+    torch.save(state, tmp_path / "many.pth")
+    with pytest.raises(TrainingError) as err:
+        _load("dino", tmp_path / "many.pth")
+    msg = str(err.value)
+    assert "7 unexpected key(s) ['adapter.0.weight', 'adapter.1.weight', 'adapter.2.weight', " \
+           "'adapter.3.weight']" in msg and "adapter.4.weight" not in msg
+    assert "1 missing ['norm.weight']" in msg
+    n_own = len(state) - 7 + 1                        # the model's tensors: the file's, norm.weight
+    assert f"{n_own - 1} of " in msg and "model tensors would load (['cls_token'," in msg
+    assert "Nothing was loaded" in msg and "dino_deitsmall8_pretrain.pth" in msg
 
 
 # ----------------------------------------------------------------------------- runs

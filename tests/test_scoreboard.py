@@ -44,3 +44,32 @@ def test_table_counts_seeds_that_beat_random_init(board):
     assert "| 0.48 [0.40, 0.57] |" in line and "| 0,1,2 |" in line and "| 2/3 |" in line
     assert "0.10 / - / 0.20" in line                           # chance NSC / NSCB / mAP
     assert text.splitlines()[2].startswith("| oracle (ground-truth latents) | - | - | 1.00")
+
+
+def test_second_stage_recipes_start_from_their_first_stage(board):
+    """deepnoise-stage2-tiny requires a stage-1 run: the scoreboard pairs it with stage 1."""
+    assert board.first_stage("deepnoise-stage2-tiny") == "deepnoise-stage1-tiny"
+    assert board.first_stage("deepnoise-stage1-tiny") is None
+    assert board.first_stage("classifier-tiny") is None
+
+
+def test_a_second_stage_waits_for_its_first_stage(board, tmp_path):
+    needs = {"deepnoise-stage2-tiny": "deepnoise-stage1-tiny", "classifier-tiny": None}
+    job = ("deepnoise-stage2-tiny", 1)
+    assert board._ready(("classifier-tiny", 0), needs, tmp_path, [], [])
+    assert not board._ready(job, needs, tmp_path, [], [])              # stage 1 has not run
+    done = tmp_path / "runs" / "deepnoise-stage1-tiny-seed1"
+    done.mkdir(parents=True)
+    (done / "result.json").write_text("{}")
+    assert board._ready(job, needs, tmp_path, [], [])
+    assert board._ready(job, needs, tmp_path, [], [("deepnoise-stage1-tiny", 1)])  # to be skipped
+
+
+def test_the_cpu_budget_sets_the_length_of_every_recipe(board, tmp_path):
+    """Recipes measured in epochs (cellpainting-cnn-tiny: 3) train the budget's steps instead."""
+    from cytodata.baselines import load_config
+
+    for name in board.tiny_configs():
+        kw = board._overrides(name, tmp_path, 0)
+        cfg = load_config(name, overrides={**kw, "steps": 123})
+        assert cfg.epochs is None and cfg.steps == 123, name

@@ -37,7 +37,8 @@ class SyntheticScreen:
     simple features solve it; kept for fast tests) or ``"hard"`` (:mod:`.morphology`: MOAs
     differ only in morphology and arrangement; per-channel intensity histograms and cell sizes
     are the same for every treatment). Hard-screen parameters: ``response_fraction`` (share of
-    cells responding at the top dose, lower doses fewer and weaker), ``spontaneous_fraction``
+    cells responding at the top dose, lower doses fewer and weaker: at the default 1.0, every
+    cell at the top dose and 60% at the lowest), ``spontaneous_fraction``
     (share of every well's cells showing a random non-DMSO state), ``focus_blur`` (the largest
     per-plate defocus, px sd) and ``background_gradient`` (relative background ramp across a
     field, per plate). Each hard screen writes its ground truth beside it (:mod:`.truth`).
@@ -64,7 +65,7 @@ class SyntheticScreen:
     unannotated_compounds: int = 1
     seed: int = 0
     difficulty: str = "easy"
-    response_fraction: float = 0.5
+    response_fraction: float = 1.0
     spontaneous_fraction: float = 0.05
     focus_blur: float = 1.0
     background_gradient: float = 0.2

@@ -1,6 +1,7 @@
 """DINO (Caron et al. 2021) and WS-DINO (Cross-Zamirski et al. 2022) on the shared engine.
 
-One job per module: ``config`` (typed settings), ``views`` (multi-crop), ``head`` (DINO head,
+One job per module: ``config`` (typed settings), ``views`` (multi-crop), ``photometric``
+(DINO's per-view colour ops), ``head`` (DINO head,
 backbone + head nets), ``loss`` (centred, sharpened cross-entropy; teacher-temperature
 schedule), ``collapse`` (the monitor), ``sampling`` (WS-DINO's weak-label pairs),
 ``pretrained`` (local DINO weights), ``method`` (the ``dino`` method), ``ws_dino`` (the
@@ -10,14 +11,16 @@ schedule), ``collapse`` (the monitor), ``sampling`` (WS-DINO's weak-label pairs)
 from __future__ import annotations
 
 from .collapse import collapse_kind, monitor_stats
-from .config import DinoConfig, WSDinoConfig
+from .config import DinoConfig, PhotometricConfig, WSDinoConfig
 from .head import DINOHead, DinoModels, DinoNet
 from .loss import DINOLoss, dino_cross_entropy, teacher_temp_schedule
 from .method import Dino
+from .photometric import photometric
 from .sampling import BalancedWeakLabelPairs, group_codes, image_ids
 from .views import resized_crops
 from .ws_dino import WSDino
 
 __all__ = ["BalancedWeakLabelPairs", "DINOHead", "DINOLoss", "Dino", "DinoConfig", "DinoModels",
            "DinoNet", "WSDino", "WSDinoConfig", "collapse_kind", "dino_cross_entropy",
-           "group_codes", "image_ids", "monitor_stats", "resized_crops", "teacher_temp_schedule"]
+           "PhotometricConfig", "group_codes", "image_ids", "monitor_stats", "photometric",
+           "resized_crops", "teacher_temp_schedule"]

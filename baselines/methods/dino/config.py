@@ -11,6 +11,39 @@ from ...config import TrainConfig
 
 
 @dataclass
+class PhotometricConfig:
+    """DINO's per-view photometric ops (``photometric.py``); every probability 0: none.
+
+    Per view kind, ``[global view 1, global view 2, local views]`` (DINO's three pipelines).
+    """
+
+    jitter_p: float = 0.0             # colour jitter's probability per view (DINO 0.8)
+    brightness: float = 0.0           # gain U(1 - b, 1 + b), one per view (DINO 0.4)
+    contrast: float = 0.0             # about each channel's mean, U(1 - c, 1 + c) (DINO 0.4)
+    blur_p: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])   # DINO [1, 0.1, 0.5]
+    blur_sigma: list[float] = field(default_factory=lambda: [0.1, 2.0])    # std in px (DINO)
+    solarize_p: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # DINO [0, 0.2, 0]
+
+    def check(self, where: str) -> None:
+        """Each value in range, else a :class:`RecipeError` naming the key and the fix."""
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise RecipeError(f"{where}: photometric.{msg}")
+
+        need(0 <= self.jitter_p <= 1, f"jitter_p={self.jitter_p}; a probability in [0, 1] (DINO 0.8)")
+        need(self.brightness >= 0 and self.contrast >= 0,
+             f"brightness={self.brightness}, contrast={self.contrast}; both >= 0 (DINO 0.4)")
+        for name in ("blur_p", "solarize_p"):
+            ps = getattr(self, name)
+            need(len(ps) == 3 and all(0 <= q <= 1 for q in ps),
+                 f"{name}={ps}; expected three probabilities [global view 1, global view 2, "
+                 "local views] in [0, 1] (DINO blur_p [1.0, 0.1, 0.5], solarize_p [0, 0.2, 0])")
+        need(len(self.blur_sigma) == 2 and 0 < self.blur_sigma[0] <= self.blur_sigma[1],
+             f"blur_sigma={self.blur_sigma}; expected [min, max] std in px with 0 < min <= max "
+             "(DINO [0.1, 2.0])")
+
+
+@dataclass
 class DinoConfig(TrainConfig):
     """DINO settings on top of the engine's (``data.crop`` is the global crop side)."""
 
@@ -38,6 +71,8 @@ class DinoConfig(TrainConfig):
     local_scale: list[float] | None = None
     crop_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])  # aspect ratios
     view_interpolation: str = "bilinear"  # bilinear | bicubic (resampling of the views)
+    vertical_flip: bool = True        # with augment.flips: flip vertically too (DINO: horizontal only)
+    photometric: PhotometricConfig = field(default_factory=PhotometricConfig)  # DINO's colour ops
     prescale: float = 1.0             # resize whole images by this factor before views and embed
     intensity_clip: float | None = None  # raw intensity clipped at this value, then / it (0..1);
     #                                      needs data.normalize: none (WS-DINO: 10000)
@@ -92,6 +127,7 @@ class DinoConfig(TrainConfig):
                  f"embed_boxes: {box}; expected [x_min, y_min, x_max, y_max] pixels with "
                  "0 <= x_min < x_max and 0 <= y_min < y_max (WS-DINO: [64, 32, 320, 256], ...)")
         need(self.collapse_patience >= 1, f"collapse_patience={self.collapse_patience}; >= 1")
+        self.photometric.check(where)
 
 
 PAIR_SAMPLING = ("balanced", "weighted")

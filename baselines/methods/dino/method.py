@@ -5,9 +5,10 @@ bottleneck, L2 normalisation, weight-normalised last layer, frozen during the fi
 to match a teacher that is the EMA of the student (momentum on a cosine to 1). Loss: cross-entropy
 between the centred, sharpened teacher output on the 2 global crops and the student output on
 every other view; the centre is an EMA (all-reduced under DDP) of the teacher's batch means.
-Multi-crop (2 global + N local random resized crops, flips, 90-degree rotations) runs on the
-device on the float batch: one ``grid_sample`` per view for the whole batch, parameters drawn on
-the CPU from the engine's per-step generator (a resumed run draws the same crops).
+Multi-crop (2 global + N local random resized crops, flips, 90-degree rotations, DINO's
+photometric ops per view kind) runs on the device on the float batch: one ``grid_sample`` per
+view for the whole batch, parameters drawn on the CPU from the engine's per-step generator (a
+resumed run draws the same crops).
 
 WS-DINO: the same, but the local crops come from a *partner* image with the same weak label
 (any index column, or several joined with ``+`` such as ``compound+concentration``), images
@@ -44,6 +45,7 @@ from .collapse import REMEDIES, collapse_kind
 from .config import DinoConfig
 from .head import DINOHead, DinoModels, DinoNet
 from .loss import DINOLoss, teacher_temp_schedule
+from .photometric import GLOBAL_1, GLOBAL_2, LOCAL, photometric
 from .pretrained import is_full_checkpoint, load_dino_centre, load_dino_optimizer, load_dino_pretrained
 from .views import ZOOM_TOLERANCE, native_scale, resized_crops
 
@@ -240,8 +242,9 @@ class Dino(Method):
     def views(self, batch: dict, g: torch.Generator) -> tuple[list[torch.Tensor], int]:
         """Make 2 global crops of ``batch["image"]`` + ``local_crops`` local ones.
 
-        Local crops come from the partner for WS-DINO; each view gets symmetries and intensity
-        jitter. Returns (views, n_global).
+        Local crops come from the partner for WS-DINO; each view gets symmetries, intensity
+        jitter (``augment``) and DINO's photometric ops of its kind (``photometric``). Returns
+        (views, n_global).
         """
         cfg, aug = self.cfg, self.cfg.augment
         if self.global_scale is None or self.local_scale is None:
@@ -250,13 +253,16 @@ class Dino(Method):
         x = self.preprocess(batch["image"])
         local_src = self.preprocess(batch["partner"]["image"]) if self.pairs else x
 
-        def one(src, size, scale):
+        def one(src, size, scale, kind):
             v = resized_crops(src, size, scale, g, flips=aug.flips, rot90=aug.rot90,
-                              ratio=cfg.crop_ratio, mode=cfg.view_interpolation)
-            return augment.intensity_jitter(v, g, aug.intensity, aug.shift)
+                              ratio=cfg.crop_ratio, mode=cfg.view_interpolation,
+                              vflip=cfg.vertical_flip)
+            v = augment.intensity_jitter(v, g, aug.intensity, aug.shift)
+            return photometric(v, g, cfg.photometric, kind)
 
-        views = [one(x, cfg.data.crop, self.global_scale) for _ in range(2)]
-        views += [one(local_src, cfg.local_crop, self.local_scale) for _ in range(cfg.local_crops)]
+        views = [one(x, cfg.data.crop, self.global_scale, kind) for kind in (GLOBAL_1, GLOBAL_2)]
+        views += [one(local_src, cfg.local_crop, self.local_scale, LOCAL)
+                  for _ in range(cfg.local_crops)]
         return views, 2
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:

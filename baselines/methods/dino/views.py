@@ -47,19 +47,23 @@ def crop_boxes(b: int, h: int, w: int, scale: "tuple[float, float] | list[float]
 def resized_crops(x: torch.Tensor, size: int, scale: "tuple[float, float] | list[float]",
                   g: torch.Generator, *, flips: bool = True, rot90: bool = True,
                   ratio: "tuple[float, float] | list[float]" = (3 / 4, 4 / 3),
-                  mode: str = "bilinear") -> torch.Tensor:
+                  mode: str = "bilinear", vflip: bool = True) -> torch.Tensor:
     """Random resized crops of a whole batch in one ``grid_sample`` (torchvision's rule, batched).
 
     ``x`` ``(B, C, H, W)`` float -> ``(B, C, size, size)``: per sample a box of
     :func:`crop_boxes` and (``flips``/``rot90``) a random symmetry of the square folded into
-    the same affine map, resampled with ``mode`` (bilinear or bicubic). Parameters come from
-    ``g`` (CPU).
+    the same affine map, resampled with ``mode`` (bilinear or bicubic). ``flips`` with
+    ``vflip=False``: horizontal flips only, p 0.5 (DINO's ``RandomHorizontalFlip``); with
+    ``rot90`` the symmetries are all eight either way. Parameters come from ``g`` (CPU).
     """
     b, _, h, w = x.shape
     cw, ch, cx, cy = crop_boxes(b, h, w, scale, g, ratio)
-    n_sym = (4 if flips else 1) * (2 if rot90 else 1)
+    hflip_only = flips and not vflip and not rot90
+    n_sym = 2 if hflip_only else (4 if flips else 1) * (2 if rot90 else 1)
     pick = torch.randint(0, n_sym, (b,), generator=g)
-    if flips and not rot90:
+    if hflip_only:
+        sym = _DIHEDRAL[pick * 2]         # (1, 1) or (-1, 1): u mirrored, v kept
+    elif flips and not rot90:
         sym = _DIHEDRAL[pick]
     elif rot90 and not flips:
         sym = _DIHEDRAL[pick * 4]
