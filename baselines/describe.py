@@ -16,7 +16,6 @@ from typing import Any
 import yaml
 
 from .config import CONFIG_DIR, config_names, read_config_mapping, to_dict
-from .resolve import load_config
 
 _KEY = re.compile(r"^(?P<indent>\s*)(?P<key>[A-Za-z_][\w.-]*)\s*:(?P<rest>.*)$")
 
@@ -103,7 +102,8 @@ def show_config(name: str) -> list[dict]:
     """Every resolved key of config ``name``: ``key``, ``value``, ``default``, ``set`` (whether
     the config file sets it) and ``source`` (the comment beside it in the file).
     """
-    from .methods import METHODS
+    from .methods import METHODS  # the methods (torch) load here, not for --list
+    from .resolve import load_config
 
     cfg = load_config(name)
     data, where = read_config_mapping(name)

@@ -25,8 +25,9 @@ def create(name: str, *, in_chans: int, num_classes: int, pretrained: str | None
                                   **kwargs)
     except RuntimeError as exc:
         if "Unknown model" in str(exc):
-            raise TrainingError(f"model={name!r} is not a timm model; see timm.list_models() "
-                                "(tiny ones for tests: test_efficientnet, test_vit, resnet10t)") from None
+            raise TrainingError(f"model={name!r} is not a timm model; set one with `cytodata train "
+                                "CONFIG --set model=NAME` (names: timm.list_models(); tiny ones for "
+                                "tests: test_efficientnet, test_vit, resnet10t)") from None
         raise
     if pretrained:
         load_pretrained(model, pretrained, in_chans, first_conv=first_conv)
@@ -144,6 +145,7 @@ def load_pretrained(model: torch.nn.Module, path: str, in_chans: int,
             f"pretrained={path} does not match {type(model).__name__}: {len(unexpected)} unexpected "
             f"key(s) {unexpected[:4]}, {len(missing)} missing {missing[:4]}; {len(loaded)} of "
             f"{len(own)} model tensors would load ({loaded[:3]}{' ...' if len(loaded) > 3 else ''})."
-            " Nothing was loaded: pass weights of the same architecture (model=, patch_size=), "
-            "e.g. dino_deitsmall8_pretrain.pth for vit_small_patch8_224")
+            " Nothing was loaded: pass weights of the same architecture, or set the config's to "
+            "theirs (`cytodata train CONFIG --set model=NAME --set patch_size=N`; Python: model=, "
+            "patch_size=), e.g. dino_deitsmall8_pretrain.pth for vit_small_patch8_224")
     model.load_state_dict(state, strict=False)   # only a fresh classifier head may be missing

@@ -1,7 +1,8 @@
 """`cytodata <command> ...`: one sub-command per pipeline stage.
 
-Each stage module exposes ``register(subparsers)`` adding its parser with ``func`` set; the CLI
-only wires them up, so stages stay importable without argparse. :data:`COMMANDS` names each
+Each module of :mod:`cytodata.commands` (and ``cytodata.baselines.cli``) exposes
+``register(subparsers)`` adding its parser with ``func`` set; the CLI only wires them up, so
+stages stay importable without argparse. :data:`COMMANDS` names each
 command's module and one-line help, so ``cytodata --help`` imports no stage and ``cytodata
 COMMAND`` imports only the module of COMMAND. A stage whose import fails (a missing module or
 dependency, a syntax error) fails its command loudly; it never vanishes from the list.
@@ -15,17 +16,17 @@ import sys
 
 #: command -> (module defining ``register(subparsers)``, one-line help for ``cytodata --help``)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "recipes": ("cytodata.recipe", "list the shipped corpus recipes, or print one"),
+    "recipes": ("cytodata.commands.recipes", "list the shipped corpus recipes, or print one"),
     "manifest": ("cytodata.commands.manifest", "build or describe a manifest from a recipe"),
     "cells": ("cytodata.commands.cells", "single-cell mode: one manifest row per located cell (crop windows)"),
     "qc": ("cytodata.commands.qc", "image QC of a manifest: rules, duplicates, report and montages"),
     "shard": ("cytodata.commands.shards", "write a manifest's images as WebDataset / Zarr / OME-Zarr shards"),
     "shards": ("cytodata.commands.shards", "inspect shard sets (describe)"),
-    "verify": ("cytodata.verify", "check a shard set or a published dataset against its checksums"),
+    "verify": ("cytodata.commands.verify", "check a shard set or a published dataset against its checksums"),
     "evaluate": ("cytodata.commands.evaluate", "evaluate embeddings with a named protocol and write a report"),
-    "publish": ("cytodata.publish", "publish a shard set: dataset card, Croissant, SHA256SUMS, splits, "
+    "publish": ("cytodata.commands.publish", "publish a shard set: dataset card, Croissant, SHA256SUMS, splits, "
                                     "provenance"),
-    "demo": ("cytodata.demo", "run the end-to-end demo on synthetic screens"),
+    "demo": ("cytodata.commands.demo", "run the end-to-end demo on synthetic screens"),
     "train": ("cytodata.baselines.cli", "train a baseline (classifier, DINO, ...) from a config on shard sets"),
     "embed": ("cytodata.baselines.cli", "embed a shard set with a trained run -> embeddings.parquet"),
     "predict": ("cytodata.baselines.cli", "class predictions of a trained run on a shard set -> parquet"),

@@ -22,8 +22,8 @@ import pandas as pd
 
 from . import __version__, schema
 from ._files import file_sha256, save_json
-from .curate.ledger import Ledger
 from .errors import EmptyResultError, RecipeError, SchemaError
+from .ledger import Ledger
 from .recipe import Recipe, load_recipe, parse_overrides
 
 

@@ -12,22 +12,81 @@ import pytest
 
 from cytodata import cli
 
-LIGHT = ["--help", "recipes --help", "manifest --help", "manifest build --help", "qc --help", "cells --help",
-         "shards --help", "verify --help", "train --help", "embed --help", "predict --help"]
+#: libraries no command may load for its help or a refusal of a missing path (each costs 0.1-3 s)
+HEAVY = ("torch", "torchvision", "timm", "pandas", "numpy", "pyarrow", "dask", "distributed", "zarr",
+         "xarray", "sklearn", "scipy", "matplotlib", "fsspec", "tifffile", "PIL", "numcodecs",
+         "webdataset", "imagecodecs")
+
+
+def _light_lines() -> list[str]:
+    """``--help`` of the top level, of every command and of every action below a command, plus
+    the cheap real invocations (a listing, a refusal of a path that does not exist)."""
+    import argparse
+
+    lines = ["--help"]
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, child in sub.choices.items():
+        lines.append(f"{name} --help")
+        for action in child._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                lines += [f"{name} {verb} --help" for verb in action.choices]
+    return lines + ["verify /nonexistent/set", "train --list", "recipes"]
 
 
 def test_help_loads_no_stage_library():
-    """Each help above, in one fresh interpreter, leaves pandas, numpy and torch unimported."""
+    """Each command's help (and each cheap invocation), in one fresh interpreter, leaves every
+    library of HEAVY unimported: the command's start stays light whatever the machine's load."""
+    lines = _light_lines()
+    assert {"shard --help", "evaluate --help", "publish --help", "demo --help",
+            "shards describe --help", "manifest build --help"} <= set(lines)
     code = ("import json, sys\nfrom cytodata import cli\nheavy = {}\n"
-            f"for line in {LIGHT!r}:\n"
+            f"for line in {lines!r}:\n"
             "    try:\n        cli.main(line.split())\n    except SystemExit:\n        pass\n"
-            "    heavy[line] = sorted(m for m in ('pandas', 'numpy', 'torch') if m in sys.modules)\n"
+            f"    heavy[line] = sorted(m for m in {HEAVY!r} if m in sys.modules)\n"
             "print(json.dumps(heavy))\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     heavy = json.loads(done.stdout.strip().splitlines()[-1])
-    assert heavy == {line: [] for line in LIGHT}, heavy
+    assert heavy == {line: [] for line in lines}, heavy
     assert "shard" in done.stdout and "evaluate" in done.stdout  # every command is listed
+    assert "does not exist" in done.stderr  # the refusal was reached, not skipped
+
+
+def test_the_check_sees_a_heavy_import():
+    """The subprocess check above can fail: a command whose help loads pandas is caught."""
+    code = ("import sys\nimport pandas  # noqa\n"
+            f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "pandas" in done.stdout and "numpy" in done.stdout
+
+
+def test_registry_choices_are_the_registries():
+    """The names that --help lists and the parser accepts, read from the source without imports,
+    are the names each registry holds once its modules are imported."""
+    import argparse
+
+    from cytodata.commands import RegistryNames, registered_names
+
+    found = []
+
+    def walk(parser):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for child in action.choices.values():
+                    walk(child)
+            elif isinstance(action.choices, RegistryNames):
+                found.append(action.choices)
+
+    walk(cli.build_parser())
+    assert {(r.module, r.attr) for r in found} >= {("cytodata.shards", "FORMATS"),
+                                                   ("cytodata.shards.codecs", "CODECS"),
+                                                   ("cytodata.evaluate.protocols", "PROTOCOLS")}
+    for names in found:
+        assert list(names) == names.loaded() and len(names.loaded()) >= 3, (names.module, names.attr)
+    assert "knn" in RegistryNames("cytodata.evaluate.protocols", "PROTOCOLS")
+    assert "no-such" not in RegistryNames("cytodata.evaluate.protocols", "PROTOCOLS")
+    assert registered_names(found[0].folder(), "NO_SUCH_REGISTRY") == []
 
 
 def test_unknown_names_get_a_suggestion(tmp_path, capsys):

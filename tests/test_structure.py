@@ -15,21 +15,48 @@ import cytodata
 ROOT = Path(cytodata.__file__).resolve().parent          # cytodata/
 BASELINES = (ROOT / "baselines").resolve()               # baselines/ (installed as cytodata.baselines)
 
-#: (layer, the layers it must never import): a stage imports only the stages below it
+#: inside one layer: (package, the packages it must never import)
 NEVER = {
-    "cytodata.images": ("cytodata.curate", "cytodata.recipe", "cytodata.manifest", "cytodata.shards",
-                        "cytodata.loaders", "cytodata.publish", "cytodata.baselines", "cytodata.demo"),
-    "cytodata.curate": ("cytodata.recipe", "cytodata.manifest", "cytodata.shards", "cytodata.loaders",
-                        "cytodata.publish", "cytodata.baselines", "cytodata.demo"),
-    "cytodata.recipe": ("cytodata.curate", "cytodata.manifest", "cytodata.shards", "cytodata.loaders",
-                        "cytodata.publish", "cytodata.baselines"),
-    "cytodata.shards": ("cytodata.loaders", "cytodata.publish", "cytodata.baselines", "cytodata.demo",
-                        "cytodata.evaluate"),
-    "cytodata.loaders": ("cytodata.publish", "cytodata.baselines", "cytodata.demo"),
-    "cytodata.evaluate": ("cytodata.shards", "cytodata.loaders", "cytodata.publish", "cytodata.baselines",
-                          "cytodata.demo"),
     "cytodata.baselines.config": ("cytodata.baselines.methods", "cytodata.baselines.engine"),
 }
+ARCHITECTURE = ROOT.parent / "ARCHITECTURE.md"
+
+
+def read_layers(text: str) -> dict[str, int]:
+    """``{"cytodata.UNIT": layer}`` from the table under ARCHITECTURE.md's "## Layers" heading."""
+    section = text.split("## Layers", 1)[1].split("```", 2)[1]
+    out = {}
+    for line in section.splitlines()[2:]:  # the fence's language line, then the column heads
+        words = line.split()
+        if not words or not words[0].isdigit():
+            continue
+        for word in words[1:]:
+            if not (word.isidentifier() or word in ("__main__",)):
+                break  # the "why here" column
+            out[f"cytodata.{word}"] = int(words[0])
+    return out
+
+
+def unit_of(module: str, layers: dict[str, int]) -> str | None:
+    """The unit of ``layers`` that holds ``module`` (the longest name that is it or a package above it)."""
+    hits = [u for u in layers if module == u or module.startswith(u + ".")]
+    return max(hits, key=len) if hits else None
+
+
+def layer_violations(graph: dict[str, set[str]], layers: dict[str, int]) -> list[str]:
+    """Imports that point up the table or sideways to another unit of the same layer."""
+    bad = []
+    for module, targets in graph.items():
+        unit = unit_of(module, layers)
+        for target in targets:
+            other = unit_of(target, layers)
+            if unit is None or other is None or other == unit:
+                continue
+            if layers[other] > layers[unit]:
+                bad.append(f"{module} (layer {layers[unit]}) -> {target} (layer {layers[other]}): up")
+            elif layers[other] == layers[unit]:
+                bad.append(f"{module} -> {target}: sideways within layer {layers[unit]}")
+    return sorted(bad)
 
 
 def _modules() -> dict[str, Path]:
@@ -137,13 +164,39 @@ def test_no_import_circles(graph):
         " <-> ".join(c) + "\n    " + "; ".join(f"{m} -> {sorted(graph[m] & set(c))}" for m in c) for c in cycles)
 
 
+def test_the_layer_table_is_read_and_holds_every_module(graph):
+    layers = read_layers(ARCHITECTURE.read_text(encoding="utf-8"))
+    assert layers["cytodata.errors"] == 1 and layers["cytodata.__main__"] == max(layers.values())
+    assert layers["cytodata.images"] < layers["cytodata.curate"] < layers["cytodata.manifest"]
+    assert layers["cytodata.shards"] < layers["cytodata.loaders"] < layers["cytodata.baselines"]
+    unplaced = sorted(m for m in graph if m != "cytodata" and unit_of(m, layers) is None)
+    assert not unplaced, ("modules missing from ARCHITECTURE.md's layer table (place each on the "
+                          f"lowest layer its imports allow): {unplaced}")
+
+
+def test_a_layer_violation_is_caught():
+    layers = {"cytodata.low": 1, "cytodata.mid": 2, "cytodata.peer": 2, "cytodata.high": 3}
+    assert layer_violations({"cytodata.high.x": {"cytodata.low", "cytodata.mid.y"},
+                             "cytodata.mid.y": {"cytodata.mid.z", "cytodata.low"}}, layers) == []
+    assert layer_violations({"cytodata.low": {"cytodata.mid.y"}}, layers) == [
+        "cytodata.low (layer 1) -> cytodata.mid.y (layer 2): up"]
+    assert layer_violations({"cytodata.mid.y": {"cytodata.peer"}}, layers) == [
+        "cytodata.mid.y -> cytodata.peer: sideways within layer 2"]
+
+
 def test_no_import_from_a_lower_layer_up(graph):
+    bad = layer_violations(graph, read_layers(ARCHITECTURE.read_text(encoding="utf-8")))
+    assert not bad, ("imports against ARCHITECTURE.md's layer table (move the code down, or invert "
+                     "the dependency):\n" + "\n".join(bad))
+
+
+def test_no_forbidden_import_inside_a_layer(graph):
     def within(module: str, layer: str) -> bool:
         return module == layer or module.startswith(layer + ".")
 
     bad = [f"{m} -> {t}" for m, targets in graph.items() for layer, above in NEVER.items() if within(m, layer)
            for t in targets if any(within(t, a) for a in above)]
-    assert not bad, "imports from a lower layer up:\n" + "\n".join(sorted(bad))
+    assert not bad, "forbidden imports:\n" + "\n".join(sorted(bad))
 
 
 def test_every_module_imports(graph):

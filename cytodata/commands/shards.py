@@ -19,7 +19,7 @@ def register(subparsers) -> None:
                    help="%(choices)s; default: the recipe's shards.format, else webdataset. webdataset: tar "
                         "shards for StreamingDataset; zarr: one (sample, channel, y, x) array for "
                         "random crops and xarray; ome-zarr: HCS plates for viewers (napari, OMERO)")
-    p.add_argument("--codec", default=None, choices=RegistryNames("cytodata.shards.codecs", "CODECS"),
+    p.add_argument("--codec", default=None, choices=RegistryNames("cytodata.shards.codecs", "CODECS", made_by="Codec"),
                    metavar="CODEC", help="payload codec, one of %(choices)s (blosc-lz4, the default: "
                                          "fastest to write and read; "
                         "blosc-zstd: ~5%% smaller; png16/tiff: readable by image tools)")

@@ -1,6 +1,6 @@
 """Curation: weak labels, stratified sampling, leak-free splits, QC and the ledger."""
 
-from .ledger import Ledger
+from ..ledger import Ledger
 from .sampling import allocate, stratified_sample
 from .splits import assign_splits, split_report
 from .weak_labels import assign_weak_labels

@@ -38,8 +38,8 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ImageReadError, SchemaError, preview
+from ..ledger import Ledger
 from ..schema import make_key
-from .ledger import Ledger
 
 __all__ = ["cell_rows", "read_locations", "LOCATION_NAMES"]
 

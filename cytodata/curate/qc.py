@@ -197,8 +197,8 @@ def run_qc(
     (``key, image_id, reason, hash, detail``; ``reason`` NA = passed).
     """
     from .._stages import claim_stage_folder
+    from ..ledger import Ledger
     from ..schema import conform, read_manifest
-    from .ledger import Ledger
 
     cfg = _as_config(config)
     out = claim_stage_folder(out, "qc", inputs=(

@@ -27,8 +27,8 @@ from ..images.crops import (
     cytoimagenet_crops,
     n_crops_for_class,
 )
+from ..ledger import Ledger
 from ..schema import make_key
-from .ledger import Ledger
 from .sampling import row_hashes
 
 __all__ = ["upsample_classes", "image_size", "BELOW_FLOOR", "STAGE"]

@@ -122,8 +122,11 @@ def _check_inputs(table: pd.DataFrame, columns, presample_by, sample_by, min_cou
     if missing:
         raise SchemaError(
             f"weak labels: column(s) {missing} not in the table; available: "
-            f"{list(table.columns)}. Harmonize the table (cytodata.schema.conform adds every "
-            "label column as NA) or pass columns=/presample_by=/sample_by= that exist."
+            f"{list(table.columns)}. Name columns that exist in the recipe's weak_labels "
+            "(columns, presample_by, sample_by; or `cytodata manifest build RECIPE --set "
+            "weak_labels.columns=[...]`), or, in Python, harmonize the table first "
+            "(cytodata.schema.conform adds every label column as NA) or pass "
+            "columns=/presample_by=/sample_by= that exist."
         )
     if not columns:
         raise RecipeError("weak labels: columns is empty; name at least one label column")

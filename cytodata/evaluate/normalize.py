@@ -379,8 +379,10 @@ def normalize(table: pd.DataFrame, *, features: Features, method: str = "standar
         if len(fit_rows) == 0:
             raise EvaluationError(
                 f"no control rows in group {_group_label(by, key) if by else 'all rows'} "
-                f"({len(rows)} rows) for {method!r}; controls={controls!r}. Fit globally "
-                "(by=None) or check the control labels."
+                f"({len(rows)} rows) for {method!r}; controls={controls!r}. Check the control "
+                "labels (`cytodata evaluate ... --option control=NAME`), or fit over all rows "
+                "(the protocol's grouping option set to null, e.g. `--option normalize_by=null`; "
+                "Python: by=None)."
             )
         norm = cls(**params).fit(x[fit_rows])
         on_constant = norm.on_constant
@@ -396,7 +398,9 @@ def normalize(table: pd.DataFrame, *, features: Features, method: str = "standar
         groups_named = sorted({g for v in constant.values() for g in v})
         warn(f"{method}: {len(constant)} feature column(s) are constant in the controls "
              f"({name_columns(list(constant))}; in {preview(groups_named, 3)}): {on_constant}. "
-             "Drop them first with select_features(..., operations=['variance_threshold']).")
+             "Drop them first: `cytodata evaluate ... --feature-select variance_threshold` "
+             "(Python: feature_select=['variance_threshold'] or "
+             "select_features(..., operations=['variance_threshold'])).")
     if deficient and method in ("tvn", *SPHERIZE_NAMES):
         warn(f"{method}: controls span fewer directions than there are features "
              f"({preview(deficient, 3)}); "

@@ -44,7 +44,8 @@ def feature_columns(table: pd.DataFrame, *, prefix: str | None = None,
             f"regex {regex!r}" if regex is not None else "numeric non-metadata columns")
         raise EvaluationError(
             f"no feature columns found by {how}; columns are {preview(table.columns, 10)}. "
-            "Pass features=[...] or the prefix of the embedding columns (e.g. 'emb_')."
+            "Name the feature columns by their prefix: `cytodata evaluate ... --features emb_` "
+            "(Python: features='emb_' or a list)."
         )
     return cols
 

@@ -85,14 +85,16 @@ def _check_feature_columns(table: pd.DataFrame, cols: list[str], where: str) -> 
     non_numeric = [c for c in cols if not pd.api.types.is_numeric_dtype(block[c])]
     if non_numeric:
         raise EvaluationError(f"{where}: feature column(s) {name_columns(non_numeric)} are not "
-                              "numeric; pass features=... (a prefix or a list) to leave them out")
+                              "numeric; name the feature columns to leave them out: `cytodata evaluate "
+                              "... --features PREFIX` (Python: features=PREFIX or a list)")
     x = block.to_numpy(dtype=np.float64, na_value=np.nan)
     finite = np.isfinite(x)
     all_bad = [c for c, ok in zip(cols, finite.any(axis=0), strict=False) if not ok]
     if all_bad:
         raise EvaluationError(
             f"{where}: feature column(s) {name_columns(all_bad)} are NaN/inf in every row; "
-            "drop them (select_features(..., operations=['drop_na_columns'])) or re-embed")
+            "drop them with `cytodata evaluate ... --feature-select drop_na_columns` (Python: "
+            "feature_select=['drop_na_columns']) or re-embed")
     some_bad = ~finite.all(axis=0)
     if some_bad.any():
         rows = ~finite.all(axis=1)
@@ -104,7 +106,8 @@ def _check_feature_columns(table: pd.DataFrame, cols: list[str], where: str) -> 
     flat = constant_columns(x, cols)
     if flat:
         warn(f"{where}: feature column(s) {name_columns(flat)} are constant over all "
-             f"{len(x)} rows and carry no information; drop them (select_features)")
+             f"{len(x)} rows and carry no information; drop them with `cytodata evaluate ... "
+             "--feature-select variance_threshold` (Python: feature_select=['variance_threshold'])")
 
 
 def _id_index(values: pd.Series, what: str) -> pd.Index:
@@ -114,7 +117,8 @@ def _id_index(values: pd.Series, what: str) -> pd.Index:
         raise EvaluationError(
             f"{what}: id(s) {preview(ids[dup].unique())} appear more than once "
             f"({int(dup.sum())} rows); each image must appear once or it is counted twice. "
-            "Drop the duplicates (e.g. table.drop_duplicates(subset=[id column])).")
+            "Keep one row per image (`cytodata embed` writes one per sample; in Python: "
+            "table.drop_duplicates(subset=[id column])).")
     return pd.Index(ids, name="id")
 
 
@@ -173,7 +177,8 @@ def align(embeddings: pd.DataFrame | np.ndarray, metadata: pd.DataFrame, *,
     idc = id_column or next((c for c in ID_COLUMNS if c in embeddings.columns), None)
     if idc is None or idc not in embeddings.columns:
         raise EvaluationError(
-            f"embeddings need an id column ({' or '.join(ID_COLUMNS)}, or id_column=...); "
+            f"embeddings need an id column ({' or '.join(ID_COLUMNS)}, or name one: `cytodata "
+            f"evaluate ... --id-column NAME`, Python: id_column=NAME); "
             f"columns are {preview(embeddings.columns, 10)}"
         )
     meta_id = idc if idc in meta.columns else next((c for c in ID_COLUMNS if c in meta.columns),
@@ -475,7 +480,9 @@ def knn(embeddings, metadata, **opts) -> dict:
         mask = table[o["split_column"]].astype("string").eq(o["query_split"]).fillna(False)
         if not mask.any() or mask.all():
             raise EvaluationError(f"knn: query_split={o['query_split']!r} selects {int(mask.sum())}"
-                                  f" of {len(mask)} rows; need queries and references")
+                                  f" of {len(mask)} rows; need queries and references: choose "
+                                  "another split (`--option query_split=test`) or none "
+                                  "(`--option query_split=null`)")
         mask = mask.to_numpy(bool)
     if o["exclude_same"] is not None:
         _check_columns(table, [o["exclude_same"]], "knn")
@@ -632,7 +639,9 @@ def cellpainting_cnn(embeddings, metadata, **opts) -> dict:
         is_ctrl = _casefold_eq(values, str(value if value is not None else "true"))
     if not is_ctrl.any():
         raise EvaluationError(f"no control rows ({column} == {value!r}); whitening is fitted on "
-                              "the control wells: pass control_column=/control_value=")
+                              "the control wells: name them with `cytodata evaluate ... --option "
+                              "control_column=COLUMN --option control_value=VALUE` (Python: "
+                              "control_column=, control_value=)")
     site = o["site"] if o["site"] in table.columns else None
     wells, treat, c = dp.profiles(table, cols, treatment=o["treatment"], plate=o["plate"],
                                   well=o["well"], site=site, is_control=is_ctrl, lam=o["reg_param"])

@@ -78,7 +78,8 @@ class ShardCache:
                 raise ValueError(f"cache_limit={int(limit)} bytes is smaller than shard {biggest['name']} "
                                  f"({int(biggest['bytes'])} bytes) of {source}: the cache holds whole shards; "
                                  f"use cache_limit >= {int(biggest['bytes'])} (a few windows of shards), "
-                                 "or cache_dir=None")
+                                 "or cache_dir=None (`cytodata train`: --set data.cache_limit=N or "
+                                 "--set data.cache_dir=null)")
             self.limit = int(limit)
         self.check_hits = bool(check_hits)
         self.hits = self.fetched = self.waited = self.refetched = self.evicted = self.bytes_fetched = 0

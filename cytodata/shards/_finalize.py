@@ -17,8 +17,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import pandas as pd
 
 from .._files import save_json, save_parquet
-from ..curate.ledger import LEDGER_COLUMNS, Ledger
 from ..errors import ShardError
+from ..ledger import LEDGER_COLUMNS, Ledger
 from ._samples import INDEX_COLUMNS, Moments
 
 #: temp files a writer may leave when something dies: per-task ``NAME.tmp-<uuid>`` (tars and

@@ -216,7 +216,8 @@ def write_omezarr(recs: list[dict], out: Path, manifest_info: dict, opts: WriteO
     if opts.channel_mode == "split":
         raise ShardError("format 'ome-zarr' writes one (c, y, x) image per field, so "
                          "channel_mode='split' (one sample per channel) has no place in it; use "
-                         "channel_mode='own' or 'merged', or format='webdataset'/'zarr' for split")
+                         "`cytodata shard ... --channel-mode own` (or merged), or `--format zarr` "
+                         "(or webdataset) for split (Python: channel_mode=, format=)")
     ident, _ = begin(out, "ome-zarr", manifest_info, opts, _OME_PATTERNS)
     save_json(out / "plan.json", {"format": FORMAT, "identity": ident, "n_rows": len(recs)})
     plates, early = defaultdict(list), []

@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 
 from .. import schema
-from ..curate.ledger import Ledger
 from ..errors import SchemaError, preview
+from ..ledger import Ledger
 from ..vocab import TEXT_COLUMNS, harmonize_labels
 from ._registry import SOURCES, Adapter  # noqa: F401  (Adapter: the adapters' type)
 
