@@ -37,7 +37,9 @@ STAGE1 = {
     "data.crop": 512,                  # DN main.py:933
     "data.normalize": "plate",         # DN process/data.py:54, 89-109
     "erasing": 0.5,                    # DN process/augmentation.py:220
-    "scale": [0.9, 1.1],               # DN process/augmentation.py:210-214
+    "scale": [1.0, 1.0],               # the scale is in the shift/scale/aspect below
+    "ssr_p": 0.5,                      # DN process/augmentation.py:162 u=0.5
+    "ssr_shift": 0.1, "ssr_scale": 0.1, "ssr_aspect": 0.1,  # DN process/augmentation.py:211-213
     "pretrained": None,                # DN README: xception_large from scratch
     "erasing_area": [0.02, 0.4],       # DN process/augmentation.py:220 sl, sh
     "views": "shared",                 # DN process/data.py:134-135 ('normal' only)
@@ -76,6 +78,8 @@ STAGE2 = {
     "erasing": 0.5, "erasing_area": [0.02, 0.4],  # DN process/augmentation.py:220
     "views": "deepnoise",              # DN main.py:641-643
     "hard_crop": [0.8, 0.99],          # DN process/augmentation.py:225
+    "scale": [1.0, 1.0], "ssr_p": 0.5,  # DN process/augmentation.py:162, 210-214
+    "ssr_shift": 0.1, "ssr_scale": 0.1, "ssr_aspect": 0.1,
     "select": "val_balanced_top1",     # DN main.py:563-569
     "optim.decay_norm_and_bias": True,  # DN main.py:442-446, 929
     "predict_tta": 8,                  # DN main.py:749-758
@@ -241,7 +245,7 @@ def test_the_three_views_normal_erases_easy_does_not_hard_crops_and_resizes():
     from cytodata.baselines.methods.mean_teacher import MeanTeacher
 
     cfg = load_config("deepnoise-stage2-tiny", {
-        "erasing": 1.0, "scale": [1.0, 1.0], "data.crop": 16, "augment.flips": False,
+        "erasing": 1.0, "ssr_p": 0.0, "data.crop": 16, "augment.flips": False,
         "augment.rot90": False, "augment.intensity": 0.0, "augment.shift": 0.0})
     assert cfg.views == "deepnoise" and cfg.erasing_area == [0.02, 0.4]
     info = DataInfo(channels=["a"], n_channels=1, shape=None, classes=["x", "y"], n_train=0)
@@ -255,3 +259,30 @@ def test_the_three_views_normal_erases_easy_does_not_hard_crops_and_resizes():
     assert (erased > 0).all() and (erased <= 0.4 + 0.05).all()     # one rectangle per image
     assert torch.equal(easy, x)                                    # nothing but the geometry
     assert hard.shape == x.shape and not torch.equal(hard == 0, normal == 0)   # cropped, resized
+
+
+def test_shift_scale_aspect_translates_by_whole_pixels_zooms_about_the_centre_and_can_be_off():
+    # DN process/augmentation.py:157-190 at rotation 0: dst = sx (p - c) + c + d, borders 0
+    from cytodata.baselines.methods.mean_teacher import shift_scale_aspect
+
+    x = torch.rand(8, 1, 20, 20, generator=torch.Generator().manual_seed(3)) + 1.0
+    g = torch.Generator().manual_seed(4)
+    assert torch.equal(shift_scale_aspect(x, g, 0.0, 0.1, 0.1, 0.1), x)
+    moved = shift_scale_aspect(x, g, 1.0, 0.1, 0.0, 0.0)        # shifts only, up to 2 px
+    for img, out in zip(x, moved, strict=True):
+        found = False
+        for dy in range(-2, 3):
+            for dx in range(-2, 3):
+                want = torch.zeros_like(img)
+                ys, xs = slice(max(dy, 0), 20 + min(dy, 0)), slice(max(dx, 0), 20 + min(dx, 0))
+                src_y, src_x = slice(max(-dy, 0), 20 + min(-dy, 0)), slice(max(-dx, 0), 20 + min(-dx, 0))
+                want[:, ys, xs] = img[:, src_y, src_x]
+                found |= torch.allclose(out, want, atol=1e-5)
+        assert found
+    # a zoom > 1 about the centre pushes a centred square outwards
+    sq = torch.zeros(1, 1, 20, 20)
+    sq[..., 6:14, 6:14] = 1.0
+    zoomed = shift_scale_aspect(sq.repeat(64, 1, 1, 1), g, 1.0, 0.0, 0.1, 0.1)
+    mass = zoomed.flatten(1).sum(1) / 64.0
+    # area x s^2, s = scale x sqrt(aspect) in [0.9 x 0.949, 1.1 x 1.049] (bilinear edges: 0.05)
+    assert (0.854**2 - 0.05) < mass.min() and mass.max() < (1.154**2 + 0.05) and mass.std() > 0.03

@@ -82,6 +82,11 @@ class MeanTeacherConfig(TrainConfig):
     unlabelled_ratio: float = 1.0     # data.unlabelled images per labelled image per micro-batch
     erasing: float = 0.25             # probability of random erasing per image
     erasing_area: list[float] = field(default_factory=lambda: [0.02, 0.25])  # of the image
+    # DeepNoise's per-image shift/scale/aspect (shift_scale_aspect): probability and +- ranges
+    ssr_p: float = 0.0
+    ssr_shift: float = 0.1
+    ssr_scale: float = 0.1
+    ssr_aspect: float = 0.1
     views: str = "shared"             # shared: one student view for every loss, one teacher
     #                                   view | deepnoise: the supervised loss on a 'normal' view
     #                                   (erasing), consistency and pseudo-labels on an 'easy' one
@@ -200,6 +205,34 @@ def random_scale_crop(x: torch.Tensor, crop: int, scale: tuple[float, float],
     if side != crop:
         x = F.interpolate(x, size=(crop, crop), mode="bilinear", align_corners=False)
     return x
+
+
+def shift_scale_aspect(x: torch.Tensor, g: torch.Generator, p: float, shift: float, scale: float,
+                       aspect: float) -> torch.Tensor:
+    """DeepNoise's ``randomShiftScaleRotate`` without rotation (process/augmentation.py:157-190):
+    with probability ``p`` per image, zoom about the centre and translate, borders 0.
+
+    Scale ``U(1 - scale, 1 + scale)``, aspect ``U(1 - aspect, 1 + aspect)``, shift
+    ``round(U(-shift, shift) x side)`` pixels per axis. At rotation 0 their matrix is
+    ``diag(sx, sx)`` with ``sx = scale x aspect / sqrt(aspect)`` (``:169, 174-176``: ``cc = cos x
+    sx``, ``ss = sin x sy = 0``), so the aspect enters as an isotropic factor ``sqrt(aspect)``;
+    the same here. 0 is the mean of normalised images (their ``borderValue`` 0).
+    """
+    b, _, h, w = x.shape
+    if p <= 0:
+        return x
+    on = torch.rand(b, generator=g) < p
+    sc = 1.0 + scale * (2 * torch.rand(b, generator=g) - 1)
+    asp = 1.0 + aspect * (2 * torch.rand(b, generator=g) - 1)
+    dx = torch.round((2 * torch.rand(b, generator=g) - 1) * shift * w)
+    dy = torch.round((2 * torch.rand(b, generator=g) - 1) * shift * h)
+    s = torch.where(on, sc * asp.sqrt(), torch.ones(b))
+    dx, dy = torch.where(on, dx, torch.zeros(b)), torch.where(on, dy, torch.zeros(b))
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0], theta[:, 1, 1] = 1 / s, 1 / s          # output -> input sampling
+    theta[:, 0, 2], theta[:, 1, 2] = -2 * dx / w / s, -2 * dy / h / s
+    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 def random_erasing(x: torch.Tensor, p: float, g: torch.Generator,
@@ -381,6 +414,7 @@ class MeanTeacher(Method):
         lo, hi = self.cfg.scale
         x = torch.cat([random_scale_crop(p, crop, (lo, hi), g) for p in parts])
         x = augment.flips_rot90(x, g, flips=a.flips, rot90=a.rot90)
+        x = self._ssr(x, g)
         x = augment.intensity_jitter(x, g, a.intensity, a.shift)
         if erase:
             x = random_erasing(x, self.cfg.erasing, g, area=tuple(self.cfg.erasing_area))
@@ -537,7 +571,12 @@ class MeanTeacher(Method):
         """DeepNoise's 'easy' view (process/augmentation.py:205-218): flips, rot90, scale."""
         crop, a = self.cfg.data.crop, self.cfg.augment
         x = random_scale_crop(x, crop, tuple(self.cfg.scale), g)
-        return augment.flips_rot90(x, g, flips=a.flips, rot90=a.rot90)
+        return self._ssr(augment.flips_rot90(x, g, flips=a.flips, rot90=a.rot90), g)
+
+    def _ssr(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """:func:`shift_scale_aspect` with this config's ``ssr_*`` values (off at ``ssr_p`` 0)."""
+        c = self.cfg
+        return shift_scale_aspect(x, g, c.ssr_p, c.ssr_shift, c.ssr_scale, c.ssr_aspect)
 
     # ------------------------------------------------------------ evaluation
     def predictor(self) -> Ensemble:
@@ -687,6 +726,10 @@ def _check(cfg: MeanTeacherConfig) -> None:
     need(len(cfg.erasing_area) == 2 and 0 < cfg.erasing_area[0] <= cfg.erasing_area[1] < 1,
          f"erasing_area={cfg.erasing_area}; expected [low, high] fractions, 0 < low <= high < 1")
     need(cfg.views in ("shared", "deepnoise"), f"views={cfg.views!r}; valid: shared, deepnoise")
+    need(0 <= cfg.ssr_p <= 1 and 0 <= cfg.ssr_shift < 1 and 0 <= cfg.ssr_scale < 1
+         and 0 <= cfg.ssr_aspect < 1,
+         f"ssr_p={cfg.ssr_p}, ssr_shift={cfg.ssr_shift}, ssr_scale={cfg.ssr_scale}, "
+         f"ssr_aspect={cfg.ssr_aspect}; need a probability and ranges in [0, 1)")
     need(len(cfg.hard_crop) == 2 and 0 < cfg.hard_crop[0] <= cfg.hard_crop[1] <= 1,
          f"hard_crop={cfg.hard_crop}; expected [low, high] fractions, 0 < low <= high <= 1")
     need(len(cfg.scale) == 2 and 0 < cfg.scale[0] <= cfg.scale[1],
