@@ -109,6 +109,7 @@ def test_recipe_values_match_the_authors_code(name, table):
     own = load_config("mean-teacher")
     assert own.pseudo_mode == "soft" and not own.requires_init
     assert not own.optim.decay_norm_and_bias and own.views == "shared" and own.select is None
+    assert cfg.kind == "paper" and own.kind == "ours"      # `cytodata train --list` tells them apart
 
 
 @pytest.mark.parametrize("name,groups", [("deepnoise-stage1", 1), ("deepnoise-stage2", 1),
