@@ -430,8 +430,11 @@ def predict(run: "str | Path", shards: "str | Path", out: "str | Path", *, prior
 
 def format_summary(summary: dict) -> str:
     """Return a short human-readable report of a :func:`predict` summary."""
+    views = f", {summary['tta']} test-time views" if summary.get("tta", 1) > 1 else ""
     lines = [f"predictions: {summary['out']} ({summary['rows']} rows per {summary['per']}, "
-             f"prior {summary['prior']})"]
+             f"prior {summary['prior']}{views})"]
+    if summary.get("checkpoint"):
+        lines.append(f"checkpoint: {summary['checkpoint']} (step {summary['checkpoint_step']})")
     if summary.get("prior") not in (None, "none"):
         lines.append(f"prior changed {summary['changed_by_prior']} rows"
                      + (f"; plates kept at argmax (more rows than classes): "
