@@ -13,6 +13,7 @@ import torch
 from cytodata.errors import TrainingError
 
 FORMAT = "cytodata-checkpoint/1"
+BEST = "best.pt"
 _STEP = re.compile(r"^step-(\d+)\.pt$")
 
 
@@ -50,6 +51,20 @@ def save(state: dict, folder: Path, step: int, keep: int = 3) -> Path:
     return final
 
 
+def save_best(state: dict, folder: Path) -> Path:
+    """Write ``folder/best.pt`` (the run's best checkpoint by its ``select`` metric) atomically."""
+    folder.mkdir(parents=True, exist_ok=True)
+    final, tmp = folder / BEST, folder / f".{BEST}.tmp-{os.getpid()}"
+    try:
+        torch.save(dict(state, format=FORMAT), tmp)
+        os.replace(tmp, final)
+    except (OSError, RuntimeError) as exc:
+        tmp.unlink(missing_ok=True)
+        raise TrainingError(f"could not write checkpoint {final} ({type(exc).__name__}: {exc}); "
+                            "free space and resume the run with --resume") from exc
+    return final
+
+
 def newest(folder: Path) -> Path | None:
     """The checkpoint with the highest step in ``folder`` (``last.pt`` when it is the only one)."""
     if not folder.is_dir():
@@ -62,11 +77,17 @@ def newest(folder: Path) -> Path | None:
 
 
 def resolve(path: "str | Path") -> Path:
-    """A checkpoint file from a file path, a run folder or its ``checkpoints/`` folder."""
+    """A checkpoint file from a file path, a run folder or its ``checkpoints/`` folder.
+
+    A folder's ``best.pt`` (written by runs with ``select``) is preferred over its newest step:
+    the model such a run keeps. ``--resume`` continues from the newest step (:func:`newest`).
+    """
     path = Path(path)
     if path.is_file():
         return path
     for folder in (path / "checkpoints", path):
+        if (folder / BEST).is_file():
+            return folder / BEST
         found = newest(folder)
         if found is not None:
             return found

@@ -52,7 +52,7 @@ def _predict(args) -> int:
                       prior_method=args.prior_method, device=args.device,
                       batch_size=args.batch_size, threads=args.threads, progress=not args.quiet,
                       train_plates=args.train_plates,
-                      min_group_evidence=args.min_group_evidence)
+                      min_group_evidence=args.min_group_evidence, tta=args.tta)
     print(format_summary(summary))
     return 0
 
@@ -152,6 +152,10 @@ def register(subparsers) -> None:
                    help="--prior group: a plate whose best group is less than this many nats "
                         "more likely than the next fits no group and gets the plate prior "
                         "(default 4.6 = a likelihood ratio of 100)")
+    r.add_argument("--tta", type=int, default=None, choices=[1, 2, 4, 8],
+                   help="test-time views per crop: 8 = every flip x 90-degree rotation, their "
+                        "logits averaged (DeepNoise); default: the run's predict_tta (the "
+                        "deepnoise configs: 8), else 1")
     r.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     r.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     r.add_argument("--threads", type=int, default=2, help="decode threads (default 2)")

@@ -110,6 +110,10 @@ class OptimConfig:
     # decoupled: w -= lr * wd * w; keras_l2: Keras kernel_regularizer l2(wd), i.e.
     # loss += wd * sum(w^2) over conv (not depthwise) and linear kernels: grad += 2 * wd * w
     weight_decay_mode: str = "auto"
+    # false: biases and normalisation parameters (tensors of <= 1 dimension) get no decay (timm,
+    # DINO); true: every parameter is decayed, as a plain torch optimiser over
+    # model.parameters() does (DeepNoise main.py:206, 208)
+    decay_norm_and_bias: bool = False
     clip_grad: float | None = None    # max gradient norm (None: no clipping)
     clip_mode: str = "global"         # global: one norm over all parameters | per_tensor: each
     #                                   parameter tensor's norm on its own (DINO's clip_gradients)
@@ -150,6 +154,11 @@ class TrainConfig:
     keep_checkpoints: int = 3         # step-N.pt files kept (last.pt always)
     log_every: int = 10
     val_every: int | None = None      # steps between validations (None: each epoch end)
+    # a validation metric (e.g. val_balanced_top1) to keep the best checkpoint by: whenever it
+    # beats its best so far, RUN_DIR/checkpoints/best.pt is written, and predict, embed and
+    # init_from read best.pt (DeepNoise main.py:297-302, 563-569: max_valid_model.pth); null:
+    # the last step
+    select: str | None = None
     progress: bool = True
     log_keys: bool = False            # RUN_DIR/keys/rank-N.jsonl: the sample keys of every step (audits)
     description: str = ""             # one line for `cytodata train --list`

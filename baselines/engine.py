@@ -164,6 +164,12 @@ class Engine:
         np.random.seed(cfg.seed % 2**32)
         random.seed(cfg.seed)
         train_ds, val_ds, info, vstats = self._datasets(device)
+        if cfg.select and val_ds is None:
+            raise TrainingError(f"select={cfg.select}: the checkpoint kept is chosen on validation "
+                                "rows, and this run has none; name a validation set (--set "
+                                "data.val=SHARDS, or data.val_split=SPLIT for rows of data.train) "
+                                "or keep the last step (--set select=null)")
+        self._best = dict(state.get("select") or {}) if state is not None else {}
         if cfg.epochs:
             cfg.steps = steps_for_epochs(cfg.epochs, epoch_samples(train_ds),
                                          cfg.batch_size * cfg.accumulate * world)
@@ -214,6 +220,13 @@ class Engine:
         window = _Window()
         last_finite: tuple[int, float] | None = None
         saved_at = -1
+
+        def validation() -> None:
+            row = self._validate(method, val_ds, vprep)
+            log.write(dict(step=step, epoch=epoch, **row))
+            if cfg.select:
+                self._keep_best(row, method, optimizer, scaler, train_ds, step, epoch, info)
+
         module.train()
         while step < cfg.steps:
             t_step = time.perf_counter()
@@ -229,7 +242,7 @@ class Engine:
                     batch = next(it)
                 except StopIteration:
                     if main and val_ds is not None and cfg.val_every is None:
-                        log.write(dict(step=step, epoch=epoch, **self._validate(method, val_ds, vprep)))
+                        validation()
                     runtime.barrier()
                     epoch += 1
                     train_ds.set_epoch(epoch)
@@ -282,7 +295,7 @@ class Engine:
                                     wait=f"{row['data_wait']:.2f}")
             if cfg.val_every and step % cfg.val_every == 0 and val_ds is not None:
                 if main:
-                    log.write(dict(step=step, epoch=epoch, **self._validate(method, val_ds, vprep)))
+                    validation()
                 runtime.barrier()
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 self._save(method, optimizer, scaler, train_ds, step, epoch, info)
@@ -290,7 +303,9 @@ class Engine:
         if saved_at != step:
             self._save(method, optimizer, scaler, train_ds, step, epoch, info)
         if main and val_ds is not None and cfg.val_every is None:
-            log.write(dict(step=step, epoch=epoch, **self._validate(method, val_ds, vprep)))
+            validation()
+        if main and cfg.select:
+            log.write({"step": step, "epoch": epoch, "selected": True, **self._best})
         outcome = method.summary()
         if main and outcome:
             log.write({"step": step, "epoch": epoch, "summary": True, **outcome})
@@ -314,19 +329,41 @@ class Engine:
         out = method.validate(iter(batches), vprep)
         return out
 
+    def _keep_best(self, row: dict, method, optimizer, scaler, train_ds, step: int, epoch: int,
+                   info: DataInfo) -> None:
+        """Write ``best.pt`` when ``row[select]`` beats the best so far (strictly, as DeepNoise's
+        ``max_valid < acc``, main.py:297, 563); rank 0 only (validation runs there).
+        """
+        name = self.cfg.select
+        if name not in row:
+            raise TrainingError(f"select={name}: validation reports no such metric (it reports "
+                                f"{', '.join(sorted(row)) or 'nothing'}); choose one of those, or "
+                                "--set select=null to keep the last step")
+        value = float(row[name])
+        if not math.isfinite(value) or (self._best and not value > float(self._best["value"])):
+            return
+        self._best = {"metric": name, "value": value, "step": step}
+        checkpoint.save_best(self._state(method, optimizer, scaler, train_ds, step, epoch, info),
+                             self.ckpt_dir)
+
+    def _state(self, method, optimizer, scaler, train_ds, step: int, epoch: int,
+               info: DataInfo) -> dict:
+        return {
+            "config": to_dict(self.cfg), "signature": method.signature(), "step": step,
+            "epoch": epoch, "classes": list(info.classes), "channels": list(info.channels),
+            "modules": {k: m.state_dict() for k, m in method.modules().items()},
+            "method_state": method.state(), "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+            "loader": train_ds.state_dict(),
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+            "select": dict(self._best),
+        }
+
     def _save(self, method, optimizer, scaler, train_ds, step: int, epoch: int, info: DataInfo) -> None:
         if runtime.is_main():
-            state = {
-                "config": to_dict(self.cfg), "signature": method.signature(), "step": step,
-                "epoch": epoch, "classes": list(info.classes), "channels": list(info.channels),
-                "modules": {k: m.state_dict() for k, m in method.modules().items()},
-                "method_state": method.state(), "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-                "loader": train_ds.state_dict(),
-                "rng": {"torch": torch.get_rng_state(),
-                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-            }
-            checkpoint.save(state, self.ckpt_dir, step, keep=self.cfg.keep_checkpoints)
+            checkpoint.save(self._state(method, optimizer, scaler, train_ds, step, epoch, info),
+                            self.ckpt_dir, step, keep=self.cfg.keep_checkpoints)
         runtime.barrier()
 
 

@@ -2,8 +2,11 @@
 
 Per image: the class probabilities averaged over the embed views (four centre crops of the
 training crop size, one when the field is small), from the method's ``predict_proba`` (mean
-teacher: the teachers' softmax averaged over the ensemble members) or the softmax of a
-classifier's logits. The prior acts on wells whenever the index has plate and well (a well's
+teacher: the predicting ensemble's softmax averaged over its members) or the softmax of a
+classifier's logits. ``--tta N`` (default: the run's ``predict_tta``, DeepNoise 8) adds
+test-time views of each crop: the flips x 90-degree rotations, their logits averaged, then the
+softmax (DeepNoise ``main.py:749-818``). A run trained with ``select`` predicts with its
+``best.pt``. The prior acts on wells whenever the index has plate and well (a well's
 sites, RxRx1: two, averaged; each site inherits its well's class): ``--prior plate`` enforces
 "each class at most once per plate", ``--prior group`` also restricts each plate to its group of
 classes learned from the training plates (:mod:`baselines.plate_groups`), ``--prior experiment``
@@ -44,6 +47,33 @@ from .resolve import load_config
 
 PRIORS = ("plate", "group", "experiment", "none")
 PER = ("key", "well")
+#: DeepNoise's 8 test-time views in the authors' order (main.py:749-758): [horizontal flip,
+#: vertical flip, rot90] applied in that order (process/augmentation.py:195-201)
+TTA_VIEWS = [(h, v, r) for h in (0, 1) for v in (0, 1) for r in (0, 1)]
+TTA_CHOICES = (1, 2, 4, 8)
+
+
+def dihedral_views(x: torch.Tensor, n: int = 8) -> list[torch.Tensor]:
+    """The first ``n`` (1, 2, 4 or 8) of :data:`TTA_VIEWS` of ``x`` ``(..., H, W)``; the 8 are
+    the square's dihedral group (flips x 90-degree rotations).
+    """
+    if n not in TTA_CHOICES:
+        raise TrainingError(f"--tta {n}: valid view counts are {', '.join(map(str, TTA_CHOICES))} "
+                            "(8: all flips x 90-degree rotations, as DeepNoise predicts)")
+    out = []
+    for h, v, r in TTA_VIEWS[:n]:
+        y = x.flip(-1) if h else x
+        y = y.flip(-2) if v else y
+        out.append(torch.rot90(y, 1, dims=(-2, -1)) if r else y)
+    return out
+
+
+def tta_probabilities(logits_fn, x: torch.Tensor, n: int) -> torch.Tensor:
+    """``softmax(mean over the n dihedral views of logits_fn(view))``: the logits averaged as
+    DeepNoise averages its test-time views (main.py:805-818), ``(B, K)`` float32.
+    """
+    views = dihedral_views(x, n)
+    return torch.softmax(torch.stack([logits_fn(v).float() for v in views]).mean(0), dim=1)
 
 
 def probability_fn(method):
@@ -63,11 +93,32 @@ def probability_fn(method):
     return proba
 
 
+def logits_fn(method):
+    """``(B, C, h, w)`` normalised crops -> ``(B, K)`` logits for a loaded method."""
+    if hasattr(method, "predict_logits"):
+        return method.predict_logits
+    model = method.modules().get("model")
+    if model is None or not method.info.classes:
+        raise TrainingError(f"a {method.cfg.method} run has no classifier to predict with; "
+                            "use `cytodata embed` for its features")
+    model.eval()
+
+    def logits(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), runtime.autocast(x.device, method.cfg.precision):
+            return model(x).float()
+
+    return logits
+
+
 def image_probabilities(run: "str | Path", shards: "str | Path", *, device: str = "auto",
                         batch_size: int = 64, threads: int = 2, progress: bool = True,
-                        storage_options: dict | None = None
+                        storage_options: dict | None = None, tta: int | None = None
                         ) -> tuple[pd.DataFrame, np.ndarray, list[str], dict]:
-    """Per-image probabilities: (index rows, ``(N, K)`` float32 in index order, classes, config)."""
+    """Per-image probabilities: (index rows, ``(N, K)`` float32 in index order, classes, config).
+
+    ``tta``: test-time views per crop (:func:`tta_probabilities`; None: the run's
+    ``predict_tta``, else 1, no views).
+    """
     from cytodata.loaders import StreamingDataset
 
     dev = runtime.resolve_device(device)
@@ -90,7 +141,15 @@ def image_probabilities(run: "str | Path", shards: "str | Path", *, device: str 
     except TrainingError as exc:
         raise TrainingError(f"{shards}: {exc}") from None
     method, cfg, _ = load_method(state, dev, stats)
-    proba = probability_fn(method)
+    tta = int(tta if tta is not None else getattr(cfg, "predict_tta", 1) or 1)
+    dihedral_views(torch.zeros(1, 1), tta)            # checks the count before any work
+    if tta > 1:
+        fn = logits_fn(method)
+
+        def proba(v: torch.Tensor) -> torch.Tensor:
+            return tta_probabilities(fn, v, tta)
+    else:
+        proba = probability_fn(method)
     prep = device_prep(cfg, stats, dev)
     crop = method.embed_crop()
     index = ds.index
@@ -118,7 +177,9 @@ def image_probabilities(run: "str | Path", shards: "str | Path", *, device: str 
     if len(missing):
         raise TrainingError(f"{shards}: {len(missing)} images got no prediction (e.g. "
                             f"{index['key'].iloc[missing[0]]!r}); the loader skipped them")
-    return index, probs, classes, {"config": cfg, "label": cfg.data.label}
+    return index, probs, classes, {"config": cfg, "label": cfg.data.label, "tta": tta,
+                                   "checkpoint": str(checkpoint.resolve(run)),
+                                   "checkpoint_step": int(state.get("step", -1))}
 
 
 def well_codes(index: pd.DataFrame) -> tuple[np.ndarray, pd.Index] | None:
@@ -330,7 +391,7 @@ def predict(run: "str | Path", shards: "str | Path", out: "str | Path", *, prior
             per: str | None = None, prior_method: str = "exact", device: str = "auto",
             batch_size: int = 64, threads: int = 2, progress: bool = True,
             storage_options: dict | None = None, train_plates: "str | Path | None" = None,
-            min_group_evidence: float = math.log(100.0)) -> dict:
+            min_group_evidence: float = math.log(100.0), tta: int | None = None) -> dict:
     """Write ``out`` (parquet, see the module docstring); return the summary (also in JSON)."""
     if prior not in PRIORS:
         raise TrainingError(f"prior={prior!r}; valid: {', '.join(PRIORS)}")
@@ -350,12 +411,13 @@ def predict(run: "str | Path", shards: "str | Path", out: "str | Path", *, prior
             groups = None
     index, probs, classes, extra = image_probabilities(
         run, shards, device=device, batch_size=batch_size, threads=threads, progress=progress,
-        storage_options=storage_options)
+        storage_options=storage_options, tta=tta)
     meta = index.drop(columns=[c for c in STORAGE_COLUMNS if c in index.columns])
     table, summary = predictions(meta, probs, classes, label=extra["label"], prior=prior, per=per,
                                  prior_method=prior_method, groups=groups,
                                  min_group_evidence=min_group_evidence)
-    summary = {"run": str(run), "shards": str(shards), **summary}
+    summary = {"run": str(run), "shards": str(shards), "checkpoint": extra["checkpoint"],
+               "checkpoint_step": extra["checkpoint_step"], "tta": extra["tta"], **summary}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
     table.to_parquet(tmp, index=False)
@@ -368,8 +430,11 @@ def predict(run: "str | Path", shards: "str | Path", out: "str | Path", *, prior
 
 def format_summary(summary: dict) -> str:
     """Return a short human-readable report of a :func:`predict` summary."""
+    views = f", {summary['tta']} test-time views" if summary.get("tta", 1) > 1 else ""
     lines = [f"predictions: {summary['out']} ({summary['rows']} rows per {summary['per']}, "
-             f"prior {summary['prior']})"]
+             f"prior {summary['prior']}{views})"]
+    if summary.get("checkpoint"):
+        lines.append(f"checkpoint: {summary['checkpoint']} (step {summary['checkpoint_step']})")
     if summary.get("prior") not in (None, "none"):
         lines.append(f"prior changed {summary['changed_by_prior']} rows"
                      + (f"; plates kept at argmax (more rows than classes): "

@@ -65,5 +65,21 @@ def balanced_labels(logits: np.ndarray, plates, classes: list[str],
         c = cols[g] if g >= 0 else np.arange(k)
         chosen[plate] = int(g)
         scores = softmax(logits[np.ix_(rows, c)], 0)
-        labels[rows] = c[deepnoise_balance(scores, iterations=iterations).assignment]
+        if iterations > 0:
+            labels[rows] = c[deepnoise_balance(scores, iterations=iterations).assignment]
+        else:                     # ensemble.py:237-241: iters 0 skips the balancing
+            labels[rows] = c[scores.argmax(1)]
     return labels, chosen
+
+
+def balanced_accuracy(logits: np.ndarray, truth: np.ndarray, plates, classes: list[str],
+                      groups: PlateGroups | None) -> float:
+    """DeepNoise's validation accuracy, the one its checkpoints are kept by.
+
+    ``do_valid`` (main.py:88-93): per plate, the logits ``(n, K)`` restricted to the plate's
+    group, ``exp`` normalised over the plate's rows (``balance_plate_probability_training`` with
+    ``iters=0``, ensemble.py:206-248: no balancing), the argmax; its accuracy against ``truth``
+    (class ids). Plates that fit no learned group keep all classes.
+    """
+    labels, _ = balanced_labels(logits, plates, classes, groups, iterations=0)
+    return float((labels == np.asarray(truth)).mean()) if len(labels) else float("nan")

@@ -17,6 +17,8 @@ Rows, in the paper's order (each adds one change to the row above):
   6. DeepNoise's stage 2 (deepnoise-stage2-tiny, epochs scaled to the run) from row 4's run
   7. row 6 with the student's head loaded too (a diagnostic: DeepNoise starts it fresh)
   8. row 6 at learning rate 1e-3 instead of DeepNoise's 0.1 (a diagnostic)
+``--stage2-diagnosis`` trains row 4 and then stage 2 from it with one change each
+(``STAGE2_VARIANTS``), to find what makes row 6 drop.
 Columns: the priors on each row's probabilities: argmax, plate (exact / DeepNoise balancing),
 experiment, group (exact / DeepNoise balancing; groups learned from the training plates; a
 plate whose best group is not 100x more likely than the next gets the plate prior), and
@@ -92,6 +94,21 @@ ROWS = [
                                         "mean_teacher": True}),
     ("  stage 2, student head kept", {"init_skip_head": False}),
     ("  stage 2, lr 1e-3 (not 0.1)", {"optim.lr": 1e-3, "optim.min_lr": 1e-5}),
+]
+
+#: ``--stage2-diagnosis``: stage 2 from row 4 with one change each (why row 6 drops);
+#: "scaled" = the consistency weight times K / 1,139 (DeepNoise's class count, main.py:38)
+STAGE2_VARIANTS = [
+    ("stage 2 recipe (row 6)", {}),
+    ("  no teacher (plain SGD restarts)", {"mean_teacher": False}),
+    ("  pseudo-labels off", {"pseudo_label": 0.0}),
+    ("  consistency off", {"consistency": 0.0}),
+    ("  consistency 100 x K/1139", "scaled"),
+    ("  EMA 0.9 throughout (no 0.99)", {"ema_schedule": [[0, 0.5], [1, 0.9]]}),
+    ("  ramp-up 5 epochs", {"rampup_epochs": 5}),
+    ("  one cosine, no restarts", {"optim.cycles": 1}),
+    ("  lr 0.01", {"optim.lr": 0.01, "optim.min_lr": 1e-4}),
+    ("  lr 1e-3", {"optim.lr": 1e-3, "optim.min_lr": 1e-5}),
 ]
 
 #: the prior columns: (name, --prior, --prior-method, --min-group-evidence)
@@ -208,8 +225,11 @@ def trained_rows(args, seed: int) -> list[dict]:
               "epoch_steps": epoch, "pseudo_first_epoch": 3, "pseudo_warmup_epochs": 4,
               "pseudo_views": 2, "torch_threads": 1,
               "ema_schedule": [[0, 0.5], [1, 0.9], [3, 0.99]], "rampup_epochs": 1}
+    stage2.update(parse_set(args.s2_set))
     results = []
     wanted = {int(x) for x in args.rows.split(",")}
+    if args.stage2_diagnosis:
+        wanted = {4}
     for i, (name, over) in enumerate(ROWS, start=1):
         if i not in wanted:
             continue
@@ -227,6 +247,22 @@ def trained_rows(args, seed: int) -> list[dict]:
                     extra.update(parse_set(args.mt_set))
                 train("mean-teacher-tiny", run, **{**common, **extra})
         row = {"seed": seed, "row": i, "setting": name, "train_s": round(time.perf_counter() - t)}
+        index, probs, classes, _ = image_probabilities(run, test_set, progress=False)
+        meta = index[[c for c in ("key", "plate", "well", "batch", "label") if c in index]]
+        row.update(prior_accuracies(meta, probs, classes, groups))
+        row["chance"] = 1.0 / n_classes
+        results.append(row)
+        print(json.dumps(row), flush=True)
+    for j, (name, over) in enumerate(STAGE2_VARIANTS if args.stage2_diagnosis else []):
+        if over == "scaled":
+            over = {"consistency": 100.0 * n_classes / 1139}
+        run = root / "runs" / f"stage2-variant{j}"
+        t = time.perf_counter()
+        if not (run / "checkpoints" / "last.pt").exists():
+            train("deepnoise-stage2-tiny", run,
+                  **{**stage2, "init_from": str(root / "runs" / "row4"), **over})
+        row = {"seed": seed, "row": 100 + j, "setting": name,
+               "train_s": round(time.perf_counter() - t)}
         index, probs, classes, _ = image_probabilities(run, test_set, progress=False)
         meta = index[[c for c in ("key", "plate", "well", "batch", "label") if c in index]]
         row.update(prior_accuracies(meta, probs, classes, groups))
@@ -254,6 +290,12 @@ def main() -> None:
     p.add_argument("--rows", default="1,2,3,4,5,6,7,8", help="which ablation rows to train")
     p.add_argument("--mt-set", action="append", default=[], metavar="KEY=VALUE",
                    help="config overrides for the mean-teacher row (e.g. ema_decay=0.9)")
+    p.add_argument("--s2-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config overrides for the stage-2 rows and variants")
+    p.add_argument("--stage2-diagnosis", action="store_true",
+                   help="train row 4, then stage 2 from it with one change each "
+                        "(STAGE2_VARIANTS: teacher, pseudo-labels, consistency, EMA, ramp-up, "
+                        "restarts, learning rate)")
     p.add_argument("--simulated", default=None, metavar="RXRX1_DIR",
                    help="only the prior rows on simulated logits over the real RxRx1 layout "
                         "(competition CSVs in this folder); no training")

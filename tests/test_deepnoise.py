@@ -10,12 +10,15 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from cytodata.baselines import load_config
 from cytodata.baselines.methods.mean_teacher import scheduled_decay
 from cytodata.baselines.plate_groups import PlateGroups
-from cytodata.baselines.pseudo_labels import balanced_labels, smooth
+from cytodata.baselines.predict import dihedral_views, tta_probabilities
+from cytodata.baselines.pseudo_labels import balanced_accuracy, balanced_labels, smooth
 from cytodata.baselines.schedules import cosine_restarts_schedule, lr_schedule
+from cytodata.errors import TrainingError
 
 STAGE1 = {
     "head": "arcface",                 # DN main.py:926
@@ -34,8 +37,15 @@ STAGE1 = {
     "data.crop": 512,                  # DN main.py:933
     "data.normalize": "plate",         # DN process/data.py:54, 89-109
     "erasing": 0.5,                    # DN process/augmentation.py:220
-    "scale": [0.9, 1.1],               # DN process/augmentation.py:210-214
+    "scale": [1.0, 1.0],               # the scale is in the shift/scale/aspect below
+    "ssr_p": 0.5,                      # DN process/augmentation.py:162 u=0.5
+    "ssr_shift": 0.1, "ssr_scale": 0.1, "ssr_aspect": 0.1,  # DN process/augmentation.py:211-213
     "pretrained": None,                # DN README: xception_large from scratch
+    "erasing_area": [0.02, 0.4],       # DN process/augmentation.py:220 sl, sh
+    "views": "shared",                 # DN process/data.py:134-135 ('normal' only)
+    "select": "val_balanced_top1",     # DN main.py:297-302 (do_valid's balance_acc, :88-93)
+    "optim.decay_norm_and_bias": True,  # DN main.py:202-206, 929 (--bias_no_decay False)
+    "predict_tta": 8,                  # DN main.py:749-758
 }
 
 STAGE2 = {
@@ -65,6 +75,14 @@ STAGE2 = {
     "optim.tail": [5 / 165, 1e-4],     # DN main.py:516-517
     "arcface_s": 30.0, "arcface_m": 0.1, "head": "arcface",
     "data.crop": 512, "data.normalize": "plate",
+    "erasing": 0.5, "erasing_area": [0.02, 0.4],  # DN process/augmentation.py:220
+    "views": "deepnoise",              # DN main.py:641-643
+    "hard_crop": [0.8, 0.99],          # DN process/augmentation.py:225
+    "scale": [1.0, 1.0], "ssr_p": 0.5,  # DN process/augmentation.py:162, 210-214
+    "ssr_shift": 0.1, "ssr_scale": 0.1, "ssr_aspect": 0.1,
+    "select": "val_balanced_top1",     # DN main.py:563-569
+    "optim.decay_norm_and_bias": True,  # DN main.py:442-446, 929
+    "predict_tta": 8,                  # DN main.py:749-758
 }
 
 
@@ -90,6 +108,92 @@ def test_recipe_values_match_the_authors_code(name, table):
     # the shipped own recipe stays the project's (its soft pseudo-labels, Adam, no stages)
     own = load_config("mean-teacher")
     assert own.pseudo_mode == "soft" and not own.requires_init
+    assert not own.optim.decay_norm_and_bias and own.views == "shared" and own.select is None
+    assert cfg.kind == "paper" and own.kind == "ours"      # `cytodata train --list` tells them apart
+
+
+@pytest.mark.parametrize("name,groups", [("deepnoise-stage1", 1), ("deepnoise-stage2", 1),
+                                         ("mean-teacher", 2), ("mean-teacher-tiny", 2)])
+def test_weight_decay_reaches_biases_and_norms_only_in_the_deepnoise_recipes(name, groups):
+    # DN main.py:206, 208, 446, 503: torch.optim over net.parameters() with weight_decay 2e-4
+    from cytodata.baselines.engine import Engine
+    from cytodata.baselines.methods.base import Method
+
+    cfg = load_config(name)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4),
+                              torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    opt = Engine(cfg, "unused")._optimizer(net, Method(cfg, None, torch.device("cpu")))
+    assert len(opt.param_groups) == groups
+    decayed = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    everything = {id(p) for p in net.parameters()}
+    weights = {id(net[0].weight), id(net[3].weight)}
+    assert decayed == (everything if groups == 1 else weights)
+    assert all(g["weight_decay"] == pytest.approx(cfg.optim.weight_decay)
+               for g in opt.param_groups if g["weight_decay"] > 0)
+
+
+def test_balanced_validation_accuracy_is_the_authors_column_softmax_in_the_group():
+    # DN main.py:88-93 -> ensemble.py:206-248 with iters=0: per plate, the group's columns,
+    # exp(logit) normalised over the plate's rows (softmax_np, axis 0), argmax per row
+    groups = PlateGroups([["a", "b"], ["c", "d"]])
+    logits = np.array([[5.0, 4.0, 0.0, 0.0],     # row argmax a
+                       [4.0, 1.0, 0.0, 0.0],     # row argmax a; column-wise: b is its own
+                       [0.0, 0.0, 3.0, 9.0],
+                       [0.0, 0.0, 1.0, 2.0]])
+    plates, classes = ["P1", "P1", "P2", "P2"], ["a", "b", "c", "d"]
+    # column softmax on P1: a: e5/(e5+e4) = .73 / .27, b: e4/(e4+e1) = .95 / .05 -> rows b, a
+    # P2: c: e3/(e3+e1) = .88 / .12, d: e9/(e9+e2) ~ 1 / 0 -> rows d, c
+    assert balanced_accuracy(logits, np.array([1, 0, 3, 2]), plates, classes, groups) == 1.0
+    # the row-wise argmax (a, a, d, d) would be right on only two of these rows
+    assert balanced_accuracy(logits, logits.argmax(1), plates, classes, groups) == 0.5
+    labels, _ = balanced_labels(logits, plates, classes, groups, iterations=0)
+    assert labels.tolist() == [1, 0, 3, 2]
+
+
+def _tiny_net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3, padding=1), torch.nn.ReLU(),
+                               torch.nn.Conv2d(4, 3, 3), torch.nn.Flatten(),
+                               torch.nn.LazyLinear(5)).eval()
+
+
+def test_eight_test_time_views_are_the_dihedral_group_and_leave_a_symmetric_image_alone():
+    x = torch.randn(1, 2, 6, 6, generator=torch.Generator().manual_seed(1))
+    views = dihedral_views(x, 8)
+    flat = {tuple(v.flatten().tolist()) for v in views}
+    assert len(flat) == 8                                   # 8 distinct views ...
+    for v in views:                                         # ... closed under the operations
+        assert all(tuple(w.flatten().tolist()) in flat for w in dihedral_views(v, 8))
+    # DN main.py:751-758: [hflip, vflip, rot90] in this order
+    assert torch.equal(views[1], torch.rot90(x, 1, dims=(-2, -1)))
+    assert torch.equal(views[7], torch.rot90(x.flip(-1).flip(-2), 1, dims=(-2, -1)))
+    # an image invariant under flips and transposition: 8-view TTA = the single view
+    sym = sum(dihedral_views(x, 8)) / 8
+    net = _tiny_net()
+    with torch.no_grad():
+        one = tta_probabilities(net, sym, 1)
+        assert torch.allclose(tta_probabilities(net, sym, 8), one, atol=1e-6)
+        assert torch.allclose(one, torch.softmax(net(sym), 1), atol=1e-6)
+    with pytest.raises(TrainingError, match=r"--tta 3: valid view counts are 1, 2, 4, 8"):
+        dihedral_views(x, 3)
+
+
+def test_test_time_views_average_logits_then_softmax_as_the_authors():
+    # DN main.py:805-818: the 8 views' logits averaged (np.mean over views), not probabilities
+    x = torch.randn(3, 2, 6, 6, generator=torch.Generator().manual_seed(2))
+    net = _tiny_net()
+    with torch.no_grad():
+        logits = torch.stack([net(v) * 4 for v in dihedral_views(x, 8)])
+        got = tta_probabilities(lambda v: net(v) * 4, x, 8)
+    assert torch.allclose(got, torch.softmax(logits.mean(0), 1), atol=1e-6)
+    assert not torch.allclose(got, torch.softmax(logits, 2).mean(0), atol=1e-4)
+
+
+def test_group_prior_without_training_plates_in_the_run_is_refused_with_the_fix():
+    from cytodata.baselines.predict import training_groups
+
+    with pytest.raises(TrainingError, match=r"names no data.train.*--train-plates SHARDS"):
+        training_groups(load_config("deepnoise-stage2-tiny"))
 
 
 def test_stage1_step_schedule_changes_lr_at_the_authors_epochs():
@@ -133,3 +237,53 @@ def test_pseudo_labels_smoothed_restricted_and_balanced_by_hand():
     assert labels.tolist() == [2, 3, 0, 1]
     old, new = np.ones((2, 2)), np.zeros((2, 2))
     assert np.allclose(smooth(old, new, 0.9), 0.1) and np.allclose(smooth(None, new, 0.9), 0)
+
+
+def test_the_three_views_normal_erases_easy_does_not_hard_crops_and_resizes():
+    # DN process/augmentation.py:193-229: easy = flips/rot90/shift-scale; normal = easy +
+    # random erasing (p 0.5, area 0.02-0.4); hard = normal + a random 0.8-0.99 crop resized back
+    from cytodata.baselines.data import DataInfo
+    from cytodata.baselines.methods.mean_teacher import MeanTeacher
+
+    cfg = load_config("deepnoise-stage2-tiny", {
+        "erasing": 1.0, "ssr_p": 0.0, "data.crop": 16, "augment.flips": False,
+        "augment.rot90": False, "augment.intensity": 0.0, "augment.shift": 0.0})
+    assert cfg.views == "deepnoise" and cfg.erasing_area == [0.02, 0.4]
+    info = DataInfo(channels=["a"], n_channels=1, shape=None, classes=["x", "y"], n_train=0)
+    method = MeanTeacher(cfg, info, torch.device("cpu"))
+    x = torch.rand(6, 1, 16, 16, generator=torch.Generator().manual_seed(0)) + 1.0
+    g = torch.Generator().manual_seed(1)
+    normal = method._view([x], g)
+    easy = method._view([x], g, erase=False)
+    hard = method._view([x], g, hard=True)
+    erased = (normal == 0).flatten(1).float().mean(1)
+    assert (erased > 0).all() and (erased <= 0.4 + 0.05).all()     # one rectangle per image
+    assert torch.equal(easy, x)                                    # nothing but the geometry
+    assert hard.shape == x.shape and not torch.equal(hard == 0, normal == 0)   # cropped, resized
+
+
+def test_shift_scale_aspect_translates_by_whole_pixels_zooms_about_the_centre_and_can_be_off():
+    # DN process/augmentation.py:157-190 at rotation 0: dst = sx (p - c) + c + d, borders 0
+    from cytodata.baselines.methods.mean_teacher import shift_scale_aspect
+
+    x = torch.rand(8, 1, 20, 20, generator=torch.Generator().manual_seed(3)) + 1.0
+    g = torch.Generator().manual_seed(4)
+    assert torch.equal(shift_scale_aspect(x, g, 0.0, 0.1, 0.1, 0.1), x)
+    moved = shift_scale_aspect(x, g, 1.0, 0.1, 0.0, 0.0)        # shifts only, up to 2 px
+    for img, out in zip(x, moved, strict=True):
+        found = False
+        for dy in range(-2, 3):
+            for dx in range(-2, 3):
+                want = torch.zeros_like(img)
+                ys, xs = slice(max(dy, 0), 20 + min(dy, 0)), slice(max(dx, 0), 20 + min(dx, 0))
+                src_y, src_x = slice(max(-dy, 0), 20 + min(-dy, 0)), slice(max(-dx, 0), 20 + min(-dx, 0))
+                want[:, ys, xs] = img[:, src_y, src_x]
+                found |= torch.allclose(out, want, atol=1e-5)
+        assert found
+    # a zoom > 1 about the centre pushes a centred square outwards
+    sq = torch.zeros(1, 1, 20, 20)
+    sq[..., 6:14, 6:14] = 1.0
+    zoomed = shift_scale_aspect(sq.repeat(64, 1, 1, 1), g, 1.0, 0.0, 0.1, 0.1)
+    mass = zoomed.flatten(1).sum(1) / 64.0
+    # area x s^2, s = scale x sqrt(aspect) in [0.9 x 0.949, 1.1 x 1.049] (bilinear edges: 0.05)
+    assert (0.854**2 - 0.05) < mass.min() and mass.max() < (1.154**2 + 0.05) and mass.std() > 0.03

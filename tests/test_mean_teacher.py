@@ -459,3 +459,41 @@ def train_state_at_start(stage1, sets, st=None):
                     classes=list(st["classes"]), n_train=8)
     method = MeanTeacher(cfg, info, torch.device("cpu"))
     return {"students": method.students.state_dict(), "teachers": method.teachers.state_dict()}
+
+
+def test_select_keeps_the_best_balanced_validation_checkpoint_for_stage2_and_predict(sets, tmp_path):
+    # DN main.py:297-302: max_valid_model.pth whenever balance_acc beats its best; stage 2
+    # starts from it (main.py:894)
+    small = {"batch_size": 4, "data.crop": 20, "data.threads": 1, "progress": False,
+             "log_every": 1, "data.train": str(sets["train"]), "select": "val_balanced_top1"}
+    with pytest.raises(TrainingError, match=r"select=val_balanced_top1: .* has none; name a "
+                                            r"validation set .*--set select=null"):
+        train("deepnoise-stage1-tiny", tmp_path / "noval", **small, steps=1,
+              **{"data.val_split": None})
+    from cytodata.baselines.engine import Engine
+
+    with pytest.raises(TrainingError, match=r"select=val_nothing: validation reports no such "
+                                            r"metric \(it reports val_balanced_top1, val_top1\)"):
+        engine = Engine(load_config("deepnoise-stage1-tiny", {"select": "val_nothing"}), tmp_path)
+        engine._best = {}
+        engine._keep_best({"val_top1": 0.5, "val_balanced_top1": 0.5}, None, None, None, None,
+                          1, 0, None)
+    run = train("deepnoise-stage1-tiny", tmp_path / "s1", **small, steps=4, val_every=1,
+                checkpoint_every=4, **{"optim.lr": 0.03})
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    vals = [r for r in rows if "val_balanced_top1" in r]
+    assert [r["step"] for r in vals] == [1, 2, 3, 4]
+    scores = [r["val_balanced_top1"] for r in vals]
+    first_best = vals[int(np.argmax(scores))]["step"]     # strictly better only: the first max
+    best = checkpoint.load(run)                            # a run folder resolves to best.pt
+    assert best["step"] == first_best and best["select"]["value"] == max(scores)
+    assert checkpoint.resolve(run).name == "best.pt"
+    assert checkpoint.load(run / "checkpoints" / "last.pt")["step"] == 4
+    assert [r for r in rows if r.get("selected")][0]["step"] == first_best
+    # stage 2's teacher starts from the kept checkpoint's head, predict reports which one
+    s2 = train_state_at_start(run, sets)
+    head = [k for k in best["modules"]["students"] if ".head." in k][0]
+    assert torch.equal(s2["teachers"][head], best["modules"]["students"][head])
+    summary = predict(run, sets["test"], tmp_path / "p.parquet", per="well", tta=1,
+                      progress=False)
+    assert summary["checkpoint"].endswith("best.pt") and summary["checkpoint_step"] == first_best

@@ -42,7 +42,11 @@ class Method:
         return None
 
     def param_groups(self, module: torch.nn.Module) -> list[dict]:
-        """Optimiser groups: no weight decay on biases and norm parameters (timm, DINO)."""
+        """Optimiser groups: no weight decay on biases and norm parameters (timm, DINO); one
+        group decaying every parameter with ``optim.decay_norm_and_bias: true``.
+        """
+        if self.cfg.optim.decay_norm_and_bias:
+            return [{"params": [p for p in module.parameters() if p.requires_grad]}]
         decay, no_decay = [], []
         for name, p in module.named_parameters():
             if not p.requires_grad:

@@ -63,6 +63,7 @@ class MeanTeacherConfig(TrainConfig):
     pseudo_label: float = 1.0         # weight of the soft pseudo-label loss on unlabelled images
     pseudo_threshold: float = 0.0     # only images whose averaged teacher max prob >= this
     predict_with: str = "student"     # student | teacher: the ensemble of predict/embed/validate
+    predict_tta: int = 1              # cytodata predict's default --tta (1, 2, 4 or 8 views)
     # DeepNoise's stage 2 (configs deepnoise-stage2*); epochs count labelled-set epochs
     ema_schedule: list[list[float]] = field(default_factory=list)  # [[epoch, decay], ...]
     rampup_epochs: float | None = None  # ramp-up length in epochs (None: consistency_rampup)
@@ -80,6 +81,18 @@ class MeanTeacherConfig(TrainConfig):
     pseudo_balance_iterations: int = 500
     unlabelled_ratio: float = 1.0     # data.unlabelled images per labelled image per micro-batch
     erasing: float = 0.25             # probability of random erasing per image
+    erasing_area: list[float] = field(default_factory=lambda: [0.02, 0.25])  # of the image
+    # DeepNoise's per-image shift/scale/aspect (shift_scale_aspect): probability and +- ranges
+    ssr_p: float = 0.0
+    ssr_shift: float = 0.1
+    ssr_scale: float = 0.1
+    ssr_aspect: float = 0.1
+    views: str = "shared"             # shared: one student view for every loss, one teacher
+    #                                   view | deepnoise: the supervised loss on a 'normal' view
+    #                                   (erasing), consistency and pseudo-labels on an 'easy' one
+    #                                   (no erasing), the teacher on a 'hard' one (normal + a
+    #                                   random crop of hard_crop of the side, resized back)
+    hard_crop: list[float] = field(default_factory=lambda: [0.8, 0.99])
     scale: list[float] = field(default_factory=lambda: [0.8, 1.25])  # random scale range
     drop_rate: float = 0.0
 
@@ -194,6 +207,34 @@ def random_scale_crop(x: torch.Tensor, crop: int, scale: tuple[float, float],
     return x
 
 
+def shift_scale_aspect(x: torch.Tensor, g: torch.Generator, p: float, shift: float, scale: float,
+                       aspect: float) -> torch.Tensor:
+    """DeepNoise's ``randomShiftScaleRotate`` without rotation (process/augmentation.py:157-190):
+    with probability ``p`` per image, zoom about the centre and translate, borders 0.
+
+    Scale ``U(1 - scale, 1 + scale)``, aspect ``U(1 - aspect, 1 + aspect)``, shift
+    ``round(U(-shift, shift) x side)`` pixels per axis. At rotation 0 their matrix is
+    ``diag(sx, sx)`` with ``sx = scale x aspect / sqrt(aspect)`` (``:169, 174-176``: ``cc = cos x
+    sx``, ``ss = sin x sy = 0``), so the aspect enters as an isotropic factor ``sqrt(aspect)``;
+    the same here. 0 is the mean of normalised images (their ``borderValue`` 0).
+    """
+    b, _, h, w = x.shape
+    if p <= 0:
+        return x
+    on = torch.rand(b, generator=g) < p
+    sc = 1.0 + scale * (2 * torch.rand(b, generator=g) - 1)
+    asp = 1.0 + aspect * (2 * torch.rand(b, generator=g) - 1)
+    dx = torch.round((2 * torch.rand(b, generator=g) - 1) * shift * w)
+    dy = torch.round((2 * torch.rand(b, generator=g) - 1) * shift * h)
+    s = torch.where(on, sc * asp.sqrt(), torch.ones(b))
+    dx, dy = torch.where(on, dx, torch.zeros(b)), torch.where(on, dy, torch.zeros(b))
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0], theta[:, 1, 1] = 1 / s, 1 / s          # output -> input sampling
+    theta[:, 0, 2], theta[:, 1, 2] = -2 * dx / w / s, -2 * dy / h / s
+    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
 def random_erasing(x: torch.Tensor, p: float, g: torch.Generator,
                    area: tuple[float, float] = (0.02, 0.25),
                    ratio: tuple[float, float] = (0.3, 3.3)) -> torch.Tensor:
@@ -245,6 +286,7 @@ class MeanTeacher(Method):
         self._pl_label: dict[str, int] = {}
         self._pl_logits: np.ndarray | None = None
         self._pl_best, self._pl_due, self._groups = -1.0, False, None
+        self._groups_tried = False
         if info.n_train and cfg.requires_init and not cfg.init_from:
             raise TrainingError("this config is a second stage: it starts from a stage-1 run "
                                 "(e.g. cytodata train deepnoise-stage1 -o RUN1), so pass "
@@ -362,14 +404,25 @@ class MeanTeacher(Method):
             self._pl_label = dict(zip(pl["keys"], (int(v) for v in pl["labels"]), strict=True))
             self._pl_logits = None if pl["logits"] is None else pl["logits"].numpy()
 
-    def _view(self, parts: list[torch.Tensor], g: torch.Generator) -> torch.Tensor:
-        """One augmented view of the concatenated parts (each scaled and cropped on its own)."""
+    def _view(self, parts: list[torch.Tensor], g: torch.Generator, *, erase: bool = True,
+              hard: bool = False) -> torch.Tensor:
+        """One augmented view of the concatenated parts (each scaled and cropped on its own);
+        ``erase``: random erasing (DN's 'normal' view; without: 'easy'); ``hard``: and a random
+        crop of ``hard_crop`` of the side resized back (DN's 'hard' view).
+        """
         crop, a = self.cfg.data.crop, self.cfg.augment
         lo, hi = self.cfg.scale
         x = torch.cat([random_scale_crop(p, crop, (lo, hi), g) for p in parts])
         x = augment.flips_rot90(x, g, flips=a.flips, rot90=a.rot90)
+        x = self._ssr(x, g)
         x = augment.intensity_jitter(x, g, a.intensity, a.shift)
-        x = random_erasing(x, self.cfg.erasing, g)
+        if erase:
+            x = random_erasing(x, self.cfg.erasing, g, area=tuple(self.cfg.erasing_area))
+        if hard:                # DN process/augmentation.py:225-226: crop U(0.8, 0.99), resized
+            lo, hi = self.cfg.hard_crop
+            f = lo + (hi - lo) * float(torch.rand((), generator=g))
+            x = F.interpolate(augment.random_crop(x, max(1, int(crop * f)), g), size=(crop, crop),
+                              mode="bilinear", align_corners=False)
         if self.cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
@@ -386,8 +439,17 @@ class MeanTeacher(Method):
             parts.append(xu)
             y = torch.cat([y, torch.full((len(xu),), -1, dtype=y.dtype, device=y.device)])
         labelled = y >= 0
-        student_view = self._view(parts, g)
-        outs = model(student_view, y)
+        split = cfg.views == "deepnoise" and cfg.mean_teacher   # stage 1: the 'normal' view
+        if split:   # DN main.py:641-643: net(normal[labelled]), net(easy), ema_net(hard)
+            normal = self._view(parts, g)[labelled]
+            easy = self._view(parts, g, erase=False)
+            n_sup = len(normal)
+            student_view = torch.cat([normal, easy])
+            outs = model(student_view, torch.cat([y[labelled], torch.full_like(y, -1)]))
+        else:
+            n_sup = 0
+            student_view = self._view(parts, g)
+            outs = model(student_view, y)
         rampup = (cfg.rampup_epochs * self.steps_per_epoch if cfg.rampup_epochs is not None
                   else cfg.consistency_rampup * cfg.steps)
         ramp = sigmoid_rampup(step, rampup)
@@ -405,14 +467,19 @@ class MeanTeacher(Method):
         if cfg.mean_teacher:
             with torch.no_grad():
                 self.teachers.train()   # the teacher's BatchNorm tracks its own views
-                t_outs = self.teachers(self._view(parts, g), None)
+                t_outs = self.teachers(self._view(parts, g, hard=split), None)
             t_probs = [F.softmax(t[0].float(), dim=1) for t in t_outs]
             pseudo = torch.stack(t_probs).mean(0)
             keep = ~labelled & (pseudo.max(1).values >= cfg.pseudo_threshold)
         for k, (logits, train_logits) in enumerate(outs):
+            if split:   # rows: the labelled 'normal' views, then every row's 'easy' view
+                sup_train, sup_logits, logits = train_logits[:n_sup], logits[:n_sup], logits[n_sup:]
+                train_logits = logits
+            else:
+                sup_train, sup_logits = train_logits[labelled], logits[labelled]
             if labelled.any():
-                cls = F.cross_entropy(train_logits[labelled], y[labelled])
-                acc = (logits[labelled].argmax(1) == y[labelled]).float().mean()
+                cls = F.cross_entropy(sup_train, y[labelled])
+                acc = (sup_logits.argmax(1) == y[labelled]).float().mean()
                 logs[f"train_top1_{k}"] = float(acc)
             else:
                 cls = train_logits.sum() * 0.0
@@ -504,7 +571,12 @@ class MeanTeacher(Method):
         """DeepNoise's 'easy' view (process/augmentation.py:205-218): flips, rot90, scale."""
         crop, a = self.cfg.data.crop, self.cfg.augment
         x = random_scale_crop(x, crop, tuple(self.cfg.scale), g)
-        return augment.flips_rot90(x, g, flips=a.flips, rot90=a.rot90)
+        return self._ssr(augment.flips_rot90(x, g, flips=a.flips, rot90=a.rot90), g)
+
+    def _ssr(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """:func:`shift_scale_aspect` with this config's ``ssr_*`` values (off at ``ssr_p`` 0)."""
+        c = self.cfg
+        return shift_scale_aspect(x, g, c.ssr_p, c.ssr_shift, c.ssr_scale, c.ssr_aspect)
 
     # ------------------------------------------------------------ evaluation
     def predictor(self) -> Ensemble:
@@ -522,6 +594,13 @@ class MeanTeacher(Method):
         with autocast(x.device, self.cfg.precision):
             return net.proba(x).float()
 
+    @torch.no_grad()
+    def predict_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, h, w)`` -> ``(B, K)`` logits (no margin) averaged over the members."""
+        net = self.predictor().eval()
+        with autocast(x.device, self.cfg.precision):
+            return torch.stack([m.head.logits(m(x)).float() for m in net.members]).mean(0)
+
     def embedder(self, pool=None):
         """Concatenated pooled features of the predicting members."""
         self._no_pool(pool)
@@ -529,12 +608,18 @@ class MeanTeacher(Method):
 
     @torch.no_grad()
     def validate(self, batches, prep):
-        """Top-1/top-5 of the predicting ensemble on the labelled validation rows.
+        """Top-1/top-5 of the predicting ensemble on the labelled validation rows, and
+        DeepNoise's balanced accuracy ``val_balanced_top1`` (:func:`pseudo_labels.
+        balanced_accuracy`: each plate restricted to its learned group, column-normalised;
+        main.py:88-93), the value ``select: val_balanced_top1`` keeps checkpoints by
+        (main.py:297-302, 563-569).
 
-        With DeepNoise pseudo-labels, also the teachers' accuracy restricted to each plate's
-        group (main.py:88-93, ``balance_plate_probability_training`` with 0 iterations); an
-        improvement schedules a pseudo-label update (main.py:580-596).
+        With DeepNoise pseudo-labels, also the teachers' balanced accuracy
+        ``val_teacher_group_top1`` (main.py:553-554); an improvement schedules a pseudo-label
+        update (main.py:580-596).
         """
+        from ..pseudo_labels import balanced_accuracy
+
         net = self.predictor()
         deepnoise = self.unlabelled is not None and self.cfg.pseudo_mode == "deepnoise"
         nets = [net] + ([self.teachers] if deepnoise else [])
@@ -543,7 +628,8 @@ class MeanTeacher(Method):
             m.eval()
         n, top1, top5 = 0, 0, 0
         k = min(5, len(self.info.classes))
-        t_probs, t_labels, t_plates = [], [], []
+        logits: list[list[np.ndarray]] = [[] for _ in nets]
+        labels, plates, has_plates = [], [], True
         for batch in batches:
             y = batch["label"]
             keep = y >= 0
@@ -551,12 +637,16 @@ class MeanTeacher(Method):
                 continue
             x = augment.center_crop(prep(batch["image"], batch["meta"]), self.cfg.data.crop)
             with autocast(x.device, self.cfg.precision):
-                p = net.proba(x).float().cpu()
-                if deepnoise:
-                    t_probs.append(self.teachers.proba(x).float().cpu()[keep].numpy())
-                    t_labels.append(y[keep].numpy())
-                    t_plates += [str(v) for v, on in zip(batch["meta"].get("plate", [""] * len(y)),
-                                                         keep.tolist(), strict=True) if on]
+                for i, m in enumerate(nets):
+                    out = [mem.head.logits(mem(x)).float().cpu() for mem in m.members]
+                    if i == 0:   # the ensemble's probabilities: the members' softmax averaged
+                        p = torch.stack([F.softmax(o, dim=1) for o in out]).mean(0)
+                    logits[i].append(torch.stack(out).mean(0)[keep].numpy())
+            labels.append(y[keep].numpy())
+            col = batch["meta"].get("plate")
+            has_plates = has_plates and col is not None
+            plates += [str(v) for v, on in zip(col if col is not None else [None] * len(y),
+                                               keep.tolist(), strict=True) if on]
             best = p[keep].topk(k, dim=1).indices
             top1 += int((best[:, 0] == y[keep]).sum())
             top5 += int((best == y[keep][:, None]).any(1).sum())
@@ -566,29 +656,31 @@ class MeanTeacher(Method):
         if not n:
             return {}
         out = {"val_top1": top1 / n, "val_top5": top5 / n, "val_samples": n}
-        if deepnoise and t_probs:
-            acc = self._group_accuracy(np.concatenate(t_probs), np.concatenate(t_labels), t_plates)
+        if not has_plates:   # no plate column: no per-plate accuracy
+            return out
+        truth, classes, groups = np.concatenate(labels), list(self.info.classes), self._val_groups()
+        out["val_balanced_top1"] = balanced_accuracy(np.concatenate(logits[0]), truth, plates,
+                                                     classes, groups)
+        if deepnoise:
+            acc = balanced_accuracy(np.concatenate(logits[1]), truth, plates, classes, groups)
             out["val_teacher_group_top1"] = acc
             if acc > self._pl_best:
                 self._pl_best = acc
                 self._pl_due = bool(self._pl_label)   # only once the first labels exist
         return out
 
-    def _group_accuracy(self, probs: np.ndarray, labels: np.ndarray, plates: list[str]) -> float:
-        """Top-1 with each plate restricted to its learned group (argmax inside the group)."""
-        from ..plate_groups import group_columns, match_groups
+    def _val_groups(self):
+        """The plate groups of the training plates (learned once; None where there are none)."""
+        if self._groups is None and not self._groups_tried and self.cfg.data.train:
+            from ..plate_groups import groups_from_shards
 
-        pred = probs.argmax(1)
-        if self._groups is not None and self._groups.groups:
-            cols = group_columns(self._groups, list(self.info.classes))
-            match = match_groups(probs, plates, list(self.info.classes), self._groups)
-            arr = np.asarray(plates, dtype=object)
-            for plate, gi in match.group.items():
-                if gi >= 0:
-                    rows = np.flatnonzero(arr == plate)
-                    c = cols[gi]
-                    pred[rows] = c[probs[np.ix_(rows, c)].argmax(1)]
-        return float((pred == labels).mean())
+            self._groups_tried = True
+            try:
+                self._groups = groups_from_shards(self.cfg.data.train, self.cfg.data.label,
+                                                  self.cfg.data.storage_options)
+            except (ValueError, TrainingError):
+                self._groups = None
+        return self._groups
 
 
 class _Features(torch.nn.Module):
@@ -618,6 +710,8 @@ def _check(cfg: MeanTeacherConfig) -> None:
          ">= 1 and (0, 1]")
     need(all(len(e) == 2 and e[0] >= 0 and 0 <= e[1] < 1 for e in cfg.ema_schedule),
          f"ema_schedule={cfg.ema_schedule!r}; expected [[epoch >= 0, decay in [0, 1)], ...]")
+    need(cfg.predict_tta in (1, 2, 4, 8),
+         f"predict_tta={cfg.predict_tta}; valid: 1, 2, 4, 8 (8: flips x 90-degree rotations)")
     need(cfg.predict_with in ("student", "teacher"),
          f"predict_with={cfg.predict_with!r}; valid: student, teacher")
     need(0 <= cfg.ema_decay < 1, f"ema_decay={cfg.ema_decay}; use 0 <= decay < 1 (e.g. 0.999)")
@@ -629,5 +723,14 @@ def _check(cfg: MeanTeacherConfig) -> None:
          f"consistency_rampup={cfg.consistency_rampup}; a fraction of the run in [0, 1]")
     need(cfg.unlabelled_ratio >= 0, f"unlabelled_ratio={cfg.unlabelled_ratio}; must be >= 0")
     need(0 <= cfg.erasing <= 1, f"erasing={cfg.erasing}; a probability in [0, 1]")
+    need(len(cfg.erasing_area) == 2 and 0 < cfg.erasing_area[0] <= cfg.erasing_area[1] < 1,
+         f"erasing_area={cfg.erasing_area}; expected [low, high] fractions, 0 < low <= high < 1")
+    need(cfg.views in ("shared", "deepnoise"), f"views={cfg.views!r}; valid: shared, deepnoise")
+    need(0 <= cfg.ssr_p <= 1 and 0 <= cfg.ssr_shift < 1 and 0 <= cfg.ssr_scale < 1
+         and 0 <= cfg.ssr_aspect < 1,
+         f"ssr_p={cfg.ssr_p}, ssr_shift={cfg.ssr_shift}, ssr_scale={cfg.ssr_scale}, "
+         f"ssr_aspect={cfg.ssr_aspect}; need a probability and ranges in [0, 1)")
+    need(len(cfg.hard_crop) == 2 and 0 < cfg.hard_crop[0] <= cfg.hard_crop[1] <= 1,
+         f"hard_crop={cfg.hard_crop}; expected [low, high] fractions, 0 < low <= high <= 1")
     need(len(cfg.scale) == 2 and 0 < cfg.scale[0] <= cfg.scale[1],
          f"scale={cfg.scale}; expected [low, high] with 0 < low <= high")
