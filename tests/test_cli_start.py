@@ -31,7 +31,15 @@ def _light_lines() -> list[str]:
         for action in child._actions:
             if isinstance(action, argparse._SubParsersAction):
                 lines += [f"{name} {verb} --help" for verb in action.choices]
-    return lines + ["verify /nonexistent/set", "train --list", "recipes"]
+    return lines + ["verify /nonexistent/set", "train --list", "recipes", *REFUSALS]
+
+
+#: refusals of an input path that does not exist: said before the stage loads
+REFUSALS = ["manifest describe /nonexistent/m", "qc /nonexistent/m -o /nonexistent/q",
+            "shard /nonexistent/m -o /nonexistent/s",
+            "cells /nonexistent/m /nonexistent/l.csv --size 8 -o /nonexistent/c",
+            "shards describe /nonexistent/s", "publish /nonexistent/s -o /nonexistent/p",
+            "evaluate /nonexistent/e.parquet --protocol knn -o /nonexistent/r"]
 
 
 def test_help_loads_no_stage_library():
@@ -50,7 +58,11 @@ def test_help_loads_no_stage_library():
     heavy = json.loads(done.stdout.strip().splitlines()[-1])
     assert heavy == {line: [] for line in lines}, heavy
     assert "shard" in done.stdout and "evaluate" in done.stdout  # every command is listed
-    assert "does not exist" in done.stderr  # the refusal was reached, not skipped
+    assert "does not exist" in done.stderr  # the refusals were reached, not skipped
+    assert done.stderr.count("no manifest at /nonexistent/m; build one with `cytodata manifest build") == 4
+    assert "cytodata shards: error: /nonexistent/s does not exist; write a shard set" in done.stderr
+    assert "cytodata publish: error: cannot publish /nonexistent/s: it does not exist" in done.stderr
+    assert "cytodata evaluate: error: /nonexistent/e.parquet: no such file" in done.stderr
 
 
 def test_the_check_sees_a_heavy_import():

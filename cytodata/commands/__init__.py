@@ -17,9 +17,30 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent
 
 
-def handler(module: str, name: str) -> Callable:
-    """``args -> exit code``: ``module.name(args)``, importing ``module`` when called."""
+#: kind of input -> (error class of cytodata.errors, message for a local path that does not exist)
+MISSING = {
+    "manifest": ("SchemaError", "no manifest at {path}; build one with `cytodata manifest build RECIPE -o DIR`"),
+    "shards": ("ShardError", "{path} does not exist; write a shard set with `cytodata shard MANIFEST -o DIR`"),
+    "publish": ("PublishError", "cannot publish {path}: it does not exist; write a shard set with "
+                                "`cytodata shard MANIFEST -o DIR`"),
+    "table": ("EvaluationError", "{path}: no such file"),
+}
+
+
+def handler(module: str, name: str, inputs: dict[str, str] | None = None) -> Callable:
+    """``args -> exit code``: ``module.name(args)``, importing ``module`` when called.
+
+    ``inputs``: ``{argument: kind of MISSING}``; a local input path that does not exist is refused
+    (the stage's error, naming the command that makes one) before the stage is imported.
+    """
     def run(args):
+        for dest, kind in (inputs or {}).items():
+            path = getattr(args, dest, None)
+            if path and "://" not in str(path) and not Path(path).exists():
+                from .. import errors
+
+                error, text = MISSING[kind]
+                raise getattr(errors, error)(text.format(path=path))
         return getattr(importlib.import_module(module), name)(args)
 
     run.__qualname__ = f"{module}.{name}"

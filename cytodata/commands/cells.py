@@ -25,4 +25,4 @@ def register(subparsers) -> None:
     p.add_argument("--label", default=None, metavar="COL[,COL...]",
                    help="set the weak label to these manifest columns joined by '@', e.g. "
                         "compound,concentration (the treatment)")
-    p.set_defaults(func=handler("cytodata.curate.cells", "_cmd"))
+    p.set_defaults(func=handler("cytodata.curate.cells", "_cmd", {"manifest": "manifest"}))

@@ -43,4 +43,4 @@ def register(subparsers) -> None:
                    help="report format: md (Markdown tables + PNG figures, default) or html")
     p.add_argument("-q", "--quiet", action="store_true",
                    help="print only the report path, not the metric summaries")
-    p.set_defaults(func=handler("cytodata.evaluate._cli", "run"))
+    p.set_defaults(func=handler("cytodata.evaluate._cli", "run", {"embeddings": "table", "metadata": "table"}))

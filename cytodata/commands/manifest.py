@@ -31,5 +31,5 @@ def register(subparsers) -> None:
     d.add_argument("-o", "--out", default=None, metavar="FILE",
                    help="also write the description to FILE")
     d.add_argument("-q", "--quiet", action="store_true", help="print only the first line")
-    d.set_defaults(func=handler("cytodata.manifest", "_cmd_describe"))
+    d.set_defaults(func=handler("cytodata.manifest", "_cmd_describe", {"folder": "manifest"}))
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])

@@ -36,4 +36,4 @@ def register(subparsers) -> None:
     p.add_argument("--storage-options", default=None,
                    help='fsspec options as JSON, e.g. \'{"endpoint_url": "http://127.0.0.1:9000"}\'')
     p.add_argument("-q", "--quiet", action="store_true", help="print only the one-line summary")
-    p.set_defaults(func=handler("cytodata.publish", "_main"))
+    p.set_defaults(func=handler("cytodata.publish", "_main", {"shards": "publish"}))

@@ -19,4 +19,4 @@ def register(subparsers) -> None:
     p.add_argument("--scheduler", default=None, help="address of a running dask scheduler (tcp://host:8786)")
     p.add_argument("--montage", type=int, default=16, help="thumbnails per reason in montages (0: none)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=handler("cytodata.curate.qc", "_cli"))
+    p.set_defaults(func=handler("cytodata.curate.qc", "_cli", {"manifest": "manifest"}))

@@ -49,7 +49,7 @@ def register(subparsers) -> None:
                         "the recipe's image_qc, else the default rules)")
     p.add_argument("-q", "--quiet", "--no-progress", dest="quiet", action="store_true",
                    help="no progress bars (--no-progress is the old spelling)")
-    p.set_defaults(func=handler("cytodata.shards", "_main"))
+    p.set_defaults(func=handler("cytodata.shards", "_main", {"manifest": "manifest"}))
 
     d = subparsers.add_parser(
         "shards", help="inspect shard sets (describe)",
@@ -64,5 +64,5 @@ def register(subparsers) -> None:
                       help="also write the summary as JSON to FILE")
     desc.add_argument("--json", action="store_true", help="print the summary as JSON")
     desc.add_argument("-q", "--quiet", action="store_true", help="print only the first line")
-    desc.set_defaults(func=handler("cytodata.shards", "_describe"))
+    desc.set_defaults(func=handler("cytodata.shards", "_describe", {"path": "shards"}))
     d.set_defaults(func=lambda args: (d.print_help(), 2)[1])
