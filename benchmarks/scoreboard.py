@@ -191,12 +191,22 @@ def reference_rows(data: Path) -> dict:
 # --------------------------------------------------------------------------------------------
 
 def _overrides(name: str, shards: Path, seed: int) -> dict:
-    """What every recipe changes to run on the cell shards (paths, crop, logging, seed)."""
-    # steps (the CPU budget) set the length: recipes measured in epochs drop them here
-    return {"data.train": str(shards), "data.train_split": None, "data.val_split": None,
-            "epochs": None,
-            "data.crop": TRAIN_CROP, "progress": False, "seed": seed, "device": "cpu",
-            "data.threads": 1}
+    """What every recipe changes to run on the cell shards (paths, crop, logging, seed).
+
+    Steps (the CPU budget) set the length: recipes measured in epochs drop them. A recipe that
+    first shrinks whole fields (``prescale``: WS-DINO halves the 1024 x 1280 BBBC021 fields)
+    gets ``prescale: 1``: the scoreboard's inputs are 40-px single-cell crops already at the
+    cell scale the recipe's halving aims at (halved, they are smaller than the crop).
+    """
+    from cytodata.baselines import load_config
+
+    kw = {"data.train": str(shards), "data.train_split": None, "data.val_split": None,
+          "epochs": None,
+          "data.crop": TRAIN_CROP, "progress": False, "seed": seed, "device": "cpu",
+          "data.threads": 1}
+    if getattr(load_config(name), "prescale", 1.0) != 1.0:
+        kw["prescale"] = 1.0
+    return kw
 
 
 def _cpu_seconds() -> float:
@@ -246,6 +256,7 @@ def work(name: str, seed: int, data: Path, out: Path, budget_min: float) -> dict
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     losses = [m["loss"] for m in metrics if "loss" in m]
     result = {"config": name, "seed": seed, "steps": steps, "budget_min": budget_min,
+              "overrides": {k: v for k, v in kw.items() if k in ("prescale", "init_from")},
               "model": cfg.model,
               "method": cfg.method, "first_loss": losses[0] if losses else None,
               "last_loss": losses[-1] if losses else None, "rows": {}}

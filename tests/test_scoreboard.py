@@ -73,3 +73,12 @@ def test_the_cpu_budget_sets_the_length_of_every_recipe(board, tmp_path):
         kw = board._overrides(name, tmp_path, 0)
         cfg = load_config(name, overrides={**kw, "steps": 123})
         assert cfg.epochs is None and cfg.steps == 123, name
+
+
+def test_field_prescaling_recipes_train_on_cells_at_their_own_scale(board, tmp_path):
+    """ws-dino-tiny halves whole fields (prescale 0.5); the scoreboard's 40-px cells are not halved."""
+    from cytodata.baselines import load_config
+
+    assert load_config("ws-dino-tiny").prescale == 0.5
+    assert board._overrides("ws-dino-tiny", tmp_path, 0)["prescale"] == 1.0
+    assert "prescale" not in board._overrides("dino-tiny", tmp_path, 0)
