@@ -15,18 +15,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .demo_report import BBBC_MANIFEST, KNN_K, SCORE_COLUMNS
+from .demo_report import BBBC_MANIFEST, KNN_K, SCORE_COLUMNS, SCREEN_TEXT, screen_of
 from .recipe import recipes_dir
 
 #: the shipped demo recipe (``manifests/demo.yaml`` in a checkout, package data when installed)
 RECIPE = recipes_dir() / "demo.yaml"
 
 
-def make_sources(out: Path, seed: int) -> dict:
-    """Write the synthetic BBBC021-, RxRx1- and folder-layout screens."""
-    from .synthetic import write_demo_sources
+def make_sources(out: Path, seed: int, screen: str = "hard") -> dict:
+    """Write the synthetic BBBC021-, RxRx1- and folder-layout screens at difficulty ``screen``."""
+    import json
 
-    return write_demo_sources(out / "sources", seed=seed)
+    from .synthetic import SyntheticScreen, write_demo_sources
+
+    written = write_demo_sources(out / "sources", seed=seed,
+                                 config=SyntheticScreen(difficulty=screen))
+    (out / "sources" / "screen.json").write_text(json.dumps({"difficulty": screen, "seed": seed}))
+    return written
 
 
 def build_manifest(out: Path, progress: bool):
@@ -332,7 +337,7 @@ def evaluate_embeddings(out: Path, seed: int, trained: dict[str, pd.DataFrame] |
         results[name] = dict(row, scores=scores, kind=kind, run=run,
                              labels_in_training=LABELS_IN_TRAINING.get(run) if kind == "trained" else None,
                              config=CONFIGS.get(run), report=f"{slug}/report.html", result=merged)
-    lines = summary_lines(results)
+    lines = summary_lines(results, screen_of(out))
     (out / "report" / "summary.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines[:len(results) + 4]))
     return results
@@ -347,10 +352,11 @@ def score_text(score: dict | None, digits: int = 2) -> str:
             f"{score['unit']}, chance {score['chance']:{f}}")
 
 
-def summary_lines(results: dict) -> list[str]:
+def summary_lines(results: dict, screen: str = "hard") -> list[str]:
     """``report/summary.md``: every score with its n, 95% interval and chance level."""
     head = "| embeddings | trained on | " + " | ".join(t for _, t in SCORE_COLUMNS) + " |"
-    lines = ["# Demo evaluation (synthetic BBBC021-layout screen)", "", head,
+    lines = [f"# Demo evaluation ({screen} synthetic BBBC021-layout screen)", "",
+             SCREEN_TEXT[screen], "", head,
              "|" + "---|" * (len(SCORE_COLUMNS) + 2)]
     for name, r in results.items():
         cells = " | ".join(score_text(r["scores"].get(k)) for k, _ in SCORE_COLUMNS)
@@ -391,16 +397,19 @@ def publish_and_verify(out: Path) -> dict | None:
 
 
 def run(out: "str | Path" = "demo_output", *, seed: int = 0, workers: int = 2,
-        progress: bool = True, quick: bool = False) -> dict:
+        progress: bool = True, quick: bool = False, screen: str = "hard") -> dict:
     """Run the whole demo into ``out``; returns the per-step results.
 
     ``quick``: fewer training steps and no OME-Zarr export (a couple of minutes on 2 cores).
+    ``screen``: the synthetic screens' difficulty (:class:`~cytodata.synthetic.SyntheticScreen`):
+    ``"hard"`` (MOAs differ only in morphology; intensity features and short runs score near
+    chance, as on real data) or ``"easy"`` (simple features separate the MOAs).
     """
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     results: dict = {}
     steps = [
-        ("sources", "synthetic screens", lambda: make_sources(out, seed)),
+        ("sources", "synthetic screens", lambda: make_sources(out, seed, screen)),
         ("manifest", "manifest: harmonize, weak labels, splits, ledger",
          lambda: build_manifest(out, progress)),
         ("qc", "image QC", lambda: run_image_qc(out, workers)),
@@ -440,18 +449,6 @@ def write_index(out: Path, results: dict) -> Path:
 
 
 def _cmd(args) -> int:
-    run(args.out, seed=args.seed, workers=args.workers, progress=not args.quiet, quick=args.quick)
+    run(args.out, seed=args.seed, workers=args.workers, progress=not args.quiet, quick=args.quick,
+        screen=args.screen)
     return 0
-
-
-def register(subparsers) -> None:
-    """Add ``cytodata demo``."""
-    p = subparsers.add_parser("demo", help="run the end-to-end demo on synthetic screens",
-                              description=__doc__)
-    p.add_argument("-o", "--out", default="demo_output", help="output folder (default demo_output)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic screens and sampling")
-    p.add_argument("--workers", type=int, default=2, help="dask workers / loader workers")
-    p.add_argument("--quick", action="store_true",
-                   help="short training runs, no OME-Zarr export (about 2 minutes)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=_cmd)

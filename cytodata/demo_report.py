@@ -14,6 +14,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -335,6 +336,25 @@ def _img(png: Path | None, alt: str, width: str = "100%") -> str:
     return f'<p><img src="{html.escape(png.name)}" alt="{html.escape(alt)}" style="max-width:{width}"></p>'
 
 
+#: what each synthetic screen is, as the report says it
+SCREEN_TEXT = {
+    "hard": ("Screen: the hard synthetic BBBC021-layout screen (`SyntheticScreen(difficulty=\"hard\")`): "
+             "MOAs differ only in cell morphology and arrangement, per-channel intensity histograms "
+             "and cell sizes are matched across treatments, and every compound sits in one week "
+             "with its own gains, offsets and focus, so intensity features and untrained networks "
+             "score near chance, as on real BBBC021."),
+    "easy": ("Screen: the easy synthetic BBBC021-layout screen (`SyntheticScreen()`): each MOA has "
+             "its own cell size, brightness and texture, so simple intensity features separate "
+             "the MOAs; scores here say nothing about what a method learns."),
+}
+
+
+def screen_of(out: Path) -> str:
+    """The demo screens' difficulty (``sources/screen.json``; ``easy`` for outputs without it)."""
+    path = Path(out) / "sources" / "screen.json"
+    return json.loads(path.read_text())["difficulty"] if path.exists() else "easy"
+
+
 def write_index_html(out: Path, results: dict) -> Path:
     """Write ``out/report/index.html`` and its PNGs; returns the HTML path."""
     report = out / "report"
@@ -344,9 +364,11 @@ def write_index_html(out: Path, results: dict) -> Path:
     collapse = {name: run_collapse(run) for name, run in runs.items()}
     statuses = {name: status_of(r, collapse.get(r.get("run"))) for name, r in evaluation.items()}
     parts = ["<h1>cytodata demo: synthetic screens to trained, evaluated and published embeddings</h1>",
-             "<p class='lead'>A pipeline demonstration on the default (easy) synthetic BBBC021-layout "
+             f"<p class='lead'>A pipeline demonstration on the {screen_of(out)} synthetic BBBC021-layout "
              "screen, one seed, CPU-minute training runs. The scores below show that each stage runs and "
-             "how it is measured; they are not results on real data and not paper figures.</p>"]
+             "how it is measured; they are not results on real data and not paper figures.</p>",
+             "<p>" + re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(SCREEN_TEXT[screen_of(out)]))
+             + "</p>"]
     if evaluation:
         n_rows = {name: (r["scores"].get("nsc") or {}).get("n") for name, r in evaluation.items()}
         rows = []

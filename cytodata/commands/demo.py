@@ -23,5 +23,8 @@ def register(subparsers) -> None:
     p.add_argument("--workers", type=int, default=2, help="dask workers / loader workers")
     p.add_argument("--quick", action="store_true",
                    help="short training runs, no OME-Zarr export (about 2 minutes)")
+    p.add_argument("--screen", choices=("hard", "easy"), default="hard",
+                   help="the synthetic screens' difficulty: hard (MOAs differ only in morphology; "
+                        "intensity features score near chance) or easy (default: hard)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=handler("cytodata.demo", "_cmd"))
