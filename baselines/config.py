@@ -154,6 +154,14 @@ class TrainConfig:
     keep_checkpoints: int = 3         # step-N.pt files kept (last.pt always)
     log_every: int = 10
     val_every: int | None = None      # steps between validations (None: each epoch end)
+    val_epoch_ends: bool | None = None  # validate at epoch ends too (None: only when val_every
+    #                                     is null); with val_every: both, as DeepNoise's stage 1
+    #                                     (main.py:292-316, every 1,000 steps and each epoch end)
+    # true: a validation at the step where a cosine_restarts cycle ends (the tail's end too)
+    # neither keeps best.pt nor counts as the method's improvement (DeepNoise main.py:557-586:
+    # `epoch > 0`, the first epoch of each cycle skipped; the run ends before the tail's end is
+    # validated, main.py:536-537)
+    select_skip_restarts: bool = False
     # a validation metric (e.g. val_balanced_top1) to keep the best checkpoint by: whenever it
     # beats its best so far, RUN_DIR/checkpoints/best.pt is written, and predict, embed and
     # init_from read best.pt (DeepNoise main.py:297-302, 563-569: max_valid_model.pth); null:

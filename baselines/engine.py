@@ -36,6 +36,7 @@ from .config import TrainConfig, dump, to_dict
 from .data import DataInfo, class_ids, device_prep, loader, make_stats, open_dataset, relabel
 from .methods import METHODS
 from .resolve import load_config
+from .schedules import cycle_ends
 
 #: config keys that may change between a run and its resume (they do not change the result)
 RESUMABLE_CHANGES = ("steps", "progress", "checkpoint_every", "keep_checkpoints", "log_every",
@@ -220,11 +221,21 @@ class Engine:
         window = _Window()
         last_finite: tuple[int, float] | None = None
         saved_at = -1
+        epoch_ends = cfg.val_epoch_ends if cfg.val_epoch_ends is not None else cfg.val_every is None
+        skipped = cycle_ends(cfg.optim, cfg.steps) if cfg.select_skip_restarts else set()
+        validated_at = -1
 
         def validation() -> None:
+            nonlocal validated_at
+            if validated_at == step:     # an epoch end on a val_every step: validated once
+                return
+            validated_at = step
             row = self._validate(method, val_ds, vprep)
-            log.write(dict(step=step, epoch=epoch, **row))
-            if cfg.select:
+            counts = step not in skipped
+            log.write(dict(step=step, epoch=epoch, **row, **({} if counts else
+                                                             {"select_skipped": True})))
+            method.after_validation(row, counts)
+            if cfg.select and counts:
                 self._keep_best(row, method, optimizer, scaler, train_ds, step, epoch, info)
 
         module.train()
@@ -241,7 +252,7 @@ class Engine:
                 try:
                     batch = next(it)
                 except StopIteration:
-                    if main and val_ds is not None and cfg.val_every is None:
+                    if main and val_ds is not None and epoch_ends:
                         validation()
                     runtime.barrier()
                     epoch += 1
@@ -302,7 +313,7 @@ class Engine:
                 saved_at = step
         if saved_at != step:
             self._save(method, optimizer, scaler, train_ds, step, epoch, info)
-        if main and val_ds is not None and cfg.val_every is None:
+        if main and val_ds is not None and epoch_ends:
             validation()
         if main and cfg.select:
             log.write({"step": step, "epoch": epoch, "selected": True, **self._best})

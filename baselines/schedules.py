@@ -56,6 +56,20 @@ def cosine_restarts_schedule(base: float, final: float, steps: int, cycles: int,
     return out
 
 
+def cycle_ends(optim, steps: int) -> set[int]:
+    """Steps (counted after the step) at which a ``cosine_restarts`` cycle ends: the ``cycles``
+    boundaries of :func:`cosine_restarts_schedule` and, with a tail, the run's end; empty for
+    the other schedules.
+    """
+    if optim.schedule != "cosine_restarts":
+        return set()
+    steps = int(steps)
+    frac = float(optim.tail[0]) if optim.tail else 0.0
+    body = steps - min(int(round(frac * steps)), steps)
+    bounds = np.linspace(0, body, max(1, int(optim.cycles)) + 1).round().astype(int)
+    return {int(b) for b in bounds[1:]} | {steps}
+
+
 def lr_schedule(optim, steps: int, global_batch: int) -> np.ndarray:
     """The learning-rate array of an :class:`~baselines.config.OptimConfig`."""
     base = optim.lr * (global_batch / 256 if optim.scale_lr_by_batch else 1.0)

@@ -11,6 +11,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from cytodata.baselines import load_config
 from cytodata.baselines.methods.mean_teacher import scheduled_decay
@@ -44,6 +45,10 @@ STAGE1 = {
     "erasing_area": [0.02, 0.4],       # DN process/augmentation.py:220 sl, sh
     "views": "shared",                 # DN process/data.py:134-135 ('normal' only)
     "select": "val_balanced_top1",     # DN main.py:297-302 (do_valid's balance_acc, :88-93)
+    "val_every": 1000,                 # DN main.py:291-294 (i % 1000 == 0)
+    "val_epoch_ends": True,            # DN main.py:307-316
+    "val_site": 1,                     # DN main.py:155-160, process/data.py:21 (site=1)
+    "intensity_per": "image",          # DN process/data.py:102-109 (at normalisation)
     "optim.decay_norm_and_bias": True,  # DN main.py:202-206, 929 (--bias_no_decay False)
     "predict_tta": 8,                  # DN main.py:749-758
 }
@@ -81,6 +86,12 @@ STAGE2 = {
     "scale": [1.0, 1.0], "ssr_p": 0.5,  # DN process/augmentation.py:162, 210-214
     "ssr_shift": 0.1, "ssr_scale": 0.1, "ssr_aspect": 0.1,
     "select": "val_balanced_top1",     # DN main.py:563-569
+    "val_every": 96,                   # DN main.py:549-555: do_valid once per epoch
+    "val_epoch_ends": False,
+    "select_skip_restarts": True,      # DN main.py:557, 563, 580 (epoch > 0)
+    "val_site": 1,                     # DN main.py:381-394, process/data.py:21
+    "student_passes": 2,               # DN main.py:641-642
+    "intensity_per": "image",          # DN process/data.py:102-109, 119-132
     "optim.decay_norm_and_bias": True,  # DN main.py:442-446, 929
     "predict_tta": 8,                  # DN main.py:749-758
 }
@@ -287,3 +298,108 @@ def test_shift_scale_aspect_translates_by_whole_pixels_zooms_about_the_centre_an
     mass = zoomed.flatten(1).sum(1) / 64.0
     # area x s^2, s = scale x sqrt(aspect) in [0.9 x 0.949, 1.1 x 1.049] (bilinear edges: 0.05)
     assert (0.854**2 - 0.05) < mass.min() and mass.max() < (1.154**2 + 0.05) and mass.std() > 0.03
+
+
+def _method(overrides: dict, classes=("x", "y"), config="deepnoise-stage2-tiny"):
+    from cytodata.baselines.data import DataInfo
+    from cytodata.baselines.methods.mean_teacher import MeanTeacher
+
+    cfg = load_config(config, overrides)
+    info = DataInfo(channels=["a"], n_channels=1, shape=None, classes=list(classes), n_train=0)
+    return MeanTeacher(cfg, info, torch.device("cpu"))
+
+
+def test_hard_crop_ratio_is_drawn_per_image_and_matches_the_crop_and_resize_loop():
+    # DN process/augmentation.py:83-97, 225-226: ratio = U(0.8, 0.99) per image, window of
+    # int(side x ratio) at a random corner, cv2.resize back (half-pixel centres)
+    from cytodata.baselines.methods.mean_teacher import hard_crops
+
+    b, side = 8, 20
+    x = torch.rand(b, 2, side, side, generator=torch.Generator().manual_seed(0))
+    got = hard_crops(x, (0.8, 0.99), torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)       # the same draws, one image at a time
+    r = 0.8 + 0.19 * torch.rand(b, generator=g, dtype=torch.float64)
+    s = (side * r).floor().long()
+    oy = (torch.rand(b, generator=g, dtype=torch.float64) * (side - s + 1)).floor().long()
+    ox = (torch.rand(b, generator=g, dtype=torch.float64) * (side - s + 1)).floor().long()
+    for i in range(b):
+        win = x[i:i + 1, :, oy[i]:oy[i] + s[i], ox[i]:ox[i] + s[i]]
+        want = F.interpolate(win, size=(side, side), mode="bilinear", align_corners=False)
+        assert torch.allclose(got[i:i + 1], want, atol=1e-5), i
+    assert len(set(s.tolist())) > 1          # two images of one batch: different ratios
+    # a horizontal ramp: each output row runs from the window's first to its last pixel
+    ramp = torch.arange(side, dtype=torch.float32).expand(b, 1, side, side).contiguous()
+    out = hard_crops(ramp, (0.8, 0.99), torch.Generator().manual_seed(1))
+    windows = out[..., -1] - out[..., 0] + 1
+    assert windows.min() >= 16 - 1e-4 and windows.max() <= 19 + 1e-4 and windows.std() > 0
+
+
+@pytest.mark.parametrize("per", ["image", "view"])
+def test_intensity_jitter_once_per_image_is_shared_by_the_three_views(per):
+    # DN process/data.py:102-109: mean/std x (1 + U(-0.1, 0.1)) per channel in __getitem__,
+    # before aug_image makes the 'normal', 'easy' and 'hard' views (:119-132)
+    method = _method({"intensity_per": per, "erasing": 0.0, "ssr_p": 0.0, "data.crop": 16,
+                      "augment.flips": False, "augment.rot90": False})
+    x = torch.ones(4, 3, 16, 16)
+    g = torch.Generator().manual_seed(2)
+    parts = method._jitter_images([x], g)
+    normal, easy = method._view(parts, g), method._view(parts, g, erase=False)
+    hard = method._view(parts, g, hard=True)
+    level = normal.mean((2, 3))                               # a constant image stays constant
+    assert not torch.allclose(level[0], level[1])             # each image its own draw
+    assert not torch.allclose(level, torch.ones_like(level))
+    shared = torch.allclose(normal, easy) and torch.allclose(hard.mean((2, 3)), level)
+    assert shared == (per == "image")
+
+
+@pytest.mark.parametrize("passes", [1, 2])
+def test_student_sees_normal_and_easy_views_in_one_or_two_passes(passes):
+    # DN main.py:641-642: net(input[indexs_supervised], truth) then net(input_easy): two passes,
+    # so each view has its own BatchNorm batch statistics
+    method = _method({"student_passes": passes, "data.crop": 16, "pseudo_mode": "soft"})
+    calls = []
+    method.students.members[0].backbone.register_forward_hook(
+        lambda m, i, o: calls.append(len(i[0])))
+    batch = {"image": torch.rand(6, 1, 16, 16), "label": torch.tensor([0, 1, -1, 0, 1, -1]),
+             "meta": {}}
+    loss, logs = method.loss(method.students, batch, 0, torch.Generator().manual_seed(0))
+    assert calls == ([4 + 6] if passes == 1 else [4, 6])      # labelled 'normal' + all 'easy'
+    assert torch.isfinite(loss) and "consistency_0" in logs and "cls_0" in logs
+    loss.backward()
+
+
+def test_validation_on_site_1_only_and_a_missing_site_column_named():
+    # DN main.py:155-160, 381-394: the valid_loader reads site 1 (process/data.py:21)
+    def batches(meta):
+        return [{"image": torch.rand(4, 1, 16, 16), "label": torch.tensor([0, 1, 0, -1]),
+                 "meta": meta}]
+
+    meta = {"plate": ["P1"] * 4, "site": [1, 2, "1", 1]}
+    prep = lambda img, meta: img   # noqa: E731
+    one = _method({"val_site": 1, "data.crop": 16})
+    assert one.validate(batches(meta), prep)["val_samples"] == 2   # labelled rows of site 1
+    assert _method({"data.crop": 16}).validate(batches(meta), prep)["val_samples"] == 3
+    with pytest.raises(TrainingError, match=r"val_site=1: the validation rows have no 'site' "
+                                            r"column.*--set val_site=null"):
+        one.validate(batches({"plate": ["P1"] * 4}), prep)
+    with pytest.raises(TrainingError, match=r"val_site=2: no labelled validation row"):
+        _method({"val_site": 2, "data.crop": 16}).validate(
+            batches({"plate": ["P1"] * 4, "site": [1, 1, 1, 2]}), prep)
+
+
+def test_stage2_cycle_ends_are_the_authors_skipped_validations():
+    # DN main.py:526-537, 549-580: 4 cycles of 40 epochs + 5 at 1e-4; the validation opening
+    # each cycle (epoch == 0) is skipped, and the run returns before validating the tail's end
+    from cytodata.baselines.schedules import cycle_ends
+
+    cfg = load_config("deepnoise-stage2")
+    assert cycle_ends(cfg.optim, cfg.steps) == {e * cfg.epoch_steps for e in (40, 80, 120, 160, 165)}
+    assert cfg.steps % cfg.val_every == 0 and cfg.val_every == cfg.epoch_steps
+    assert cycle_ends(load_config("deepnoise-stage1").optim, 100) == set()
+    # a skipped validation schedules no pseudo-label refresh; a counted one does
+    method = _method({})
+    method._pl_label = {"k": 0}
+    method.after_validation({"val_teacher_group_top1": 0.5}, counts=False)
+    assert method._pl_best == -1.0 and not method._pl_due
+    method.after_validation({"val_teacher_group_top1": 0.5}, counts=True)
+    assert method._pl_best == 0.5 and method._pl_due

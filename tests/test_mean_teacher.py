@@ -497,3 +497,20 @@ def test_select_keeps_the_best_balanced_validation_checkpoint_for_stage2_and_pre
     summary = predict(run, sets["test"], tmp_path / "p.parquet", per="well", tta=1,
                       progress=False)
     assert summary["checkpoint"].endswith("best.pt") and summary["checkpoint_step"] == first_best
+
+
+def test_validation_every_n_steps_and_at_epoch_ends_and_cycle_ends_keep_nothing(sets, tmp_path):
+    # DN main.py:291-316: do_valid every 1,000 steps and after every epoch (val_every +
+    # val_epoch_ends); main.py:557-580: the validation at a cycle's end keeps nothing
+    # (select_skip_restarts). 25 training rows / batch 5: epochs of 5 steps; 2 cycles of 3 steps
+    run = train("deepnoise-stage1-tiny", tmp_path / "v", **{
+        "batch_size": 5, "data.crop": 20, "data.threads": 1, "progress": False, "log_every": 1,
+        "data.train": str(sets["train"]), "select": "val_balanced_top1", "steps": 6,
+        "checkpoint_every": 6, "val_every": 3, "val_epoch_ends": True,
+        "select_skip_restarts": True, "optim.schedule": "cosine_restarts", "optim.cycles": 2,
+        "optim.min_lr": 1e-4, "optim.lr": 0.03})
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    vals = [r for r in rows if "val_balanced_top1" in r]
+    assert [r["step"] for r in vals] == [3, 5, 6]                 # 6: once, not twice
+    assert [bool(r.get("select_skipped")) for r in vals] == [True, False, True]
+    assert checkpoint.load(run)["step"] == 5                      # the one counted validation

@@ -72,6 +72,12 @@ class Method:
     def after_step(self, step: int) -> None:
         """Called after each optimiser step (EMA teachers, frozen layers...)."""
 
+    def after_validation(self, row: dict, counts: bool) -> None:
+        """Called on the validating rank after each validation with its metrics; ``counts``
+        false where the run's ``select_skip_restarts`` excludes this validation from
+        improvements (e.g. DeepNoise's pseudo-label refresh).
+        """
+
     def state(self) -> dict:
         """Extra non-module state to checkpoint (tensors, numbers)."""
         return {}

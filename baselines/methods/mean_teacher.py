@@ -92,7 +92,16 @@ class MeanTeacherConfig(TrainConfig):
     #                                   (erasing), consistency and pseudo-labels on an 'easy' one
     #                                   (no erasing), the teacher on a 'hard' one (normal + a
     #                                   random crop of hard_crop of the side, resized back)
-    hard_crop: list[float] = field(default_factory=lambda: [0.8, 0.99])
+    hard_crop: list[float] = field(default_factory=lambda: [0.8, 0.99])  # drawn per image
+    intensity_per: str = "view"       # view: the intensity jitter drawn anew for every view |
+    #                                   image: drawn once per image before the views' geometry
+    #                                   and shared by all of them (DeepNoise's plate mean/std
+    #                                   jitter at normalisation, process/data.py:102-109)
+    student_passes: int = 1           # views: deepnoise: 1 = the 'normal' and 'easy' views in
+    #                                   one student forward pass (shared BatchNorm batch
+    #                                   statistics) | 2 = one pass each (DeepNoise main.py:641-642)
+    val_site: int | None = None       # validate on the rows of this ``site`` only (DeepNoise: 1,
+    #                                   process/data.py:21, main.py:155-160); None: every row
     scale: list[float] = field(default_factory=lambda: [0.8, 1.25])  # random scale range
     drop_rate: float = 0.0
 
@@ -233,6 +242,33 @@ def shift_scale_aspect(x: torch.Tensor, g: torch.Generator, p: float, shift: flo
     theta[:, 0, 2], theta[:, 1, 2] = -2 * dx / w / s, -2 * dy / h / s
     grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def hard_crops(x: torch.Tensor, ratio: tuple[float, float], g: torch.Generator) -> torch.Tensor:
+    """DeepNoise's 'hard' crop (process/augmentation.py:83-97, 225-226) per image: a window of
+    side ``int(side x r)``, ``r ~ U(ratio)`` drawn for each image, at a uniform random position,
+    resized back to the side (bilinear, half-pixel centres, the window's edge pixels repeated
+    beyond it, as ``cv2.resize``); one ``grid_sample`` for the batch.
+    """
+    b, _, h, w = x.shape
+    lo, hi = ratio
+    r = lo + (hi - lo) * torch.rand(b, generator=g, dtype=torch.float64)
+    sh = torch.clamp((h * r).floor(), min=1)       # int(height * ratio), per image
+    sw = torch.clamp((w * r).floor(), min=1)
+    oy = (torch.rand(b, generator=g, dtype=torch.float64) * (h - sh + 1)).floor()
+    ox = (torch.rand(b, generator=g, dtype=torch.float64) * (w - sw + 1)).floor()
+
+    def coords(n: int, size: torch.Tensor, off: torch.Tensor) -> torch.Tensor:
+        """``(b, n)`` normalised input coordinates of the output pixel centres."""
+        j = torch.arange(n, dtype=torch.float64)[None] + 0.5
+        src = (j * size[:, None] / n - 0.5).clamp(min=0) + off[:, None]
+        src = torch.minimum(src, (off + size - 1)[:, None])   # inside the window
+        return (2 * src + 1) / n - 1
+
+    gy, gx = coords(h, sh, oy), coords(w, sw, ox)
+    grid = torch.stack([gx[:, None, :].expand(b, h, w), gy[:, :, None].expand(b, h, w)], dim=-1)
+    return F.grid_sample(x.float(), grid.to(x.device, torch.float32), mode="bilinear",
+                         padding_mode="border", align_corners=False).to(x.dtype)
 
 
 def random_erasing(x: torch.Tensor, p: float, g: torch.Generator,
@@ -404,25 +440,36 @@ class MeanTeacher(Method):
             self._pl_label = dict(zip(pl["keys"], (int(v) for v in pl["labels"]), strict=True))
             self._pl_logits = None if pl["logits"] is None else pl["logits"].numpy()
 
+    def _jitter_images(self, parts: list[torch.Tensor], g: torch.Generator) -> list[torch.Tensor]:
+        """``intensity_per: image``: one intensity jitter per image and channel, applied before
+        any view is drawn, so every view of the image shares it (DN process/data.py:102-109:
+        the plate mean/std jittered once per channel in ``__getitem__``, before ``aug_image``
+        makes the 'normal', 'easy' and 'hard' views, :119-132). ``view``: unchanged here.
+        """
+        a = self.cfg.augment
+        if self.cfg.intensity_per != "image":
+            return parts
+        return [augment.intensity_jitter(p, g, a.intensity, a.shift) for p in parts]
+
     def _view(self, parts: list[torch.Tensor], g: torch.Generator, *, erase: bool = True,
               hard: bool = False) -> torch.Tensor:
         """One augmented view of the concatenated parts (each scaled and cropped on its own);
         ``erase``: random erasing (DN's 'normal' view; without: 'easy'); ``hard``: and a random
-        crop of ``hard_crop`` of the side resized back (DN's 'hard' view).
+        crop of ``hard_crop`` of the side, drawn per image, resized back (DN's 'hard' view).
+        The intensity jitter is drawn here per view (``intensity_per: view``) or was applied
+        once to the parts (``image``, :meth:`_jitter_images`).
         """
         crop, a = self.cfg.data.crop, self.cfg.augment
         lo, hi = self.cfg.scale
         x = torch.cat([random_scale_crop(p, crop, (lo, hi), g) for p in parts])
         x = augment.flips_rot90(x, g, flips=a.flips, rot90=a.rot90)
         x = self._ssr(x, g)
-        x = augment.intensity_jitter(x, g, a.intensity, a.shift)
+        if self.cfg.intensity_per == "view":
+            x = augment.intensity_jitter(x, g, a.intensity, a.shift)
         if erase:
             x = random_erasing(x, self.cfg.erasing, g, area=tuple(self.cfg.erasing_area))
         if hard:                # DN process/augmentation.py:225-226: crop U(0.8, 0.99), resized
-            lo, hi = self.cfg.hard_crop
-            f = lo + (hi - lo) * float(torch.rand((), generator=g))
-            x = F.interpolate(augment.random_crop(x, max(1, int(crop * f)), g), size=(crop, crop),
-                              mode="bilinear", align_corners=False)
+            x = hard_crops(x, tuple(self.cfg.hard_crop), g)
         if self.cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
@@ -439,13 +486,22 @@ class MeanTeacher(Method):
             parts.append(xu)
             y = torch.cat([y, torch.full((len(xu),), -1, dtype=y.dtype, device=y.device)])
         labelled = y >= 0
+        parts = self._jitter_images(parts, g)
         split = cfg.views == "deepnoise" and cfg.mean_teacher   # stage 1: the 'normal' view
         if split:   # DN main.py:641-643: net(normal[labelled]), net(easy), ema_net(hard)
             normal = self._view(parts, g)[labelled]
             easy = self._view(parts, g, erase=False)
             n_sup = len(normal)
-            student_view = torch.cat([normal, easy])
-            outs = model(student_view, torch.cat([y[labelled], torch.full_like(y, -1)]))
+            student_view = easy
+            # two passes: each view its own BatchNorm batch statistics; a micro-batch with one
+            # labelled row shares the easy views' pass (BatchNorm needs two values per channel)
+            if cfg.student_passes == 2 and n_sup > 1:
+                sup = model(normal, y[labelled])
+                outs = [(torch.cat([s[0], e[0]]), torch.cat([s[1], e[0]]))
+                        for s, e in zip(sup, model(easy, None), strict=True)]
+            else:
+                outs = model(torch.cat([normal, easy]),
+                             torch.cat([y[labelled], torch.full_like(y, -1)]))
         else:
             n_sup = 0
             student_view = self._view(parts, g)
@@ -616,7 +672,8 @@ class MeanTeacher(Method):
 
         With DeepNoise pseudo-labels, also the teachers' balanced accuracy
         ``val_teacher_group_top1`` (main.py:553-554); an improvement schedules a pseudo-label
-        update (main.py:580-596).
+        update (:meth:`after_validation`). ``val_site``: only that site's rows (DN validates on
+        site 1, process/data.py:21).
         """
         from ..pseudo_labels import balanced_accuracy
 
@@ -632,7 +689,7 @@ class MeanTeacher(Method):
         labels, plates, has_plates = [], [], True
         for batch in batches:
             y = batch["label"]
-            keep = y >= 0
+            keep = (y >= 0) & self._val_site_rows(batch["meta"], len(y))
             if not keep.any():
                 continue
             x = augment.center_crop(prep(batch["image"], batch["meta"]), self.cfg.data.crop)
@@ -653,6 +710,10 @@ class MeanTeacher(Method):
             n += int(keep.sum())
         for m, w in zip(nets, was, strict=True):
             m.train(w)
+        if not n and self.cfg.val_site is not None:
+            raise TrainingError(f"val_site={self.cfg.val_site}: no labelled validation row is of "
+                                "that site; name a site the validation rows have, or --set "
+                                "val_site=null to validate on every row")
         if not n:
             return {}
         out = {"val_top1": top1 / n, "val_top5": top5 / n, "val_samples": n}
@@ -664,10 +725,38 @@ class MeanTeacher(Method):
         if deepnoise:
             acc = balanced_accuracy(np.concatenate(logits[1]), truth, plates, classes, groups)
             out["val_teacher_group_top1"] = acc
-            if acc > self._pl_best:
-                self._pl_best = acc
-                self._pl_due = bool(self._pl_label)   # only once the first labels exist
         return out
+
+    def after_validation(self, row: dict, counts: bool) -> None:
+        """An improvement of the teachers' balanced accuracy schedules a pseudo-label update
+        (DN main.py:580-596), except at validations that do not count (``select_skip_restarts``:
+        DN's ``epoch > 0``, main.py:580).
+        """
+        acc = row.get("val_teacher_group_top1")
+        if acc is None or not counts:
+            return
+        if acc > self._pl_best:
+            self._pl_best = acc
+            self._pl_due = bool(self._pl_label)   # only once the first labels exist
+
+    def _val_site_rows(self, meta: dict, n: int) -> torch.Tensor:
+        """``(n,)`` bool: the rows of site ``val_site`` (all rows when it is None)."""
+        site = self.cfg.val_site
+        if site is None:
+            return torch.ones(n, dtype=torch.bool)
+        values = meta.get("site")
+        if values is None:
+            raise TrainingError(f"val_site={site}: the validation rows have no 'site' column; "
+                                "add one to the manifest (cytodata shard writes it from the "
+                                "source's metadata) or validate on every row (--set val_site=null)")
+
+        def number(v) -> int | None:
+            try:
+                return int(float(v))
+            except (TypeError, ValueError):
+                return None
+
+        return torch.tensor([number(v) == site for v in values], dtype=torch.bool)
 
     def _val_groups(self):
         """The plate groups of the training plates (learned once; None where there are none)."""
@@ -726,6 +815,12 @@ def _check(cfg: MeanTeacherConfig) -> None:
     need(len(cfg.erasing_area) == 2 and 0 < cfg.erasing_area[0] <= cfg.erasing_area[1] < 1,
          f"erasing_area={cfg.erasing_area}; expected [low, high] fractions, 0 < low <= high < 1")
     need(cfg.views in ("shared", "deepnoise"), f"views={cfg.views!r}; valid: shared, deepnoise")
+    need(cfg.intensity_per in ("view", "image"),
+         f"intensity_per={cfg.intensity_per!r}; valid: view, image")
+    need(cfg.student_passes in (1, 2), f"student_passes={cfg.student_passes}; valid: 1 (one "
+         "forward pass for the 'normal' and 'easy' views), 2 (one each)")
+    need(cfg.val_site is None or cfg.val_site >= 1,
+         f"val_site={cfg.val_site}; a site number (1, 2, ...) or null for every row")
     need(0 <= cfg.ssr_p <= 1 and 0 <= cfg.ssr_shift < 1 and 0 <= cfg.ssr_scale < 1
          and 0 <= cfg.ssr_aspect < 1,
          f"ssr_p={cfg.ssr_p}, ssr_shift={cfg.ssr_shift}, ssr_scale={cfg.ssr_scale}, "
