@@ -102,14 +102,14 @@ def show_config(name: str) -> list[dict]:
     """Every resolved key of config ``name``: ``key``, ``value``, ``default``, ``set`` (whether
     the config file sets it) and ``source`` (the comment beside it in the file).
     """
-    from .methods import METHODS  # the methods (torch) load here, not for --list
+    from .registry import CONFIGS  # the config class's module only: no method, no torch
     from .resolve import load_config
 
     cfg = load_config(name)
     data, where = read_config_mapping(name)
     text = Path(where).read_text(encoding="utf-8") if Path(where).is_file() else ""
     comments = yaml_comments(text)
-    defaults = _flat(to_dict(METHODS.get(cfg.method).config_class()))
+    defaults = _flat(to_dict(CONFIGS.get(cfg.method)()))
     given = _flat(data)
     rows = []
     for key, value in _flat(to_dict(cfg)).items():

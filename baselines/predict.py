@@ -80,17 +80,8 @@ def probability_fn(method):
     """``(B, C, h, w)`` normalised crops -> ``(B, K)`` probabilities for a loaded method."""
     if hasattr(method, "predict_proba"):
         return method.predict_proba
-    model = method.modules().get("model")
-    if model is None or not method.info.classes:
-        raise TrainingError(f"a {method.cfg.method} run has no classifier to predict with; "
-                            "use `cytodata embed` for its features")
-    model.eval()
-
-    def proba(x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad(), runtime.autocast(x.device, method.cfg.precision):
-            return torch.softmax(model(x).float(), dim=1)
-
-    return proba
+    logits = logits_fn(method)
+    return lambda x: torch.softmax(logits(x), dim=1)
 
 
 def logits_fn(method):

@@ -1,5 +1,6 @@
 """``load_config``: a shipped config name, YAML path or mapping + ``--set`` overrides -> the
-registered method's typed config (the method registry picks the config class).
+registered method's typed config (``CONFIGS`` picks the config class from the config's
+``method``; only the config class's torch-free module is imported, never the method's).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from cytodata.errors import RecipeError
 from cytodata.recipe import _from_dict
 
 from .config import TrainConfig, check, read_config_mapping, set_dotted, to_dict
-from .methods import METHODS
+from .registry import CONFIGS
 
 
 def load_config(config: "str | Path | Mapping[str, Any] | TrainConfig",
@@ -24,7 +25,7 @@ def load_config(config: "str | Path | Mapping[str, Any] | TrainConfig",
         set_dotted(data, key, value)
     method = data.get("method", TrainConfig.method)
     try:
-        cls = METHODS.get(method).config_class
+        cls = CONFIGS.get(method)
     except ValueError as exc:
         raise RecipeError(f"{where}: method: {exc}") from None
     cfg = _from_dict(cls, data, where)

@@ -26,7 +26,8 @@ HERE = Path(__file__).resolve().parents[1]  # this checkout
 CASES = ["--help", "recipes --help", "manifest --help", "manifest build --help", "cells --help", "qc --help",
          "shard --help", "shards --help", "shards describe --help", "verify --help", "evaluate --help",
          "publish --help", "demo --help", "train --help", "embed --help", "predict --help",
-         "verify /nonexistent", "train --list", "recipes"]
+         "verify /nonexistent", "train --list", "train --show classifier-tiny", "train --show ws-dino",
+         "recipes"]
 EAGER = [sys.executable, "-c", "from cytodata import cli; cli.build_parser()"]
 
 
@@ -67,7 +68,8 @@ def main() -> None:
     base_name = "baseline" if args.baseline else "eager"
     print(f"ours: {HERE}; {base_name}: {args.baseline or 'every command module imported'}; "
           f"{args.repeats} interleaved pairs per case; load average {os.getloadavg()[0]:.1f}")
-    print(f"{'case':<24} {'ours min/median (s)':>20} {base_name + ' min/median (s)':>22} "
+    width = max(24, *(len(c) for c in args.cases))
+    print(f"{'case':<{width}} {'ours min/median (s)':>20} {base_name + ' min/median (s)':>22} "
           f"{base_name + '/ours median (range)':>30}")
     for case in args.cases:
         ours_cmd = [sys.executable, "-m", "cytodata", *case.split()]
@@ -80,7 +82,7 @@ def main() -> None:
             for cmd, env, into in (pair if i % 2 == 0 else pair[::-1]):
                 into.append(wall(cmd, env))
             ratios.append(base[-1] / ours[-1])
-        print(f"{case:<24} {min(ours):>9.2f} / {statistics.median(ours):<8.2f} "
+        print(f"{case:<{width}} {min(ours):>9.2f} / {statistics.median(ours):<8.2f} "
               f"{min(base):>11.2f} / {statistics.median(base):<8.2f} "
               f"{statistics.median(ratios):>16.1f}x ({min(ratios):.1f}-{max(ratios):.1f})")
     print("\nheaviest imports of `cytodata --help` (cumulative us, python -X importtime):")

@@ -38,6 +38,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -223,7 +224,9 @@ def work(name: str, seed: int, data: Path, out: Path, budget_min: float) -> dict
     from cytodata.schema import read_manifest
 
     torch.set_num_threads(1)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists():        # a rerun of (recipe, seed) replaces the earlier one
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
     shards = data / "shards"
     kw = _overrides(name, shards, seed)
     first = first_stage(name)

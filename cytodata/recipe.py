@@ -223,11 +223,15 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
 def _from_dict(cls: type, data: Any, where: str):
     if not isinstance(data, dict):
         raise RecipeError(f"{where}: expected a mapping for {cls.__name__}, got {data!r}")
-    from .images.qc import QCConfig  # noqa: F401  (resolves the "QCConfig" annotation)
-
     # each (base) class's annotations resolve in its own module (training configs live in
-    # cytodata.baselines); QCConfig is imported lazily here, so it comes in as a local name
-    hints = typing.get_type_hints(cls, localns={"QCConfig": QCConfig})
+    # cytodata.baselines); the recipe's "QCConfig" names a class whose module loads numpy, so
+    # it is imported only for a class that names it, and comes in as a local name
+    try:
+        hints = typing.get_type_hints(cls)
+    except NameError:
+        from .images.qc import QCConfig
+
+        hints = typing.get_type_hints(cls, localns={"QCConfig": QCConfig})
     fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "raw"}
     unknown = sorted(set(data) - set(fields))
     if unknown:

@@ -31,7 +31,11 @@ def _light_lines() -> list[str]:
         for action in child._actions:
             if isinstance(action, argparse._SubParsersAction):
                 lines += [f"{name} {verb} --help" for verb in action.choices]
-    return lines + ["verify /nonexistent/set", "train --list", "recipes", *REFUSALS]
+    return lines + ["verify /nonexistent/set", "train --list", "recipes", *SHOWS, *REFUSALS]
+
+
+#: ``train --show NAME`` of one config per method kind: reads the config class, not the method
+SHOWS = ["train --show classifier-tiny", "train --show deepnoise-stage2", "train --show ws-dino"]
 
 
 #: refusals of an input path that does not exist: said before the stage loads
@@ -58,6 +62,10 @@ def test_help_loads_no_stage_library():
     heavy = json.loads(done.stdout.strip().splitlines()[-1])
     assert heavy == {line: [] for line in lines}, heavy
     assert "shard" in done.stdout and "evaluate" in done.stdout  # every command is listed
+    for line in SHOWS:  # each --show printed its config with its method's own keys
+        assert f"# {line.split()[-1]} (" in done.stdout, line
+    assert "  label_smoothing" in done.stdout and "* pseudo_mode" in done.stdout
+    assert "* pair_sampling" in done.stdout
     assert "does not exist" in done.stderr  # the refusals were reached, not skipped
     assert done.stderr.count("no manifest at /nonexistent/m; build one with `cytodata manifest build") == 4
     assert "cytodata shards: error: /nonexistent/s does not exist; write a shard set" in done.stderr

@@ -220,3 +220,34 @@ def test_lazy_package_names_are_never_shadowed_by_a_submodule():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "shadowed: []", done.stdout
+
+
+def test_method_registries_name_every_method_and_agree():
+    """``METHODS`` and ``CONFIGS`` know every method by name before any method module loads
+    (``train --show`` reads a config class without torch: tests/test_cli_start.py), and each
+    config class is the one its method trains with."""
+    from cytodata.baselines.registry import CONFIGS, METHODS, MODULES
+
+    assert METHODS.names() == CONFIGS.names() == sorted(MODULES) and "ws-dino" in CONFIGS
+    for name in MODULES:
+        assert CONFIGS.get(name) is METHODS.get(name).config_class, name
+    from cytodata.baselines.methods.dino import WSDinoConfig
+    from cytodata.baselines.methods.dino.config import DinoConfig
+    from cytodata.baselines.methods.mean_teacher import MeanTeacherConfig
+
+    assert (DinoConfig, WSDinoConfig, MeanTeacherConfig) == tuple(
+        CONFIGS.get(n) for n in ("dino", "ws-dino", "mean-teacher"))  # the old paths still work
+
+
+def test_a_lazy_registry_name_that_its_module_does_not_register_is_an_error():
+    from cytodata._registry import Registry
+
+    reg = Registry("thing")
+    reg.register_lazy("a", "cytodata.errors")  # imports fine, registers nothing
+    assert "a" in reg and reg.names() == ["a"]
+    with pytest.raises(ValueError, match=r"module cytodata.errors was imported but does not register it"):
+        reg.get("a")
+    with pytest.raises(ValueError, match=r"unknown thing 'b'; valid names: a"):
+        reg.get("b")
+    with pytest.raises(ValueError, match="already registered by cytodata.errors"):
+        reg.register_lazy("a", "cytodata.schema")

@@ -9,32 +9,18 @@ pooled penultimate features, or the spatial mean of any named module (``embed_la
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 
 from cytodata.errors import TrainingError
 
 from .. import augment
-from ..config import TrainConfig
 from ..data import balanced_sampler, model_channels
 from ..models import create
 from ..registry import METHODS
 from ..runtime import autocast
 from .base import Method
-
-
-@dataclass
-class ClassifierConfig(TrainConfig):
-    """Classifier settings on top of the engine's."""
-
-    label_smoothing: float = 0.0
-    drop_rate: float = 0.0            # dropout before the classifier (timm ``drop_rate``)
-    drop_path_rate: float = 0.0
-    # extra keyword arguments of timm.create_model (e.g. bn_momentum: 0.01 = Keras' 0.99)
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
+from .classifier_config import ClassifierConfig
 
 
 @METHODS.register("classifier")

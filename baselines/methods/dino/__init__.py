@@ -1,6 +1,7 @@
 """DINO (Caron et al. 2021) and WS-DINO (Cross-Zamirski et al. 2022) on the shared engine.
 
-One job per module: ``config`` (typed settings), ``views`` (multi-crop), ``photometric``
+One job per module: ``config`` (typed settings: re-exported from the torch-free
+``methods/dino_config.py``, which ``train --show`` reads without this package), ``views`` (multi-crop), ``photometric``
 (DINO's per-view colour ops), ``head`` (DINO head,
 backbone + head nets), ``loss`` (centred, sharpened cross-entropy; teacher-temperature
 schedule), ``collapse`` (the monitor), ``sampling`` (WS-DINO's weak-label pairs),
@@ -10,8 +11,8 @@ schedule), ``collapse`` (the monitor), ``sampling`` (WS-DINO's weak-label pairs)
 
 from __future__ import annotations
 
+from ..dino_config import DinoConfig, PhotometricConfig, WSDinoConfig
 from .collapse import collapse_kind, monitor_stats
-from .config import DinoConfig, PhotometricConfig, WSDinoConfig
 from .head import DINOHead, DinoModels, DinoNet
 from .loss import DINOLoss, dino_cross_entropy, teacher_temp_schedule
 from .method import Dino

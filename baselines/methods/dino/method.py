@@ -41,8 +41,8 @@ from ...models import create, read_checkpoint
 from ...registry import METHODS
 from ...schedules import cosine_schedule, lr_schedule, wd_schedule
 from ..base import Method
+from ..dino_config import DinoConfig
 from .collapse import REMEDIES, collapse_kind
-from .config import DinoConfig
 from .head import DINOHead, DinoModels, DinoNet
 from .loss import DINOLoss, teacher_temp_schedule
 from .photometric import GLOBAL_1, GLOBAL_2, LOCAL, photometric

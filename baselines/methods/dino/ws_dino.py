@@ -10,7 +10,7 @@ import pandas as pd
 from cytodata.errors import TrainingError
 
 from ...registry import METHODS
-from .config import WSDinoConfig
+from ..dino_config import WSDinoConfig
 from .method import Dino
 from .sampling import BalancedWeakLabelPairs, WeightedWeakLabelPairs, group_codes, image_ids
 
