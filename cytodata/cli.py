@@ -82,7 +82,24 @@ def _command_of(argv: list[str]) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the process exit code (2 for user errors, with a clear message)."""
+    """Entry point; returns the process exit code (2 for user errors, with a clear message).
+
+    Output cut off by its reader (``cytodata train --show NAME | head``) ends the command
+    quietly with status 141 (128 + SIGPIPE, what a shell reports for a filter stopped the same
+    way), not a traceback.
+    """
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        import os
+
+        # later writes (the interpreter's final flush) go nowhere instead of raising again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+
+
+def _main(argv: list[str] | None) -> int:
     from .errors import CytodataError
 
     argv = sys.argv[1:] if argv is None else list(argv)

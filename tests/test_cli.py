@@ -113,3 +113,18 @@ def test_shards_describe(tmp_path, capsys):
     # manifest describe points at it
     assert cli.main(["manifest", "describe", str(out)]) == 2
     assert "cytodata shards describe" in capsys.readouterr().err
+
+
+def test_output_cut_off_by_its_reader_ends_quietly():
+    """`cytodata train --show ws-dino | head`: status 141, no BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    script = ("import os, sys\n"
+              "r, w = os.pipe(); os.close(r); os.dup2(w, sys.stdout.fileno())\n"
+              "from cytodata.cli import main\n"
+              "sys.exit(main(['train', '--show', 'ws-dino']))\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 141, proc.stderr
+    assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr, proc.stderr
