@@ -200,7 +200,6 @@ def trained_rows(args, seed: int) -> list[dict]:
     from cytodata.baselines import train
     from cytodata.baselines.config import parse_set
     from cytodata.baselines.plate_groups import groups_from_shards
-    from cytodata.baselines.predict import image_probabilities
 
     root = Path(args.out) / f"seed{seed}"
     t0 = time.perf_counter()
@@ -246,13 +245,8 @@ def trained_rows(args, seed: int) -> list[dict]:
                     extra["data.unlabelled"] = str(test_set)
                     extra.update(parse_set(args.mt_set))
                 train("mean-teacher-tiny", run, **{**common, **extra})
-        row = {"seed": seed, "row": i, "setting": name, "train_s": round(time.perf_counter() - t)}
-        index, probs, classes, _ = image_probabilities(run, test_set, progress=False)
-        meta = index[[c for c in ("key", "plate", "well", "batch", "label") if c in index]]
-        row.update(prior_accuracies(meta, probs, classes, groups))
-        row["chance"] = 1.0 / n_classes
-        results.append(row)
-        print(json.dumps(row), flush=True)
+        results.append(score_row(run, test_set, groups, n_classes, seed=seed, row=i,
+                                 setting=name, train_s=round(time.perf_counter() - t)))
     for j, (name, over) in enumerate(STAGE2_VARIANTS if args.stage2_diagnosis else []):
         if over == "scaled":
             over = {"consistency": 100.0 * n_classes / 1139}
@@ -261,15 +255,21 @@ def trained_rows(args, seed: int) -> list[dict]:
         if not (run / "checkpoints" / "last.pt").exists():
             train("deepnoise-stage2-tiny", run,
                   **{**stage2, "init_from": str(root / "runs" / "row4"), **over})
-        row = {"seed": seed, "row": 100 + j, "setting": name,
-               "train_s": round(time.perf_counter() - t)}
-        index, probs, classes, _ = image_probabilities(run, test_set, progress=False)
-        meta = index[[c for c in ("key", "plate", "well", "batch", "label") if c in index]]
-        row.update(prior_accuracies(meta, probs, classes, groups))
-        row["chance"] = 1.0 / n_classes
-        results.append(row)
-        print(json.dumps(row), flush=True)
+        results.append(score_row(run, test_set, groups, n_classes, seed=seed, row=100 + j,
+                                 setting=name, train_s=round(time.perf_counter() - t)))
     return results
+
+
+def score_row(run, test_set, groups, n_classes: int, **row) -> dict:
+    """One table row: the run's per-well accuracies under every prior, with the chance level."""
+    from cytodata.baselines.predict import image_probabilities
+
+    index, probs, classes, _ = image_probabilities(run, test_set, progress=False)
+    meta = index[[c for c in ("key", "plate", "well", "batch", "label") if c in index]]
+    row.update(prior_accuracies(meta, probs, classes, groups))
+    row["chance"] = 1.0 / n_classes
+    print(json.dumps(row), flush=True)
+    return row
 
 
 def main() -> None:
