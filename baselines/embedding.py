@@ -171,7 +171,7 @@ def embed(checkpoint_or_run: "str | Path", shards: "str | Path", out: "str | Pat
     out = Path(out)
     # every column a normalisation level may look up (absent ones are dropped by the loader)
     # rank 0 of 1 whatever process group is open: every caller embeds every row (reading with a
-    # training group's rank used to embed only this rank's share and drop the rest silently)
+    # training group's rank would embed only this rank's share and drop the rest)
     ds = StreamingDataset(shards, shuffle=False, threads=threads, storage_options=storage_options,
                           columns=("plate", "batch"), rank=0, world_size=1)
     state = checkpoint.load(checkpoint_or_run)  # read once: channels, config and weights

@@ -82,7 +82,7 @@ def main() -> None:
 
 def per_call_threads(channels: int, repeat: int) -> None:
     """Decode time of ``Codec.decode(threads=1)`` (per call) vs numcodecs with the process-global
-    ``use_threads=False`` (what the loader used to flip), interleaved, same payloads."""
+    ``use_threads=False`` (a process-wide switch), interleaved, same payloads."""
     from numcodecs import blosc
 
     before = blosc.use_threads

@@ -222,7 +222,7 @@ def test_fifos_and_devices_are_refused_without_reading_them(tmp_path):
                 assert finished, f"{read.__name__}({path}) still reading"
                 assert isinstance(exc, ImageReadError) and exc.reason == "unreadable", exc
                 assert path in str(exc) and "not a regular file" in str(exc)
-    finally:  # release a reader still blocked on the pipe (old code)
+    finally:  # release a reader still blocked on the pipe (should it block)
         try:
             os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
         except OSError:

@@ -326,7 +326,7 @@ def test_classifier_skips_training_rows_without_a_label(tmp_path):
 
 @pytest.mark.parametrize("level", ["all", "batch", "none"])
 def test_every_advertised_normalisation_level_trains_and_embeds(shards, tmp_path, level):
-    # data.normalize=all used to stop at the first batch: "the batches carry no 'all' column"
+    # data.normalize=all must train past the first batch (the batches carry no 'all' column)
     run = train("classifier-tiny", tmp_path / level,
                 **{**TINY, "steps": 2, "data.train": str(shards), "data.normalize": level})
     out = embed(run, shards, tmp_path / f"{level}.parquet", progress=False)
@@ -380,8 +380,8 @@ if __name__ == "__main__":
 
 
 def test_embed_inside_a_process_group_embeds_every_row_on_every_rank(shards, tmp_path):
-    # it used to read with the group's rank: each rank embedded half of every shard and the
-    # inner merge dropped the other half without a word
+    # reading with the group's rank would embed half of every shard on each rank and the inner
+    # merge would drop the other half
     run = train("classifier-tiny", tmp_path / "run", **{**TINY, "steps": 2, "data.train": str(shards)})
     alone = pd.read_parquet(embed(run, shards, tmp_path / "alone.parquet", progress=False))
     script = tmp_path / "embed_ddp.py"  # spawned children re-import it: a file, not -c

@@ -62,7 +62,7 @@ def test_shipped_recipes_parse():
 
 
 def test_source_parameter_typo_is_a_recipe_error_listing_valid_names(tmp_path):
-    """`id_colum:` used to escape as a TypeError traceback from the adapter call."""
+    """`id_colum:` is a RecipeError listing the valid names, not a TypeError from the adapter."""
     import subprocess
     import sys
 

@@ -362,7 +362,7 @@ def _descendants(pid: int) -> list[int]:
 @pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="needs /proc to find the worker")
 def test_dask_worker_killed_mid_shard_leaves_no_temp_file(tmp_path):
     """SIGKILL the dask worker that is writing a shard: dask re-runs the task elsewhere, the
-    run succeeds, and the finished set holds no ``*.tmp-*`` file (it used to keep the orphan)."""
+    run succeeds, and the finished set holds no orphaned ``*.tmp-*`` file."""
     rows = [dict(source="jump", image_id=f"ph{i}", plate="BR00121482", well=f"A{i:02d}", site=1,
                  label="dmso", channels=["Mito", "AGP", "RNA", "ER", "DNA", "BF"], channel_paths=PHENIX)
             for i in range(12)]

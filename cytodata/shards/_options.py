@@ -74,7 +74,7 @@ class WriteOptions:
     @classmethod
     def from_write(cls, **kwargs: Any) -> "WriteOptions":
         """``WriteOptions`` from ``write()``'s keyword arguments; an unknown name is a TypeError
-        naming it and the valid format options (it used to be ignored without a word).
+        naming it and the valid format options (never ignored without a word).
         """
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(kwargs) - known)
