@@ -402,8 +402,8 @@ def run(out: "str | Path" = "demo_output", *, seed: int = 0, workers: int = 2,
 
     ``quick``: fewer training steps and no OME-Zarr export (a couple of minutes on 2 cores).
     ``screen``: the synthetic screens' difficulty (:class:`~cytodata.synthetic.SyntheticScreen`):
-    ``"hard"`` (MOAs differ only in morphology; intensity features and short runs score near
-    chance, as on real data) or ``"easy"`` (simple features separate the MOAs).
+    ``"hard"`` (MOAs differ only in morphology; intensity histograms and cell sizes are matched
+    across treatments) or ``"easy"`` (simple intensity features separate the MOAs).
     """
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)

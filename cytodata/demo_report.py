@@ -341,8 +341,9 @@ SCREEN_TEXT = {
     "hard": ("Screen: the hard synthetic BBBC021-layout screen (`SyntheticScreen(difficulty=\"hard\")`): "
              "MOAs differ only in cell morphology and arrangement, per-channel intensity histograms "
              "and cell sizes are matched across treatments, and every compound sits in one week "
-             "with its own gains, offsets and focus, so intensity features and untrained networks "
-             "score near chance, as on real BBBC021."),
+             "with its own gains, offsets and focus, so intensity statistics cannot read the MOA "
+             "and a week's look misleads. With 20 treatments here the intervals are wide; the "
+             "scoreboard (docs/scoreboard.md) measures every recipe on a larger copy, three seeds."),
     "easy": ("Screen: the easy synthetic BBBC021-layout screen (`SyntheticScreen()`): each MOA has "
              "its own cell size, brightness and texture, so simple intensity features separate "
              "the MOAs; scores here say nothing about what a method learns."),

@@ -25,6 +25,6 @@ def register(subparsers) -> None:
                    help="short training runs, no OME-Zarr export (about 2 minutes)")
     p.add_argument("--screen", choices=("hard", "easy"), default="hard",
                    help="the synthetic screens' difficulty: hard (MOAs differ only in morphology; "
-                        "intensity features score near chance) or easy (default: hard)")
+                        "intensity histograms matched) or easy (default: hard)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=handler("cytodata.demo", "_cmd"))
