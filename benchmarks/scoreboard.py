@@ -391,9 +391,9 @@ def main() -> None:
           flush=True)
     reference = reference_rows(data)
     # first stages before the second stages that start from them
-    jobs = sorted(((n, s) for n in names for s in range(args.seeds)),
-                  key=lambda job: (first_stage(job[0]) is not None, job[1], job[0]))
     needs = {n: first_stage(n) for n in names}
+    jobs = sorted(((n, s) for n in names for s in range(args.seeds)),
+                  key=lambda job: (needs[job[0]] is not None, job[1], job[0]))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     running: list[tuple[subprocess.Popen, tuple[str, int]]] = []
     failed = []

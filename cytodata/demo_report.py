@@ -364,11 +364,12 @@ def write_index_html(out: Path, results: dict) -> Path:
     runs = {k: Path(v) for k, v in (results.get("train") or {}).items()}
     collapse = {name: run_collapse(run) for name, run in runs.items()}
     statuses = {name: status_of(r, collapse.get(r.get("run"))) for name, r in evaluation.items()}
+    screen = screen_of(out)
     parts = ["<h1>cytodata demo: synthetic screens to trained, evaluated and published embeddings</h1>",
-             f"<p class='lead'>A pipeline demonstration on the {screen_of(out)} synthetic BBBC021-layout "
+             f"<p class='lead'>A pipeline demonstration on the {screen} synthetic BBBC021-layout "
              "screen, one seed, CPU-minute training runs. The scores below show that each stage runs and "
              "how it is measured; they are not results on real data and not paper figures.</p>",
-             "<p>" + re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(SCREEN_TEXT[screen_of(out)]))
+             "<p>" + re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(SCREEN_TEXT[screen]))
              + "</p>"]
     if evaluation:
         n_rows = {name: (r["scores"].get("nsc") or {}).get("n") for name, r in evaluation.items()}

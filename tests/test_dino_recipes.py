@@ -419,15 +419,20 @@ def test_official_backbone_file_loads_into_every_channel_model(tmp_path):
         assert torch.equal(net.backbone.blocks[0].attn.qkv.weight, state["blocks.0.attn.qkv.weight"])
 
 
-def test_full_checkpoint_loads_student_teacher_and_centre(tmp_path):
-    """The full checkpoint (DDP student ``module.backbone.*``, teacher ``backbone.*``, heads with
-    DINO's weight-norm names, the centre, and the run's argparse.Namespace) with weights_only."""
-    back, head_k = _official_backbone(), 64
-    head = {"mlp.0.weight": torch.randn(32, 384), "mlp.0.bias": torch.zeros(32),
+def _official_head(head_k: int) -> dict:
+    """A DINOHead state dict with DINO's key names (3-layer MLP, weight-normed last layer)."""
+    return {"mlp.0.weight": torch.randn(32, 384), "mlp.0.bias": torch.zeros(32),
             "mlp.2.weight": torch.randn(32, 32), "mlp.2.bias": torch.zeros(32),
             "mlp.4.weight": torch.randn(16, 32), "mlp.4.bias": torch.zeros(16),
             "last_layer.weight_g": torch.full((head_k, 1), 2.0),
             "last_layer.weight_v": torch.randn(head_k, 16)}
+
+
+def test_full_checkpoint_loads_student_teacher_and_centre(tmp_path):
+    """The full checkpoint (DDP student ``module.backbone.*``, teacher ``backbone.*``, heads with
+    DINO's weight-norm names, the centre, and the run's argparse.Namespace) with weights_only."""
+    back, head_k = _official_backbone(), 64
+    head = _official_head(head_k)
     student = {f"module.backbone.{k}": v + 1 for k, v in back.items()}
     student.update({f"module.head.{k}": v for k, v in head.items()})
     teacher = {f"backbone.{k}": v for k, v in back.items()}
@@ -471,11 +476,7 @@ def test_full_checkpoint_restores_the_optimizer_moments(tmp_path):
     from cytodata.baselines.engine import build_optimizer
 
     back, head_k = _official_backbone(), 64
-    head = {"mlp.0.weight": torch.randn(32, 384), "mlp.0.bias": torch.zeros(32),
-            "mlp.2.weight": torch.randn(32, 32), "mlp.2.bias": torch.zeros(32),
-            "mlp.4.weight": torch.randn(16, 32), "mlp.4.bias": torch.zeros(16),
-            "last_layer.weight_g": torch.full((head_k, 1), 2.0),
-            "last_layer.weight_v": torch.randn(head_k, 16)}
+    head = _official_head(head_k)
     optim, ids = _official_optimizer(back, head)
     student = {f"module.backbone.{k}": v for k, v in back.items()}
     student.update({f"module.head.{k}": v for k, v in head.items()})
